@@ -1,0 +1,62 @@
+"""The contract between the stage flow and a vision-language model.
+
+The flow (``inference.flow``) walks the stages as one growing conversation and asks a ``ChatModel`` for each
+answer. The model implementation (``inference.engine``) owns prompt formatting, image tokens, decoding and the
+prefix KV cache: since the history only ever grows by the last question and answer, it reuses the computed
+prefix for the next question. The flow never sees tokens or tensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal, Protocol
+
+from PIL import Image
+
+IMAGE_PLACEHOLDER = "<image>"  # where an image enters a user turn's text (CXRTrek wording)
+
+
+class BoxConvention(StrEnum):
+    """How a model writes box coordinates."""
+
+    PERCENT = "percent"  # CXRTrek: percent of image width / height, two decimals
+    PER_MILLE = "per_mille"  # Qwen2-VL: 0..1000 of the (resized) image
+    RESIZED_PIXELS = "resized_pixels"  # Qwen2.5-VL: absolute pixels of the resized model input
+    UNIT = "unit"  # fractions 0..1
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: Literal["user", "assistant"]
+    text: str  # user text may hold IMAGE_PLACEHOLDER once per image, in order
+    images: tuple[Image.Image, ...] = ()
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # decoded answer, special tokens removed
+    prompt_tokens: int  # prompt tokens computed for this answer
+    cached_tokens: int  # prompt tokens reused from the prefix cache
+    generated_tokens: int
+    seconds: float
+    # For RESIZED_PIXELS boxes: (width, height) of each image as the model saw it, in conversation order.
+    model_image_sizes: tuple[tuple[int, int], ...] = field(default=())
+
+
+class ChatModel(Protocol):
+    """A loaded vision-language model that answers the next user turn of a conversation."""
+
+    @property
+    def box_convention(self) -> BoxConvention: ...
+
+    @property
+    def answer_wrapper(self) -> str | None:
+        """Regex-free name of the answer wrapper, e.g. "think_answer" for <think>..</think><answer>..</answer>."""
+        ...
+
+    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int) -> Generation:
+        """Answer ``question`` given ``history`` (alternating user/assistant turns; system prompt is the model's).
+
+        Implementations reuse the KV cache of the longest previously computed prefix of ``history``.
+        """
+        ...

@@ -12,7 +12,8 @@ import sys
 # Command-group modules, in help order. Each defines register(subparsers: argparse._SubParsersAction) -> None.
 COMMAND_MODULES: tuple[str, ...] = (
     "dicomnode.cli.node_commands",  # serve, status, retry, config check, echo, send
-    "dicomnode.cli.reason_commands",  # reason, model demo, model quantize
+    "dicomnode.cli.reason_commands",  # reason
+    "dicomnode.cli.model_commands",  # model demo, model quantize
     "dicomnode.cli.render_commands",  # render
     "dicomnode.cli.eval_commands",  # eval
     "dicomnode.cli.demo_commands",  # demo, run (batch)

@@ -1,0 +1,99 @@
+"""Thin wrappers around DCMTK command-line tools (storescu, echoscu, storescp) for tests and benchmarks."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from dicomnode.peers.ports import free_port, port_open
+
+
+def _require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise FileNotFoundError(f"{tool} not found (Debian package 'dcmtk')")
+    return path
+
+
+def storescu(
+    files: Sequence[Path | str],
+    ae: str,
+    host: str,
+    port: int,
+    calling_aet: str = "STORESCU",
+    extra_args: Sequence[str] = (),
+    timeout: float = 600.0,
+) -> subprocess.CompletedProcess[str]:
+    """Send ``files`` in one association (``storescu -aec ae -aet calling_aet``); never raises on failure."""
+    cmd = [_require("storescu"), "-aet", calling_aet, "-aec", ae, *extra_args, host, str(port), *map(str, files)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def echoscu(
+    ae: str,
+    host: str,
+    port: int,
+    calling_aet: str = "ECHOSCU",
+    extra_args: Sequence[str] = (),
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """One C-ECHO; returncode 0 means the peer answered success."""
+    cmd = [_require("echoscu"), "-aet", calling_aet, "-aec", ae, *extra_args, host, str(port)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+class StoreSCP:
+    """DCMTK ``storescp`` writing into ``directory`` on a free port; a context manager."""
+
+    def __init__(
+        self,
+        directory: Path | str,
+        aet: str = "STORESCP",
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.directory = Path(directory)
+        self.aet = aet
+        self.port = port or free_port()
+        self.extra_args = list(extra_args)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> "StoreSCP":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        cmd = [_require("storescp"), "-aet", self.aet, "-od", str(self.directory), *self.extra_args, str(self.port)]
+        log = open(self.directory.parent / f"storescp-{self.port}.log", "ab")
+        try:
+            self._process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"storescp exited with {self._process.returncode}")
+            if port_open(self.port):
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"storescp did not listen on {self.port} within {timeout:.0f} s")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout)
+
+    def received(self) -> list[Path]:
+        """Files storescp has written so far."""
+        return sorted(p for p in self.directory.iterdir() if p.is_file())
+
+    def __enter__(self) -> "StoreSCP":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,199 @@
+"""Health checks and the status HTTP server (``/metrics`` for Prometheus, ``/healthz`` as JSON).
+
+``disk_free_ok`` is also what the listener asks before it accepts an association. The server is the stdlib
+``ThreadingHTTPServer`` in a daemon thread; it only reads (metrics registry, the check callables).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from dicomnode import metrics
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def free_disk_mb(data_dir: str | Path) -> float:
+    """Free space (MiB, for unprivileged users) on the file system holding ``data_dir`` (or its nearest parent)."""
+    return shutil.disk_usage(_existing_ancestor(Path(data_dir))).free / MB
+
+
+def disk_free_ok(data_dir: str | Path, min_free_mb: float) -> tuple[bool, str]:
+    """``(True, detail)`` when at least ``min_free_mb`` MiB are free for ``data_dir``, else ``(False, reason)``."""
+    try:
+        free = free_disk_mb(data_dir)
+    except OSError as exc:
+        return False, f"cannot read free disk space of {data_dir}: {exc.strerror or exc}"
+    if free < min_free_mb:
+        return False, f"low disk: {free:.0f} MiB free in {data_dir}, floor is {min_free_mb:.0f} MiB"
+    return True, f"{free:.0f} MiB free in {data_dir} (floor {min_free_mb:.0f} MiB)"
+
+
+def database_check(engine: Any) -> Callable[[], None]:
+    """A check that runs ``SELECT 1`` on a SQLAlchemy engine (raises when the database is unreachable)."""
+    from sqlalchemy import text
+
+    def check() -> None:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    return check
+
+
+@dataclass
+class Check:
+    ok: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "detail": self.detail}
+
+
+@dataclass
+class HealthChecks:
+    """What ``/healthz`` looks at.
+
+    ``database``: raises (or returns False) when the database is unusable; None = not checked.
+    ``model_required``: False for a listener-only process (no model there); else the model must be loaded
+    (``model_loaded`` callable, default: :func:`dicomnode.metrics.is_model_loaded`).
+    """
+
+    data_dir: Path
+    min_free_mb: float = 1024
+    database: Callable[[], object] | None = None
+    model_required: bool = True
+    model_loaded: Callable[[], bool] = field(default=metrics.is_model_loaded)
+
+    def run(self) -> dict[str, Check]:
+        checks: dict[str, Check] = {}
+        if self.database is not None:
+            try:
+                result = self.database()
+                checks["database"] = (
+                    Check(False, "database check returned False") if result is False else Check(True, "reachable")
+                )
+            except Exception as exc:  # any driver error means unhealthy
+                checks["database"] = Check(False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        checks["disk"] = Check(*disk_free_ok(self.data_dir, self.min_free_mb))
+        if self.model_required:
+            loaded = bool(self.model_loaded())
+            checks["model"] = Check(loaded, "loaded" if loaded else "not loaded")
+        return checks
+
+    def report(self) -> tuple[bool, dict[str, Any]]:
+        """``(healthy, json_body)``."""
+        checks = self.run()
+        healthy = all(c.ok for c in checks.values())
+        return healthy, {"status": "ok" if healthy else "unhealthy", "checks": {k: c.as_dict() for k, c in checks.items()}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(HTTPStatus.OK, metrics.exposition(), CONTENT_TYPE_LATEST)
+        elif path in ("/healthz", "/health"):
+            healthy, body = self.server.checks.report()
+            status = HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE
+            self._send(status, json.dumps(body, indent=1).encode(), "application/json")
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"not found: try /metrics or /healthz\n", "text/plain")
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("status http: " + format, *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], checks: HealthChecks) -> None:
+        self.checks = checks
+        super().__init__(address, _Handler)
+
+
+class StatusServer:
+    """``/metrics`` and ``/healthz`` on ``host:port`` (port 0 = any free port; see ``.port``); a context manager."""
+
+    def __init__(self, checks: HealthChecks, host: str = "127.0.0.1", port: int = 9108) -> None:
+        self.checks = checks
+        self.host = host
+        self.requested_port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self.requested_port
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "StatusServer":
+        if self._server is None:
+            self._server = _Server((self.host, self.requested_port), self.checks)
+            self._thread = threading.Thread(target=self._server.serve_forever, name="status-http", daemon=True)
+            self._thread.start()
+            log.info("status http: serving /metrics and /healthz on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> "StatusServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def server_from_config(
+    config: Any, database: Callable[[], object] | None = None, model_required: bool = True
+) -> StatusServer | None:
+    """A (not yet started) ``StatusServer`` for a ``NodeConfig``; None when ``metrics.enabled`` is false."""
+    if not config.metrics.enabled:
+        return None
+    checks = HealthChecks(
+        data_dir=Path(config.storage.data_dir),
+        min_free_mb=float(config.node.min_free_disk_mb),
+        database=database,
+        model_required=model_required,
+    )
+    return StatusServer(checks, host=config.metrics.host, port=config.metrics.port)

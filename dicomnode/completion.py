@@ -1,0 +1,134 @@
+"""Per-study completion: a study is complete ``quiet_seconds`` after its last instance (apscheduler timers).
+
+At the deadline the newest RECEIVING job becomes QUEUED, or SKIPPED with a reason when no instance of the study is
+selected. Start-up recovery: RECEIVING studies get their deadline re-armed from ``last_received_at``
+(:meth:`CompletionScheduler.rearm_all`); jobs left in PROCESSING by a crashed worker go back to QUEUED
+(:func:`requeue_processing`).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.audit import audit
+from dicomnode.db.ingest import newest_job
+from dicomnode.db.models import Instance, Job, Study, utcnow
+from dicomnode.db.states import JobState
+from dicomnode.selection import study_skip_reason
+
+LOG = logging.getLogger("dicomnode.completion")
+
+
+def complete_study(session: Session, study_id: int, quiet_seconds: float, now: dt.datetime) -> dt.datetime | None:
+    """Close the study's RECEIVING job if it has been quiet long enough.
+
+    Returns None when done (or nothing to do), else the later deadline to re-arm (a new instance came in).
+    """
+    study = session.scalar(select(Study).where(Study.id == study_id).with_for_update())
+    if study is None:
+        return None
+    job = newest_job(session, study.id, for_update=True)
+    if job is None or job.state != JobState.RECEIVING.value:
+        return None
+    deadline = study.last_received_at + dt.timedelta(seconds=quiet_seconds)
+    if deadline > now + dt.timedelta(milliseconds=5):
+        return deadline
+    if study.selected_count > 0:
+        job.state = study.state = JobState.QUEUED.value
+        job.queued_at = now
+        study.state_reason = None
+        reason = None
+    else:
+        reasons = Counter(
+            r or "unknown"
+            for r in session.scalars(select(Instance.skip_reason).where(Instance.study_id == study.id))
+        )
+        reason = study_skip_reason(dict(reasons))
+        job.state = study.state = JobState.SKIPPED.value
+        job.error = study.state_reason = reason
+        job.finished_at = now
+    job.updated_at = now
+    audit(
+        session, f"job.{job.state.lower()}", study_instance_uid=study.study_instance_uid, job_id=job.id,
+        generation=job.generation, instances=study.instance_count, selected=study.selected_count, reason=reason,
+    )
+    return None
+
+
+def requeue_processing(session_factory: sessionmaker[Session]) -> list[int]:
+    """Put jobs left in PROCESSING (crashed worker) back to QUEUED; return their ids."""
+    now = utcnow()
+    with session_factory.begin() as session:
+        ids = list(session.scalars(select(Job.id).where(Job.state == JobState.PROCESSING.value)))
+        if not ids:
+            return []
+        session.execute(
+            update(Job).where(Job.id.in_(ids), Job.state == JobState.PROCESSING.value)
+            .values(state=JobState.QUEUED.value, claimed_by=None, claimed_at=None, queued_at=now, updated_at=now)
+        )
+        for job_id in ids:
+            study_id = session.scalar(select(Job.study_id).where(Job.id == job_id))
+            newest = newest_job(session, study_id)
+            if newest is not None and newest.id == job_id:
+                session.execute(update(Study).where(Study.id == study_id).values(state=JobState.QUEUED.value))
+            audit(session, "job.requeued", job_id=job_id, reason="found PROCESSING at start-up")
+    return ids
+
+
+class CompletionScheduler:
+    """One apscheduler date job per RECEIVING study; re-arming replaces the previous deadline."""
+
+    def __init__(self, session_factory: sessionmaker[Session], quiet_seconds: float):
+        self.session_factory = session_factory
+        self.quiet_seconds = quiet_seconds
+        self.scheduler = BackgroundScheduler(timezone=dt.timezone.utc, job_defaults={"misfire_grace_time": None})
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def stop(self, wait: bool = True) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=wait)
+
+    def arm(self, study_id: int, last_received_at: dt.datetime) -> None:
+        """(Re-)schedule the completion check of ``study_id`` at last_received_at + quiet_seconds."""
+        when = last_received_at + dt.timedelta(seconds=self.quiet_seconds)
+        self.scheduler.add_job(
+            self._fire, DateTrigger(run_date=when, timezone=dt.timezone.utc), args=[study_id],
+            id=f"complete:{study_id}", replace_existing=True, coalesce=True, max_instances=1,
+        )
+
+    def rearm_all(self) -> int:
+        """Arm every study whose newest job is RECEIVING (start-up); return how many."""
+        with self.session_factory() as session:
+            rows = session.execute(
+                select(Study.id, Study.last_received_at)
+                .join(Job, (Job.study_id == Study.id) & (Job.generation == Study.generation))
+                .where(Job.state == JobState.RECEIVING.value)
+            ).all()
+        for study_id, last in rows:
+            self.arm(study_id, last)
+        return len(rows)
+
+    def check_now(self, study_id: int) -> dt.datetime | None:
+        """Run the completion check synchronously (used by the timer and by tests)."""
+        with self.session_factory.begin() as session:
+            return complete_study(session, study_id, self.quiet_seconds, utcnow())
+
+    def _fire(self, study_id: int) -> None:
+        try:
+            later = self.check_now(study_id)
+        except Exception:  # noqa: BLE001 - retry shortly rather than lose the study
+            LOG.exception("completion check failed", extra={"fields": {"study_id": study_id}})
+            later = utcnow() + dt.timedelta(seconds=min(5.0, self.quiet_seconds))
+            later -= dt.timedelta(seconds=self.quiet_seconds)
+            self.arm(study_id, later)
+            return
+        if later is not None:
+            self.arm(study_id, later - dt.timedelta(seconds=self.quiet_seconds))

@@ -1,0 +1,247 @@
+"""Node configuration: YAML validated by pydantic, with environment overrides.
+
+``load_config(path)`` reads YAML, applies ``CXR_NODE__SECTION__KEY=value`` environment variables (values are parsed
+as YAML scalars, so ``true``/``5``/``[a, b]`` work) and validates. Errors are raised as :class:`ConfigError` whose
+lines read ``path.to.key: reason``. Unknown keys are errors.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "CXR_NODE__"
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``problems`` holds ``path.to.key: reason`` lines."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _ae_title(value: str) -> str:
+    value = value.strip()
+    if not value or len(value) > 16 or "\\" in value or not value.isascii():
+        raise ValueError("AE title must be 1-16 ASCII characters without backslash")
+    return value
+
+
+class TLSConfig(_Model):
+    enabled: bool = False
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    require_client_cert: bool = True
+
+    @model_validator(mode="after")
+    def _needs_files(self) -> "TLSConfig":
+        if self.enabled:
+            missing = [name for name in ("cert", "key") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"TLS enabled but {', '.join(missing)} not set")
+            if self.require_client_cert and self.ca is None:
+                raise ValueError("require_client_cert needs ca")
+        return self
+
+
+class NodeSection(_Model):
+    ae_title: str = "CXRNODE"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=0, le=65535)
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    max_associations: int = Field(10, ge=1)
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+    min_free_disk_mb: int = Field(1024, ge=0)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return _ae_title(value)
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _check_aets(cls, values: list[str]) -> list[str]:
+        return [_ae_title(v) for v in values]
+
+
+class StorageSection(_Model):
+    data_dir: Path = Path("./var")
+    database_url: str | None = None
+    retention_days: float = Field(7, ge=0)
+    fsync: bool = True
+
+
+class StudySection(_Model):
+    quiet_seconds: float = Field(10, gt=0)
+    modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"])
+    body_parts: list[str] = Field(default_factory=lambda: ["CHEST", "THORAX", ""])
+
+    @field_validator("modalities", "body_parts")
+    @classmethod
+    def _upper(cls, values: list[str]) -> list[str]:
+        return [v.strip().upper() for v in values]
+
+
+class RetryConfig(_Model):
+    max_attempts: int = Field(10, ge=1)
+    initial_seconds: float = Field(5, gt=0)
+    max_seconds: float = Field(600, gt=0)
+
+
+class Destination(_Model):
+    name: str
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    objects: list[Literal["sr", "sc"]] = Field(default_factory=lambda: ["sr", "sc"])
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    tls: TLSConfig | None = None
+    calling_aet: str | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return _ae_title(value)
+
+
+class ProcessingSection(_Model):
+    processor: str = "passthrough"
+    workers: int = Field(1, ge=1)
+    poll_seconds: float = Field(1.0, gt=0)
+
+
+class ModelSection(_Model):
+    path: Path | None = None
+    quantization: Literal["nf4", "fp4", "int8", "none"] = "nf4"
+    device: str = "auto"
+    skip_modules: list[str] | None = None
+
+
+class PriorsConfig(_Model):
+    enabled: bool = False
+    query_aet: str | None = None
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    calling_aet: str | None = None
+
+
+class ReasoningSection(_Model):
+    stages_file: Path | None = None
+    max_new_tokens: int = Field(256, ge=1)
+    seed: int = 0
+    priors: PriorsConfig = Field(default_factory=PriorsConfig)
+
+
+class MetricsSection(_Model):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class LoggingSection(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_: bool = Field(True, alias="json")
+    file: Path | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class OutputSection(_Model):
+    series_number_sr: int = 9901
+    series_number_sc: int = 9902
+    series_description_prefix: str = "AI CXR reasoning"
+
+
+class NodeConfig(_Model):
+    node: NodeSection = Field(default_factory=NodeSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    study: StudySection = Field(default_factory=StudySection)
+    destinations: list[Destination] = Field(default_factory=list)
+    processing: ProcessingSection = Field(default_factory=ProcessingSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    reasoning: ReasoningSection = Field(default_factory=ReasoningSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+
+    @model_validator(mode="after")
+    def _unique_destinations(self) -> "NodeConfig":
+        names = [d.name for d in self.destinations]
+        if len(names) != len(set(names)):
+            raise ValueError("destination names must be unique")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        """The effective SQLAlchemy URL (SQLite file in data_dir when unset)."""
+        if self.storage.database_url:
+            return self.storage.database_url
+        return f"sqlite:///{(self.storage.data_dir / 'cxr-node.sqlite').resolve()}"
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{loc}: {msg}")
+    return lines
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Return ``data`` with ``CXR_NODE__A__B=value`` overrides set at ``a.b`` (keys lower-cased)."""
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+        if not keys:
+            continue
+        node: Any = data
+        for key in keys[:-1]:
+            if isinstance(node, list):
+                node = node[int(key)]
+                continue
+            node = node.setdefault(key, {})
+        value = yaml.safe_load(raw) if raw != "" else ""
+        if isinstance(node, list):
+            node[int(keys[-1])] = value
+        else:
+            node[keys[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict[str, Any] | None, environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Validate a config mapping (after environment overrides)."""
+    data = apply_env(dict(data or {}), os.environ if environ is None else environ)
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Read, override from the environment and validate a YAML config file.
+
+    Relative ``storage.data_dir`` and TLS/model paths stay relative to the current directory.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"(file): cannot read {path}: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"(file): invalid YAML: {exc}"]) from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(["(root): top level must be a mapping"])
+    return config_from_dict(data, environ)

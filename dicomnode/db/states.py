@@ -1,0 +1,24 @@
+"""Job (and study) states; a study's state mirrors its newest job."""
+from __future__ import annotations
+
+import enum
+
+
+class JobState(str, enum.Enum):
+    RECEIVING = "RECEIVING"
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    RESULTS_READY = "RESULTS_READY"
+    DELIVERED = "DELIVERED"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+
+
+class DeliveryState(str, enum.Enum):
+    PENDING = "PENDING"
+    SENT = "SENT"
+    DEAD = "DEAD"
+
+
+#: States after which a late instance opens a new job generation.
+PAST_RECEIVING = frozenset(s for s in JobState if s is not JobState.RECEIVING)

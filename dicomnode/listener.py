@@ -1,0 +1,396 @@
+"""DICOM listener (pynetdicom SCP): C-ECHO and C-STORE of every storage SOP class in every transfer syntax.
+
+A C-STORE is answered 0x0000 only after the file is fsynced, renamed into the spool, its directory fsynced *and*
+its database row committed. Received datasets go to a temp file (``STORE_RECV_CHUNKED_DATASET``) in the spool's
+temp directory and are moved into place, never held whole in memory; only header tags are parsed.
+
+C-STORE statuses returned (reason always logged and audited):
+
+======  =====================================================================================
+0x0000  stored (also for a duplicate SOP Instance UID already stored: idempotent, file kept)
+0xA700  out of resources: spool or database write failed, or free disk below node.min_free_disk_mb
+0xC000  cannot understand: not parseable as DICOM, or truncated (pixel data shorter than declared)
+0xC001  cannot understand: Study, Series or SOP Instance UID missing
+0xC002  cannot understand: a UID does not follow the UID grammar (e.g. ``../x``); never used as a path
+0xC003  cannot understand: SOP Instance/Class UID of the dataset differs from the C-STORE request
+======  =====================================================================================
+
+Associations are rejected (A-ASSOCIATE-RJ) when the calling AE title is not in ``node.allowed_calling_aets``
+(permanent, calling-AE-not-recognised), or transiently (local-limit-exceeded) when ``max_associations`` are
+active or free disk in data_dir is below ``node.min_free_disk_mb``. With TLS enabled only TLS connections are
+served; ``require_client_cert`` demands a client certificate signed by ``ca``.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.errors import InvalidDicomError
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom import dimse_messages
+from pynetdicom.ae import ApplicationEntity
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.audit import audit, audit_now
+from dicomnode.config import NodeConfig, TLSConfig
+from dicomnode.db.ingest import InstanceRecord, IngestOutcome, find_instance, record_instance
+from dicomnode.db.models import utcnow
+from dicomnode.logs import log_event
+from dicomnode.selection import InstanceFacts, skip_reason
+from dicomnode.spool import Spool, SpoolError
+from dicomnode.uids import clean_uid
+
+LOG = logging.getLogger("dicomnode.listener")
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_UNREADABLE = 0xC000
+STATUS_MISSING_UID = 0xC001
+STATUS_INVALID_UID = 0xC002
+STATUS_UID_MISMATCH = 0xC003
+
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
+HEADER_TAGS = [
+    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+    "BodyPartExamined", "ViewPosition", "PatientID", "AccessionNumber", "Rows", "Columns", "BitsAllocated",
+    "SamplesPerPixel", "NumberOfFrames", *PIXEL_TAGS,
+]
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+class Rejected(Exception):
+    """A C-STORE answered with a failure status; ``reason`` is logged."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ParsedHeader:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str | None
+    modality: str
+    body_part: str
+    view_position: str | None
+    patient_id: str | None
+    accession_number: str | None
+    has_pixel_data: bool
+
+
+def _text(ds: Any, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    return str(value).strip() or None
+
+
+def parse_header(path: Path, request_sop_uid: str | None, request_sop_class: str | None) -> ParsedHeader:
+    """Read only the tags the node needs from a received Part-10 file; raise :class:`Rejected` when invalid."""
+    size = path.stat().st_size
+    try:
+        ds = dcmread(path, defer_size=1024, specific_tags=HEADER_TAGS)
+        raw_uids = {k: ds.get(k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")}
+        meta_ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, NotImplementedError) as exc:
+        raise Rejected(STATUS_UNREADABLE, f"unreadable dataset: {type(exc).__name__}: {exc}") from None
+    missing = [k for k, v in raw_uids.items() if v is None or str(v).strip("\x00 ") == ""]
+    if missing:
+        raise Rejected(STATUS_MISSING_UID, f"missing {', '.join(missing)}")
+    uids = {k: clean_uid(v) for k, v in raw_uids.items()}
+    bad = [k for k, v in uids.items() if v is None]
+    if bad:
+        raise Rejected(STATUS_INVALID_UID, f"invalid UID in {', '.join(bad)}")
+    if request_sop_uid and clean_uid(request_sop_uid) != uids["SOPInstanceUID"]:
+        raise Rejected(STATUS_UID_MISMATCH, "SOP Instance UID differs from the C-STORE request")
+    if request_sop_class and clean_uid(request_sop_class) != uids["SOPClassUID"]:
+        raise Rejected(STATUS_UID_MISMATCH, "SOP Class UID differs from the C-STORE request")
+    has_pixels = False
+    for tag in PIXEL_TAGS:
+        if tag not in ds:
+            continue
+        has_pixels = True
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.length != UNDEFINED_LENGTH:
+            if raw.value_tell + raw.length > size:
+                raise Rejected(STATUS_UNREADABLE, "truncated: pixel data shorter than its declared length")
+            expected = _expected_native_length(ds)
+            if tag == 0x7FE00010 and expected and raw.length < expected:
+                raise Rejected(STATUS_UNREADABLE, f"truncated: pixel data {raw.length} bytes, expected {expected}")
+    try:
+        modality = _text(ds, "Modality") or ""
+        body_part = _text(ds, "BodyPartExamined") or ""
+        return ParsedHeader(
+            study_uid=uids["StudyInstanceUID"], series_uid=uids["SeriesInstanceUID"],  # type: ignore[arg-type]
+            sop_uid=uids["SOPInstanceUID"], sop_class_uid=uids["SOPClassUID"],  # type: ignore[arg-type]
+            transfer_syntax_uid=clean_uid(meta_ts), modality=modality.upper(), body_part=body_part.upper(),
+            view_position=(_text(ds, "ViewPosition") or None), patient_id=_text(ds, "PatientID"),
+            accession_number=_text(ds, "AccessionNumber"), has_pixel_data=has_pixels,
+        )
+    except Exception as exc:  # noqa: BLE001 - undecodable text values
+        raise Rejected(STATUS_UNREADABLE, f"unreadable attribute: {type(exc).__name__}") from None
+
+
+def _expected_native_length(ds: Any) -> int | None:
+    """Bytes of native (uncompressed) pixel data the header implies, or None when compressed/unknown."""
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is None or getattr(ts, "is_compressed", True):
+        return None
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        bits = int(ds.BitsAllocated)
+        n = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * frames
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return (n * bits + 7) // 8
+
+
+class _NodeAE(ApplicationEntity):
+    """An AE that refuses new associations (local limit) while ``refuse`` says so (low disk)."""
+
+    refuse: Callable[[], bool] = staticmethod(lambda: False)  # type: ignore[assignment]
+
+    @property  # type: ignore[override]
+    def maximum_associations(self) -> int:
+        return 0 if self.refuse() else self._maximum_associations
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        self._maximum_associations = max(1, int(value))
+
+
+_TMP_DIR_LOCK = threading.Lock()
+_TMP_DIR: list[Path] = []
+
+
+def _use_spool_tmp(directory: Path) -> None:
+    """Make pynetdicom write received datasets into ``directory`` (same file system as the spool: no copy)."""
+    with _TMP_DIR_LOCK:
+        _TMP_DIR[:] = [directory]
+        if getattr(dimse_messages, "_cxr_patched", False):
+            return
+        original = dimse_messages.NamedTemporaryFile
+
+        def _named_temporary_file(*args: Any, **kwargs: Any) -> Any:
+            if _TMP_DIR and "dir" not in kwargs:
+                kwargs["dir"] = str(_TMP_DIR[0])
+            return original(*args, **kwargs)
+
+        dimse_messages.NamedTemporaryFile = _named_temporary_file  # type: ignore[assignment]
+        dimse_messages._cxr_patched = True  # type: ignore[attr-defined]
+
+
+def server_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+    """Server-side TLS context; client certificates required when ``tls.require_client_cert``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    if tls.ca:
+        ctx.load_verify_locations(cafile=str(tls.ca))
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else (ssl.CERT_OPTIONAL if tls.ca else ssl.CERT_NONE)
+    return ctx
+
+
+class Listener:
+    """The node's SCP. ``on_stored(outcome)`` is called after each committed instance (completion arming)."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        session_factory: sessionmaker[Session],
+        spool: Spool,
+        on_stored: Callable[[IngestOutcome], None] | None = None,
+    ):
+        self.config = config
+        self.session_factory = session_factory
+        self.spool = spool
+        self.on_stored = on_stored
+        self._server: Any = None
+        self._disk_checked = 0.0
+        self._disk_low = False
+        self.ae = _NodeAE(ae_title=config.node.ae_title)
+        self.ae.refuse = self._low_disk  # type: ignore[method-assign]
+        self.ae.maximum_associations = config.node.max_associations
+        self.ae.maximum_pdu_size = 0
+        self.ae.require_calling_aet = list(config.node.allowed_calling_aets)
+        self.ae.require_called_aet = False
+        self.ae.network_timeout = 120
+        self.ae.dimse_timeout = 120
+        self.ae.acse_timeout = 60
+        for cx in AllStoragePresentationContexts:
+            self.ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful when configured as 0)."""
+        return int(self._server.server_address[1]) if self._server else self.config.node.port
+
+    def start(self) -> None:
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        self.spool.prepare()
+        _use_spool_tmp(self.spool.tmp)
+        ssl_ctx = server_ssl_context(self.config.node.tls) if self.config.node.tls.enabled else None
+        handlers = [
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_C_ECHO, self._handle_echo),
+            (evt.EVT_ACCEPTED, self._handle_accepted),
+            (evt.EVT_REJECTED, self._handle_rejected),
+        ]
+        self._server = self.ae.start_server(
+            (self.config.node.host, self.config.node.port), block=False, evt_handlers=handlers, ssl_context=ssl_ctx
+        )
+        log_event(LOG, logging.INFO, "listener started", ae_title=self.config.node.ae_title,
+                  host=self.config.node.host, port=self.port, tls=self.config.node.tls.enabled)
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; established associations continue."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def active_associations(self) -> int:
+        return len([a for a in self.ae.active_associations if a.is_acceptor])
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop accepting, let in-flight associations finish (up to ``timeout`` s), then abort the rest."""
+        if self._server is None:
+            return
+        self.stop_accepting()
+        deadline = time.monotonic() + timeout
+        while self.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.ae.shutdown()
+        self._server = None
+        log_event(LOG, logging.INFO, "listener stopped", ae_title=self.config.node.ae_title)
+
+    # --- checks ----------------------------------------------------------------------------------------------
+    def _low_disk(self) -> bool:
+        now = time.monotonic()
+        if now - self._disk_checked > 1.0:
+            try:
+                free = shutil.disk_usage(self.spool.data_dir).free
+                self._disk_low = free < self.config.node.min_free_disk_mb * 1024 * 1024
+            except OSError:
+                self._disk_low = True
+            self._disk_checked = now
+        return self._disk_low
+
+    # --- event handlers --------------------------------------------------------------------------------------
+    @staticmethod
+    def _peer(event: Any) -> tuple[str, str]:
+        req = event.assoc.requestor
+        return str(req.ae_title).strip(), f"{req.address}:{req.port}"
+
+    def _handle_accepted(self, event: Any) -> None:
+        calling, peer = self._peer(event)
+        audit_now(self.session_factory, "association.accepted", calling_aet=calling,
+                  called_aet=self.config.node.ae_title, peer=peer)
+
+    def _handle_rejected(self, event: Any) -> None:
+        calling, peer = self._peer(event)
+        allowed = self.config.node.allowed_calling_aets
+        if allowed and calling not in allowed:
+            reason = "calling AE title not allowed"
+        elif self._disk_low:
+            reason = "low free disk space"
+        else:
+            reason = "too many associations"
+        audit_now(self.session_factory, "association.rejected", calling_aet=calling,
+                  called_aet=self.config.node.ae_title, peer=peer, level=logging.WARNING, reason=reason)
+
+    def _handle_echo(self, event: Any) -> int:
+        return STATUS_SUCCESS
+
+    def _handle_store(self, event: Any) -> int:
+        calling, peer = self._peer(event)
+        request = event.request
+        started = time.perf_counter()
+        try:
+            status, outcome, header = self._store(Path(event.dataset_path), request, calling)
+        except Rejected as rej:
+            audit_now(self.session_factory, "instance.rejected", calling_aet=calling, peer=peer,
+                      sop_instance_uid=clean_uid(request.AffectedSOPInstanceUID), level=logging.WARNING,
+                      status=f"0x{rej.status:04X}", reason=rej.reason)
+            return rej.status
+        except Exception as exc:  # noqa: BLE001 - never crash the association; answer out-of-resources
+            LOG.exception("store failed", extra={"fields": {"calling_aet": calling}})
+            audit_now(self.session_factory, "instance.store_failed", calling_aet=calling, peer=peer,
+                      level=logging.ERROR, status="0xA700", reason=f"{type(exc).__name__}: {exc}")
+            return STATUS_OUT_OF_RESOURCES
+        if outcome is not None and self.on_stored is not None:
+            try:
+                self.on_stored(outcome)
+            except Exception:  # noqa: BLE001 - stored and committed; completion re-arms at start-up
+                LOG.exception("on_stored callback failed")
+        log_event(LOG, logging.DEBUG, "store handled", ms=round((time.perf_counter() - started) * 1000, 1))
+        return status
+
+    def _store(self, path: Path, request: Any, calling: str) -> tuple[int, IngestOutcome | None, ParsedHeader]:
+        if self._low_disk():
+            raise Rejected(STATUS_OUT_OF_RESOURCES, "low free disk space")
+        header = parse_header(path, request.AffectedSOPInstanceUID, request.AffectedSOPClassUID)
+        with self.session_factory() as session:
+            duplicate = find_instance(session, header.sop_uid) is not None
+        if duplicate:
+            audit_now(self.session_factory, "instance.duplicate", calling_aet=calling,
+                      study_instance_uid=header.study_uid, sop_instance_uid=header.sop_uid)
+            return STATUS_SUCCESS, None, header
+        relative = self.spool.relative_path(header.study_uid, header.series_uid, header.sop_uid)
+        try:
+            size = self.spool.store_file(path, relative)
+        except SpoolError as exc:
+            raise Rejected(STATUS_OUT_OF_RESOURCES, str(exc)) from None
+        reason = skip_reason(InstanceFacts(header.modality, header.body_part, header.has_pixel_data),
+                             self.config.study)
+        rec = InstanceRecord(
+            study_uid=header.study_uid, series_uid=header.series_uid, sop_uid=header.sop_uid,
+            sop_class_uid=header.sop_class_uid, transfer_syntax_uid=header.transfer_syntax_uid,
+            modality=header.modality or None, body_part=header.body_part or None,
+            view_position=header.view_position, patient_id=header.patient_id,
+            accession_number=header.accession_number, path=relative, size_bytes=size, skip_reason=reason,
+            calling_aet=calling,
+        )
+        outcome = self._commit(rec, calling)
+        if outcome is None:
+            return STATUS_SUCCESS, None, header
+        return STATUS_SUCCESS, outcome, header
+
+    def _commit(self, rec: InstanceRecord, calling: str) -> IngestOutcome | None:
+        """Commit the instance row; None when a concurrent association stored the same SOP Instance first."""
+        last_exc: Exception | None = None
+        for _attempt in range(3):
+            try:
+                with self.session_factory.begin() as session:
+                    outcome = record_instance(session, rec, utcnow())
+                    audit(
+                        session, "instance.stored", calling_aet=calling, study_instance_uid=rec.study_uid,
+                        sop_instance_uid=rec.sop_uid, job_id=outcome.job_id, generation=outcome.generation,
+                        modality=rec.modality, selected=rec.skip_reason is None, skip_reason=rec.skip_reason,
+                        size_bytes=rec.size_bytes, new_study=outcome.new_study or None,
+                        reopened=outcome.reopened or None,
+                    )
+                return outcome
+            except IntegrityError as exc:  # concurrent first instance of a study, or duplicate SOP instance
+                last_exc = exc
+                with self.session_factory() as session:
+                    if find_instance(session, rec.sop_uid) is not None:
+                        return None
+            except OperationalError as exc:
+                raise Rejected(STATUS_OUT_OF_RESOURCES, f"database unavailable: {exc.orig!r}") from None
+        raise Rejected(STATUS_OUT_OF_RESOURCES, f"database write failed: {last_exc}")

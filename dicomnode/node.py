@@ -1,0 +1,187 @@
+"""The running node: database upgrade, recovery, listener + completion timers and/or worker + delivery loops.
+
+``Node(config, role)``: role ``listener`` receives and completes studies, ``worker`` processes and delivers,
+``all`` does both in one process. ``run_until_signal()`` serves until SIGTERM/SIGINT, then stops accepting,
+finishes in-flight work and returns.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import threading
+from typing import Any, Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.audit import audit_now
+from dicomnode.completion import CompletionScheduler, requeue_processing
+from dicomnode.config import NodeConfig
+from dicomnode.db.engine import make_engine, make_session_factory
+from dicomnode.db.ingest import IngestOutcome
+from dicomnode.db.migrate import upgrade_database
+from dicomnode.db.models import Study
+from dicomnode.listener import Listener
+from dicomnode.logs import log_event
+from dicomnode.spool import Spool
+
+LOG = logging.getLogger("dicomnode.node")
+Role = Literal["all", "listener", "worker"]
+ROLES: tuple[str, ...] = ("all", "listener", "worker")
+
+
+def _optional(module: str, attr: str) -> Any:
+    """``module.attr`` or None when that module does not exist (yet)."""
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return None
+        raise
+
+
+class Node:
+    """One node process. ``start()`` returns once everything listens; ``stop()`` is graceful and idempotent."""
+
+    def __init__(self, config: NodeConfig, role: Role = "all"):
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        self.config = config
+        self.role = role
+        self.engine: Any = None
+        self.session_factory: sessionmaker[Session] | None = None
+        self.listener: Listener | None = None
+        self.completion: CompletionScheduler | None = None
+        self.worker: Any = None
+        self.deliverer: Any = None
+        self.status_server: Any = None
+        self._stop_requested = threading.Event()
+        self._started = False
+
+    @property
+    def port(self) -> int:
+        """The DICOM port the listener is bound to."""
+        if self.listener is None:
+            raise RuntimeError("no listener in this role")
+        return self.listener.port
+
+    def start(self) -> "Node":
+        cfg = self.config
+        cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(cfg.database_url)
+        upgrade_database(self.engine)
+        self.session_factory = make_session_factory(self.engine)
+        self._started = True
+        try:
+            if self.role in ("all", "worker"):
+                self._start_worker()
+            if self.role in ("all", "listener"):
+                self._start_listener()
+            self._start_status_server()
+        except BaseException:
+            self.stop()
+            raise
+        audit_now(self.session_factory, "node.started", called_aet=cfg.node.ae_title, role=self.role)
+        return self
+
+    def _start_listener(self) -> None:
+        assert self.session_factory is not None
+        self.completion = CompletionScheduler(self.session_factory, self.config.study.quiet_seconds)
+        self.completion.start()
+        rearmed = self.completion.rearm_all()
+        if rearmed:
+            log_event(LOG, logging.INFO, "completion deadlines re-armed", studies=rearmed)
+        spool = Spool(self.config.storage.data_dir, fsync=self.config.storage.fsync)
+        self.listener = Listener(self.config, self.session_factory, spool, on_stored=self._on_stored)
+        self.listener.start()
+
+    def _on_stored(self, outcome: IngestOutcome) -> None:
+        if outcome.receiving and self.completion is not None:
+            self.completion.arm(outcome.study_id, outcome.last_received_at)
+
+    def _start_worker(self) -> None:
+        assert self.session_factory is not None
+        requeued = requeue_processing(self.session_factory)
+        if requeued:
+            log_event(LOG, logging.WARNING, "re-queued jobs left in PROCESSING", jobs=requeued)
+        worker_cls = _optional("dicomnode.worker", "Worker")
+        deliverer_cls = _optional("dicomnode.delivery", "Deliverer")
+        if worker_cls is None or deliverer_cls is None:
+            LOG.error("worker/delivery modules not available; this node will not process studies")
+            return
+        from dicomnode.processing import make_processor
+
+        self.worker = worker_cls(self.config, self.session_factory, make_processor(self.config))
+        self.worker.start()
+        self.deliverer = deliverer_cls(self.config, self.session_factory)
+        self.deliverer.start()
+
+    def _start_status_server(self) -> None:
+        if not self.config.metrics.enabled:
+            return
+        from dicomnode import health, metrics
+
+        assert self.session_factory is not None
+        session_factory = self.session_factory
+        metrics.set_state_source(lambda: study_counts(session_factory))
+        server = health.server_from_config(
+            self.config, database=health.database_check(self.engine), model_required=self.worker is not None
+            and self.config.processing.processor == "reasoning",
+        )
+        if server is not None:
+            self.status_server = server.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop accepting associations, finish in-flight transfers and jobs, then release resources."""
+        if not self._started:
+            return
+        self._started = False
+        if self.listener is not None:
+            self.listener.stop(timeout=timeout)
+        if self.completion is not None:
+            self.completion.stop(wait=True)
+        for part in (self.worker, self.deliverer):
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception:  # noqa: BLE001 - keep stopping the rest
+                    LOG.exception("stopping %s failed", type(part).__name__)
+        if self.status_server is not None:
+            self.status_server.stop()
+        if self.session_factory is not None:
+            audit_now(self.session_factory, "node.stopped", called_aet=self.config.node.ae_title, role=self.role)
+        if self.engine is not None:
+            self.engine.dispose()
+        log_event(LOG, logging.INFO, "node stopped", role=self.role)
+
+    def request_stop(self, *_args: object) -> None:
+        self._stop_requested.set()
+
+    def run_until_signal(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, stop gracefully; returns the exit code (0)."""
+        previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            log_event(LOG, logging.INFO, "node serving", role=self.role,
+                      port=self.listener.port if self.listener else None)
+            while not self._stop_requested.wait(0.5):
+                pass
+            log_event(LOG, logging.INFO, "stop requested; finishing in-flight work")
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def __enter__(self) -> "Node":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def study_counts(session_factory: sessionmaker[Session]) -> dict[str, int]:
+    """``{state: number of studies}``."""
+    with session_factory() as session:
+        return {state: n for state, n in session.execute(select(Study.state, func.count()).group_by(Study.state))}

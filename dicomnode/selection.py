@@ -1,0 +1,35 @@
+"""Which received instances go to reasoning: configured modalities and body parts, image with pixel data."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dicomnode.config import StudySection
+
+
+@dataclass(frozen=True)
+class InstanceFacts:
+    """The few attributes selection looks at (read from the header only)."""
+
+    modality: str
+    body_part: str
+    has_pixel_data: bool
+
+
+def skip_reason(facts: InstanceFacts, rules: StudySection) -> str | None:
+    """None when the instance is selected, else a short human-readable reason."""
+    modality = facts.modality.strip().upper()
+    if modality not in rules.modalities:
+        return f"modality {modality or '(none)'} not in {','.join(rules.modalities)}"
+    body_part = facts.body_part.strip().upper()
+    if body_part not in rules.body_parts:
+        allowed = ",".join(b or "(empty)" for b in rules.body_parts)
+        return f"body part {body_part or '(empty)'} not in {allowed}"
+    if not facts.has_pixel_data:
+        return "no pixel data"
+    return None
+
+
+def study_skip_reason(reasons: dict[str, int]) -> str:
+    """The study-level reason when no instance is selected: instance reasons with counts."""
+    parts = [f"{reason} (x{count})" for reason, count in sorted(reasons.items())]
+    return "no instance selected: " + "; ".join(parts) if parts else "no instance selected"

@@ -1,0 +1,119 @@
+"""Durable spool: data_dir/spool/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm.
+
+A received file is fsynced, atomically renamed into place and its directory fsynced before the caller commits the
+database row; only then may the instance be acknowledged. Files are never deleted here (retention does that).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from dicomnode.uids import is_valid_uid
+
+SPOOL_DIR = "spool"
+TMP_DIR = ".tmp"
+
+
+class SpoolError(OSError):
+    """The instance could not be stored durably."""
+
+
+class Spool:
+    """The on-disk instance store under ``data_dir``."""
+
+    def __init__(self, data_dir: Path, fsync: bool = True):
+        self.data_dir = Path(data_dir).resolve()
+        self.root = self.data_dir / SPOOL_DIR
+        self.tmp = self.root / TMP_DIR
+        self.fsync = fsync
+        self._known_dirs: set[Path] = set()
+
+    def prepare(self) -> None:
+        """Create the spool and temp directories."""
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        """The spool path of an instance relative to data_dir; every UID must pass the UID grammar."""
+        for uid in (study_uid, series_uid, sop_uid):
+            if not is_valid_uid(uid):
+                raise ValueError(f"invalid UID {uid!r}")
+        return f"{SPOOL_DIR}/{study_uid}/{series_uid}/{sop_uid}.dcm"
+
+    def absolute(self, relative: str) -> Path:
+        return self.data_dir / relative
+
+    def new_temp_path(self) -> Path:
+        return self.tmp / f"{uuid.uuid4().hex}.part"
+
+    def store_file(self, source: Path, relative: str) -> int:
+        """Durably move (or copy, across file systems) ``source`` to ``relative``; return its size in bytes."""
+        target = self.absolute(relative)
+        try:
+            self._ensure_dir(target.parent)
+            src = Path(source)
+            if not _same_device(src, self.tmp):
+                staged = self.new_temp_path()
+                with open(src, "rb") as fin, open(staged, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 4 << 20)
+                    if self.fsync:
+                        fout.flush()
+                        os.fsync(fout.fileno())
+                src = staged
+            elif self.fsync:
+                fd = os.open(src, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            size = src.stat().st_size
+            os.replace(src, target)
+            if self.fsync:
+                _fsync_dir(target.parent)
+            return size
+        except OSError as exc:
+            raise SpoolError(exc.errno, f"spool write failed: {exc.strerror or exc}") from exc
+
+    def write_bytes(self, data: bytes, relative: str) -> int:
+        """Durably write ``data`` at ``relative`` (temp file, fsync, rename, fsync dir)."""
+        try:
+            self.prepare()
+            tmp = self.new_temp_path()
+            with open(tmp, "wb") as f:
+                f.write(data)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as exc:
+            raise SpoolError(exc.errno, f"spool write failed: {exc.strerror or exc}") from exc
+        return self.store_file(tmp, relative)
+
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory in self._known_dirs and directory.is_dir():
+            return
+        missing = []
+        d = directory
+        while not d.exists():
+            missing.append(d)
+            d = d.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.fsync:
+            for d in reversed(missing):  # make each new directory entry durable
+                _fsync_dir(d.parent)
+        self._known_dirs.add(directory)
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_dev == b.stat().st_dev
+    except OSError:
+        return False
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

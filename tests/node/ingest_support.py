@@ -1,0 +1,151 @@
+"""Helpers for the ingest tests: configs, an in-process node, polling, DB look-ups, a subprocess node."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from sqlalchemy import select
+
+from dicomnode.config import NodeConfig, config_from_dict
+from dicomnode.db import Instance, Job, Study, make_engine, make_session_factory
+from dicomnode.node import Node
+from dicomnode.peers.ports import free_port, wait_for_port
+
+T = TypeVar("T")
+NODE_AET = "CXRNODE"
+REPO = Path(__file__).resolve().parents[2]
+CXR_NODE = str(Path(sys.executable).with_name("cxr-node"))
+
+
+def config_dict(data_dir: Path, database_url: str | None = None, **sections: dict[str, Any]) -> dict[str, Any]:
+    """A test config: loopback, free port, 1 s quiet time, passthrough processor, no destinations."""
+    data: dict[str, Any] = {
+        "node": {"ae_title": NODE_AET, "host": "127.0.0.1", "port": free_port(), "min_free_disk_mb": 1},
+        "storage": {"data_dir": str(data_dir), "database_url": database_url},
+        "study": {"quiet_seconds": 1.0},
+        "processing": {"processor": "passthrough", "poll_seconds": 0.2},
+        "logging": {"level": "INFO", "json": True},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    return data
+
+
+def make_config(data_dir: Path, database_url: str | None = None, **sections: dict[str, Any]) -> NodeConfig:
+    return config_from_dict(config_dict(data_dir, database_url, **sections), environ={})
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def running_node(config: NodeConfig, role: str = "listener") -> Iterator[Node]:
+    node = Node(config, role=role)  # type: ignore[arg-type]
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop(timeout=30)
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 60.0, interval: float = 0.1, what: str = "") -> T:
+    """Poll ``predicate`` until truthy; return its value or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class Db:
+    """Read-only look-ups in a node's database."""
+
+    def __init__(self, url: str):
+        self.engine = make_engine(url)
+        self.session_factory = make_session_factory(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def study(self, study_uid: str) -> Study | None:
+        with self.session_factory() as s:
+            return s.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+
+    def instances(self, study_uid: str | None = None) -> list[Instance]:
+        with self.session_factory() as s:
+            stmt = select(Instance).order_by(Instance.id)
+            if study_uid:
+                stmt = stmt.join(Study).where(Study.study_instance_uid == study_uid)
+            return list(s.scalars(stmt))
+
+    def jobs(self, study_uid: str) -> list[Job]:
+        with self.session_factory() as s:
+            return list(s.scalars(select(Job).join(Study).where(Study.study_instance_uid == study_uid)
+                                  .order_by(Job.generation)))
+
+    def study_state(self, study_uid: str) -> str | None:
+        study = self.study(study_uid)
+        return study.state if study else None
+
+
+class NodeProcess:
+    """``cxr-node serve`` as a subprocess (real signals)."""
+
+    def __init__(self, config_path: Path, port: int, role: str = "all", log_path: Path | None = None,
+                 env: dict[str, str] | None = None):
+        self.config_path = config_path
+        self.port = port
+        self.role = role
+        self.log_path = log_path or config_path.with_suffix(".log")
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120.0) -> "NodeProcess":
+        log = open(self.log_path, "ab")
+        try:
+            self.process = subprocess.Popen(
+                [CXR_NODE, "serve", "--config", str(self.config_path), "--role", self.role],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"cxr-node exited {self.process.returncode}: {self.log_path.read_text()[-3000:]}")
+            if wait_for_port(self.port, timeout=0.5):
+                return self
+        self.kill()
+        raise RuntimeError("cxr-node did not listen in time")
+
+    def terminate(self, timeout: float = 120.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+    def __enter__(self) -> "NodeProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()

@@ -1,0 +1,103 @@
+"""The finding-code mapping table (config/finding_codes.yaml): load, verify against pydicom, look up.
+
+Codes whose source is ``pydicom.sr.codedict codes.<SCHEME>.<Keyword>`` are checked against pydicom's dictionary
+when the table loads; a finding without a verified code has ``code: null`` and is written as text.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from highdicom.sr import CodedConcept
+from pydicom.sr.codedict import codes
+
+TABLE_PATH = Path(__file__).resolve().parents[1] / "config" / "finding_codes.yaml"
+_CODEDICT_SOURCE = re.compile(r"^pydicom\.sr\.codedict codes\.(\w+)\.(\w+)")
+
+
+class CodeTableError(ValueError):
+    """The mapping table is malformed or names a code that pydicom's dictionary does not hold."""
+
+
+@dataclass(frozen=True)
+class FindingCode:
+    key: str
+    label: str
+    code: CodedConcept | None  # None: no verified code, write as text
+    source: str  # where the code comes from, or why there is none
+    laterality: CodedConcept | None = None
+
+
+@dataclass(frozen=True)
+class CodeTable:
+    findings: dict[str, FindingCode]
+    anatomy: dict[str, FindingCode]
+    presence: dict[str, CodedConcept]
+    structure: dict[str, CodedConcept]
+    private: dict[str, CodedConcept]
+    private_designator: str
+    private_name: str
+    private_organization: str
+
+    def finding(self, key: str) -> FindingCode:
+        """The entry for a finding or anatomy key; unknown keys get a text-only entry."""
+        if key in self.findings:
+            return self.findings[key]
+        if key in self.anatomy:
+            return self.anatomy[key]
+        return FindingCode(key, key.replace("_", " ").capitalize(), None, "unknown key; written as text")
+
+    def stage_code(self, number: int, title: str) -> CodedConcept:
+        return CodedConcept(f"STAGE-{number}", self.private_designator, f"Stage {number}: {title}"[:64])
+
+
+def _concept(spec: dict[str, Any], source: str, where: str) -> CodedConcept:
+    scheme, value, meaning = str(spec["scheme"]), str(spec["value"]), str(spec["meaning"])
+    match = _CODEDICT_SOURCE.match(source)
+    if match:
+        try:
+            known = getattr(getattr(codes, match.group(1)), match.group(2))
+        except AttributeError as exc:
+            raise CodeTableError(f"{where}: {source} is not in pydicom.sr.codedict") from exc
+        if (known.value, known.scheme_designator) != (value, scheme):
+            raise CodeTableError(f"{where}: {scheme} {value} differs from {source} = {known}")
+    return CodedConcept(value, scheme, meaning)
+
+
+def _entry(key: str, spec: dict[str, Any], where: str) -> FindingCode:
+    source = str(spec.get("source") or spec.get("flag") or "")
+    if not source:
+        raise CodeTableError(f"{where}.{key}: every entry needs a source (or a flag when it has no code)")
+    code = _concept(spec["code"], source, f"{where}.{key}") if spec.get("code") else None
+    laterality = None
+    if spec.get("laterality"):
+        side = spec["laterality"]
+        laterality = _concept(side, f"pydicom.sr.codedict codes.SCT.{side['meaning']}", f"{where}.{key}.laterality")
+    return FindingCode(key, str(spec["label"]), code, source, laterality)
+
+
+def parse_table(data: dict[str, Any]) -> CodeTable:
+    """Build and verify a table from its YAML content."""
+    private = data["private_scheme"]
+    designator = str(private["designator"])
+    return CodeTable(
+        findings={k: _entry(k, v, "findings") for k, v in data["findings"].items()},
+        anatomy={k: _entry(k, v, "anatomy") for k, v in data["anatomy"].items()},
+        presence={k: _concept(v["code"], v["source"], f"presence.{k}") for k, v in data["presence"].items()},
+        structure={k: _concept(v["code"], v["source"], f"structure.{k}") for k, v in data["structure"].items()},
+        private={k: CodedConcept(str(v["value"]), designator, str(v["meaning"])) for k, v in data["private"].items()},
+        private_designator=designator,
+        private_name=str(private["name"]),
+        private_organization=str(private["responsible_organization"]),
+    )
+
+
+@lru_cache(maxsize=4)
+def load_table(path: str | Path = TABLE_PATH) -> CodeTable:
+    """The verified mapping table (cached)."""
+    with open(path, encoding="utf-8") as handle:
+        return parse_table(yaml.safe_load(handle))

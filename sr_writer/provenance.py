@@ -1,0 +1,44 @@
+"""Algorithm identification derived from a record's provenance: device UID, names and version strings."""
+from __future__ import annotations
+
+from pydicom.uid import generate_uid
+
+from inference.record import Provenance
+
+
+def device_uid(provenance: Provenance) -> str:
+    """A UID that is the same for the same weights (and quantization) and changes when they change."""
+    return generate_uid(prefix=None, entropy_srcs=["cxr-node-device", provenance.weights_sha256, provenance.quantization])
+
+
+def model_title(provenance: Provenance) -> str:
+    """E.g. "Qwen2.5-VL-3B-CXR 1.0" (name and version)."""
+    return " ".join(p for p in (provenance.model_name, provenance.model_version) if p).strip()
+
+
+def software_versions(provenance: Provenance) -> list[str]:
+    """Software Versions values (LO, 64 characters each)."""
+    values = [f"cxr-node {provenance.software_version}"]
+    if provenance.model_version:
+        values.append(f"model {provenance.model_version}")
+    if provenance.transformers_version:
+        values.append(f"transformers {provenance.transformers_version}")
+    return [v[:64] for v in values]
+
+
+def summary(provenance: Provenance) -> str:
+    """One line naming everything that identifies the algorithm run."""
+    parts = [
+        f"Model: {model_title(provenance)}",
+        f"weights sha256 {provenance.weights_sha256}",
+        f"quantization {provenance.quantization}",
+        f"dtype {provenance.dtype}",
+        f"device {provenance.device}",
+        f"profile {provenance.profile}",
+        f"software cxr-node {provenance.software_version}",
+    ]
+    if provenance.transformers_version:
+        parts.append(f"transformers {provenance.transformers_version}")
+    if provenance.demo_model:
+        parts.append("DEMO model (random weights)")
+    return "; ".join(parts)

@@ -1,0 +1,39 @@
+"""Plain-text renderings of record parts, shared by the SR and the reasoning page."""
+from __future__ import annotations
+
+from inference.record import Box, QuestionResult, ReasoningRecord, StageResult, StageStatus
+
+
+def box_text(box: Box) -> str:
+    x1, y1, x2, y2 = box.pixels
+    return f"{box.target} on image {box.image_index + 1}: ({x1:.0f}, {y1:.0f})-({x2:.0f}, {y2:.0f}) px"
+
+
+def parsed_text(question: QuestionResult) -> str | None:
+    """The typed value of an answer as one line, or None when there is nothing beyond the raw text."""
+    parsed = question.parsed
+    if not parsed.ok:
+        return None
+    parts: list[str] = []
+    if parsed.yes_no is not None:
+        parts.append("yes" if parsed.yes_no else "no")
+    if parsed.choices:
+        parts.append("choice: " + "; ".join(parsed.choices))
+    if parsed.boxes:
+        parts.append("boxes: " + "; ".join(box_text(b) for b in parsed.boxes))
+    return ", ".join(parts) or None
+
+
+def stage_status_text(stage: StageResult) -> str:
+    text = stage.status.value.replace("_", " ")
+    if stage.reason:
+        text += f" ({stage.reason})"
+    return text
+
+
+def completion_problems(record: ReasoningRecord) -> list[str]:
+    """Why a record is incomplete: failed stages and unparsed answers. Empty means complete."""
+    problems = [f"stage {s.number} failed: {s.reason or 'no reason given'}" for s in record.stages
+                if s.status is StageStatus.FAILED]
+    problems += [f"answer to {q.id} not parsed: {q.parsed.error or 'unknown'}" for q in record.unparsed_questions]
+    return problems

@@ -1,0 +1,227 @@
+"""Delivery loop: C-STORE result objects to their destinations with retries, backoff, jitter and dead letter.
+
+Each pass sends every due PENDING row, one association per destination, the destinations side by side in threads
+so that one slow or dead peer never holds up another. A row is leased (``next_attempt_at`` pushed ahead) before it
+is sent so that two delivery loops never send it at the same time; a row already SENT is never sent again. After
+a crash between the peer's acknowledgement and our commit the object may be sent once more after the lease ends
+(the peer keeps one copy: same SOP Instance UID).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode import metrics
+from dicomnode.audit import audit
+from dicomnode.config import Destination, NodeConfig, RetryConfig
+from dicomnode.db.models import Delivery, Job, Study, utcnow
+from dicomnode.db.states import DeliveryState, JobState
+from dicomnode.scu import Peer, ScuError, StoreOutcome, store_files
+from dicomnode.worker import set_job_state
+
+LOG = logging.getLogger("dicomnode.delivery")
+LEASE_SECONDS = 30.0
+BATCH_PER_DESTINATION = 50
+
+
+def backoff_seconds(attempts: int, retry: RetryConfig, rng: Callable[[], float] = random.random) -> float:
+    """Delay before the next try after ``attempts`` failed ones: min(max, initial * 2^(attempts-1)) * U(0.5, 1.5)."""
+    base = min(retry.max_seconds, retry.initial_seconds * 2.0 ** max(attempts - 1, 0))
+    return base * (0.5 + rng())
+
+
+@dataclass(frozen=True)
+class DueRow:
+    id: int
+    job_id: int
+    destination: str
+    sop_instance_uid: str
+    path: str
+
+
+class Deliverer:
+    """``run_once()`` does one pass; ``start()``/``stop()`` run passes in a background thread."""
+
+    def __init__(self, config: NodeConfig, session_factory: sessionmaker[Session],
+                 rng: Callable[[], float] = random.random, lease_seconds: float = LEASE_SECONDS) -> None:
+        self.config = config
+        self.session_factory = session_factory
+        self.rng = rng
+        self.lease_seconds = lease_seconds
+        self.data_dir = Path(config.storage.data_dir).resolve()
+        self.destinations = {d.name: d for d in config.destinations}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one pass ----------------------------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Send every due row (grouped per destination, in parallel); finish jobs. Returns rows attempted."""
+        leased = self._lease_due_rows()
+        by_destination: dict[str, list[DueRow]] = defaultdict(list)
+        for row in leased:
+            by_destination[row.destination].append(row)
+        if by_destination:
+            with ThreadPoolExecutor(max_workers=len(by_destination), thread_name_prefix="deliver") as pool:
+                list(pool.map(lambda item: self._deliver_to(*item), by_destination.items()))
+        self.finish_jobs()
+        return len(leased)
+
+    def _lease_due_rows(self) -> list[DueRow]:
+        now = utcnow()
+        lease_until = now + dt.timedelta(seconds=self.lease_seconds)
+        leased: list[DueRow] = []
+        with self.session_factory.begin() as session:
+            for name in self._pending_destinations(session, now):
+                rows = session.execute(
+                    select(Delivery.id, Delivery.job_id, Delivery.destination, Delivery.sop_instance_uid,
+                           Delivery.path, Delivery.next_attempt_at)
+                    .where(Delivery.destination == name, Delivery.state == DeliveryState.PENDING.value,
+                           Delivery.next_attempt_at <= now)
+                    .order_by(Delivery.next_attempt_at, Delivery.id).limit(BATCH_PER_DESTINATION)
+                    .with_for_update(skip_locked=True)
+                ).all()
+                for row in rows:
+                    won = session.execute(
+                        update(Delivery).where(Delivery.id == row.id, Delivery.state == DeliveryState.PENDING.value,
+                                               Delivery.next_attempt_at <= now)
+                        .values(next_attempt_at=lease_until).execution_options(synchronize_session=False)
+                    ).rowcount
+                    if won == 1:
+                        leased.append(DueRow(row.id, row.job_id, row.destination, row.sop_instance_uid, row.path))
+        return leased
+
+    @staticmethod
+    def _pending_destinations(session: Session, now: dt.datetime) -> list[str]:
+        return list(session.scalars(
+            select(Delivery.destination).where(Delivery.state == DeliveryState.PENDING.value,
+                                               Delivery.next_attempt_at <= now).distinct()
+        ))
+
+    def _deliver_to(self, name: str, rows: list[DueRow]) -> None:
+        destination = self.destinations.get(name)
+        if destination is None:
+            self._record(None, rows, [None] * len(rows), f"destination {name!r} is not configured")
+            return
+        peer = Peer.from_destination(destination, self.config.node.ae_title)
+        try:
+            outcomes: list[StoreOutcome | None] = list(store_files(peer, [self.data_dir / r.path for r in rows]))
+            error = None
+        except ScuError as exc:
+            outcomes, error = [None] * len(rows), str(exc)
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed attempt, never a dead loop
+            LOG.exception("delivery to %s failed", name)
+            outcomes, error = [None] * len(rows), f"{type(exc).__name__}: {exc}"
+        self._record(destination, rows, outcomes, error)
+
+    def _record(self, destination: Destination | None, rows: list[DueRow], outcomes: list[StoreOutcome | None],
+                error: str | None) -> None:
+        now = utcnow()
+        with self.session_factory.begin() as session:
+            for row, outcome in zip(rows, outcomes):
+                delivery = session.get(Delivery, row.id, with_for_update=True)
+                if delivery is None or delivery.state != DeliveryState.PENDING.value:
+                    continue
+                delivery.attempts += 1
+                study_uid = session.scalar(
+                    select(Study.study_instance_uid).join(Job, Job.study_id == Study.id).where(Job.id == row.job_id))
+                common = {"study_instance_uid": study_uid, "sop_instance_uid": delivery.sop_instance_uid,
+                          "job_id": delivery.job_id, "destination": delivery.destination,
+                          "attempt": delivery.attempts}
+                delivery.last_status = outcome.status if outcome else None
+                if outcome is not None and outcome.stored:
+                    delivery.state = DeliveryState.SENT.value
+                    delivery.sent_at = now
+                    delivery.last_error = None
+                    metrics.record_delivery(delivery.destination, ok=True)
+                    audit(session, "delivery.sent", status=f"0x{outcome.status:04X}", **common)
+                    continue
+                reason = (outcome.error if outcome else None) or error or "unknown error"
+                delivery.last_error = reason[:2000]
+                metrics.record_delivery(delivery.destination, ok=False)
+                retry = destination.retry if destination else None
+                if retry is None or delivery.attempts >= retry.max_attempts:
+                    delivery.state = DeliveryState.DEAD.value
+                    audit(session, "delivery.dead", level=logging.WARNING, error=reason[:500],
+                          status=delivery.last_status, **common)
+                else:
+                    delay = backoff_seconds(delivery.attempts, retry, self.rng)
+                    delivery.next_attempt_at = now + dt.timedelta(seconds=delay)
+                    audit(session, "delivery.failed", level=logging.WARNING, error=reason[:500],
+                          status=delivery.last_status, retry_in_s=round(delay, 1), **common)
+
+    def finish_jobs(self) -> int:
+        """RESULTS_READY jobs with no PENDING row become DELIVERED (all SENT) or FAILED (some DEAD)."""
+        done = 0
+        with self.session_factory.begin() as session:
+            pending = select(Delivery.id).where(Delivery.job_id == Job.id,
+                                                Delivery.state == DeliveryState.PENDING.value).exists()
+            jobs = list(session.scalars(
+                select(Job).where(Job.state == JobState.RESULTS_READY.value, ~pending).with_for_update()))
+            for job in jobs:
+                dead = session.execute(
+                    select(Delivery.destination, Delivery.sop_instance_uid, Delivery.last_error)
+                    .where(Delivery.job_id == job.id, Delivery.state == DeliveryState.DEAD.value)
+                    .order_by(Delivery.id)
+                ).all()
+                study_uid = session.scalar(select(Study.study_instance_uid).where(Study.id == job.study_id))
+                if dead:
+                    detail = "; ".join(f"{d.destination} {d.sop_instance_uid}: {d.last_error}" for d in dead)
+                    set_job_state(session, job, JobState.FAILED, f"delivery dead-lettered: {detail}")
+                    audit(session, "job.failed", level=logging.WARNING, study_instance_uid=study_uid,
+                          job_id=job.id, dead_deliveries=len(dead))
+                else:
+                    set_job_state(session, job, JobState.DELIVERED)
+                    audit(session, "job.delivered", study_instance_uid=study_uid, job_id=job.id)
+                done += 1
+        return done
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the earliest PENDING row is due (0 if overdue); None when nothing is pending."""
+        with self.session_factory() as session:
+            first = session.scalar(select(func.min(Delivery.next_attempt_at))
+                                   .where(Delivery.state == DeliveryState.PENDING.value))
+        if first is None:
+            return None
+        return max(0.0, (first - utcnow()).total_seconds())
+
+    # -- background thread -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="deliverer", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Run the next pass now (e.g. a job just became RESULTS_READY)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        poll = self.config.processing.poll_seconds
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+                due = self.next_due_in()
+            except Exception:  # noqa: BLE001 - database hiccup: log, wait, try again
+                LOG.exception("delivery pass failed")
+                due = None
+            wait = poll if due is None else min(poll, due)
+            self._wake.wait(max(wait, 0.05))
+            self._wake.clear()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after the pass in flight."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None

@@ -1,0 +1,111 @@
+"""The processing plug-in point: a complete study's instances in, result datasets (SR, SC) out.
+
+``processing.processor`` in the config names the processor: a registered name (``passthrough``; the reasoning
+issue registers ``reasoning``) or ``package.module:factory`` where ``factory(config) -> Processor``.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from pydicom import Dataset
+
+if TYPE_CHECKING:
+    from dicomnode.config import NodeConfig
+
+ObjectKind = Literal["sr", "sc"]
+OBJECT_KINDS: tuple[ObjectKind, ...] = ("sr", "sc")
+
+
+@dataclass
+class StudyInput:
+    """One job's view of a study: its selected instances (all generations so far) and earlier results."""
+
+    study_instance_uid: str
+    job_id: int
+    generation: int
+    instance_paths: list[Path]
+    predecessor_results: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class ResultObject:
+    """One result dataset to deliver; ``kind`` picks the destinations that take it."""
+
+    kind: ObjectKind
+    dataset: Dataset
+
+
+@dataclass
+class ProcessingResult:
+    objects: list[ResultObject]
+    record_json: str | None = None
+
+
+@runtime_checkable
+class Processor(Protocol):
+    def process(self, study: StudyInput) -> ProcessingResult: ...
+
+
+class PassThroughProcessor:
+    """Produces no result objects: the node receives, completes and closes studies without reasoning."""
+
+    def process(self, study: StudyInput) -> ProcessingResult:
+        return ProcessingResult(objects=[])
+
+
+ProcessorFactory = Callable[["NodeConfig"], Processor]
+
+# name -> factory, or "module:attribute" resolved on first use (keeps heavy imports lazy)
+_REGISTRY: dict[str, ProcessorFactory | str] = {"passthrough": lambda config: PassThroughProcessor()}
+
+
+def register_processor(name: str, factory: ProcessorFactory | str) -> None:
+    """Register ``name`` for ``processing.processor`` (a factory or a ``module:factory`` string)."""
+    if ":" in name:
+        raise ValueError(f"processor name {name!r} must not contain ':'")
+    _REGISTRY[name] = factory
+
+
+def registered_processors() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _import_factory(spec: str) -> ProcessorFactory:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"processing.processor: {spec!r} is not 'package.module:factory'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"processing.processor: cannot import {module_name!r}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"processing.processor: {module_name!r} has no {attr!r}") from None
+    if not callable(obj):
+        raise ValueError(f"processing.processor: {spec!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def resolve_factory(spec: str) -> ProcessorFactory:
+    """The factory for a registered name or a ``module:factory`` spec; ValueError names the problem."""
+    if ":" in spec:
+        return _import_factory(spec)
+    entry = _REGISTRY.get(spec)
+    if entry is None:
+        known = ", ".join(registered_processors())
+        raise ValueError(f"processing.processor: unknown processor {spec!r} (known: {known}; or module:factory)")
+    return _import_factory(entry) if isinstance(entry, str) else entry
+
+
+def make_processor(config: "NodeConfig") -> Processor:
+    """Build the processor the config names."""
+    processor = resolve_factory(config.processing.processor)(config)
+    if not isinstance(processor, Processor):
+        raise ValueError(f"processing.processor: {config.processing.processor!r} did not return a Processor")
+    return processor

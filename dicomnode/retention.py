@@ -1,0 +1,126 @@
+"""Retention: remove spool files of finished studies once ``storage.retention_days`` have passed.
+
+A study qualifies only when its newest job is DELIVERED (every result acknowledged by every destination) or
+SKIPPED (nothing to deliver), and that job finished more than ``retention_days`` ago. Studies still receiving,
+queued, processing, waiting for delivery or FAILED keep their files. Rows stay (the audit trail and the instance
+list); one ``retention.purged`` audit event per study records what was removed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.audit import audit
+from dicomnode.config import NodeConfig
+from dicomnode.db.models import Instance, Job, Study, utcnow
+from dicomnode.db.states import JobState
+
+LOG = logging.getLogger("dicomnode.retention")
+PURGEABLE = (JobState.DELIVERED.value, JobState.SKIPPED.value)
+SPOOL_PREFIX = "spool/"
+
+
+@dataclass
+class RetentionReport:
+    studies: int = 0
+    files: int = 0
+    bytes: int = 0
+
+
+def expired_studies(session: Session, cutoff: dt.datetime) -> list[tuple[int, str]]:
+    """(id, Study Instance UID) of studies whose newest job is DELIVERED/SKIPPED and finished before ``cutoff``."""
+    rows = session.execute(
+        select(Study.id, Study.study_instance_uid)
+        .join(Job, (Job.study_id == Study.id) & (Job.generation == Study.generation))
+        .where(Job.state.in_(PURGEABLE), Job.finished_at.is_not(None), Job.finished_at < cutoff)
+        .order_by(Study.id)
+    ).all()
+    return [(r.id, r.study_instance_uid) for r in rows]
+
+
+def _remove_empty_dirs(directory: Path, stop: Path) -> None:
+    while directory != stop and stop in directory.parents:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+        directory = directory.parent
+
+
+def purge_expired(config: NodeConfig, session_factory: sessionmaker[Session],
+                  now: dt.datetime | None = None) -> RetentionReport:
+    """Delete the spool files of expired studies; return what was removed."""
+    now = now or utcnow()
+    cutoff = now - dt.timedelta(days=config.storage.retention_days)
+    data_dir = Path(config.storage.data_dir).resolve()
+    spool_root = data_dir / "spool"
+    report = RetentionReport()
+    with session_factory() as session:
+        candidates = expired_studies(session, cutoff)
+    for study_id, study_uid in candidates:
+        with session_factory.begin() as session:
+            # re-check under the transaction: a late instance may have opened a new generation meanwhile
+            if (study_id, study_uid) not in expired_studies(session, cutoff):
+                continue
+            files = removed_bytes = 0
+            for relative in session.scalars(select(Instance.path).where(Instance.study_id == study_id)):
+                if not relative.startswith(SPOOL_PREFIX):
+                    continue
+                path = (data_dir / relative).resolve()
+                if spool_root not in path.parents:
+                    continue
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                files += 1
+                removed_bytes += size
+                _remove_empty_dirs(path.parent, spool_root)
+            if files:
+                audit(session, "retention.purged", study_instance_uid=study_uid, files=files,
+                      bytes=removed_bytes, retention_days=config.storage.retention_days)
+                report.studies += 1
+                report.files += files
+                report.bytes += removed_bytes
+    return report
+
+
+class Retention:
+    """Runs :func:`purge_expired` every ``interval_seconds`` in a background thread."""
+
+    def __init__(self, config: NodeConfig, session_factory: sessionmaker[Session],
+                 interval_seconds: float = 3600.0) -> None:
+        self.config = config
+        self.session_factory = session_factory
+        self.interval_seconds = interval_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> RetentionReport:
+        return purge_expired(self.config, self.session_factory)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 - try again next interval
+                LOG.exception("retention pass failed")
+            self._stop.wait(self.interval_seconds)
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None

@@ -1,0 +1,178 @@
+"""`cxr-node eval`: score a model (or given answers) on a CXRTrek-format dataset per stage and question type."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+QUANTIZATIONS = ("nf4", "fp4", "int8", "none")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a model on CXRTrek-format data",
+        description="Score answers per stage and question type: from a model run (--model DIR --images DIR, "
+        "teacher-forced unless --free), from a predictions file, or the gold answers themselves (--oracle).",
+    )
+    p.add_argument("dataset", type=Path, help="CXRTrek-format JSON (list of studies)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, metavar="DIR", help="local model directory to run")
+    source.add_argument(
+        "--predictions",
+        type=Path,
+        metavar="FILE",
+        help="answers produced elsewhere: JSON {study key: [answer, ...] | reasoning record} or a list per study",
+    )
+    source.add_argument("--oracle", action="store_true", help="score the gold answers (checks parser and scorer)")
+    p.add_argument("--images", type=Path, metavar="DIR", help="directory the dataset's relative image paths join")
+    p.add_argument("--free", action="store_true", help="model's own answers as history (default: teacher-forced)")
+    p.add_argument("--quantization", choices=QUANTIZATIONS, default="nf4", help="model quantization (default nf4)")
+    p.add_argument(
+        "--compare-quantization",
+        metavar="A,B",
+        help="run the same inputs under two quantization settings (e.g. none,nf4) and report their agreement",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--limit", type=int, metavar="N", help="first N studies only")
+    p.add_argument("--max-questions", type=int, metavar="N", help="first N questions of each study only")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="cap on generated tokens per answer")
+    p.add_argument(
+        "--box-convention",
+        choices=("percent", "per_mille", "unit"),
+        default="percent",
+        help="box coordinates in a --predictions file (default: CXRTrek percent)",
+    )
+    p.add_argument("--json", type=Path, metavar="OUT", help="write scores as JSON")
+    p.add_argument("--radar", type=Path, metavar="PNG", help="write a radar chart of stage scores")
+    p.add_argument("--save-predictions", type=Path, metavar="OUT", help="write the raw answers (re-scorable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _fail(message: str) -> int:
+    print(f"cxr-node eval: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _load_model(args: argparse.Namespace, quantization: str) -> Any:
+    from inference.model import load_chat_model
+
+    return load_chat_model(str(args.model), quantization=quantization, device=args.device)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from inference.chat import BoxConvention
+    from inference.evaluation import predictions as preds
+    from inference.evaluation import report
+    from inference.evaluation.dataset import DatasetError, load_dataset
+    from inference.evaluation.scoring import score_dataset
+
+    if args.model and not args.images:
+        return _fail("--model needs --images DIR")
+    if args.compare_quantization and not args.model:
+        return _fail("--compare-quantization needs --model")
+    if args.limit is not None and args.limit < 1:
+        return _fail("--limit must be at least 1")
+    try:
+        studies = load_dataset(args.dataset, args.limit)
+    except (OSError, DatasetError) as exc:
+        return _fail(str(exc))
+    console = Console()
+    meta: dict[str, Any] = {"dataset": str(args.dataset), "studies": len(studies)}
+
+    if args.compare_quantization:
+        return _compare(args, studies, meta, console)
+
+    if args.oracle:
+        runs = preds.oracle(studies)
+        meta["source"] = "oracle"
+    elif args.predictions:
+        try:
+            runs = preds.load_predictions(args.predictions, studies, BoxConvention(args.box_convention))
+        except (OSError, preds.PredictionsError) as exc:
+            return _fail(str(exc))
+        meta["source"] = f"predictions:{args.predictions}"
+    else:
+        try:
+            model = _load_model(args, args.quantization)
+            runs = preds.run_model(
+                model,
+                studies,
+                args.images,
+                free=args.free,
+                max_new_tokens=args.max_new_tokens,
+                max_questions=args.max_questions,
+                show_progress=not args.no_progress,
+            )
+        except (OSError, ValueError) as exc:
+            return _fail(str(exc))
+        meta.update(
+            source="model",
+            mode="free" if args.free else "teacher_forced",
+            model=_model_meta(model),
+            seconds_per_study=_seconds_per_study(runs),
+        )
+    if args.save_predictions:
+        preds.save_predictions(args.save_predictions, runs)
+    scores = score_dataset(studies, preds.parsed_answers(runs))
+    meta["questions"] = scores.overall.count
+    report.print_scores(scores, f"cxr-node eval: {meta['source']}", console)
+    if _is_demo(meta):
+        console.print("[yellow]DEMO model with random weights: these scores are meaningless.[/]")
+    if args.json:
+        report.write_json(args.json, report.scores_document(scores, **meta))
+    if args.radar:
+        report.write_radar(args.radar, {meta["source"]: scores.stage_scores()})
+    return 0
+
+
+def _is_demo(meta: dict[str, Any]) -> bool:
+    model = meta.get("model") or {}
+    return bool(model.get("demo_model"))
+
+
+def _model_meta(model: Any) -> dict[str, Any]:
+    from inference.evaluation.quantization import model_info
+
+    return model_info(model)
+
+
+def _seconds_per_study(runs: dict[str, Any]) -> float:
+    return sum(r.seconds for r in runs.values()) / len(runs) if runs else 0.0
+
+
+def _compare(args: argparse.Namespace, studies: list[Any], meta: dict[str, Any], console: Any) -> int:
+    from inference.evaluation import quantization, report
+
+    settings = [s.strip() for s in args.compare_quantization.split(",") if s.strip()]
+    if len(settings) != 2 or any(s not in QUANTIZATIONS for s in settings):
+        return _fail(f"--compare-quantization takes two of {', '.join(QUANTIZATIONS)}, e.g. none,nf4")
+    try:
+        comparison = quantization.compare_quantization(
+            lambda q: _load_model(args, q),
+            settings,
+            studies,
+            args.images,
+            free=args.free,
+            max_new_tokens=args.max_new_tokens,
+            max_questions=args.max_questions,
+            show_progress=not args.no_progress,
+        )
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc))
+    quantization.print_comparison(comparison, console)
+    meta.update(source="model", mode="free" if args.free else "teacher_forced")
+    if args.json:
+        report.write_json(args.json, {**meta, **comparison.to_dict()})
+    if args.radar:
+        report.write_radar(
+            args.radar, {s.name: s.scores.stage_scores() for s in comparison.settings}, "Stage scores by quantization"
+        )
+    return 0

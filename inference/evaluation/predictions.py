@@ -1,0 +1,302 @@
+"""Where answers come from: the gold answers (oracle), a predictions file, or a model run.
+
+Predictions file (``--predictions FILE``), JSON, one of:
+
+- answers by study: ``{"<study key>": ["answer text", ...], ...}``, answers in the study's item order (``null`` for
+  an unanswered item, which counts as unparsed; a shorter list leaves the remaining items out of the scores);
+- reasoning records by study: ``{"<study key>": <ReasoningRecord JSON object>, ...}``; each item takes the parsed
+  answer of the record question asked with the same text (whitespace-normalized); unmatched items are unparsed;
+- a list with one entry (answer list or record) per study, in dataset order.
+
+The study key is ``cxrtrek_data.study_id``; a study id seen again gets ``#2``, ``#3``... in file order. Raw answers
+are parsed with :func:`inference.parsing.parse_answer` (boxes in the file's box convention, CXRTrek percent by
+default). ``cxr-node eval --save-predictions OUT`` writes the first form.
+
+Model runs ask each study's questions in item order as one conversation. Teacher-forced (CXRTrek): the history is
+the gold Q&A. Free (``free=True``, as the node runs): the history holds the model's own answers. Images are read
+from ``images_dir`` joined with the item's relative image paths and enter at their ``<image>`` placeholders.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from inference.chat import BoxConvention, ChatModel, Turn
+from inference.evaluation.dataset import EvalItem, EvalStudy
+from inference.parsing import ImageGeometry, parse_answer
+from inference.record import ParsedAnswer, QType, ReasoningRecord
+
+# Default answer length per question type (the CXRTrek answers' lengths with headroom); --max-new-tokens caps it.
+DEFAULT_MAX_NEW_TOKENS: dict[QType, int] = {
+    QType.OPEN: 256,
+    QType.YES_NO: 64,
+    QType.SINGLE_CHOICE: 48,
+    QType.MULTI_CHOICE: 96,
+    QType.DETECTION: 96,
+}
+
+
+class PredictionsError(ValueError):
+    """The predictions file is malformed or does not fit the dataset."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One answer: raw text (None when none was given), its parsed value and what producing it cost."""
+
+    raw: str | None
+    parsed: ParsedAnswer
+    seconds: float = 0.0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+
+
+@dataclass
+class StudyRun:
+    """A study's answers (aligned with its items, possibly fewer) and the wall time spent on it."""
+
+    key: str
+    predictions: list[Prediction] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+NO_ANSWER = ParsedAnswer(ok=False, error="no answer given")
+
+
+def parse_for_item(
+    item: EvalItem,
+    raw: str | None,
+    *,
+    box_convention: BoxConvention = BoxConvention.PERCENT,
+    images: Sequence[ImageGeometry] = (),
+    wrapper: str | None = None,
+) -> ParsedAnswer:
+    """Parse ``raw`` as an answer to ``item`` (engine parser; boxes default to the item's image)."""
+    if raw is None:
+        return NO_ANSWER
+    return parse_answer(
+        raw,
+        item.qtype,
+        item.options,
+        box_convention=box_convention,
+        images=images,
+        default_image_index=item.image_index,
+        wrapper=wrapper,
+        default_target=item.target or "",
+    )
+
+
+def _from_texts(study: EvalStudy, texts: Sequence[str | None], convention: BoxConvention) -> StudyRun:
+    return StudyRun(
+        study.key,
+        [Prediction(raw=t, parsed=parse_for_item(item, t, box_convention=convention)) for item, t in zip(study.items, texts)],
+    )
+
+
+def oracle(studies: Sequence[EvalStudy]) -> dict[str, StudyRun]:
+    """The gold answers as predictions: a check of parser and scorer (must score 100%)."""
+    return {s.key: _from_texts(s, [i.answer for i in s.items], BoxConvention.PERCENT) for s in studies}
+
+
+_WS = re.compile(r"\s+")
+
+
+def _norm_question(text: str) -> str:
+    return _WS.sub(" ", text).strip()
+
+
+def _from_record(study: EvalStudy, record: ReasoningRecord) -> StudyRun:
+    asked = {}
+    for stage in record.stages:
+        for q in stage.questions:
+            asked.setdefault(_norm_question(q.question), q)
+    predictions = []
+    for item in study.items:
+        q = asked.get(_norm_question(item.question))
+        if q is None:
+            predictions.append(Prediction(raw=None, parsed=NO_ANSWER))
+        else:
+            predictions.append(
+                Prediction(
+                    raw=q.raw_answer,
+                    parsed=q.parsed,
+                    seconds=q.seconds,
+                    prompt_tokens=q.prompt_tokens,
+                    cached_tokens=q.cached_tokens,
+                    generated_tokens=q.generated_tokens,
+                )
+            )
+    return StudyRun(study.key, predictions)
+
+
+def _entry_to_run(study: EvalStudy, entry: Any, convention: BoxConvention, where: str) -> StudyRun:
+    if isinstance(entry, dict):
+        try:
+            return _from_record(study, ReasoningRecord.model_validate(entry))
+        except ValueError as exc:
+            raise PredictionsError(f"{where}: not a reasoning record: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(entry, list) or not all(t is None or isinstance(t, str) for t in entry):
+        raise PredictionsError(f"{where}: expected a list of answer strings (or null) or a reasoning record")
+    if len(entry) > len(study.items):
+        raise PredictionsError(f"{where}: {len(entry)} answers for {len(study.items)} items")
+    return _from_texts(study, entry, convention)
+
+
+def load_predictions(
+    path: str | Path, studies: Sequence[EvalStudy], box_convention: BoxConvention = BoxConvention.PERCENT
+) -> dict[str, StudyRun]:
+    """Read a predictions file (format in the module docstring) for ``studies``."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PredictionsError(f"{path}: not JSON: {exc}") from exc
+    runs: dict[str, StudyRun] = {}
+    if isinstance(data, list):
+        if len(data) < len(studies):
+            raise PredictionsError(f"{path}: {len(data)} entries for {len(studies)} studies")
+        for study, entry in zip(studies, data):
+            runs[study.key] = _entry_to_run(study, entry, box_convention, f"{path}: study {study.key}")
+        return runs
+    if not isinstance(data, dict):
+        raise PredictionsError(f"{path}: top level must be an object keyed by study or a list")
+    unknown = sorted(set(data) - {s.key for s in studies})
+    if unknown and not any(s.key in data for s in studies):
+        raise PredictionsError(f"{path}: no study key matches the dataset (first keys: {unknown[:3]})")
+    for study in studies:
+        if study.key in data:
+            runs[study.key] = _entry_to_run(study, data[study.key], box_convention, f"{path}: study {study.key}")
+    return runs
+
+
+def save_predictions(path: str | Path, runs: Mapping[str, StudyRun]) -> None:
+    """Write raw answers as ``{study key: [answer, ...]}`` (readable back with :func:`load_predictions`)."""
+    data = {key: [p.raw for p in run.predictions] for key, run in runs.items()}
+    Path(path).write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def load_study_images(study: EvalStudy, images_dir: str | Path) -> list[Image.Image]:
+    """The study's images as RGB, in study order; a missing file raises FileNotFoundError naming it."""
+    images = []
+    for index in range(len(study.image_relpaths)):
+        path = study.image_file(images_dir, index)
+        if not path.is_file():
+            raise FileNotFoundError(f"study {study.key}: image {index + 1} not found: {path}")
+        with Image.open(path) as img:
+            images.append(img.convert("RGB"))
+    return images
+
+
+def max_new_tokens_for(qtype: QType, cap: int | None) -> int:
+    value = DEFAULT_MAX_NEW_TOKENS[qtype]
+    return min(value, cap) if cap else value
+
+
+ProgressHook = Callable[[EvalStudy, int], None]  # (study, items done in it) after each answer
+
+
+def run_study(
+    model: ChatModel,
+    study: EvalStudy,
+    images: Sequence[Image.Image],
+    *,
+    free: bool = False,
+    max_new_tokens: int | None = None,
+    max_questions: int | None = None,
+    on_answer: ProgressHook | None = None,
+) -> StudyRun:
+    """Ask the study's questions in order as one conversation (teacher-forced unless ``free``)."""
+    start = time.perf_counter()
+    history: list[Turn] = []
+    run = StudyRun(study.key)
+    next_image = 0
+    items = study.items[:max_questions] if max_questions else study.items
+    for item in items:
+        n = item.n_images
+        turn_images = tuple(images[next_image : next_image + n])
+        next_image += n
+        question = Turn("user", item.question, turn_images)
+        gen = model.answer(history, question, max_new_tokens_for(item.qtype, max_new_tokens))
+        seen = images[:next_image]
+        sizes = gen.model_image_sizes
+        geometry = [
+            ImageGeometry(
+                index=i,
+                columns=img.width,
+                rows=img.height,
+                model_width=sizes[i][0] if i < len(sizes) else None,
+                model_height=sizes[i][1] if i < len(sizes) else None,
+            )
+            for i, img in enumerate(seen)
+        ]
+        parsed = parse_for_item(
+            item, gen.text, box_convention=model.box_convention, images=geometry, wrapper=model.answer_wrapper
+        )
+        run.predictions.append(
+            Prediction(
+                raw=gen.text,
+                parsed=parsed,
+                seconds=gen.seconds,
+                prompt_tokens=gen.prompt_tokens,
+                cached_tokens=gen.cached_tokens,
+                generated_tokens=gen.generated_tokens,
+            )
+        )
+        history += [question, Turn("assistant", gen.text if free else item.answer)]
+        if on_answer:
+            on_answer(study, len(run.predictions))
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def run_model(
+    model: ChatModel,
+    studies: Sequence[EvalStudy],
+    images_dir: str | Path,
+    *,
+    free: bool = False,
+    max_new_tokens: int | None = None,
+    max_questions: int | None = None,
+    show_progress: bool = True,
+    label: str = "model",
+) -> dict[str, StudyRun]:
+    """Run ``model`` over ``studies`` with a rich progress bar (on stderr); returns runs by study key."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    total = sum(len(s.items[:max_questions] if max_questions else s.items) for s in studies)
+    runs: dict[str, StudyRun] = {}
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[study]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not show_progress,
+    ) as progress:
+        task = progress.add_task(f"{label} ({'free' if free else 'teacher-forced'})", total=total, study="")
+        for study in studies:
+            progress.update(task, study=study.key)
+            runs[study.key] = run_study(
+                model,
+                study,
+                load_study_images(study, images_dir),
+                free=free,
+                max_new_tokens=max_new_tokens,
+                max_questions=max_questions,
+                on_answer=lambda _s, _n: progress.advance(task),
+            )
+    return runs
+
+
+def parsed_answers(runs: Mapping[str, StudyRun]) -> dict[str, list[ParsedAnswer]]:
+    """The scorer's input: parsed answers by study key."""
+    return {key: [p.parsed for p in run.predictions] for key, run in runs.items()}

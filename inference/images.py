@@ -1,0 +1,213 @@
+"""DICOM instances -> model images: decoded, Modality LUT, VOI LUT / window, MONOCHROME1 inverted, 8-bit RGB PIL.
+
+Any transfer syntax pydicom can decode with the installed plugins (pylibjpeg + openjpeg + libjpeg + rle) works.
+Without a VOI LUT or window, a robust percentile window (0.5 %-99.5 %) is used. Views come from ViewPosition, then
+ViewCodeSequence, then series/protocol description; frontal views (PA, AP) are ordered before laterals.
+ImageLaterality is not used: on chest radiographs it names the body side (usually B), not the projection.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
+
+from inference.record import ImageRef
+
+log = logging.getLogger(__name__)
+
+FRONTAL = ("PA", "AP")
+LATERAL = ("LATERAL", "LL", "RL")
+PERCENTILES = (0.5, 99.5)
+
+_VIEW_POSITION = {"PA": "PA", "AP": "AP", "LL": "LL", "RL": "RL", "LATERAL": "LATERAL", "LAT": "LATERAL",
+                  "LLD": "LL", "RLD": "RL"}
+# ViewCodeSequence (CID 4010): legacy SNOMED-RT and SNOMED CT codes, then meanings.
+_VIEW_CODES = {"R-10214": "PA", "399348003": "PA", "R-10206": "AP", "399182005": "AP",
+               "R-10236": "LL", "399173006": "LL", "R-10232": "RL", "399198007": "RL"}
+_VIEW_MEANINGS = (("postero-anterior", "PA"), ("posteroanterior", "PA"), ("antero-posterior", "AP"),
+                  ("anteroposterior", "AP"), ("left lateral", "LL"), ("right lateral", "RL"), ("lateral", "LATERAL"))
+_VIEW_WORDS = ((r"\bPA\b|POSTERO-?ANTERIOR", "PA"), (r"\bAP\b|ANTERO-?POSTERIOR|PORTABLE|SUPINE", "AP"),
+               (r"\bLL\b|LEFT LAT", "LL"), (r"\bRL\b|RIGHT LAT", "RL"), (r"\bLAT\b|LATERAL", "LATERAL"),
+               (r"FRONTAL", "PA"))
+
+
+class ImageError(ValueError):
+    """An instance whose pixels cannot be turned into a model image; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelImage:
+    """One image for the model and where it came from (source size kept for boxes)."""
+
+    image: Image.Image  # 8-bit RGB
+    role: Literal["current", "prior"]
+    view: str
+    rows: int  # source pixel matrix
+    columns: int
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    frame: int = 1
+
+    def ref(self, index: int) -> ImageRef:
+        return ImageRef(index=index, role=self.role, study_instance_uid=self.study_instance_uid,
+                        series_instance_uid=self.series_instance_uid, sop_instance_uid=self.sop_instance_uid,
+                        sop_class_uid=self.sop_class_uid, frame=self.frame, view=self.view, rows=self.rows,
+                        columns=self.columns)
+
+
+def view_of(ds: Dataset) -> str:
+    """PA, AP, LL, RL, LATERAL or UNKNOWN."""
+    vp = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if vp in _VIEW_POSITION:
+        return _VIEW_POSITION[vp]
+    for item in ds.get("ViewCodeSequence", None) or []:
+        code = str(item.get("CodeValue", "") or "")
+        if code in _VIEW_CODES:
+            return _VIEW_CODES[code]
+        meaning = str(item.get("CodeMeaning", "") or "").lower()
+        for word, view in _VIEW_MEANINGS:
+            if word in meaning:
+                return view
+    for keyword in ("SeriesDescription", "ProtocolName", "PerformedProcedureStepDescription"):
+        text = str(ds.get(keyword, "") or "").upper()
+        for pattern, view in _VIEW_WORDS:
+            if re.search(pattern, text):
+                return view
+    return "UNKNOWN"
+
+
+def _view_rank(view: str) -> int:
+    return 0 if view == "PA" else 1 if view == "AP" else 2 if view in LATERAL else 3
+
+
+def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2 windowing to [0, 1]."""
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6)))
+    if function == "LINEAR_EXACT":
+        return np.clip((values - (center - width / 2)) / max(width, 1e-6), 0, 1)
+    width = max(width, 1.0)
+    return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0, 1)
+
+
+def _first(value: object) -> float:
+    if isinstance(value, (list, tuple)) or hasattr(value, "__getitem__") and not isinstance(value, (str, bytes)):
+        return float(value[0])  # type: ignore[index]
+    return float(value)  # type: ignore[arg-type]
+
+
+def _apply_lut(values: np.ndarray, item: Dataset) -> np.ndarray:
+    """A VOI LUT (PS3.3 C.11.2.1.1) applied to modality values, scaled to [0, 1] by the LUT's largest output."""
+    count, first, bits = (int(v) for v in item.LUTDescriptor)
+    count = count or 65536
+    data = item.LUTData
+    if isinstance(data, bytes):
+        lut = np.frombuffer(data, dtype="<u2" if bits > 8 else np.uint8).astype(np.float64)
+    else:
+        lut = np.atleast_1d(np.asarray(data, dtype=np.float64))
+    lut = lut[:count]
+    if lut.size == 0:
+        raise ImageError("VOI LUT without data")
+    index = np.clip(np.rint(values).astype(np.int64) - first, 0, lut.size - 1)
+    top = float(lut.max()) or float(2**bits - 1)
+    return np.clip(lut[index] / top, 0, 1)
+
+
+def _grey_to_unit(ds: Dataset, raw: np.ndarray) -> np.ndarray:
+    """Modality LUT, then VOI LUT or window (or a percentile window), as floats in [0, 1], MONOCHROME2 sense."""
+    values = apply_modality_lut(raw, ds).astype(np.float64)
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        unit = _apply_lut(values, ds.VOILUTSequence[0])
+    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+        unit = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), function)
+    else:
+        lo, hi = np.percentile(values, PERCENTILES)
+        if hi <= lo:
+            hi = lo + 1.0
+        unit = np.clip((values - lo) / (hi - lo), 0, 1)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        unit = 1.0 - unit
+    return unit
+
+
+def to_pil(ds: Dataset, frame: int = 1, max_side: int | None = None) -> Image.Image:
+    """Decode one frame of ``ds`` into an 8-bit RGB image, original size unless ``max_side`` shrinks it."""
+    sop = str(ds.get("SOPInstanceUID", "?"))
+    if "PixelData" not in ds:
+        raise ImageError(f"instance {sop} has no pixel data")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise ImageError(f"instance {sop}: cannot decode pixel data ({ts}): {exc}") from exc
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if frames > 1:
+        if not 1 <= frame <= frames:
+            raise ImageError(f"instance {sop} has {frames} frames, not frame {frame}")
+        pixels = pixels[frame - 1]
+    if samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2"):
+        grey = (_grey_to_unit(ds, pixels) * 255.0 + 0.5).astype(np.uint8)
+        image = Image.fromarray(grey, mode="L").convert("RGB")
+    elif samples == 3:
+        arr = pixels.astype(np.float64)
+        bits = int(ds.get("BitsStored", 8) or 8)
+        if bits > 8:
+            arr = arr / (2**bits - 1) * 255.0
+        image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB")
+    else:
+        raise ImageError(f"instance {sop}: photometric interpretation {photometric or 'missing'} is not supported")
+    if max_side and max(image.size) > max_side:
+        scale = max_side / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    return image
+
+
+def _sort_key(ds: Dataset) -> tuple[int, int, int]:
+    def num(keyword: str) -> int:
+        try:
+            return int(ds.get(keyword, 0) or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    return _view_rank(view_of(ds)), num("SeriesNumber"), num("InstanceNumber")
+
+
+def order_views(datasets: Iterable[Dataset]) -> list[Dataset]:
+    """Image instances, frontal (PA, then AP) first, then laterals, then unknown; stable by series/instance."""
+    return sorted(datasets, key=_sort_key)
+
+
+def prepare_images(
+    datasets: Sequence[Dataset], role: Literal["current", "prior"] = "current", max_side: int | None = None
+) -> list[ModelImage]:
+    """Model images for one study: instances without pixel data are skipped (logged), the rest ordered."""
+    with_pixels = []
+    for ds in datasets:
+        if "PixelData" in ds:
+            with_pixels.append(ds)
+        else:
+            log.info("skipping %s instance %s without pixel data", role, ds.get("SOPInstanceUID", "?"))
+    images = []
+    for ds in order_views(with_pixels):
+        images.append(ModelImage(
+            image=to_pil(ds, 1, max_side), role=role, view=view_of(ds), rows=int(ds.Rows), columns=int(ds.Columns),
+            study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+            series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+            sop_instance_uid=str(ds.get("SOPInstanceUID", "")), sop_class_uid=str(ds.get("SOPClassUID", "")),
+        ))
+    if not images:
+        raise ImageError(f"no {role} image with pixel data among {len(datasets)} instance(s)")
+    return images

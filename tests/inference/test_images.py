@@ -1,0 +1,154 @@
+"""DICOM -> model image: LUTs and windows, MONOCHROME1, compressed transfer syntaxes, view ordering."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import JPEG2000Lossless, RLELossless
+
+from dicomnode.synthetic import StudySpec, make_instance, make_study, write_study
+from inference.images import ImageError, order_views, prepare_images, to_pil, view_of
+
+
+def _ramp_instance(values: np.ndarray, **attrs: object) -> Dataset:
+    """A 12-bit instance whose pixel values are ``values`` (2-D uint16)."""
+    spec = StudySpec(rows=values.shape[0], columns=values.shape[1], with_window=False)
+    ds = make_instance(spec, "PA", 1, pydicom.uid.generate_uid())
+    ds.PixelData = values.astype(np.uint16).tobytes()
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def _grey(ds: Dataset) -> np.ndarray:
+    arr = np.asarray(to_pil(ds))
+    assert arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8
+    assert (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()
+    return arr[..., 0].astype(int)
+
+
+RAMP = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (4, 1))  # 256 columns, 0..4080
+
+
+def test_window_linear() -> None:
+    out = _grey(_ramp_instance(RAMP, WindowCenter=2048, WindowWidth=1024))
+    row = out[0]
+    assert (row[RAMP[0] < 1536] == 0).all()
+    assert (row[RAMP[0] > 2560] == 255).all()
+    middle = row[(RAMP[0] > 1600) & (RAMP[0] < 2500)]
+    assert (np.diff(middle) >= 0).all() and 100 < row[RAMP[0] == 2048][0] < 155
+
+
+def test_modality_lut_applies_before_window() -> None:
+    # stored v -> 2v - 1000; window [1000, 3000] in output units covers stored values 1000..2000
+    out = _grey(_ramp_instance(RAMP, RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=2000,
+                               WindowWidth=2000))[0]
+    assert (out[RAMP[0] < 990] == 0).all() and (out[RAMP[0] > 2010] == 255).all()
+    assert 110 < out[RAMP[0] == 1504][0] < 145
+
+
+def test_voi_lut_sequence_wins_over_window() -> None:
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 8]
+    item.LUTData = [0] * 2048 + [255] * 2048  # a step at 2048
+    item.LUTExplanation = "step"
+    out = _grey(_ramp_instance(RAMP, VOILUTSequence=DicomSequence([item]), WindowCenter=100, WindowWidth=10))[0]
+    assert (out[RAMP[0] < 2048] == 0).all() and (out[RAMP[0] >= 2048] == 255).all()
+
+
+def test_percentile_window_without_voi() -> None:
+    values = RAMP.copy()
+    values[0, 0] = 4095  # an outlier must not stretch the window
+    values[1, :] = 1000
+    out = _grey(_ramp_instance(values))
+    assert out.min() == 0 and out.max() == 255
+    assert 100 < out[0][RAMP[0] == 2048][0] < 155  # the middle of the data maps near the middle
+
+
+def test_monochrome1_is_inverted() -> None:
+    mono2 = _ramp_instance(RAMP, WindowCenter=2048, WindowWidth=4096)
+    mono1 = _ramp_instance(RAMP, WindowCenter=2048, WindowWidth=4096, PhotometricInterpretation="MONOCHROME1")
+    assert (_grey(mono1) + _grey(mono2) == 255).all()
+    # synthetic MONOCHROME1 study: stored values inverted, so the displayed image matches MONOCHROME2
+    a = prepare_images(make_study(StudySpec(rows=128, columns=104, views=("PA",))))[0].image
+    b = prepare_images(make_study(StudySpec(rows=128, columns=104, views=("PA",), photometric="MONOCHROME1")))[0].image
+    assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).mean() < 1.5
+
+
+def _compress_dcmtk(tool: str, src: Path, dst: Path) -> None:
+    if not shutil.which(tool):
+        pytest.skip(f"{tool} (DCMTK) not installed")
+    subprocess.run([tool, str(src), str(dst)], check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize("syntax", ["jpeg_lossless", "jpeg_ls", "rle_dcmtk", "rle_pydicom", "jpeg2000"])
+def test_compressed_transfer_syntaxes_decode_identically(tmp_path: Path, syntax: str) -> None:
+    src = write_study(tmp_path / "src", StudySpec(rows=96, columns=80, views=("PA",)))[0]
+    dst = tmp_path / f"{syntax}.dcm"
+    if syntax == "jpeg_lossless":
+        _compress_dcmtk("dcmcjpeg", src, dst)
+    elif syntax == "jpeg_ls":
+        _compress_dcmtk("dcmcjpls", src, dst)
+    elif syntax == "rle_dcmtk":
+        _compress_dcmtk("dcmcrle", src, dst)
+    else:
+        ds = pydicom.dcmread(src)
+        ds.compress(RLELossless if syntax == "rle_pydicom" else JPEG2000Lossless)
+        ds.save_as(dst, enforce_file_format=True)
+    original, compressed = pydicom.dcmread(src), pydicom.dcmread(dst)
+    assert compressed.file_meta.TransferSyntaxUID.is_compressed
+    assert compressed.file_meta.TransferSyntaxUID != original.file_meta.TransferSyntaxUID
+    assert np.array_equal(np.asarray(to_pil(compressed)), np.asarray(to_pil(original)))
+
+
+def test_frontal_first_and_view_sources() -> None:
+    spec = StudySpec(rows=64, columns=48, views=("LATERAL", "AP", "PA"))
+    lateral, ap, pa = make_study(spec)
+    unknown = make_instance(spec, "PA", 9, pydicom.uid.generate_uid())
+    del unknown.ViewPosition
+    unknown.SeriesDescription = "SCOUT"
+    assert [view_of(d) for d in order_views([unknown, lateral, ap, pa])] == ["PA", "AP", "LL", "UNKNOWN"]
+
+    coded = make_instance(spec, "PA", 5, pydicom.uid.generate_uid())
+    del coded.ViewPosition
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "R-10206", "SRT", "antero-posterior"
+    coded.ViewCodeSequence = DicomSequence([code])
+    assert view_of(coded) == "AP"
+    code.CodeValue, code.CodeMeaning = "999", "left lateral"
+    assert view_of(coded) == "LL"
+    del coded.ViewCodeSequence
+    coded.SeriesDescription = "CHEST LAT"
+    assert view_of(coded) == "LATERAL"
+    coded.SeriesDescription = "Thorax p.a."
+    assert view_of(coded) == "UNKNOWN"
+
+
+def test_prepare_images_keeps_source_size_and_skips_non_images() -> None:
+    study = make_study(StudySpec(rows=300, columns=240, views=("LATERAL", "PA")))
+    sr = Dataset()
+    sr.SOPInstanceUID = "1.2.3"
+    images = prepare_images([sr, *study], max_side=100)
+    assert [m.view for m in images] == ["PA", "LL"]
+    assert images[0].image.size == (80, 100)
+    assert (images[0].rows, images[0].columns) == (300, 240)
+    ref = images[1].ref(3)
+    assert (ref.index, ref.role, ref.view, ref.rows, ref.columns) == (3, "current", "LL", 300, 240)
+    assert ref.sop_instance_uid == study[0].SOPInstanceUID
+    full = prepare_images(study)
+    assert full[0].image.size == (240, 300)
+    with pytest.raises(ImageError, match="no prior image"):
+        prepare_images([sr], role="prior")
+
+
+def test_undecodable_pixels_raise_image_error() -> None:
+    ds = _ramp_instance(RAMP)
+    ds.PixelData = b"\x00" * 10
+    with pytest.raises(ImageError, match="cannot decode"):
+        to_pil(ds)

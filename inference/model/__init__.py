@@ -1,0 +1,9 @@
+"""Model half of the reasoning engine: loading (quantized, local only), profiles, the prefix-cached ChatModel,
+the offline demo-model builder and pre-quantized checkpoints."""
+from __future__ import annotations
+
+from inference.model.demo import build_demo_model
+from inference.model.engine import LoadedModel, ModelInfo
+from inference.model.loading import ModelLoadError, load_chat_model, resolve_device
+
+__all__ = ["LoadedModel", "ModelInfo", "ModelLoadError", "build_demo_model", "load_chat_model", "resolve_device"]

@@ -1,0 +1,39 @@
+"""Session-scoped tiny demo models (Qwen2.5-VL and Llava), built once per pytest session.
+
+Use from a test module in ``tests/inference/``::
+
+    from model_fixtures import demo_model_dirs, llava_demo_dir, qwen_demo_dir  # noqa: F401
+
+(importing a fixture into a test module registers it). From another test directory, put
+``tests/inference`` on ``sys.path`` and list ``pytest_plugins = ("model_fixtures",)`` in the root ``tests/conftest.py``.
+Each directory is a normal local model directory (load it with ``inference.model.load_chat_model``); the models are
+untrained (``cxr_node_model.json`` says ``"demo": true``). Building both takes a few seconds on CPU.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inference.model.demo import build_demo_model
+
+DEMO_FAMILIES: tuple[str, ...] = ("qwen2_5_vl", "llava")
+
+
+@pytest.fixture(scope="session")
+def demo_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{family: directory} of tiny demo models, built once per session."""
+    root = tmp_path_factory.mktemp("demo_models")
+    return {family: build_demo_model(root / family, family=family, size="tiny", seed=0) for family in DEMO_FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def qwen_demo_dir(demo_model_dirs: dict[str, Path]) -> Path:
+    """A tiny random Qwen2.5-VL demo model directory."""
+    return demo_model_dirs["qwen2_5_vl"]
+
+
+@pytest.fixture(scope="session")
+def llava_demo_dir(demo_model_dirs: dict[str, Path]) -> Path:
+    """A tiny random Llava demo model directory."""
+    return demo_model_dirs["llava"]

@@ -1,0 +1,125 @@
+"""Prior-study lookup and retrieval against a real Orthanc (C-FIND, C-GET, C-MOVE SCP)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pydicom
+import pytest
+
+from dicomnode.peers.dcmtk import storescu
+from dicomnode.peers.orthanc import OrthancServer
+from dicomnode.peers.ports import free_port
+from dicomnode.priors import find_prior_study, lookup_prior, retrieve, retrieve_study
+from dicomnode.synthetic import StudySpec, prior_spec, write_study
+
+NODE_AET = "CXRNODE"
+PATIENT = "PRIORS001"
+
+
+def _modality(aet: str, port: int) -> dict[str, object]:
+    return {"AET": aet, "Host": "127.0.0.1", "Port": port,
+            "AllowEcho": True, "AllowFind": True, "AllowGet": True, "AllowMove": True, "AllowStore": True}
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory):
+    """Orthanc holding, for one patient: an older DX study, the most recent earlier CR study (plus an SR-like
+    CT series in it that must not be retrieved), a CT-only study, a later DX study, and the current study."""
+    work = tmp_path_factory.mktemp("priors")
+    move_port = free_port()
+    server = OrthancServer(work / "orthanc", extra_config={"DicomModalities": {NODE_AET: _modality(NODE_AET, move_port)}})
+    current = StudySpec(patient_id=PATIENT, study_date="20260301", rows=128, columns=104)
+    recent = prior_spec(current, days_before=30)
+    recent.modality = "CR"
+    recent.views = ("PA", "LATERAL")
+    older = prior_spec(current, days_before=400)
+    ct_only = StudySpec(patient_id=PATIENT, study_date="20260220", modality="CT", views=("AXIAL",), rows=64, columns=64)
+    later = StudySpec(patient_id=PATIENT, study_date="20260401", rows=64, columns=64)
+    other_patient = StudySpec(patient_id="SOMEONEELSE", study_date="20260228", rows=64, columns=64)
+    files: list[Path] = []
+    for i, spec in enumerate((current, recent, older, ct_only, later, other_patient)):
+        files += write_study(work / f"in{i}", spec)
+    # a CT series inside the recent study: must not be retrieved as part of the prior
+    files += write_study(work / "in_mixed", StudySpec(patient_id=PATIENT, study_instance_uid=recent.study_instance_uid,
+                                                      study_date=recent.study_date, modality="CT", views=("AXIAL",),
+                                                      rows=64, columns=64))
+    with server:
+        result = storescu(files, server.aet, "127.0.0.1", server.dicom_port)
+        assert result.returncode == 0, result.stderr
+        server.wait_for_instances(len(files), timeout=120)
+        yield SimpleNamespace(server=server, current=current, recent=recent, older=older, move_port=move_port,
+                              n_recent_cr=len(recent.views))
+
+
+def _config(pacs, **extra: object) -> SimpleNamespace:
+    return SimpleNamespace(enabled=True, query_aet=pacs.server.aet, host="127.0.0.1", port=pacs.server.dicom_port,
+                           calling_aet=NODE_AET, timeout_seconds=30, **extra)
+
+
+def test_finds_most_recent_earlier_cr_dx_study(pacs) -> None:
+    cur = pacs.current
+    prior = find_prior_study(_config(pacs), PATIENT, cur.study_instance_uid, cur.study_date)
+    assert prior is not None
+    assert prior.study_instance_uid == pacs.recent.study_instance_uid
+    assert prior.study_date == pacs.recent.study_date
+    assert "CR" in prior.modalities
+
+
+def test_prior_of_the_older_study_is_the_oldest(pacs) -> None:
+    # from the recent study's point of view the only earlier CR/DX study is the 400-day-old one
+    rec = pacs.recent
+    prior = find_prior_study(_config(pacs), PATIENT, rec.study_instance_uid, rec.study_date)
+    assert prior is not None and prior.study_instance_uid == pacs.older.study_instance_uid
+
+
+def test_no_prior(pacs, caplog: pytest.LogCaptureFixture) -> None:
+    old = pacs.older
+    caplog.set_level(logging.INFO, logger="dicomnode.priors")
+    assert find_prior_study(_config(pacs), PATIENT, old.study_instance_uid, old.study_date) is None
+    assert find_prior_study(_config(pacs), "NOBODY", "1.2.3", "20300101") is None
+    assert "no earlier CR/DX study" in caplog.text
+    assert PATIENT not in caplog.text and "NOBODY" not in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["get", "move"])
+def test_retrieve_prior_cr_series_only(pacs, tmp_path: Path, mode: str) -> None:
+    extra = {"retrieve": mode, "move_port": pacs.move_port} if mode == "move" else {}
+    files = retrieve_study(_config(pacs, **extra), pacs.recent.study_instance_uid, tmp_path / "prior")
+    assert len(files) == pacs.n_recent_cr
+    for path in files:
+        ds = pydicom.dcmread(path)
+        assert path.name == f"{ds.SOPInstanceUID}.dcm"
+        assert ds.StudyInstanceUID == pacs.recent.study_instance_uid
+        assert ds.Modality == "CR"
+        assert ds.pixel_array.shape == (pacs.recent.rows, pacs.recent.columns)
+    assert not [p for p in (tmp_path / "prior").iterdir() if p.name.startswith(".recv-")]
+
+
+def test_pacs_down(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dicomnode.priors")
+    config = SimpleNamespace(enabled=True, query_aet="ORTHANC", host="127.0.0.1", port=free_port(),
+                             calling_aet=NODE_AET, timeout_seconds=10)
+    result = lookup_prior(config, PATIENT, "1.2.3.4", "20260301")
+    assert result.prior is None and "unreachable" in result.reason
+    assert find_prior_study(config, PATIENT, "1.2.3.4", "20260301") is None
+    assert "unreachable" in caplog.text
+    assert retrieve_study(config, "1.2.3.4", tmp_path / "x") == []
+    assert "not retrieved" in caplog.text
+
+
+def test_pacs_refuses_unknown_calling_ae(pacs, tmp_path: Path) -> None:
+    config = _config(pacs)
+    config.calling_aet = "STRANGER"  # not in Orthanc's DicomModalities: C-FIND / C-GET are refused
+    result = lookup_prior(config, PATIENT, pacs.current.study_instance_uid, pacs.current.study_date)
+    assert result.prior is None and "refused" in result.reason
+    fetched = retrieve(config, pacs.recent.study_instance_uid, tmp_path / "y")
+    assert fetched.files == [] and "refused" in fetched.reason
+
+
+def test_misconfigured_is_a_reason_not_an_exception(tmp_path: Path) -> None:
+    result = lookup_prior(SimpleNamespace(enabled=True, query_aet=None, host=None, port=None), PATIENT, "1.2", "")
+    assert result.prior is None and "not configured" in result.reason
+    config = SimpleNamespace(query_aet="X", host="127.0.0.1", port=104, retrieve="move", move_port=None)
+    assert "move_port" in retrieve(config, "1.2.3", tmp_path).reason

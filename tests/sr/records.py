@@ -61,6 +61,10 @@ BOX_AT: dict[str, tuple[float, float, float, float]] = {
     "left_lung": (0.54, 0.18, 0.88, 0.72),
 }
 _DEFAULT_BOX = (0.55, 0.25, 0.85, 0.55)
+_FINDING_BOXES = (  # positive findings take these in turn
+    (0.55, 0.25, 0.85, 0.55), (0.15, 0.55, 0.42, 0.80), (0.58, 0.60, 0.86, 0.82),
+    (0.20, 0.15, 0.40, 0.35), (0.45, 0.40, 0.60, 0.52), (0.62, 0.10, 0.80, 0.25),
+)
 
 
 def image_refs(current: Sequence[Dataset], prior: Sequence[Dataset] = ()) -> list[ImageRef]:
@@ -168,7 +172,7 @@ def make_record(
         boxes: list[Box] = []
         attributes: list[str] = []
         if presence is Presence.PRESENT:
-            box = make_box(key, frontal)
+            box = make_box(key, frontal, _FINDING_BOXES[len(s3) // 2 % len(_FINDING_BOXES)])
             boxes.append(box)
             raw = f"<|ref|> {key} <|/ref|> <|box|>({box.raw[0]}, {box.raw[1]}), ({box.raw[2]}, {box.raw[3]})<|/box|>"
             s3.append(_q(f"s3.box:{key}", 3, QType.DETECTION, f"Please locate the {label.lower()} in the image.",

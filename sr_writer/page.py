@@ -1,0 +1,375 @@
+"""The reasoning page: header, frontal image with labelled boxes, findings table, stage-by-stage reasoning.
+
+Pages are portrait RGB images (default 1536 x 2048, 24 px body text) meant to be read 1:1 on a diagnostic
+monitor. Reasoning that does not fit continues on further pages; every page repeats the header (with
+"page N of M"), the unverified statement and, for demo models, the DEMO banner. Layout is computed first
+(lines of wrapped text with heights), then drawn, so nothing is cut off or overlaps.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pydicom.dataset import Dataset
+
+from inference.record import (
+    DEMO_STATEMENT,
+    UNVERIFIED_STATEMENT,
+    Box,
+    Finding,
+    Presence,
+    ReasoningRecord,
+    StageStatus,
+)
+from sr_writer import provenance as prov
+from sr_writer.fonts import Face
+from sr_writer.options import OutputOptions
+from sr_writer.sr import collect_boxes
+from sr_writer.text import completion_problems, parsed_text, stage_status_text
+
+WHITE = (255, 255, 255)
+INK = (20, 20, 20)
+MUTED = (90, 90, 90)
+RULE = (170, 170, 170)
+RED = (190, 20, 20)
+DEMO_BG = (200, 30, 30)
+PRESENCE_COLOUR = {Presence.PRESENT: (200, 40, 20), Presence.UNCERTAIN: (190, 130, 0), Presence.ABSENT: (60, 110, 60)}
+BOX_COLOURS = ((255, 80, 40), (40, 200, 255), (255, 220, 0), (120, 255, 80), (255, 90, 220), (255, 160, 40))
+FRONTAL_VIEWS = ("PA", "AP")
+
+_TOKEN = re.compile(
+    r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef\u3000-\u303f]"  # CJK: break anywhere
+    r"|[^\s\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef\u3000-\u303f]+\s*"
+    r"|\s+"
+)
+
+
+@dataclass(frozen=True)
+class Line:
+    text: str
+    face: Face
+    colour: tuple[int, int, int] = INK
+    indent: int = 0
+    space_before: int = 0
+    continued: str | None = None  # heading to repeat when a page starts with this line ("Stage 2: ... (continued)")
+
+    @property
+    def height(self) -> int:
+        return self.space_before + self.face.line_height
+
+
+def wrap(text: str, face: Face, width: float) -> list[str]:
+    """Wrap ``text`` to ``width`` pixels: at spaces, between CJK characters, inside over-long words."""
+    lines: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        current = ""
+        for token in _TOKEN.findall(paragraph):
+            candidate = current + token
+            if face.width(candidate.rstrip()) <= width:
+                current = candidate
+                continue
+            if current.strip():
+                lines.append(current.rstrip())
+            current = token.lstrip() if token.isspace() else token
+            while face.width(current.rstrip()) > width:  # a word longer than the line: split it
+                cut = len(current)
+                while cut > 1 and face.width(current[:cut]) > width:
+                    cut -= 1
+                lines.append(current[:cut])
+                current = current[cut:]
+        lines.append(current.rstrip())
+    return lines
+
+
+class Faces:
+    def __init__(self, body: int) -> None:
+        self.body = Face.make(body)
+        self.bold = Face.make(body, bold=True)
+        self.small = Face.make(max(18, body - 4))
+        self.heading = Face.make(body + 6, bold=True)
+        self.title = Face.make(body + 12, bold=True)
+
+
+def to_rgb8(ds: Dataset, frame: int = 1) -> Image.Image:
+    """A grayscale source image as 8-bit RGB for display: modality and VOI LUT applied, MONOCHROME1 inverted."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    pixels = ds.pixel_array
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[frame - 1]
+    if pixels.ndim == 3:  # colour source
+        return Image.fromarray(pixels.astype(np.uint8)).convert("RGB")
+    data = apply_modality_lut(pixels, ds)
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+        data = apply_voi_lut(data, ds)
+    data = data.astype(np.float64)
+    lo, hi = np.percentile(data, 0.5), np.percentile(data, 99.5)
+    scaled = np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1)
+    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        scaled = 1.0 - scaled
+    return Image.fromarray((scaled * 255).astype(np.uint8)).convert("RGB")
+
+
+def _frontal_index(record: ReasoningRecord, sources: dict[str, Dataset]) -> int | None:
+    current = [r for r in record.images if r.role == "current" and r.sop_instance_uid in sources]
+    for ref in current:
+        if ref.view.upper() in FRONTAL_VIEWS:
+            return ref.index
+    return current[0].index if current else None
+
+
+def _person_name(ds: Dataset) -> str:
+    name = str(ds.get("PatientName", "") or "")
+    return " ".join(part for part in name.replace("^", " ").split()) or "(no name)"
+
+
+def _date(value: str) -> str:
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value or "-"
+
+
+class PageRenderer:
+    """Lays out and draws all pages of one record."""
+
+    def __init__(self, record: ReasoningRecord, current: Sequence[Dataset], prior: Sequence[Dataset],
+                 options: OutputOptions) -> None:
+        self.record = record
+        self.options = options
+        self.sources = {str(ds.SOPInstanceUID): ds for ds in [*current, *prior]}
+        self.first = current[0]
+        self.faces = Faces(options.body_font_px)
+        self.width, self.height = options.page_width, options.page_height
+        self.margin = max(32, self.width // 32)
+        self.inner = self.width - 2 * self.margin
+        self.boxes = [(b, f) for b, f in collect_boxes(record)]
+
+    # -- header and footer -------------------------------------------------------------------------------
+    def _header_lines(self) -> list[Line]:
+        p, ds, f = self.record.provenance, self.first, self.faces
+        lines = [
+            Line(f"Patient: {_person_name(ds)}   ID: {ds.get('PatientID', '') or '-'}", f.bold),
+            Line(f"Study date: {_date(str(ds.get('StudyDate', '')))}   Accession: {ds.get('AccessionNumber', '') or '-'}"
+                 f"   Study: {ds.get('StudyDescription', '') or '-'}", f.body),
+            Line(f"Model: {prov.model_title(p)}   quantization {p.quantization}   weights {p.weights_sha256[:16]}"
+                 f"   cxr-node {p.software_version}", f.body, MUTED),
+        ]
+        wrapped: list[Line] = []
+        for line in lines:
+            wrapped += [Line(t, line.face, line.colour) for t in wrap(line.text, line.face, self.inner)]
+        wrapped += [Line(t, f.bold, RED) for t in wrap(UNVERIFIED_STATEMENT, f.bold, self.inner)]
+        problems = completion_problems(self.record)
+        if problems:
+            text = "Incomplete: " + "; ".join(problems)
+            wrapped += [Line(t, f.small, RED) for t in wrap(text, f.small, self.inner)][:3]
+        return wrapped
+
+    def _demo_lines(self) -> list[Line]:
+        if not self.record.provenance.demo_model:
+            return []
+        return [Line(t, self.faces.bold, WHITE) for t in wrap(DEMO_STATEMENT, self.faces.bold, self.inner - 32)]
+
+    def _draw_header(self, draw: ImageDraw.ImageDraw, page: int, pages: int) -> int:
+        f, y = self.faces, self.margin
+        title = ("DEMO - " if self.record.provenance.demo_model else "") + "AI chest X-ray reasoning"
+        f.title.draw(draw, (self.margin, y), title, INK)
+        numbering = f"page {page} of {pages}"
+        f.heading.draw(draw, (self.width - self.margin - f.heading.width(numbering), y + 6), numbering, INK)
+        y += f.title.line_height + 8
+        demo = self._demo_lines()
+        if demo:
+            band = sum(line.height for line in demo) + 24
+            draw.rectangle([self.margin, y, self.width - self.margin, y + band], fill=DEMO_BG)
+            yy = y + 12
+            for line in demo:
+                line.face.draw(draw, (self.margin + 16, yy), line.text, line.colour)
+                yy += line.height
+            y += band + 12
+        for line in self._header_lines():
+            line.face.draw(draw, (self.margin, y), line.text, line.colour)
+            y += line.height
+        y += 8
+        draw.line([self.margin, y, self.width - self.margin, y], fill=RULE, width=2)
+        return y + 16
+
+    def _footer_height(self) -> int:
+        return self.faces.small.line_height + 24
+
+    def _draw_footer(self, draw: ImageDraw.ImageDraw, page: int, pages: int) -> None:
+        f = self.faces.small
+        y = self.height - self.margin - f.line_height
+        draw.line([self.margin, y - 10, self.width - self.margin, y - 10], fill=RULE, width=1)
+        ds = self.first
+        text = f"{UNVERIFIED_STATEMENT}   {ds.get('PatientID', '') or ''}   {_date(str(ds.get('StudyDate', '')))}"
+        f.draw(draw, (self.margin, y), wrap(text, f, self.inner - 200)[0], MUTED)
+        numbering = f"page {page} of {pages}"
+        f.draw(draw, (self.width - self.margin - f.width(numbering), y), numbering, MUTED)
+
+    # -- first-page panels --------------------------------------------------------------------------------
+    def _draw_image_panel(self, canvas: Image.Image, draw: ImageDraw.ImageDraw, top: int, width: int,
+                          max_height: int) -> int:
+        f = self.faces
+        index = _frontal_index(self.record, self.sources)
+        if index is None:
+            f.body.draw(draw, (self.margin, top), "(no current image available)", MUTED)
+            return top + f.body.line_height
+        ref = self.record.images[index]
+        source = self.sources[ref.sop_instance_uid]
+        image = to_rgb8(source, ref.frame)
+        caption = f"Image {index + 1}: {ref.view} (current)   boxes: model output, unverified"
+        f.small.draw(draw, (self.margin, top), caption, MUTED)
+        top += f.small.line_height + 4
+        scale = min(width / image.width, (max_height - f.small.line_height) / image.height)
+        size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+        canvas.paste(image.resize(size, Image.Resampling.LANCZOS), (self.margin, top))
+        overlay = ImageDraw.Draw(canvas)
+        label_face = f.small
+        placed: list[tuple[float, float, float, float]] = []
+        for number, (box, finding) in enumerate(self._boxes_on(index), start=1):
+            colour = BOX_COLOURS[(number - 1) % len(BOX_COLOURS)]
+            x1, y1, x2, y2 = (v * scale for v in box.pixels)
+            x1, x2 = sorted((min(max(x1, 0), size[0] - 1), min(max(x2, 0), size[0] - 1)))
+            y1, y2 = sorted((min(max(y1, 0), size[1] - 1), min(max(y2, 0), size[1] - 1)))
+            left, upper = self.margin + x1, top + y1
+            overlay.rectangle([left, upper, self.margin + x2, top + y2], outline=colour, width=4)
+            label = f"{number} {self._box_label(box, finding)}"
+            lw, lh = label_face.width(label) + 12, label_face.line_height
+            lx = min(left, self.margin + size[0] - lw)
+            ly = upper - lh if upper - lh >= top else upper + 4
+            while any(lx < r[2] and r[0] < lx + lw and ly < r[3] and r[1] < ly + lh for r in placed):
+                ly += lh + 2  # stack labels of coinciding boxes instead of hiding one under another
+            placed.append((lx, ly, lx + lw, ly + lh))
+            overlay.rectangle([lx, ly, lx + lw, ly + lh], fill=(0, 0, 0))
+            label_face.draw(overlay, (lx + 6, ly - 2), label, colour)
+        return top + size[1]
+
+    def _boxes_on(self, index: int) -> list[tuple[Box, Finding | None]]:
+        return [(b, f) for b, f in self.boxes if b.image_index == index]
+
+    def _box_label(self, box: Box, finding: Finding | None) -> str:
+        return finding.label if finding is not None else box.target.replace("_", " ")
+
+    def _draw_findings_table(self, draw: ImageDraw.ImageDraw, left: int, top: int, width: int) -> int:
+        f = self.faces
+        f.heading.draw(draw, (left, top), "Findings (stage 2 checklist)", INK)
+        y = top + f.heading.line_height + 6
+        status_x = left + width - 190
+        frontal = _frontal_index(self.record, self.sources)
+        numbers = {id(b): n for n, (b, _) in enumerate(self._boxes_on(frontal), start=1)} if frontal is not None else {}
+        for finding in self.record.findings:
+            colour = PRESENCE_COLOUR[finding.presence]
+            box_numbers = [str(numbers[id(b)]) for b in finding.boxes if id(b) in numbers]
+            label = finding.label + (f"  [box {', '.join(box_numbers)}]" if box_numbers else "")
+            label_lines = wrap(label, f.body, status_x - left - 12)
+            face = f.bold if finding.presence is not Presence.ABSENT else f.body
+            for i, text in enumerate(label_lines):
+                face.draw(draw, (left, y + i * f.body.line_height), text, INK)
+            draw.rounded_rectangle([status_x, y + 3, status_x + 180, y + f.body.line_height - 3], radius=8, fill=colour)
+            status = finding.presence.value.upper()
+            f.bold.draw(draw, (status_x + (180 - f.bold.width(status)) / 2, y + 1), status, WHITE)
+            y += f.body.line_height * len(label_lines) + 4
+        none = not any(x.presence is Presence.PRESENT for x in self.record.findings)
+        y += 6
+        summary = "No finding: yes (no checklist finding present)" if none else (
+            f"Positive: {len(self.record.positive_findings)} of {len(self.record.findings)}")
+        for text in wrap(summary, f.bold, width):
+            f.bold.draw(draw, (left, y), text, INK)
+            y += f.bold.line_height
+        return y
+
+    # -- reasoning text -----------------------------------------------------------------------------------
+    def reasoning_lines(self) -> list[Line]:
+        f, width = self.faces, self.inner
+        out: list[Line] = []
+
+        heading: str | None = None
+
+        def add(text: str, face: Face, colour: tuple[int, int, int] = INK, indent: int = 0, space: int = 0) -> None:
+            for i, t in enumerate(wrap(text, face, width - indent)):
+                out.append(Line(t, face, colour, indent, space if i == 0 else 0, heading))
+
+        add("Stage-by-stage reasoning", f.title, INK, 0, 4)
+        for stage in sorted(self.record.stages, key=lambda s: s.number):
+            colour = RED if stage.status is StageStatus.FAILED else INK
+            heading = None
+            add(f"Stage {stage.number}: {stage.title}", f.heading, colour, 0, 18)
+            heading = f"Stage {stage.number}: {stage.title} (continued)"
+            if stage.status is not StageStatus.COMPLETED or stage.reason:
+                add(f"Status: {stage_status_text(stage)}", f.body, MUTED if stage.status is StageStatus.NOT_APPLICABLE
+                    else RED, 24)
+            for question in stage.questions:
+                add(f"Q: {question.question}", f.bold, INK, 24, 8)
+                if question.options and not all(o in question.question for o in question.options):
+                    add("Options: " + " | ".join(question.options), f.body, MUTED, 56)
+                if question.parsed.think:
+                    add(f"Reasoning: {question.parsed.think}", f.body, MUTED, 56)
+                add(f"A: {question.raw_answer}", f.body, INK, 56)
+                value = parsed_text(question)
+                if value:
+                    add(f"Parsed: {value}", f.small, MUTED, 56)
+                if not question.parsed.ok:
+                    add(f"Not parsed: {question.parsed.error or 'unknown reason'}", f.small, RED, 56)
+            if stage.number == 8:
+                if self.record.report.findings:
+                    add("Findings:", f.bold, INK, 24, 8)
+                    add(self.record.report.findings, f.body, INK, 56)
+                if self.record.report.impression:
+                    add("Impression:", f.bold, INK, 24, 8)
+                    add(self.record.report.impression, f.body, INK, 56)
+        return out
+
+    # -- pages ----------------------------------------------------------------------------------------------
+    def render(self) -> list[Image.Image]:
+        probe = Image.new("RGB", (self.width, self.height), WHITE)
+        header_bottom = self._draw_header(ImageDraw.Draw(probe), 1, 1)
+        bottom = self.height - self.margin - self._footer_height()
+        panel_top = header_bottom
+        image_width = int(self.inner * 0.55)
+        table_left = self.margin + image_width + 32
+        table_width = self.width - self.margin - table_left
+        table_bottom = self._draw_findings_table(ImageDraw.Draw(probe), table_left, panel_top, table_width)
+        image_max_height = max(400, min(int((bottom - panel_top) * 0.6), table_bottom - panel_top + 200))
+        first_text_top = max(panel_top + image_max_height, table_bottom) + 24
+
+        lines = self.reasoning_lines()
+        pages: list[list[Line]] = [[]]
+        y = first_text_top
+        for line in lines:
+            if y + line.height > bottom and pages[-1]:
+                pages.append([])
+                y = header_bottom
+                if line.continued:
+                    for head in wrap(line.continued, self.faces.heading, self.inner):
+                        pages[-1].append(Line(head, self.faces.heading, MUTED))
+                        y += self.faces.heading.line_height
+                line = Line(line.text, line.face, line.colour, line.indent, 0, line.continued)
+            pages[-1].append(line)
+            y += line.height
+        total = len(pages)
+
+        images = []
+        for number, page_lines in enumerate(pages, start=1):
+            canvas = Image.new("RGB", (self.width, self.height), WHITE)
+            draw = ImageDraw.Draw(canvas)
+            top = self._draw_header(draw, number, total)
+            if number == 1:
+                self._draw_findings_table(draw, table_left, top, table_width)
+                self._draw_image_panel(canvas, draw, top, image_width, image_max_height)
+                draw = ImageDraw.Draw(canvas)
+                top = first_text_top
+                draw.line([self.margin, top - 12, self.width - self.margin, top - 12], fill=RULE, width=2)
+            y = top
+            for line in page_lines:
+                y += line.space_before
+                line.face.draw(draw, (self.margin + line.indent, y), line.text, line.colour)
+                y += line.face.line_height
+            self._draw_footer(draw, number, total)
+            images.append(canvas)
+        return images
+
+
+def render_pages(record: ReasoningRecord, current: Sequence[Dataset], prior: Sequence[Dataset] = (),
+                 options: OutputOptions | None = None) -> list[Image.Image]:
+    """The reasoning pages of ``record`` as RGB images."""
+    return PageRenderer(record, current, prior, options or OutputOptions()).render()

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +19,7 @@ from sqlalchemy import select
 from dicomnode.config import NodeConfig, config_from_dict
 from dicomnode.db import Instance, Job, Study, make_engine, make_session_factory
 from dicomnode.node import Node
+from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.ports import free_port, wait_for_port
 
 T = TypeVar("T")
@@ -149,3 +152,22 @@ class NodeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+_STATUS_RE = re.compile(r"DIMSE Status\s*:\s*0x([0-9a-fA-F]{4})")
+
+
+@dataclass
+class StoreRun:
+    returncode: int
+    statuses: list[int]
+    output: str
+
+
+def store(files: Sequence[Path], port: int, calling_aet: str = "STORESCU", extra: Sequence[str] = (),
+          ae: str = NODE_AET, timeout: float = 600.0) -> StoreRun:
+    """Send ``files`` with DCMTK storescu (no halt on failures); return each C-STORE response status."""
+    result = storescu(list(files), ae, "127.0.0.1", port, calling_aet=calling_aet,
+                      extra_args=["-d", "-nh", *extra], timeout=timeout)
+    text = result.stdout + result.stderr
+    return StoreRun(result.returncode, [int(m, 16) for m in _STATUS_RE.findall(text)], text)

@@ -1,0 +1,185 @@
+"""Node commands: ``serve``, ``status``, ``retry``, ``config check``, ``echo``, ``send``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dicomnode.config import ConfigError, NodeConfig, load_config
+
+
+def _load(path: str) -> NodeConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"config {path} is invalid:", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    from dicomnode.logs import setup_logging
+    from dicomnode.node import Node
+
+    setup_logging(config.logging.level, config.logging.json_, config.logging.file)
+    return Node(config, role=args.role).run_until_signal()
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    if config is None:
+        return 1
+    print(f"{args.file}: OK (AE {config.node.ae_title} port {config.node.port}, "
+          f"{len(config.destinations)} destination(s), processor {config.processing.processor})")
+    return 0
+
+
+def _session_factory(config: NodeConfig) -> Any:
+    from dicomnode.db import make_session_factory, upgrade_database
+
+    upgrade_database(config.database_url)
+    return make_session_factory(config.database_url)
+
+
+def status_summary(session_factory: Any) -> dict[str, Any]:
+    """Counts of studies, jobs and deliveries by state, plus the latest failures."""
+    from sqlalchemy import func, select
+
+    from dicomnode.db import Delivery, Instance, Job, Study
+    from dicomnode.db.states import JobState
+
+    with session_factory() as s:
+        def by_state(model: Any) -> dict[str, int]:
+            return {k: v for k, v in s.execute(select(model.state, func.count()).group_by(model.state))}
+
+        failed = s.execute(
+            select(Job.id, Study.study_instance_uid, Job.generation, Job.error)
+            .join(Study, Study.id == Job.study_id).where(Job.state == JobState.FAILED.value)
+            .order_by(Job.updated_at.desc()).limit(10)
+        ).all()
+        return {
+            "studies": by_state(Study),
+            "jobs": by_state(Job),
+            "deliveries": by_state(Delivery),
+            "instances": int(s.scalar(select(func.count()).select_from(Instance)) or 0),
+            "queue_depth": int(s.scalar(select(func.count()).select_from(Job)
+                                        .where(Job.state == JobState.QUEUED.value)) or 0),
+            "failed_jobs": [{"job": j, "study": u, "generation": g, "error": e} for j, u, g, e in failed],
+        }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    summary = status_summary(_session_factory(config))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"instances: {summary['instances']}   queue depth: {summary['queue_depth']}")
+    for key in ("studies", "jobs", "deliveries"):
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(summary[key].items())) or "none"
+        print(f"{key}: {counts}")
+    for f in summary["failed_jobs"]:
+        print(f"FAILED job {f['job']} study {f['study']} gen {f['generation']}: {f['error']}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    try:
+        from dicomnode.worker import retry_job
+    except ImportError:
+        print("retry: the worker module is not available in this build", file=sys.stderr)
+        return 1
+    try:
+        result = retry_job(_session_factory(config), args.job)
+    except (LookupError, ValueError) as exc:
+        print(f"retry: {exc}", file=sys.stderr)
+        return 1
+    print(f"job {args.job}: {result if result is not None else 're-queued'}")
+    return 0
+
+
+def _peer(text: str, calling_aet: str) -> Any:
+    from dicomnode.scu import Peer
+
+    return Peer.parse(text, calling_aet=calling_aet)
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from dicomnode.scu import ScuError, echo
+
+    try:
+        status = echo(_peer(args.peer, args.aet))
+    except (ScuError, ValueError) as exc:
+        print(f"echo: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.peer}: C-ECHO status 0x{status:04X}")
+    return 0 if status == 0 else 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from dicomnode.scu import ScuError, store_files
+
+    files: list[Path] = []
+    for item in args.files:
+        p = Path(item)
+        files.extend(sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])
+    try:
+        outcomes = store_files(_peer(args.to, args.aet), files)
+    except (ScuError, ValueError) as exc:
+        print(f"send: {exc}", file=sys.stderr)
+        return 1
+    failed = 0
+    for o in outcomes:
+        ok = o.error is None and o.status is not None
+        failed += not ok
+        status = f"0x{o.status:04X}" if o.status is not None else "-"
+        print(f"{'OK  ' if ok else 'FAIL'} {status} {o.path}" + (f"  ({o.error})" if o.error else ""))
+    print(f"sent {len(outcomes) - failed}/{len(outcomes)}")
+    return 0 if failed == 0 else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from dicomnode.node import ROLES
+
+    p = subparsers.add_parser("serve", help="run the DICOM node until SIGTERM/SIGINT")
+    p.add_argument("--config", required=True, help="node YAML config")
+    p.add_argument("--role", choices=ROLES, default="all", help="listener, worker or both (default)")
+    p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser("status", help="queue and job summary")
+    p.add_argument("--config", required=True)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = subparsers.add_parser("retry", help="re-queue a FAILED job (or re-send its dead deliveries)")
+    p.add_argument("job", type=int, help="job id (see `status`)")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_retry)
+
+    p = subparsers.add_parser("config", help="configuration tools")
+    sub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    check = sub.add_parser("check", help="validate a config file; names the bad key and why")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_config_check)
+
+    p = subparsers.add_parser("echo", help="C-ECHO a peer")
+    p.add_argument("peer", metavar="AE@HOST:PORT")
+    p.add_argument("--aet", default="CXRNODE", help="calling AE title (default CXRNODE)")
+    p.set_defaults(func=cmd_echo)
+
+    p = subparsers.add_parser("send", help="C-STORE files (or directories) to a peer")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--to", required=True, metavar="AE@HOST:PORT")
+    p.add_argument("--aet", default="CXRNODE", help="calling AE title (default CXRNODE)")
+    p.set_defaults(func=cmd_send)

@@ -1,0 +1,96 @@
+"""Config loading: the example file, error paths, environment overrides, `cxr-node config check`."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dicomnode.config import ConfigError, config_from_dict, load_config
+
+from ingest_support import CXR_NODE, REPO
+
+EXAMPLE = REPO / "config" / "node.example.yaml"
+
+
+def test_example_config_is_valid_and_documents_every_key() -> None:
+    config = load_config(EXAMPLE, environ={})
+    assert config.node.ae_title == "CXRNODE"
+    assert config.destinations[0].retry.max_attempts == 10
+    text = EXAMPLE.read_text()
+    # every key line of the example carries a comment
+    key_lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    uncommented = [ln for ln in key_lines if "#" not in ln and not ln.rstrip().endswith(":")]
+    assert uncommented == []
+    # and every model field appears in it
+    def keys(model: object, prefix: str = "") -> set[str]:
+        out = set()
+        for name, field in type(model).model_fields.items():  # type: ignore[attr-defined]
+            out.add(field.alias or name)
+        return out
+    for section in ("node", "storage", "study", "processing", "model", "reasoning", "metrics", "logging", "output"):
+        for key in keys(getattr(config, section)):
+            assert f" {key}:" in text or f"\n{key}:" in text, f"{section}.{key} missing in the example"
+
+
+def test_defaults_and_sqlite_url(tmp_path: Path) -> None:
+    config = config_from_dict({"storage": {"data_dir": str(tmp_path)}}, environ={})
+    assert config.study.modalities == ["CR", "DX"]
+    assert config.database_url == f"sqlite:///{tmp_path.resolve() / 'cxr-node.sqlite'}"
+    assert config.storage.fsync is True
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"node": {"bogus": 1}}, "node.bogus: unknown key"),
+        ({"node": {"port": 70000}}, "node.port:"),
+        ({"node": {"ae_title": "A" * 17}}, "node.ae_title:"),
+        ({"node": {"tls": {"enabled": True}}}, "node.tls:"),
+        ({"destinations": [{"name": "p", "ae_title": "X", "host": "h", "port": 1, "objects": ["pdf"]}]},
+         "destinations.0.objects.0:"),
+        ({"destinations": [{"name": "p", "ae_title": "X", "host": "h", "port": 1, "retry": {"max_attempts": 0}}]},
+         "destinations.0.retry.max_attempts:"),
+        ({"study": {"quiet_seconds": 0}}, "study.quiet_seconds:"),
+        ({"extra_section": {}}, "extra_section: unknown key"),
+    ],
+)
+def test_errors_name_the_key_path(data: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data, environ={})
+    assert any(line.startswith(expected) for line in info.value.problems), info.value.problems
+
+
+def test_environment_overrides() -> None:
+    env = {
+        "CXR_NODE__STORAGE__DATABASE_URL": "postgresql+psycopg://u:secret@db/cxr",
+        "CXR_NODE__NODE__PORT": "4000",
+        "CXR_NODE__NODE__ALLOWED_CALLING_AETS": "[A, B]",
+        "CXR_NODE__DESTINATIONS__0__PORT": "4243",
+        "OTHER": "ignored",
+    }
+    data = {"destinations": [{"name": "pacs", "ae_title": "ORTHANC", "host": "h", "port": 4242}]}
+    config = config_from_dict(data, environ=env)
+    assert config.database_url == "postgresql+psycopg://u:secret@db/cxr"
+    assert config.node.port == 4000
+    assert config.node.allowed_calling_aets == ["A", "B"]
+    assert config.destinations[0].port == 4243
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({}, environ={"CXR_NODE__NODE__NOPE": "1"})
+    assert info.value.problems == ["node.nope: unknown key"]
+
+
+def test_config_check_cli(tmp_path: Path) -> None:
+    ok = subprocess.run([CXR_NODE, "config", "check", str(EXAMPLE)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "OK" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("node:\n  max_associations: 0\nstorage:\n  datadir: x\n")
+    result = subprocess.run([CXR_NODE, "config", "check", str(bad)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "node.max_associations:" in result.stderr
+    assert "storage.datadir: unknown key" in result.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("node: [unclosed\n")
+    result = subprocess.run([CXR_NODE, "config", "check", str(broken)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "invalid YAML" in result.stderr

@@ -1,7 +1,7 @@
 """Delivery loop: C-STORE result objects to their destinations with retries, backoff, jitter and dead letter.
 
-Each pass sends every due PENDING row, one association per destination, the destinations side by side in threads
-so that one slow or dead peer never holds up another. A row is leased (``next_attempt_at`` pushed ahead) before it
+Each destination has its own loop (thread): it sends that destination's due PENDING rows in one association, so
+one slow or dead peer never holds up another. A row is leased (``next_attempt_at`` pushed ahead) before it
 is sent so that two delivery loops never send it at the same time; a row already SENT is never sent again. After
 a crash between the peer's acknowledgement and our commit the object may be sent once more after the lease ends
 (the peer keeps one copy: same SOP Instance UID).
@@ -12,7 +12,6 @@ import datetime as dt
 import logging
 import random
 import threading
-from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,44 +60,53 @@ class Deliverer:
         self.data_dir = Path(config.storage.data_dir).resolve()
         self.destinations = {d.name: d for d in config.destinations}
         self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._wakes: dict[str | None, threading.Event] = {}
+        self._threads: list[threading.Thread] = []
 
     # -- one pass ----------------------------------------------------------------------------------------------
     def run_once(self) -> int:
-        """Send every due row (grouped per destination, in parallel); finish jobs. Returns rows attempted."""
-        leased = self._lease_due_rows()
-        by_destination: dict[str, list[DueRow]] = defaultdict(list)
-        for row in leased:
-            by_destination[row.destination].append(row)
-        if by_destination:
-            with ThreadPoolExecutor(max_workers=len(by_destination), thread_name_prefix="deliver") as pool:
-                list(pool.map(lambda item: self._deliver_to(*item), by_destination.items()))
-        self.finish_jobs()
-        return len(leased)
+        """Send every due row (one association per destination, destinations in parallel); finish jobs.
 
-    def _lease_due_rows(self) -> list[DueRow]:
+        Returns the number of rows attempted."""
+        now = utcnow()
+        with self.session_factory() as session:
+            names = self._pending_destinations(session, now)
+        if not names:
+            self.finish_jobs()
+            return 0
+        with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="deliver") as pool:
+            attempted = sum(pool.map(self.run_destination_once, names))
+        self.finish_jobs()
+        return attempted
+
+    def run_destination_once(self, name: str) -> int:
+        """Send the due rows of one destination; returns how many were attempted."""
+        rows = self._lease_due_rows(name)
+        if rows:
+            self._deliver_to(name, rows)
+            self.finish_jobs()
+        return len(rows)
+
+    def _lease_due_rows(self, name: str) -> list[DueRow]:
         now = utcnow()
         lease_until = now + dt.timedelta(seconds=self.lease_seconds)
         leased: list[DueRow] = []
         with self.session_factory.begin() as session:
-            for name in self._pending_destinations(session, now):
-                rows = session.execute(
-                    select(Delivery.id, Delivery.job_id, Delivery.destination, Delivery.sop_instance_uid,
-                           Delivery.path, Delivery.next_attempt_at)
-                    .where(Delivery.destination == name, Delivery.state == DeliveryState.PENDING.value,
-                           Delivery.next_attempt_at <= now)
-                    .order_by(Delivery.next_attempt_at, Delivery.id).limit(BATCH_PER_DESTINATION)
-                    .with_for_update(skip_locked=True)
-                ).all()
-                for row in rows:
-                    won = session.execute(
-                        update(Delivery).where(Delivery.id == row.id, Delivery.state == DeliveryState.PENDING.value,
-                                               Delivery.next_attempt_at <= now)
-                        .values(next_attempt_at=lease_until).execution_options(synchronize_session=False)
-                    ).rowcount
-                    if won == 1:
-                        leased.append(DueRow(row.id, row.job_id, row.destination, row.sop_instance_uid, row.path))
+            rows = session.execute(
+                select(Delivery.id, Delivery.job_id, Delivery.destination, Delivery.sop_instance_uid, Delivery.path)
+                .where(Delivery.destination == name, Delivery.state == DeliveryState.PENDING.value,
+                       Delivery.next_attempt_at <= now)
+                .order_by(Delivery.next_attempt_at, Delivery.id).limit(BATCH_PER_DESTINATION)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                won = session.execute(
+                    update(Delivery).where(Delivery.id == row.id, Delivery.state == DeliveryState.PENDING.value,
+                                           Delivery.next_attempt_at <= now)
+                    .values(next_attempt_at=lease_until).execution_options(synchronize_session=False)
+                ).rowcount
+                if won == 1:
+                    leased.append(DueRow(row.id, row.job_id, row.destination, row.sop_instance_uid, row.path))
         return leased
 
     @staticmethod
@@ -186,42 +194,63 @@ class Deliverer:
                 done += 1
         return done
 
-    def next_due_in(self) -> float | None:
-        """Seconds until the earliest PENDING row is due (0 if overdue); None when nothing is pending."""
+    def next_due_in(self, name: str | None = None) -> float | None:
+        """Seconds until the earliest PENDING row (of ``name``) is due (0 if overdue); None when none is pending."""
+        stmt = select(func.min(Delivery.next_attempt_at)).where(Delivery.state == DeliveryState.PENDING.value)
+        if name is not None:
+            stmt = stmt.where(Delivery.destination == name)
         with self.session_factory() as session:
-            first = session.scalar(select(func.min(Delivery.next_attempt_at))
-                                   .where(Delivery.state == DeliveryState.PENDING.value))
+            first = session.scalar(stmt)
         if first is None:
             return None
         return max(0.0, (first - utcnow()).total_seconds())
 
-    # -- background thread -------------------------------------------------------------------------------------
+    # -- background threads ------------------------------------------------------------------------------------
     def start(self) -> None:
+        """One thread per configured destination (so a slow peer never delays another) plus one that
+        dead-letters rows of destinations no longer configured."""
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="deliverer", daemon=True)
-        self._thread.start()
+        names: list[str | None] = [*self.destinations, None]
+        for name in names:
+            thread = threading.Thread(target=self._loop, args=(name,), name=f"deliver-{name or 'orphans'}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def wake(self) -> None:
-        """Run the next pass now (e.g. a job just became RESULTS_READY)."""
-        self._wake.set()
+        """Run the next passes now (e.g. a job just became RESULTS_READY)."""
+        for event in self._wakes.values():
+            event.set()
 
-    def _loop(self) -> None:
+    def _orphan_pass(self) -> int:
+        with self.session_factory() as session:
+            names = [n for n in self._pending_destinations(session, utcnow()) if n not in self.destinations]
+        return sum(self.run_destination_once(n) for n in names)
+
+    def _loop(self, name: str | None) -> None:
         poll = self.config.processing.poll_seconds
+        wake = self._wakes.setdefault(name, threading.Event())
         while not self._stop.is_set():
             try:
-                self.run_once()
-                due = self.next_due_in()
+                if name is None:
+                    self._orphan_pass()
+                    self.finish_jobs()
+                    due = None
+                else:
+                    self.run_destination_once(name)
+                    due = self.next_due_in(name)
             except Exception:  # noqa: BLE001 - database hiccup: log, wait, try again
-                LOG.exception("delivery pass failed")
+                LOG.exception("delivery pass failed", extra={"fields": {"destination": name}})
                 due = None
             wait = poll if due is None else min(poll, due)
-            self._wake.wait(max(wait, 0.05))
-            self._wake.clear()
+            wake.wait(max(wait, 0.05))
+            wake.clear()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop after the pass in flight."""
+        """Stop after the sends in flight."""
         self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        for event in self._wakes.values():
+            event.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = [t for t in self._threads if t.is_alive()]

@@ -1,0 +1,108 @@
+"""Processors for node tests, loaded by ``processing.processor: cxr_test_processors:<factory>``.
+
+They write a line per ``process`` call to ``data_dir/process-calls.log`` (job id, pid) so tests can prove a job
+was processed exactly once, across threads and processes. ``CXR_TEST_PROCESS_SECONDS`` makes processing slow.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom import dcmread
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from dicomnode.config import NodeConfig
+from dicomnode.processing import ProcessingResult, ResultObject, StudyInput
+
+CALLS_LOG = "process-calls.log"
+
+
+def _log_call(data_dir: Path, study: StudyInput) -> None:
+    line = f"{study.job_id} {os.getpid()} {study.study_instance_uid} {len(study.instance_paths)}\n"
+    fd = os.open(data_dir / CALLS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    delay = float(os.environ.get("CXR_TEST_PROCESS_SECONDS", "0") or 0)
+    if delay:
+        time.sleep(delay)
+
+
+def read_calls(data_dir: Path) -> list[tuple[int, int, str, int]]:
+    """(job id, pid, study uid, instance count) per process call so far."""
+    path = Path(data_dir) / CALLS_LOG
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        job, pid, uid, n = line.split()
+        rows.append((int(job), int(pid), uid, int(n)))
+    return rows
+
+
+def secondary_capture(ref_path: Path, series_number: int = 9902) -> hd.sc.SCImage:
+    """A small derived Secondary Capture in the study of ``ref_path`` (a grey ramp)."""
+    ref = dcmread(ref_path, stop_before_pixels=True)
+    pixels = np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=ref, pixel_array=pixels, photometric_interpretation="MONOCHROME2", bits_allocated=8,
+        coordinate_system="PATIENT", patient_orientation=("L", "F"), series_instance_uid=generate_uid(), sop_instance_uid=generate_uid(),
+        series_number=series_number, instance_number=1, manufacturer="cxr-node tests",
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    return sc
+
+
+def text_sr(ref_path: Path, series_number: int = 9901) -> hd.sr.EnhancedSR:
+    """A small Enhanced SR with one text finding, in the study of ``ref_path``."""
+    ref = dcmread(ref_path, stop_before_pixels=True)
+    root = hd.sr.ContainerContentItem(name=codes.DCM.Finding, template_id=None)
+    root.ContentSequence = [hd.sr.TextContentItem(
+        name=codes.DCM.Finding, value="test result (unverified AI output)",
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)]
+    return hd.sr.EnhancedSR(
+        evidence=[ref], content=root, series_instance_uid=generate_uid(), series_number=series_number,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="cxr-node tests",
+    )
+
+
+class SecondaryCaptureProcessor:
+    """One SC (and, with ``with_sr``, one SR) per study."""
+
+    def __init__(self, data_dir: Path, with_sr: bool = False) -> None:
+        self.data_dir = Path(data_dir)
+        self.with_sr = with_sr
+
+    def process(self, study: StudyInput) -> ProcessingResult:
+        _log_call(self.data_dir, study)
+        objects = [ResultObject("sc", secondary_capture(study.instance_paths[0]))]
+        if self.with_sr:
+            objects.insert(0, ResultObject("sr", text_sr(study.instance_paths[0])))
+        return ProcessingResult(objects, record_json='{"test": true}')
+
+
+class FailingProcessor:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+
+    def process(self, study: StudyInput) -> ProcessingResult:
+        _log_call(self.data_dir, study)
+        raise RuntimeError("model exploded (test)")
+
+
+def sc(config: NodeConfig) -> SecondaryCaptureProcessor:
+    return SecondaryCaptureProcessor(config.storage.data_dir)
+
+
+def sr_and_sc(config: NodeConfig) -> SecondaryCaptureProcessor:
+    return SecondaryCaptureProcessor(config.storage.data_dir, with_sr=True)
+
+
+def failing(config: NodeConfig) -> FailingProcessor:
+    return FailingProcessor(config.storage.data_dir)

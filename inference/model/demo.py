@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -68,8 +69,8 @@ LLAVA_SIZES: dict[str, dict[str, Any]] = {
 
 
 def _corpus() -> list[str]:
-    text = resources.files("inference.model").joinpath("demo_corpus.txt").read_text(encoding="utf-8")
-    return [line for line in text.splitlines() if line.strip()]
+    text = resources.files("inference.model").joinpath("demo_corpus.yaml").read_text(encoding="utf-8")
+    return [str(line) for line in yaml.safe_load(text)["lines"]]
 
 
 def build_tokenizer(special: list[str], vocab_size: int, **kwargs: Any) -> PreTrainedTokenizerFast:

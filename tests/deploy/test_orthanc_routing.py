@@ -1,0 +1,135 @@
+"""The Orthanc Lua routing rule in deploy/: chest CR/DX studies are forwarded once stable, nothing else, no loop.
+
+Real Orthanc with the rule loaded; DCMTK storescp stands in for the node; DCMTK storescu is the modality.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from dicomnode.peers.dcmtk import StoreSCP, storescu
+from dicomnode.peers.orthanc import OrthancServer
+from dicomnode.synthetic import StudySpec, write_study
+
+RULE = Path(__file__).resolve().parents[2] / "deploy" / "orthanc" / "route-chest-to-cxrnode.lua"
+MODALITY = "AINODE"  # a non-default Orthanc modality name: proves the rule is parameterized
+NODE_AET = "CXRNODE"
+TIMEOUT = 120.0
+
+
+def _poll(condition, timeout: float = TIMEOUT, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _received_uids(scp: StoreSCP) -> list[str]:
+    uids = []
+    for path in scp.received():
+        try:
+            uids.append(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        except Exception:  # storescp may still be writing it
+            continue
+    return uids
+
+
+def _result_object(directory: Path, study: StudySpec, modality: str) -> Path:
+    """A stand-in for the node's SR (modality SR) or Secondary Capture page (modality OT) in ``study``."""
+    ds = Dataset()
+    sop_class = "1.2.840.10008.5.1.4.1.1.88.11" if modality == "SR" else "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study.study_instance_uid, generate_uid()
+    ds.PatientID, ds.PatientName, ds.StudyDate = study.patient_id, study.patient_name, study.study_date
+    ds.Modality, ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = modality, "AI CXR reasoning", 9901, 1
+    ds.BodyPartExamined = "CHEST"
+    if modality == "SR":
+        ds.ValueType, ds.CompletionFlag, ds.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
+    else:
+        ds.ConversionType, ds.SamplesPerPixel, ds.PhotometricInterpretation = "WSD", 1, "MONOCHROME2"
+        ds.Rows = ds.Columns = 16
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = np.zeros((16, 16), np.uint8).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = sop_class, ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path = directory / f"{modality}-{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def routing(tmp_path: Path):
+    preamble = tmp_path / "params.lua"
+    preamble.write_text(f"CXR_NODE_MODALITY = '{MODALITY}'\nCXR_NODE_AET = '{NODE_AET}'\n")
+    with StoreSCP(tmp_path / "node-received", aet=NODE_AET) as scp:
+        orthanc = OrthancServer(
+            tmp_path / "orthanc",
+            modalities={MODALITY: (NODE_AET, "127.0.0.1", scp.port)},
+            lua_scripts=[preamble, RULE],
+            stable_age=1,
+            extra_config={"UserMetadata": {"CxrNodeForwarded": 4600}},
+        )
+        with orthanc:
+            yield SimpleNamespace(orthanc=orthanc, scp=scp, dir=tmp_path)
+
+
+def _send(routing, files: list[Path], calling_aet: str = "MODALITY") -> None:
+    result = storescu(files, routing.orthanc.aet, "127.0.0.1", routing.orthanc.dicom_port, calling_aet=calling_aet)
+    assert result.returncode == 0, result.stderr
+
+
+def _uids(files: list[Path]) -> set[str]:
+    return {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in files}
+
+
+def test_chest_forwarded_others_not_and_no_loop(routing) -> None:
+    small = dict(rows=64, columns=52)
+    ct = write_study(routing.dir / "ct", StudySpec(modality="CT", views=("AXIAL",), **small))
+    abdomen = write_study(routing.dir / "abd", StudySpec(body_part="ABDOMEN", views=("AP",), **small))
+    # sent first: stable-study events are handled in order, so once the chest study arrives these were decided
+    _send(routing, ct + abdomen)
+    chest_spec = StudySpec(**small)
+    chest = write_study(routing.dir / "chest", chest_spec)
+    _send(routing, chest)
+    got = _poll(lambda: set(_received_uids(routing.scp)) >= _uids(chest) and _received_uids(routing.scp),
+                what="chest study forwarded")
+    assert sorted(got) == sorted(_uids(chest)), "only the chest CR/DX study is forwarded, exactly once"
+
+    # the node's results come back into the same study: they must not trigger another forward
+    results = [_result_object(routing.dir, chest_spec, "SR"), _result_object(routing.dir, chest_spec, "OT")]
+    _send(routing, results, calling_aet=NODE_AET)
+    # a sentinel study (empty body part, CR) sent afterwards: once it is forwarded the results' event was handled
+    sentinel = write_study(routing.dir / "sentinel", StudySpec(modality="CR", body_part="", views=("PA",), **small))
+    _send(routing, sentinel)
+    _poll(lambda: _uids(sentinel) <= set(_received_uids(routing.scp)), what="sentinel forwarded")
+    received = _received_uids(routing.scp)
+    assert sorted(received) == sorted(_uids(chest) | _uids(sentinel))
+    assert len(routing.orthanc.sop_instance_uids(chest_spec.study_instance_uid)) == 4  # 2 images + SR + SC
+
+
+def test_late_image_forwards_only_the_new_instance(routing) -> None:
+    spec = StudySpec(rows=64, columns=52, views=("PA",))
+    first = write_study(routing.dir / "first", spec)
+    _send(routing, first)
+    _poll(lambda: _uids(first) <= set(_received_uids(routing.scp)), what="first image forwarded")
+    late_spec = StudySpec(rows=64, columns=52, views=("LATERAL",), study_instance_uid=spec.study_instance_uid,
+                          modality="CR", body_part="THORAX")
+    late = write_study(routing.dir / "late", late_spec)
+    _send(routing, late)
+    _poll(lambda: _uids(late) <= set(_received_uids(routing.scp)), what="late image forwarded")
+    received = _received_uids(routing.scp)
+    assert sorted(received) == sorted(_uids(first) | _uids(late))
+    # the mark survives an Orthanc restart: it is stored as instance metadata, not only in the Lua state
+    for instance in routing.orthanc.instances_of_study(spec.study_instance_uid):
+        assert "CxrNodeForwarded" in routing.orthanc.rest_get(f"/instances/{instance['ID']}/metadata")

@@ -325,6 +325,36 @@ def lookup_prior(
         return PriorLookup(None, f"no prior: {type(exc).__name__}: {exc}")
 
 
+@dataclass
+class PriorFetch:
+    """The prior study and its retrieved CR/DX files; ``files`` empty means no usable prior (``reason`` says why)."""
+
+    prior: PriorStudy | None
+    files: list[Path]
+    reason: str
+
+
+def fetch_prior(
+    config_priors: Any,
+    patient_id: str,
+    current_study_uid: str,
+    current_study_date: str,
+    dest_dir: str | Path,
+    current_study_time: str | None = None,
+) -> PriorFetch:
+    """Find and retrieve the prior in one call (what the reasoning worker needs); never raises, logs the outcome."""
+    if not getattr(config_priors, "enabled", True):
+        return PriorFetch(None, [], "no prior: priors disabled")
+    found = lookup_prior(config_priors, patient_id, current_study_uid, current_study_date, current_study_time)
+    if found.prior is None:
+        log.info("priors: study %s: %s", current_study_uid, found.reason)
+        return PriorFetch(None, [], found.reason)
+    got = retrieve(config_priors, found.prior.study_instance_uid, dest_dir)
+    level = logging.INFO if got.files else logging.WARNING
+    log.log(level, "priors: study %s: %s; %s", current_study_uid, found.reason, got.reason)
+    return PriorFetch(found.prior, got.files, got.reason if not got.files else f"{found.reason}; {got.reason}")
+
+
 def find_prior_study(
     config_priors: Any,
     patient_id: str,

@@ -11,10 +11,11 @@ import pytest
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
-from dicomnode.priors import find_prior_study, lookup_prior, retrieve, retrieve_study
+from dicomnode.priors import fetch_prior, find_prior_study, lookup_prior, retrieve, retrieve_study
 from dicomnode.synthetic import StudySpec, prior_spec, write_study
 
 NODE_AET = "CXRNODE"
+NOGET_AET = "CXRNOGET"  # may query, may not C-GET
 PATIENT = "PRIORS001"
 
 
@@ -29,7 +30,9 @@ def pacs(tmp_path_factory: pytest.TempPathFactory):
     CT series in it that must not be retrieved), a CT-only study, a later DX study, and the current study."""
     work = tmp_path_factory.mktemp("priors")
     move_port = free_port()
-    server = OrthancServer(work / "orthanc", extra_config={"DicomModalities": {NODE_AET: _modality(NODE_AET, move_port)}})
+    no_get = {**_modality(NOGET_AET, free_port()), "AllowGet": False}
+    server = OrthancServer(work / "orthanc", extra_config={"DicomModalities": {
+        NODE_AET: _modality(NODE_AET, move_port), NOGET_AET: no_get}})
     current = StudySpec(patient_id=PATIENT, study_date="20260301", rows=128, columns=104)
     recent = prior_spec(current, days_before=30)
     recent.modality = "CR"
@@ -123,3 +126,22 @@ def test_misconfigured_is_a_reason_not_an_exception(tmp_path: Path) -> None:
     assert result.prior is None and "not configured" in result.reason
     config = SimpleNamespace(query_aet="X", host="127.0.0.1", port=104, retrieve="move", move_port=None)
     assert "move_port" in retrieve(config, "1.2.3", tmp_path).reason
+
+
+def test_fetch_prior(pacs, tmp_path: Path) -> None:
+    cur = pacs.current
+    got = fetch_prior(_config(pacs), PATIENT, cur.study_instance_uid, cur.study_date, tmp_path / "a")
+    assert got.prior is not None and got.prior.study_instance_uid == pacs.recent.study_instance_uid
+    assert len(got.files) == pacs.n_recent_cr and "retrieved 2 instance(s) with C-GET" in got.reason
+
+    disabled = _config(pacs)
+    disabled.enabled = False
+    assert fetch_prior(disabled, PATIENT, cur.study_instance_uid, cur.study_date, tmp_path / "b").files == []
+
+    # found, but the PACS refuses the C-GET: no usable prior, the reason says so, nothing is left behind
+    no_get = _config(pacs)
+    no_get.calling_aet = NOGET_AET
+    refused = fetch_prior(no_get, PATIENT, cur.study_instance_uid, cur.study_date, tmp_path / "c")
+    assert refused.prior is not None and refused.files == []
+    assert refused.reason.startswith("not retrieved: ")
+    assert not list((tmp_path / "c").glob("*.dcm"))

@@ -33,8 +33,8 @@ class FontMissing(RuntimeError):
 
 
 def _find(name: str) -> Path:
-    override = os.environ.get("CXR_FONT_DIR")
-    for directory in ([Path(override)] if override else []) + list(FONT_DIRS):
+    override = os.environ.get("CXR_FONT_DIR")  # set: look only there
+    for directory in [Path(override)] if override else list(FONT_DIRS):
         path = directory / name
         if path.is_file():
             return path

@@ -320,53 +320,65 @@ class PageRenderer:
         return out
 
     # -- pages ----------------------------------------------------------------------------------------------
-    def render(self) -> list[Image.Image]:
+    def layout(self) -> "Layout":
+        """Where everything goes: panel geometry and, per page, each reasoning line with its top y."""
         probe = Image.new("RGB", (self.width, self.height), WHITE)
         header_bottom = self._draw_header(ImageDraw.Draw(probe), 1, 1)
         bottom = self.height - self.margin - self._footer_height()
-        panel_top = header_bottom
         image_width = int(self.inner * 0.55)
         table_left = self.margin + image_width + 32
         table_width = self.width - self.margin - table_left
-        table_bottom = self._draw_findings_table(ImageDraw.Draw(probe), table_left, panel_top, table_width)
-        image_max_height = max(400, min(int((bottom - panel_top) * 0.6), table_bottom - panel_top + 200))
-        first_text_top = max(panel_top + image_max_height, table_bottom) + 24
+        table_bottom = self._draw_findings_table(ImageDraw.Draw(probe), table_left, header_bottom, table_width)
+        image_max_height = max(400, min(int((bottom - header_bottom) * 0.6), table_bottom - header_bottom + 200))
+        first_text_top = max(header_bottom + image_max_height, table_bottom) + 24
 
-        lines = self.reasoning_lines()
-        pages: list[list[Line]] = [[]]
+        pages: list[list[tuple[int, Line]]] = [[]]
         y = first_text_top
-        for line in lines:
+        for line in self.reasoning_lines():
             if y + line.height > bottom and pages[-1]:
                 pages.append([])
                 y = header_bottom
                 if line.continued:
                     for head in wrap(line.continued, self.faces.heading, self.inner):
-                        pages[-1].append(Line(head, self.faces.heading, MUTED))
+                        pages[-1].append((y, Line(head, self.faces.heading, MUTED)))
                         y += self.faces.heading.line_height
                 line = Line(line.text, line.face, line.colour, line.indent, 0, line.continued)
-            pages[-1].append(line)
+            pages[-1].append((y + line.space_before, line))
             y += line.height
-        total = len(pages)
+        return Layout(header_bottom, bottom, image_width, image_max_height, table_left, table_width,
+                      first_text_top, pages)
 
+    def render(self) -> list[Image.Image]:
+        plan = self.layout()
+        total = len(plan.pages)
         images = []
-        for number, page_lines in enumerate(pages, start=1):
+        for number, page_lines in enumerate(plan.pages, start=1):
             canvas = Image.new("RGB", (self.width, self.height), WHITE)
             draw = ImageDraw.Draw(canvas)
-            top = self._draw_header(draw, number, total)
+            self._draw_header(draw, number, total)
             if number == 1:
-                self._draw_findings_table(draw, table_left, top, table_width)
-                self._draw_image_panel(canvas, draw, top, image_width, image_max_height)
+                self._draw_findings_table(draw, plan.table_left, plan.header_bottom, plan.table_width)
+                self._draw_image_panel(canvas, draw, plan.header_bottom, plan.image_width, plan.image_max_height)
                 draw = ImageDraw.Draw(canvas)
-                top = first_text_top
-                draw.line([self.margin, top - 12, self.width - self.margin, top - 12], fill=RULE, width=2)
-            y = top
-            for line in page_lines:
-                y += line.space_before
+                rule = plan.first_text_top - 12
+                draw.line([self.margin, rule, self.width - self.margin, rule], fill=RULE, width=2)
+            for y, line in page_lines:
                 line.face.draw(draw, (self.margin + line.indent, y), line.text, line.colour)
-                y += line.face.line_height
             self._draw_footer(draw, number, total)
             images.append(canvas)
         return images
+
+
+@dataclass(frozen=True)
+class Layout:
+    header_bottom: int
+    bottom: int  # reasoning text ends above this y (footer below)
+    image_width: int
+    image_max_height: int
+    table_left: int
+    table_width: int
+    first_text_top: int
+    pages: list[list[tuple[int, Line]]]  # per page: (top y, line)
 
 
 def render_pages(record: ReasoningRecord, current: Sequence[Dataset], prior: Sequence[Dataset] = (),

@@ -1,14 +1,18 @@
 """Algorithm identification derived from a record's provenance: device UID, names and version strings."""
 from __future__ import annotations
 
-from pydicom.uid import generate_uid
+import hashlib
 
 from inference.record import Provenance
 
 
 def device_uid(provenance: Provenance) -> str:
-    """A UID that is the same for the same weights (and quantization) and changes when they change."""
-    return generate_uid(prefix=None, entropy_srcs=["cxr-node-device", provenance.weights_sha256, provenance.quantization])
+    """A UID that is the same for the same weights (and quantization) and changes when they change.
+
+    A 2.25 UID (ISO/IEC 9834-8): the first 128 bits of SHA-256 over the weights hash and the quantization.
+    """
+    digest = hashlib.sha256(f"cxr-node-device|{provenance.weights_sha256}|{provenance.quantization}".encode()).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
 def model_title(provenance: Provenance) -> str:

@@ -1,0 +1,41 @@
+"""The finding-code table: every key present, every code verified or flagged."""
+from __future__ import annotations
+
+import pytest
+import yaml
+from pydicom.sr.codedict import codes
+
+from sr_writer.codes import TABLE_PATH, CodeTableError, load_table, parse_table
+from tests.sr.records import FINDING_LABELS
+
+
+def test_every_finding_key_is_mapped_with_a_source() -> None:
+    table = load_table()
+    assert set(table.findings) == set(FINDING_LABELS)
+    for key, entry in table.findings.items():
+        assert entry.source, key
+        if entry.code is None:
+            assert "no verified code" in entry.source, key
+
+
+def test_codedict_sourced_codes_match_pydicom() -> None:
+    table = load_table()
+    assert table.findings["pneumothorax"].code == codes.SCT.Pneumothorax
+    assert table.findings["pleural_effusion"].code == codes.SCT.PleuralEffusion
+    assert table.findings["cardiomegaly"].code == codes.SCT.Cardiomegaly
+    assert table.presence["present"] == codes.SCT.Present
+    assert table.presence["absent"] == codes.SCT.Absent
+
+
+def test_a_code_that_differs_from_its_cited_codedict_entry_is_refused() -> None:
+    data = yaml.safe_load(TABLE_PATH.read_text(encoding="utf-8"))
+    data["findings"]["pneumothorax"]["code"]["value"] = "12345678"
+    with pytest.raises(CodeTableError, match="pneumothorax"):
+        parse_table(data)
+
+
+def test_an_entry_without_source_or_flag_is_refused() -> None:
+    data = yaml.safe_load(TABLE_PATH.read_text(encoding="utf-8"))
+    del data["findings"]["consolidation"]["flag"]
+    with pytest.raises(CodeTableError, match="consolidation"):
+        parse_table(data)

@@ -1,0 +1,259 @@
+"""SR and SC result objects: dciodvfy-clean, and read back with highdicom the content is where it should be."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from dicomnode.synthetic import make_study, prior_spec
+from inference.record import DEMO_STATEMENT, UNVERIFIED_STATEMENT, Presence, ReasoningRecord, StageStatus
+from sr_writer import ExportRefused, OutputOptions, build_result_objects, validate
+from sr_writer.codes import load_table
+from sr_writer.provenance import device_uid
+from tests.sr.conftest import small_spec
+from tests.sr.records import FINDING_LABELS, make_provenance, make_record
+
+MANY = ("pneumothorax", "consolidation", "pleural_effusion", "cardiac_pacemaker", "lung_opacity")
+
+CASES = {
+    "none": dict(positive=()),
+    "one": dict(positive=("pneumothorax",)),
+    "many_prior": dict(positive=MANY, uncertain=("edema",), prior=True),
+    "unparsed": dict(positive=("cardiomegaly", "edema"), unparsed=True),
+    "chinese": dict(positive=("atelectasis",), language="zh", prior=True),
+    "greek_failed": dict(positive=("pneumonia",), language="el", failed_stage=6),
+}
+
+
+def _save_and_read(ds: Dataset, path: Path) -> Dataset:
+    ds.save_as(path, enforce_file_format=True)
+    return pydicom.dcmread(path)
+
+
+def _walk(items) -> list[Dataset]:
+    out = []
+    for item in items:
+        out.append(item)
+        out += _walk(item.get("ContentSequence", []))
+    return out
+
+
+def _name(item: Dataset) -> tuple[str, str]:
+    code = item.ConceptNameCodeSequence[0]
+    return str(code.CodingSchemeDesignator), str(code.CodeValue)
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    kw = dict(CASES[request.param])
+    with_prior = kw.pop("prior", False)
+    name = {"chinese": "山田^太郎", "greek_failed": "Иванов^Иван"}.get(request.param, "Demo^Patient")
+    spec = small_spec(patient_name=name)
+    current = make_study(spec)
+    prior = make_study(prior_spec(spec)) if with_prior else []
+    record = make_record(current, prior, **kw)
+    result = build_result_objects(record, current, prior)
+    out = tmp_path_factory.mktemp(request.param)
+    sr = _save_and_read(result.sr, out / "sr.dcm")
+    return request.param, record, current, prior, result, sr, out
+
+
+def test_every_object_is_dciodvfy_clean(case) -> None:
+    _, _, _, _, result, _, _ = case
+    assert result.reports, "objects were validated"
+    for ds in result.datasets:
+        report = validate(ds)
+        assert report.errors == [], report.output
+        assert {w for w in report.warnings if "99CXRNODE" not in w} == set(), report.warnings
+
+
+def test_sr_header_same_patient_and_study_new_series(case) -> None:
+    name, record, current, prior, result, sr, _ = case
+    src = current[0]
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert sr.StudyInstanceUID == src.StudyInstanceUID
+    assert sr.PatientID == src.PatientID and str(sr.PatientName) == str(src.PatientName)
+    assert sr.SeriesInstanceUID not in {ds.SeriesInstanceUID for ds in current}
+    assert sr.SeriesNumber == OutputOptions().sr_series_number
+    assert sr.SpecificCharacterSet == "ISO_IR 192"
+    assert sr.VerificationFlag == "UNVERIFIED"
+    assert sr.PreliminaryFlag == "PRELIMINARY"
+    incomplete = bool(record.unparsed_questions) or any(s.status is StageStatus.FAILED for s in record.stages)
+    assert sr.CompletionFlag == ("PARTIAL" if incomplete else "COMPLETE")
+    assert sr.SeriesDescription.startswith("DEMO ")
+    assert sr.ContentSequence and sr.ConceptNameCodeSequence[0].CodeMeaning.startswith("DEMO")
+    evidence = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                for s in sr.CurrentRequestedProcedureEvidenceSequence for i in s.ReferencedSeriesSequence}
+    assert evidence == {ds.SOPInstanceUID for ds in current}
+    if prior:
+        other = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                 for s in sr.PertinentOtherEvidenceSequence for i in s.ReferencedSeriesSequence}
+        assert other == {ds.SOPInstanceUID for ds in prior}
+    else:
+        assert "PertinentOtherEvidenceSequence" not in sr
+
+
+def test_sr_algorithm_identification(case) -> None:
+    _, record, _, _, _, sr, _ = case
+    ours = [e for e in sr.ContributingEquipmentSequence if e.Manufacturer == OutputOptions().manufacturer]
+    assert len(ours) == 1  # next to the source's acquisition equipment and highdicom itself
+    equipment = ours[0]
+    assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == codes.DCM.ProcessingEquipment.value
+    assert equipment.ContributionDescription.startswith("Processing Algorithm")
+    assert equipment.Manufacturer == OutputOptions().manufacturer
+    assert equipment.ManufacturerModelName.startswith(record.provenance.model_name)
+    assert equipment.DeviceSerialNumber == device_uid(record.provenance)
+    items = _walk(sr.ContentSequence)
+    uids = [i.UID for i in items if i.ValueType == "UIDREF" and _name(i) == ("DCM", "121012")]
+    assert uids == [device_uid(record.provenance)]  # Device Observer UID
+    texts = [str(i.TextValue) for i in items if i.ValueType == "TEXT"]
+    assert any(record.provenance.weights_sha256 in t for t in texts)
+    assert any(f"quantization={record.provenance.quantization}" in t or "quantization nf4" in t for t in texts)
+
+
+def test_sr_findings_and_boxes_read_back(case) -> None:
+    _, record, current, _, _, _, out = case
+    doc = hd.sr.srread(out / "sr.dcm")
+    table = load_table()
+    groups = doc.content.get_image_measurement_groups()
+    assert len(groups) == len(record.findings) == len(FINDING_LABELS)
+    coded_presence: dict[str, str] = {}
+    for group in groups:
+        for evaluation in group.get_qualitative_evaluations():
+            coded_presence[evaluation.name.value] = evaluation.value.value
+    for finding in record.findings:
+        entry = table.findings[finding.key]
+        if entry.code is not None:
+            assert coded_presence[entry.code.value] == table.presence[finding.presence.value].value, finding.key
+    texts = [str(i.TextValue) for i in _walk(doc.ContentSequence) if i.ValueType == "TEXT"]
+    for finding in record.findings:
+        if table.findings[finding.key].code is None:
+            assert any(t.startswith(f"{finding.label}: {finding.presence.value}") for t in texts), finding.key
+
+    rois = doc.content.get_planar_roi_measurement_groups()
+    expected = [b for f in record.findings for b in f.boxes] + 3 * [None]  # + heart, right and left lung
+    assert len(rois) == len(expected)
+    frontal = current[0]
+    for roi, box in zip(rois, expected):
+        region = roi.roi
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        ref = region.ContentSequence[0].ReferencedSOPSequence[0]  # SELECTED FROM the source image
+        assert ref.ReferencedSOPInstanceUID == frontal.SOPInstanceUID
+        data = region.value
+        assert data.shape == (5, 2) and (data[0] == data[-1]).all()
+        assert 0 <= data[:, 0].min() and data[:, 0].max() <= frontal.Columns
+        assert 0 <= data[:, 1].min() and data[:, 1].max() <= frontal.Rows
+        if box is not None:
+            x1, y1, x2, y2 = box.pixels
+            assert data[0] == pytest.approx([x1, y1]) and data[2] == pytest.approx([x2, y2])
+            finding = next(f for f in record.findings if box in f.boxes)
+            assert finding.label in str(roi.tracking_identifier)
+            code = table.findings[finding.key].code
+            assert roi.finding_type.value == (code.value if code else "404684003")
+        else:
+            assert roi.finding_sites, "anatomy box carries its finding site"
+
+
+def test_sr_stage_containers(case) -> None:
+    _, record, _, _, _, sr, _ = case
+    stages = [i for i in sr.ContentSequence if i.ValueType == "CONTAINER" and _name(i)[0] == "99CXRNODE"]
+    assert [_name(s)[1] for s in stages] == [f"STAGE-{n}" for n in range(1, 9)]
+    for container, stage in zip(stages, sorted(record.stages, key=lambda s: s.number)):
+        status = container.ContentSequence[0]
+        assert _name(status) == ("99CXRNODE", "STAGE-STATUS")
+        assert str(status.TextValue).startswith(stage.status.value.replace("_", " "))
+        qa = [i for i in container.ContentSequence if i.ValueType == "CONTAINER"]
+        assert len(qa) == len(stage.questions)
+        for item, question in zip(qa, stage.questions):
+            values = {_name(i)[1]: str(i.TextValue) for i in item.ContentSequence}
+            assert values["QUESTION-ID"] == question.id
+            assert values["ANSWER"] == (question.raw_answer or "(empty)")
+            assert question.question in values["QUESTION"]
+            assert ("PARSE-ERROR" in values) == (not question.parsed.ok)
+        if stage.number == 8:
+            texts = {_name(i): str(i.TextValue) for i in container.ContentSequence if i.ValueType == "TEXT"}
+            assert texts[("DCM", "121073")] == record.report.impression.strip()
+            assert texts[("DCM", "121070")] == record.report.findings.strip()  # UT drops trailing spaces
+    not_applicable = [s.number for s in record.stages if s.status is StageStatus.NOT_APPLICABLE]
+    for number in not_applicable:
+        assert str(stages[number - 1].ContentSequence[0].TextValue).startswith("not applicable")
+    comments = [str(i.TextValue) for i in sr.ContentSequence if i.ValueType == "TEXT"]
+    assert UNVERIFIED_STATEMENT in comments and DEMO_STATEMENT in comments
+
+
+def test_non_latin_text_round_trips(case) -> None:
+    name, record, current, _, result, sr, _ = case
+    if name not in ("chinese", "greek_failed"):
+        pytest.skip("Latin-only case")
+    assert str(sr.PatientName) == str(current[0].PatientName)
+    texts = [str(i.TextValue) for i in _walk(sr.ContentSequence) if i.ValueType == "TEXT"]
+    marker = "双肺清晰" if name == "chinese" else "πνεύμονες"
+    assert any(marker in t for t in texts)
+    assert not any("?" * 3 in t for t in texts)
+    assert result.pages[0].SpecificCharacterSet == "ISO_IR 192"
+
+
+def test_sc_pages(case) -> None:
+    _, record, current, _, result, _, out = case
+    assert len(result.pages) == len(result.page_images) >= 1
+    series = {p.SeriesInstanceUID for p in result.pages}
+    assert len(series) == 1 and series.isdisjoint({ds.SeriesInstanceUID for ds in current} | {result.sr.SeriesInstanceUID})
+    for number, (page, image) in enumerate(zip(result.pages, result.page_images), start=1):
+        back = _save_and_read(page, out / f"page{number}.dcm")
+        assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+        assert back.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        assert back.StudyInstanceUID == current[0].StudyInstanceUID and back.PatientID == current[0].PatientID
+        assert (back.SamplesPerPixel, back.PhotometricInterpretation, back.BitsAllocated) == (3, "RGB", 8)
+        assert back.BurnedInAnnotation == "YES"
+        assert back.InstanceNumber == number and back.SeriesNumber == OutputOptions().sc_series_number
+        assert back.SeriesDescription.startswith("DEMO ")
+        assert (back.Rows, back.Columns) == (image.height, image.width) == (2048, 1536)
+        assert (back.pixel_array == __import__("numpy").asarray(image)).all()
+
+
+def test_predecessor_and_non_demo(study: list[Dataset], tmp_path: Path) -> None:
+    first = build_result_objects(make_record(study, positive=("pneumothorax",)), study)
+    record = make_record(study, positive=("pneumothorax", "edema"), demo=False)
+    second = build_result_objects(record, study, predecessor=first.sr)
+    sr = second.sr
+    ref = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID == first.sr.SOPInstanceUID
+    assert "DEMO" not in sr.SeriesDescription and "DEMO" not in second.pages[0].SeriesDescription
+    assert sr.ConceptNameCodeSequence[0].CodeValue == "126000"
+    comments = [str(i.TextValue) for i in sr.ContentSequence if i.ValueType == "TEXT"]
+    assert UNVERIFIED_STATEMENT in comments and DEMO_STATEMENT not in comments
+    assert validate(sr).errors == []
+
+
+def test_device_uid_follows_the_weights() -> None:
+    a, b = make_provenance(weights_sha256="11" * 32), make_provenance(weights_sha256="22" * 32)
+    assert device_uid(a) == device_uid(make_provenance(weights_sha256="11" * 32))
+    assert device_uid(a) != device_uid(b)
+    assert len(device_uid(a)) <= 64
+
+
+def test_invalid_object_is_refused(study: list[Dataset]) -> None:
+    from sr_writer import ensure_valid
+
+    result = build_result_objects(make_record(study), study, options=OutputOptions(validate=False))
+    broken = result.pages[0]
+    del broken.StudyInstanceUID
+    with pytest.raises(ExportRefused) as info:
+        ensure_valid(broken, "SC page 1")
+    assert any("StudyInstanceUID" in r or "Study Instance UID" in r for r in info.value.reasons)
+
+
+def test_record_with_box_on_missing_image_still_builds(study: list[Dataset]) -> None:
+    record = make_record(study, positive=("pneumothorax",))
+    data = record.model_dump()
+    data["images"][0]["sop_instance_uid"] = "1.2.3.4.5"  # the frontal image is not among the sources
+    record = ReasoningRecord.model_validate(data)
+    result = build_result_objects(record, study)
+    doc_rois = [i for i in _walk(result.sr.ContentSequence) if i.ValueType == "SCOORD"]
+    assert doc_rois == []
+    assert result.pages and validate(result.sr).errors == []
+    assert Presence.PRESENT in {f.presence for f in record.findings}

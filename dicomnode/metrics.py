@@ -151,6 +151,21 @@ def record_delivery(destination: str, ok: bool) -> None:
 _model_state = {"loaded": False}
 
 
+def observe_study(seconds: float) -> None:
+    """Record one study's time from completion to its last result object acknowledged by PACS."""
+    study_seconds.observe(max(0.0, seconds))
+
+
+def reject_association(reason: str) -> None:
+    """Count an association refused for ``reason`` (a short fixed word: calling_aet, low_disk, busy, tls)."""
+    associations_rejected.labels(reason=reason).inc()
+
+
+def reject_instance(reason: str) -> None:
+    """Count a C-STORE answered with a failure status for ``reason`` (a short fixed word)."""
+    instances_rejected.labels(reason=reason).inc()
+
+
 def set_model_loaded(loaded: bool) -> None:
     """Say whether this process holds a loaded model (the worker calls it after loading / on unload)."""
     _model_state["loaded"] = bool(loaded)

@@ -55,6 +55,9 @@ def test_metrics_scrape_reflects_calls(tmp_path: Path, sqlite_check) -> None:
             metrics.add_tokens("generated", 42)
             metrics.record_delivery("pacs", ok=True)
             metrics.record_delivery("pacs", ok=False)
+            metrics.observe_study(0.25)
+            metrics.reject_association("low_disk")
+            metrics.reject_instance("invalid_uid")
             counts["QUEUED"] = 7
             after = _samples(server)
     finally:
@@ -71,6 +74,9 @@ def test_metrics_scrape_reflects_calls(tmp_path: Path, sqlite_check) -> None:
     assert delta("cxrnode_tokens_total", kind="generated") == 42
     assert delta("cxrnode_delivery_attempts_total", destination="pacs") == 2
     assert delta("cxrnode_delivery_failures_total", destination="pacs") == 1
+    assert delta("cxrnode_study_seconds_count") == 1
+    assert delta("cxrnode_associations_rejected_total", reason="low_disk") == 1
+    assert delta("cxrnode_instances_rejected_total", reason="invalid_uid") == 1
     assert before[("cxrnode_queue_depth", ())] == 3
     assert after[("cxrnode_queue_depth", ())] == 7
     assert after[("cxrnode_studies", (("state", "DELIVERED"),))] == 5

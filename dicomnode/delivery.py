@@ -52,11 +52,13 @@ class Deliverer:
     """``run_once()`` does one pass; ``start()``/``stop()`` run passes in a background thread."""
 
     def __init__(self, config: NodeConfig, session_factory: sessionmaker[Session],
-                 rng: Callable[[], float] = random.random, lease_seconds: float = LEASE_SECONDS) -> None:
+                 rng: Callable[[], float] = random.random, lease_seconds: float = LEASE_SECONDS,
+                 association_timeout: float = 30.0) -> None:
         self.config = config
         self.session_factory = session_factory
         self.rng = rng
         self.lease_seconds = lease_seconds
+        self.association_timeout = association_timeout
         self.data_dir = Path(config.storage.data_dir).resolve()
         self.destinations = {d.name: d for d in config.destinations}
         self._stop = threading.Event()
@@ -121,7 +123,7 @@ class Deliverer:
         if destination is None:
             self._record(None, rows, [None] * len(rows), f"destination {name!r} is not configured")
             return
-        peer = Peer.from_destination(destination, self.config.node.ae_title)
+        peer = Peer.from_destination(destination, self.config.node.ae_title, self.association_timeout)
         try:
             outcomes: list[StoreOutcome | None] = list(store_files(peer, [self.data_dir / r.path for r in rows]))
             error = None

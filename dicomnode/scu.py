@@ -42,6 +42,7 @@ class Peer:
     calling_aet: str = "CXRNODE"
     tls: "TLSConfig | None" = None
     connect_timeout: float = 10.0
+    acse_timeout: float = 30.0
     dimse_timeout: float = 120.0
 
     @classmethod
@@ -53,9 +54,11 @@ class Peer:
         return cls(match["ae"], match["host"].strip("[]"), int(match["port"]), calling_aet)
 
     @classmethod
-    def from_destination(cls, destination: "Destination", calling_aet: str) -> "Peer":
+    def from_destination(cls, destination: "Destination", calling_aet: str, association_timeout: float = 30.0
+                         ) -> "Peer":
         return cls(destination.ae_title, destination.host, destination.port,
-                   destination.calling_aet or calling_aet, destination.tls)
+                   destination.calling_aet or calling_aet, destination.tls,
+                   connect_timeout=min(10.0, association_timeout), acse_timeout=association_timeout)
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
@@ -87,7 +90,7 @@ def tls_context(tls: "TLSConfig") -> ssl.SSLContext:
 def _application_entity(peer: Peer) -> AE:
     ae = AE(ae_title=peer.calling_aet)
     ae.connection_timeout = peer.connect_timeout
-    ae.acse_timeout = max(peer.connect_timeout, 30.0)
+    ae.acse_timeout = peer.acse_timeout
     ae.dimse_timeout = peer.dimse_timeout
     ae.network_timeout = peer.dimse_timeout
     ae.maximum_pdu_size = 0

@@ -214,6 +214,9 @@ def run_study(
 ) -> StudyRun:
     """Ask the study's questions in order as one conversation (teacher-forced unless ``free``)."""
     start = time.perf_counter()
+    reset = getattr(model, "reset_cache", None)  # a new conversation: free the previous study's cache
+    if callable(reset):
+        reset()
     history: list[Turn] = []
     run = StudyRun(study.key)
     next_image = 0

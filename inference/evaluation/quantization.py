@@ -1,6 +1,7 @@
 """Quantization fidelity: the same inputs under two quantization settings, and how far their answers agree.
 
-Agreement figures (item by item, same study and question; two unparsed answers agree as the same outcome):
+Agreement figures (item by item, same study and question; items where neither setting's answer parsed carry no
+information and are left out, counted as ``both_unparsed``; one parsed and one not is a disagreement):
 - ``yes_no``: share of yes/no answers with the same value;
 - ``choice``: share of single- and multi-choice answers with the same chosen option set;
 - ``box_mean_iou``: mean IoU between the two settings' boxes (one-to-one matching per image, as in scoring);
@@ -36,11 +37,12 @@ _FOOTPRINT_KEYS = ("footprint_bytes", "memory_footprint", "footprint")
 
 @dataclass(frozen=True)
 class Figure:
-    value: float | None  # fraction in [0, 1]; None when no item of that kind
-    count: int
+    value: float | None  # fraction in [0, 1]; None when no item of that kind was compared
+    count: int  # items compared
+    both_unparsed: int = 0  # items left out: neither answer parsed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "count": self.count}
+        return {"value": self.value, "count": self.count, "both_unparsed": self.both_unparsed}
 
 
 @dataclass
@@ -103,9 +105,10 @@ def _jsonable(value: Any) -> Any:
 def model_info(model: Any) -> dict[str, Any]:
     """A loaded model's ``info`` (provenance, footprint) as a JSON-friendly dict; {} when it has none."""
     info = getattr(model, "info", None)
+    raw: dict[str, Any] = {}
     if info is None:
-        return {}
-    if hasattr(info, "model_dump"):
+        pass
+    elif hasattr(info, "model_dump"):
         raw = info.model_dump()
     elif dataclasses.is_dataclass(info) and not isinstance(info, type):
         raw = dataclasses.asdict(info)
@@ -113,7 +116,23 @@ def model_info(model: Any) -> dict[str, Any]:
         raw = dict(info)
     else:
         raw = dict(vars(info))
+    if not any(isinstance(raw.get(k), (int, float)) for k in _FOOTPRINT_KEYS):
+        footprint = _memory_footprint(model)
+        if footprint is not None:
+            raw["footprint_bytes"] = footprint
     return _jsonable(raw)
+
+
+def _memory_footprint(model: Any) -> int | None:
+    """Bytes of parameters and buffers of the underlying transformers model (``get_memory_footprint``)."""
+    inner = getattr(model, "model", None)
+    measure = getattr(inner, "get_memory_footprint", None)
+    if measure is None:
+        return None
+    try:
+        return int(measure())
+    except (RuntimeError, TypeError, ValueError):
+        return None
 
 
 def _presence(item: EvalItem, parsed: ParsedAnswer) -> object:
@@ -129,8 +148,24 @@ def _token_agreement(a: str, b: str) -> float:
     return SequenceMatcher(None, ta, tb, autojunk=False).ratio()
 
 
-def _figure(values: list[float]) -> Figure:
-    return Figure(min(1.0, max(0.0, round(fmean(values), 9))) if values else None, len(values))
+def _figure(values: list[float], both_unparsed: int) -> Figure:
+    value = min(1.0, max(0.0, round(fmean(values), 9))) if values else None
+    return Figure(value, len(values), both_unparsed)
+
+
+def _boxes(parsed: ParsedAnswer) -> list[tuple[int, tuple[float, float, float, float]]]:
+    return [(x.image_index, tuple(x.normalized)) for x in parsed.boxes] if parsed.ok else []
+
+
+def _item_agreement(item: EvalItem, pa: ParsedAnswer, pb: ParsedAnswer) -> tuple[str, float]:
+    """(figure name, agreement in [0, 1]) of one item's two answers."""
+    if item.qtype is QType.YES_NO:
+        return "yes_no", float(_presence(item, pa) == _presence(item, pb))
+    if item.qtype in (QType.SINGLE_CHOICE, QType.MULTI_CHOICE):
+        return "choice", float(_presence(item, pa) == _presence(item, pb))
+    if item.qtype is QType.DETECTION:
+        return "box_mean_iou", match_boxes(_boxes(pa), _boxes(pb))
+    return "open_token", _token_agreement(pa.text if pa.ok else "", pb.text if pb.ok else "")
 
 
 def agreement(
@@ -138,23 +173,17 @@ def agreement(
 ) -> dict[str, Figure]:
     """Agreement figures between two settings' parsed answers (module docstring)."""
     values: dict[str, list[float]] = {name: [] for name in AGREEMENT_NAMES}
+    skipped: dict[str, int] = {name: 0 for name in AGREEMENT_NAMES}
     for study in studies:
         for item, pa, pb in zip(study.items, a.get(study.key, ()), b.get(study.key, ())):
-            if item.qtype is QType.YES_NO:
-                values["yes_no"].append(float(_presence(item, pa) == _presence(item, pb)))
-            elif item.qtype in (QType.SINGLE_CHOICE, QType.MULTI_CHOICE):
-                values["choice"].append(float(_presence(item, pa) == _presence(item, pb)))
-            elif item.qtype is QType.DETECTION:
-                boxes_a = [(x.image_index, tuple(x.normalized)) for x in pa.boxes] if pa.ok else []
-                boxes_b = [(x.image_index, tuple(x.normalized)) for x in pb.boxes] if pb.ok else []
-                values["box_mean_iou"].append(match_boxes(boxes_a, boxes_b))
-            else:
-                values["open_token"].append(
-                    _token_agreement(pa.text if pa.ok else "", pb.text if pb.ok else "")
-                )
-            if item.is_checklist and item.qtype is not QType.OPEN:
-                values["checklist"].append(float(_presence(item, pa) == _presence(item, pb)))
-    return {name: _figure(v) for name, v in values.items()}
+            name, value = _item_agreement(item, pa, pb)
+            names = [name, "checklist"] if item.is_checklist and item.qtype is not QType.OPEN else [name]
+            for n in names:
+                if not pa.ok and not pb.ok:
+                    skipped[n] += 1
+                else:
+                    values[n].append(value)
+    return {name: _figure(values[name], skipped[name]) for name in AGREEMENT_NAMES}
 
 
 def compare_quantization(
@@ -190,6 +219,7 @@ def compare_quantization(
             label=setting,
         )
         info = model_info(model)
+        load_seconds = float(info.get("load_seconds") or load_seconds)  # engine's figure excludes imports
         del model
         results.append(
             SettingResult(
@@ -214,6 +244,7 @@ def comparison_tables(comparison: Comparison) -> list[Table]:
     agree.add_column("Figure", style="bold")
     agree.add_column("N", justify="right")
     agree.add_column("Agreement %", justify="right")
+    agree.add_column("Both unparsed", justify="right")
     labels = {
         "yes_no": "yes/no answers agree",
         "choice": "choice answers agree",
@@ -222,7 +253,8 @@ def comparison_tables(comparison: Comparison) -> list[Table]:
         "open_token": "open answers token agreement",
     }
     for name, fig in comparison.agreement.items():
-        agree.add_row(labels[name], str(fig.count), "–" if fig.value is None else f"{100 * fig.value:.1f}")
+        value = "–" if fig.value is None else f"{100 * fig.value:.1f}"
+        agree.add_row(labels[name], str(fig.count), value, str(fig.both_unparsed))
     cost = Table(title="Per setting")
     for header in ("Quantization", "Footprint", "Load s", "s / study", "Score %", "Unparsed"):
         cost.add_column(header, justify="right")

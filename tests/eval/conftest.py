@@ -1,8 +1,11 @@
 """Shared fixtures of the evaluation-harness tests: the CXRTrek demo file (skip when absent)."""
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 DEMO = Path(__file__).resolve().parents[2] / ".." / "shared" / "cxrtrek" / "cxrtrek_demo_80.json"
@@ -20,3 +23,45 @@ def demo_studies(demo_path: Path):
     from inference.evaluation.dataset import load_dataset
 
     return load_dataset(demo_path)
+
+
+# Tiny demo models (session-scoped, built once) from the engine's fixtures.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
+from model_fixtures import demo_model_dirs, qwen_demo_dir  # noqa: E402,F401
+
+
+def _kind(item: dict) -> str:
+    from inference.parsing import qtype_from_cxrtrek
+
+    return qtype_from_cxrtrek(item["qtype"]).value
+
+
+@pytest.fixture(scope="session")
+def model_eval_data(demo_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(dataset, images dir): the first two demo studies trimmed to a few items covering every question type and
+    a findings-checklist item, with small synthetic chest images written at the dataset's relative image paths."""
+    from PIL import Image
+
+    from dicomnode.synthetic import phantom
+
+    root = tmp_path_factory.mktemp("eval_data")
+    studies = json.loads(demo_path.read_text())[:2]
+    for study in studies:
+        meta = study["cxrtrek_data"]
+        kept, kinds = [], set()
+        for item in meta["content"]:
+            checklist = str(item.get("target", "")).startswith("abnormality_") and "checklist" not in kinds
+            if "<image>" in item["question"] or _kind(item) not in kinds or checklist:
+                kept.append(item)
+                kinds.add(_kind(item))
+                if checklist:
+                    kinds.add("checklist")
+        meta["content"] = kept
+        for index, rel in enumerate(meta["image"]):
+            path = root / "images" / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pixels = phantom(96, 80, "PA" if index == 0 else "LATERAL", 8, seed=index).astype(np.uint8)
+            Image.fromarray(pixels).save(path)
+    dataset = root / "subset.json"
+    dataset.write_text(json.dumps(studies))
+    return dataset, root / "images"

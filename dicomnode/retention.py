@@ -3,7 +3,8 @@
 A study qualifies only when its newest job is DELIVERED (every result acknowledged by every destination) or
 SKIPPED (nothing to deliver), and that job finished more than ``retention_days`` ago. Studies still receiving,
 queued, processing, waiting for delivery or FAILED keep their files. Rows stay (the audit trail and the instance
-list); one ``retention.purged`` audit event per study records what was removed.
+list, marked not selected with skip_reason "file removed by retention" so that a study re-opened by a late instance
+is processed from the files still there); one ``retention.purged`` audit event per study records what was removed.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from dicomnode.db.states import JobState
 LOG = logging.getLogger("dicomnode.retention")
 PURGEABLE = (JobState.DELIVERED.value, JobState.SKIPPED.value)
 SPOOL_PREFIX = "spool/"
+PURGED_REASON = "file removed by retention"
 
 
 @dataclass
@@ -69,9 +71,13 @@ def purge_expired(config: NodeConfig, session_factory: sessionmaker[Session],
             if (study_id, study_uid) not in expired_studies(session, cutoff):
                 continue
             files = removed_bytes = 0
-            for relative in session.scalars(select(Instance.path).where(Instance.study_id == study_id)):
+            for instance in session.scalars(select(Instance).where(Instance.study_id == study_id)):
+                relative = instance.path
                 if not relative.startswith(SPOOL_PREFIX):
                     continue
+                if instance.selected:  # a re-opened study's next job must not expect this file
+                    instance.selected = False
+                    instance.skip_reason = PURGED_REASON
                 path = (data_dir / relative).resolve()
                 if spool_root not in path.parents:
                     continue

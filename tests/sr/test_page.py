@@ -1,0 +1,99 @@
+"""The reasoning page: fonts, wrapping, pagination, boxes drawn; nothing cut off or overlapping."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+
+from sr_writer.fonts import Face, FontMissing, fallback_path
+from sr_writer.options import OutputOptions
+from sr_writer.page import BOX_COLOURS, PageRenderer, render_pages, wrap
+from tests.sr.records import make_record
+
+
+@pytest.fixture(scope="module")
+def face() -> Face:
+    return Face.make(24)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "A short line.",
+        "word " * 200,
+        "x" * 500,  # one word longer than the line
+        "除所列发现外，双肺清晰。心影大小正常。" * 20,
+        "Οι πνεύμονες είναι καθαροί εκτός από τα ευρήματα. " * 10,
+        "first paragraph\n\nsecond paragraph " * 5,
+    ],
+)
+def test_wrap_keeps_every_character_within_width(face: Face, text: str) -> None:
+    width = 700
+    lines = wrap(text, face, width)
+    assert all(face.width(line) <= width for line in lines)
+    assert "".join("".join(lines).split()) == "".join(text.split())
+
+
+def test_cjk_uses_a_fallback_font_with_real_glyphs(face: Face) -> None:
+    assert fallback_path() is not None, "Debian fonts-droid-fallback is needed for CJK text"
+    runs = list(face.runs("Lung 肺 clear"))
+    assert [text for _, text in runs] == ["Lung ", "肺", " clear"]
+    assert runs[0][0].path == runs[2][0].path != runs[1][0].path
+
+
+def test_missing_font_fails_clearly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CXR_FONT_DIR", str(tmp_path))
+    with pytest.raises(FontMissing, match="fonts-dejavu-core"):
+        Face.make(24)
+
+
+def _check_layout(renderer: PageRenderer) -> None:
+    plan = renderer.layout()
+    for page in plan.pages:
+        previous_bottom = 0
+        for y, line in page:
+            assert y >= previous_bottom, "lines overlap"
+            assert y + line.face.line_height <= plan.bottom, "line runs into the footer"
+            assert line.indent + line.face.width(line.text) <= renderer.inner
+            previous_bottom = y + line.face.line_height
+    first = plan.pages[0]
+    if first:
+        assert first[0][0] >= plan.first_text_top  # text starts below the image panel and the findings table
+
+
+def test_long_reasoning_continues_on_numbered_pages(study: list[Dataset]) -> None:
+    short = make_record(study, positive=("pneumothorax",))
+    long = make_record(study, positive=("pneumothorax",), long_text=150, language="zh")
+    short_renderer = PageRenderer(short, study, (), OutputOptions())
+    long_renderer = PageRenderer(long, study, (), OutputOptions())
+    _check_layout(short_renderer)
+    _check_layout(long_renderer)
+    n_short, n_long = len(short_renderer.layout().pages), len(long_renderer.layout().pages)
+    assert n_long > n_short >= 1
+    # every reasoning line is placed exactly once
+    placed = [line.text for page in long_renderer.layout().pages for _, line in page if "(continued)" not in line.text]
+    assert placed == [line.text for line in long_renderer.reasoning_lines()]
+    images = long_renderer.render()
+    assert len(images) == n_long
+    assert {im.size for im in images} == {(1536, 2048)}
+
+
+def test_boxes_are_drawn_on_the_frontal_image(study: list[Dataset]) -> None:
+    record = make_record(study, positive=("pneumothorax", "pleural_effusion"), anatomy_boxes=False)
+    empty = make_record(study, positive=(), anatomy_boxes=False)
+    page = np.asarray(render_pages(record, study)[0]).astype(int)
+    plain = np.asarray(render_pages(empty, study)[0]).astype(int)
+    for colour in BOX_COLOURS[:2]:
+        hits = np.all(np.abs(page - colour) <= 2, axis=-1).sum()
+        base = np.all(np.abs(plain - colour) <= 2, axis=-1).sum()
+        assert hits > base + 200, colour
+
+
+def test_demo_banner_only_for_demo_models(study: list[Dataset]) -> None:
+    red = (200, 30, 30)
+    demo = np.asarray(render_pages(make_record(study, demo=True), study)[0]).astype(int)
+    real = np.asarray(render_pages(make_record(study, demo=False), study)[0]).astype(int)
+    count = lambda a: np.all(a == red, axis=-1).sum()  # noqa: E731
+    assert count(demo) > 20000 and count(real) == 0

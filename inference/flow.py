@@ -290,6 +290,9 @@ def run_flow_images(
     if not current:
         raise ValueError("the flow needs at least one current image")
     book = stages or load_stages()
+    reset = getattr(model, "reset_cache", None)
+    if callable(reset):  # a new study: the previous study's cached prefix cannot be reused
+        reset()
     started, wall = _now(), time.perf_counter()
     _seed(seed)
     all_images = [*current, *prior]

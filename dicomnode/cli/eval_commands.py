@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("nf4", "fp4", "int8", "none")
 
@@ -100,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
             return _fail(str(exc))
         meta["source"] = f"predictions:{args.predictions}"
     else:
+        from inference.model import ModelLoadError
+
         try:
             model = _load_model(args, args.quantization)
             runs = preds.run_model(
@@ -111,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                 max_questions=args.max_questions,
                 show_progress=not args.no_progress,
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, ModelLoadError) as exc:
             return _fail(str(exc))
         meta.update(
             source="model",
@@ -150,6 +149,7 @@ def _seconds_per_study(runs: dict[str, Any]) -> float:
 
 def _compare(args: argparse.Namespace, studies: list[Any], meta: dict[str, Any], console: Any) -> int:
     from inference.evaluation import quantization, report
+    from inference.model import ModelLoadError
 
     settings = [s.strip() for s in args.compare_quantization.split(",") if s.strip()]
     if len(settings) != 2 or any(s not in QUANTIZATIONS for s in settings):
@@ -165,7 +165,7 @@ def _compare(args: argparse.Namespace, studies: list[Any], meta: dict[str, Any],
             max_questions=args.max_questions,
             show_progress=not args.no_progress,
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ModelLoadError) as exc:
         return _fail(str(exc))
     quantization.print_comparison(comparison, console)
     meta.update(source="model", mode="free" if args.free else "teacher_forced")

@@ -61,5 +61,49 @@ def test_cli_refuses_bad_arguments(demo_path: Path, tmp_path: Path) -> None:
 
     assert main(["eval", str(demo_path), "--model", str(tmp_path)]) == 2  # --model needs --images
     assert main(["eval", str(tmp_path / "missing.json"), "--oracle"]) == 2
+    assert main(["eval", str(demo_path), "--model", str(tmp_path / "nope"), "--images", str(tmp_path)]) == 2
+    assert main(["eval", str(demo_path), "--predictions", str(tmp_path / "nope.json")]) == 2
+    assert main(["eval", str(demo_path), "--model", str(tmp_path), "--images", str(tmp_path),
+                 "--compare-quantization", "none"]) == 2
     with pytest.raises(SystemExit):
         main(["eval", str(demo_path), "--oracle", "--predictions", str(tmp_path / "p.json")])
+
+
+def test_quantization_agreement_figures_are_exact(demo_studies) -> None:
+    """Setting B = gold with known changes; agreement against setting A = gold."""
+    from inference.evaluation.predictions import oracle, parse_for_item, parsed_answers
+    from inference.evaluation.quantization import agreement
+    from inference.record import QType
+
+    study = next(s for s in demo_studies if sum(i.is_checklist and i.qtype is QType.YES_NO for i in s.items) >= 2)
+    a = parsed_answers(oracle([study]))
+    b = {study.key: list(a[study.key])}
+    items = study.items
+    yes_no = [i for i in items if i.qtype is QType.YES_NO]
+    checklist_yn = [i for i in yes_no if i.is_checklist]
+    flipped = checklist_yn[0]
+    b[study.key][flipped.position] = parse_for_item(flipped, "Yes." if not flipped.yes_no else "No.")
+    unparsed_both = checklist_yn[1]
+    a[study.key][unparsed_both.position] = parse_for_item(unparsed_both, "unclear")
+    b[study.key][unparsed_both.position] = parse_for_item(unparsed_both, "unclear")
+    det = next(i for i in items if i.qtype is QType.DETECTION)
+    x1, y1, x2, y2 = (round(v * 100, 2) for v in det.boxes[0])
+    w = x2 - x1
+    b[study.key][det.position] = parse_for_item(
+        det, f"<|ref|> t <|/ref|> <|box|>({x1 + w / 2:.2f}, {y1:.2f}), ({x2 + w / 2:.2f}, {y2:.2f})<|/box|>")
+    opens = [i for i in items if i.qtype is QType.OPEN]
+    words = opens[0].answer.split()
+    b[study.key][opens[0].position] = parse_for_item(opens[0], " ".join(words[: len(words) // 2]))
+
+    figures = agreement([study], a, b)
+    n_yn = len(yes_no) - 1  # the both-unparsed item is left out
+    assert figures["yes_no"].count == n_yn and figures["yes_no"].both_unparsed == 1
+    assert figures["yes_no"].value == pytest.approx((n_yn - 1) / n_yn)
+    n_ck = sum(i.is_checklist and i.qtype is not QType.OPEN for i in items) - 1
+    assert figures["checklist"].value == pytest.approx((n_ck - 1) / n_ck)
+    assert figures["choice"].value == 1.0
+    n_det = sum(i.qtype is QType.DETECTION for i in items)
+    half = (w - round(w / 2, 2)) / (w + round(w / 2, 2))  # box shifted by half its width: IoU 1/3
+    assert figures["box_mean_iou"].value == pytest.approx((n_det - 1 + half) / n_det, abs=1e-4)
+    k, n = len(words) // 2, len(words)
+    assert figures["open_token"].value == pytest.approx((len(opens) - 1 + 2 * k / (n + k)) / len(opens))

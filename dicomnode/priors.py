@@ -64,6 +64,7 @@ STORAGE_CLASSES: tuple[str, ...] = (
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
 )
+_MULTI_VALUE_MATCHING: set[tuple[str, int, str]] = set()  # PACS seen to match ModalitiesInStudy "CR\\DX"
 _UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 _COMPRESSED = [
     JPEGLosslessSV1, JPEGLossless, JPEG2000Lossless, JPEG2000, JPEGLSLossless, JPEGLSNearLossless, RLELossless,
@@ -144,6 +145,7 @@ def _ae(settings: _Settings) -> AE:
     ae = AE(ae_title=settings.calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.timeout
     ae.connection_timeout = min(settings.timeout, 10.0)
+    ae.maximum_pdu_size = 0  # no limit on PDUs we receive: far fewer PDUs for 10 MB images
     return ae
 
 
@@ -267,7 +269,12 @@ def _candidates(
     date_range = f"-{date}" if date else ""
     wanted = "\\".join(s.modalities)
     matches = _c_find(assoc, _study_query(patient_id, date_range, wanted))
-    if not matches:  # a PACS may match a multi-valued ModalitiesInStudy literally: ask without, filter here
+    pacs = (s.host, s.port, s.query_aet)
+    if matches:
+        _MULTI_VALUE_MATCHING.add(pacs)
+    elif pacs not in _MULTI_VALUE_MATCHING:
+        # a PACS may match a multi-valued ModalitiesInStudy literally: ask without it and filter here (until this
+        # PACS has once answered the multi-valued query, which proves it understands it)
         matches = _c_find(assoc, _study_query(patient_id, date_range, ""))
     studies = []
     for m in matches:
@@ -390,9 +397,7 @@ class _Receiver:
         try:
             fd, tmp = tempfile.mkstemp(dir=self.dest_dir, prefix=".recv-")
             with os.fdopen(fd, "wb") as handle:
-                handle.write(event.encoded_dataset())
-                handle.flush()
-                os.fsync(handle.fileno())
+                handle.write(event.encoded_dataset())  # no fsync: a prior is a scratch copy, re-fetchable
             os.replace(tmp, path)
         except OSError as exc:
             self.errors.append(f"cannot store {uid}: {exc}")
@@ -432,15 +437,13 @@ def _retrieve_queries(assoc: Association, s: _Settings, study_uid: str) -> list[
     wanted = [x for x in series if x.modality in s.modalities or not x.modality]
     if series and not wanted:
         return []
-    queries = []
-    for x in wanted or [None]:
-        ds = Dataset()
-        ds.QueryRetrieveLevel = "SERIES" if x else "STUDY"
-        ds.StudyInstanceUID = study_uid
-        if x:
-            ds.SeriesInstanceUID = x.series_instance_uid
-        queries.append(ds)
-    return queries
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "SERIES" if wanted else "STUDY"
+    ds.StudyInstanceUID = study_uid
+    if wanted:  # one request for all wanted series (UID list matching)
+        uids = [x.series_instance_uid for x in wanted]
+        ds.SeriesInstanceUID = uids if len(uids) > 1 else uids[0]
+    return [ds]
 
 
 def _get(s: _Settings, study_uid: str, receiver: _Receiver) -> None:

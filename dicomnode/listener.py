@@ -67,6 +67,16 @@ HEADER_TAGS = [
 ]
 UNDEFINED_LENGTH = 0xFFFFFFFF
 
+# pynetdicom accepts, per presentation context, the first of *our* transfer syntaxes that the requestor proposed.
+# Prefer Explicit VR LE, then lossless compressed (kept as sent), then other uncompressed, then the rest (lossy).
+_PREFERRED_SYNTAXES = (
+    "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.2",
+)
+TRANSFER_SYNTAXES = [*_PREFERRED_SYNTAXES, *(ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _PREFERRED_SYNTAXES)]
+
 
 class Rejected(Exception):
     """A C-STORE answered with a failure status; ``reason`` is logged."""
@@ -109,6 +119,8 @@ def parse_header(path: Path, request_sop_uid: str | None, request_sop_class: str
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, NotImplementedError) as exc:
         raise Rejected(STATUS_UNREADABLE, f"unreadable dataset: {type(exc).__name__}: {exc}") from None
     missing = [k for k, v in raw_uids.items() if v is None or str(v).strip("\x00 ") == ""]
+    if len(missing) == len(raw_uids):
+        raise Rejected(STATUS_UNREADABLE, "not a DICOM dataset: no SOP, Study or Series UID found")
     if missing:
         raise Rejected(STATUS_MISSING_UID, f"missing {', '.join(missing)}")
     uids = {k: clean_uid(v) for k, v in raw_uids.items()}
@@ -124,9 +136,10 @@ def parse_header(path: Path, request_sop_uid: str | None, request_sop_class: str
         if tag not in ds:
             continue
         has_pixels = True
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement) and raw.length != UNDEFINED_LENGTH:
-            if raw.value_tell + raw.length > size:
+            deflated = str(meta_ts) == "1.2.840.10008.1.2.1.99"  # value_tell is in the inflated stream
+            if not deflated and raw.value_tell + raw.length > size:
                 raise Rejected(STATUS_UNREADABLE, "truncated: pixel data shorter than its declared length")
             expected = _expected_native_length(ds)
             if tag == 0x7FE00010 and expected and raw.length < expected:
@@ -232,8 +245,8 @@ class Listener:
         self.ae.dimse_timeout = 120
         self.ae.acse_timeout = 60
         for cx in AllStoragePresentationContexts:
-            self.ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        self.ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+            self.ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+        self.ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     @property

@@ -171,3 +171,45 @@ def store(files: Sequence[Path], port: int, calling_aet: str = "STORESCU", extra
                       extra_args=["-d", "-nh", *extra], timeout=timeout)
     text = result.stdout + result.stderr
     return StoreRun(result.returncode, [int(m, 16) for m in _STATUS_RE.findall(text)], text)
+
+
+def send_raw(port: int, meta_source: Path, payload: bytes, workdir: Path, ae: str = NODE_AET) -> int | None:
+    """C-STORE ``payload`` as the raw dataset bytes of one instance (pynetdicom SCU, chunked send).
+
+    The file meta (SOP class/instance, transfer syntax) is taken from ``meta_source``. For inputs storescu itself
+    refuses to send (non-DICOM bytes, truncated files). Returns the response status (None: no response).
+    """
+    from pydicom import dcmread
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom import AE, _config
+
+    meta = dcmread(meta_source, stop_before_pixels=True).file_meta
+    path = workdir / f"raw-{time.monotonic_ns()}.dcm"
+    with open(path, "wb") as f:
+        f.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(f, meta, enforce_standard=True)
+        f.write(payload)
+    scu = AE(ae_title="RAWSCU")
+    scu.add_requested_context(meta.MediaStorageSOPClassUID, [meta.TransferSyntaxUID])
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        assoc = scu.associate("127.0.0.1", port, ae_title=ae)
+        assert assoc.is_established, "association refused"
+        try:
+            status = assoc.send_c_store(path)
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+    return int(status.Status) if "Status" in status else None
+
+
+def dataset_payload(path: Path) -> bytes:
+    """The bytes of a Part-10 file after its file meta information."""
+    from pydicom import dcmread
+
+    ds = dcmread(path, stop_before_pixels=True)
+    data = path.read_bytes()
+    offset = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
+    return data[offset:]

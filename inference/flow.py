@@ -168,8 +168,10 @@ def _apply(book: StageBook, question: QuestionDef, item: FindingDef | AnatomyDef
            parsed: ParsedAnswer, raw: str, state: _State) -> None:
     """Carry an answer into findings and report as ``records`` says."""
     if question.records is Records.PRESENCE and isinstance(item, FindingDef):
-        presence = (Presence.UNCERTAIN if not parsed.ok or parsed.yes_no is None
-                    else Presence.PRESENT if parsed.yes_no else Presence.ABSENT)
+        if not parsed.ok or parsed.yes_no is None or book.is_hedged(parsed.justification):
+            presence = Presence.UNCERTAIN
+        else:
+            presence = Presence.PRESENT if parsed.yes_no else Presence.ABSENT
         state.findings[item.key] = Finding(key=item.key, label=item.label, presence=presence, question_id=qid)
     elif question.records is Records.ATTRIBUTES and isinstance(item, FindingDef) and parsed.ok:
         finding = state.findings.get(item.key)

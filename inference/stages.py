@@ -30,6 +30,8 @@ CANONICAL_STAGES: dict[int, tuple[str, str]] = {
 }
 
 IMAGE_SLOT = "{images}"
+DEFAULT_HEDGES = ("possibly", "possible", "probably", "questionable", "equivocal", "uncertain", "indeterminate",
+                  "cannot be excluded", "cannot exclude", "not excluded", "difficult to assess")
 
 
 class StageConfigError(ValueError):
@@ -188,6 +190,8 @@ class StageBook(_Strict):
     image_prompts: ImagePrompts = Field(default_factory=ImagePrompts)
     options_prompt: OptionsPrompt = Field(default_factory=OptionsPrompt)
     max_new_tokens: dict[QType, int] = Field(default_factory=dict)
+    # A yes/no checklist answer whose justification starts with (or contains) one of these is "uncertain".
+    hedges: list[str] = Field(default_factory=lambda: list(DEFAULT_HEDGES))
     findings: list[FindingDef] = Field(min_length=1)
     anatomy: list[AnatomyDef] = Field(default_factory=list)
     stages: list[StageDef] = Field(min_length=1)
@@ -223,6 +227,11 @@ class StageBook(_Strict):
                     raise ValueError(f"@stages.{i}.questions.{j}.for_each: positive_finding needs a stage after "
                                      "stage 2 (presence is decided in stage 2)")
         return self
+
+    def is_hedged(self, text: str | None) -> bool:
+        """True when ``text`` (a yes/no justification) expresses uncertainty."""
+        words = (text or "").casefold()
+        return any(words.startswith(h.casefold()) or (" " in h and h.casefold() in words) for h in self.hedges)
 
     def stage(self, number: int) -> StageDef | None:
         return next((s for s in self.stages if s.number == number), None)

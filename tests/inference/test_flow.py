@@ -160,16 +160,22 @@ def test_unparsed_answers_are_flagged_and_kept() -> None:
     model = ScriptedModel(
         positives=["pneumothorax"],
         overrides={"evidence of cardiomegaly": "Possibly, hard to say.",
+                   "evidence of a fracture": "Yes. A rib fracture cannot be excluded.",
+                   "evidence of pulmonary edema": "No. Possible mild interstitial edema.",
+                   "evidence of consolidation": "Yes. Likely right lower lobe consolidation.",
                    "regions affected by pneumothorax": "I cannot draw boxes.",
                    "Which technical deficiencies": "Everything is fine."},
     )
     record = run_flow(model, _study()[0])
-    cardio = next(f for f in record.findings if f.key == "cardiomegaly")
-    assert cardio.presence is Presence.UNCERTAIN
+    presence = {f.key: f.presence for f in record.findings}
+    assert presence["cardiomegaly"] is Presence.UNCERTAIN  # unparsed
+    assert presence["fracture"] is Presence.UNCERTAIN and presence["edema"] is Presence.UNCERTAIN  # hedged
+    assert presence["consolidation"] is Presence.PRESENT and presence["atelectasis"] is Presence.ABSENT
     unparsed = {q.id: q for q in record.unparsed_questions}
     assert set(unparsed) == {"s1.deficiencies", "s2.present:cardiomegaly", "s3.box:pneumothorax"}
     assert unparsed["s3.box:pneumothorax"].raw_answer == "I cannot draw boxes."
     assert unparsed["s3.box:pneumothorax"].parsed.error == "no box found"
+    assert "s3.box:consolidation" in [q.id for q in record.stage(3).questions]
     pneumothorax = next(f for f in record.findings if f.key == "pneumothorax")
     assert pneumothorax.presence is Presence.PRESENT and pneumothorax.boxes == []
     # uncertain findings are not "positive": no stage-3 questions about cardiomegaly

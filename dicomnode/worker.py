@@ -305,19 +305,19 @@ def retry_job(session_factory: sessionmaker[Session], job_id: int) -> str:
             if job.state in (JobState.FAILED.value, JobState.DELIVERED.value):
                 set_job_state(session, job, JobState.RESULTS_READY)
             audit(session, "job.retry", study_instance_uid=study_uid, job_id=job.id, deliveries_reset=len(dead))
-            return f"job {job_id}: {len(dead)} dead-lettered deliveries back to PENDING"
+            return f"{len(dead)} dead-lettered deliveries back to PENDING"
         if job.state == JobState.FAILED.value:
             sent = session.scalar(select(Delivery.id).where(Delivery.job_id == job.id).limit(1))
             if sent is not None:
                 set_job_state(session, job, JobState.RESULTS_READY)
                 audit(session, "job.retry", study_instance_uid=study_uid, job_id=job.id, requeued=False)
-                return f"job {job_id}: back to RESULTS_READY"
+                return "back to RESULTS_READY"
             job.state = JobState.QUEUED.value
             job.queued_at = now
             job.claimed_by = job.claimed_at = job.finished_at = None
             set_job_state(session, job, JobState.QUEUED)
             audit(session, "job.retry", study_instance_uid=study_uid, job_id=job.id, requeued=True)
-            return f"job {job_id}: re-queued for processing"
+            return "re-queued for processing"
         if job.state in (JobState.DELIVERED.value, JobState.SKIPPED.value):
-            return f"job {job_id} is {job.state}: nothing to retry"
+            return f"{job.state}: nothing to retry"
         raise ValueError(f"job {job_id} is {job.state}; only FAILED jobs can be retried")

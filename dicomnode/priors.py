@@ -251,20 +251,20 @@ def _series_of(assoc: Association, study_uid: str) -> list[PriorSeries]:
     return series
 
 
-def _is_earlier(date: str, time: str, current_date: str, current_time: str | None) -> bool:
+def _is_earlier(date: str, tm: str, current_date: str, current_time: str | None) -> bool:
     if not current_date:
         return True
     if not date:
         return False
     if date != current_date:
         return date < current_date
-    if not time or not current_time:
+    if not tm or not current_time:
         return False  # same day without times: not known to be earlier
-    return time.split(".")[0].ljust(6, "0") < current_time.split(".")[0].ljust(6, "0")
+    return tm.split(".")[0].ljust(6, "0") < current_time.split(".")[0].ljust(6, "0")
 
 
 def _candidates(
-    assoc: Association, s: _Settings, patient_id: str, current_uid: str, date: str, time: str | None
+    assoc: Association, s: _Settings, patient_id: str, current_uid: str, date: str, tm: str | None
 ) -> list[PriorStudy]:
     date_range = f"-{date}" if date else ""
     wanted = "\\".join(s.modalities)
@@ -283,7 +283,7 @@ def _candidates(
         if not uid or uid == current_uid or (returned_pid and returned_pid != patient_id):
             continue
         study_date, study_time = _text(m, "StudyDate"), _text(m, "StudyTime")
-        if not _is_earlier(study_date, study_time, date, time):
+        if not _is_earlier(study_date, study_time, date, tm):
             continue
         modalities = tuple(v.upper() for v in _text(m, "ModalitiesInStudy").split("\\") if v)
         studies.append(

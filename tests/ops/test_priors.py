@@ -145,3 +145,14 @@ def test_fetch_prior(pacs, tmp_path: Path) -> None:
     assert refused.prior is not None and refused.files == []
     assert refused.reason.startswith("not retrieved: ")
     assert not list((tmp_path / "c").glob("*.dcm"))
+
+
+def test_earlier_means_strictly_before_the_current_study() -> None:
+    from dicomnode.priors import _is_earlier
+
+    assert _is_earlier("20260101", "", "20260301", None)
+    assert not _is_earlier("20260401", "", "20260301", None)
+    assert _is_earlier("20260301", "080000", "20260301", "101500.123")  # same day, earlier time
+    assert not _is_earlier("20260301", "120000", "20260301", "101500")
+    assert not _is_earlier("20260301", "", "20260301", "101500")  # same day, time unknown: not known earlier
+    assert not _is_earlier("", "", "20260301", None)

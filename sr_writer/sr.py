@@ -30,6 +30,7 @@ from highdicom.sr import (
     DeviceObserverIdentifyingAttributes,
     FindingSite,
     GraphicTypeValues,
+    ImageLibraryEntryDescriptors,
     ImageRegion,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
@@ -77,6 +78,22 @@ def _container(name: CodedConcept) -> ContainerContentItem:
 
 def _source_index(datasets: Sequence[Dataset]) -> dict[str, Dataset]:
     return {str(ds.SOPInstanceUID): ds for ds in datasets}
+
+
+def _library_images(datasets: Sequence[Dataset]) -> list[Dataset] | None:
+    """Sources that highdicom can describe in the (optional) Image Library.
+
+    highdicom needs e.g. Imager Pixel Spacing and Patient Orientation for projection images; sources without them
+    (type 3 in CR) stay evidence but are left out of the library instead of failing the whole SR.
+    """
+    usable = []
+    for ds in datasets:
+        try:
+            ImageLibraryEntryDescriptors(ds)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+            continue
+        usable.append(ds)
+    return usable or None
 
 
 def _algorithm_id(record: ReasoningRecord) -> AlgorithmIdentification:
@@ -246,13 +263,21 @@ def build_sr(
         number += 1
         groups.append(_box_group(number, box, finding, source, ref.frame, table, algorithm))
 
+    if not groups:  # TID 1500 needs one measurement group: say explicitly that none were reported
+        empty = MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=TrackingIdentifier(uid=generate_uid(), identifier="Findings: none reported"),
+            algorithm_id=algorithm,
+        )
+        empty[0].ContentSequence.append(_text(table.structure["comment"], "The record holds no checklist findings."))
+        groups.append(empty)
+
     title = table.private["demo_title"] if p.demo_model else codes.DCM.ImagingMeasurementReport
     report = MeasurementReport(
         observation_context=_observation_context(record, options),
         procedure_reported=table.structure["procedure_reported"],
-        imaging_measurements=groups or None,
+        imaging_measurements=groups,
         title=title,
-        referenced_images=list(current),
+        referenced_images=_library_images(current),
     )
     root = report[0]
     comment = table.structure["comment"]

@@ -3,8 +3,9 @@
 Query/Retrieve SCU (Study Root). ``find_prior_study`` asks with C-FIND at STUDY level (PatientID, StudyDate up to
 the current date, ModalitiesInStudy CR\\DX) and checks candidates whose PACS did not report ModalitiesInStudy at
 SERIES level. ``retrieve_study`` fetches the study's CR/DX series into a directory, with C-GET (default) or with
-C-MOVE to an AE the node listens on for the duration of the move (``retrieve: move``; the PACS must know
-``move_aet`` at this host and ``move_port``).
+C-MOVE (``retrieve: move``) to ``move_aet``, a Storage SCP the node runs on ``move_port`` only for the duration of
+the move. The PACS must know ``move_aet`` at this host and ``move_port``; use an AE title other than the node's
+listener (the PACS sends routed studies to that one), e.g. ``CXRNODE_QR``. Priors never enter the spool.
 
 A PACS that is down, refuses, or has no prior never raises: the caller gets None / [] and the reason is logged
 (``lookup_prior`` / ``retrieve`` also return it). Patient IDs are never logged.
@@ -134,7 +135,7 @@ def _settings(config: Any) -> _Settings:
         port=int(get("port")),
         calling_aet=str(calling),
         retrieve=mode,
-        move_aet=str(get("move_aet") or calling),
+        move_aet=str(get("move_aet") or ""),
         move_port=get("move_port"),
         timeout=float(get("timeout_seconds", DEFAULT_TIMEOUT_S) or DEFAULT_TIMEOUT_S),
         modalities=tuple(m.upper() for m in (get("modalities") or DEFAULT_MODALITIES)),
@@ -458,8 +459,8 @@ def _get(s: _Settings, study_uid: str, receiver: _Receiver) -> None:
 
 
 def _move(s: _Settings, study_uid: str, receiver: _Receiver) -> None:
-    if not s.move_port:
-        raise _PriorsError("priors.retrieve is 'move' but move_port is not set")
+    if not s.move_port or not s.move_aet:
+        raise _PriorsError("priors.retrieve is 'move' but move_aet / move_port are not set")
     scp = AE(ae_title=s.move_aet)
     scp.acse_timeout = scp.dimse_timeout = scp.network_timeout = s.timeout
     scp.maximum_pdu_size = 0

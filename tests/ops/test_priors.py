@@ -16,6 +16,7 @@ from dicomnode.synthetic import StudySpec, prior_spec, write_study
 
 NODE_AET = "CXRNODE"
 NOGET_AET = "CXRNOGET"  # may query, may not C-GET
+MOVE_AET = "CXRNODE_QR"  # the C-MOVE destination the node opens while it retrieves
 PATIENT = "PRIORS001"
 
 
@@ -32,7 +33,8 @@ def pacs(tmp_path_factory: pytest.TempPathFactory):
     move_port = free_port()
     no_get = {**_modality(NOGET_AET, free_port()), "AllowGet": False}
     server = OrthancServer(work / "orthanc", extra_config={"DicomModalities": {
-        NODE_AET: _modality(NODE_AET, move_port), NOGET_AET: no_get}})
+        NODE_AET: _modality(NODE_AET, free_port()),  # the node's listener (nothing runs there in this test)
+        MOVE_AET: _modality(MOVE_AET, move_port), NOGET_AET: no_get}})
     current = StudySpec(patient_id=PATIENT, study_date="20260301", rows=128, columns=104)
     recent = prior_spec(current, days_before=30)
     recent.modality = "CR"
@@ -88,7 +90,7 @@ def test_no_prior(pacs, caplog: pytest.LogCaptureFixture) -> None:
 
 @pytest.mark.parametrize("mode", ["get", "move"])
 def test_retrieve_prior_cr_series_only(pacs, tmp_path: Path, mode: str) -> None:
-    extra = {"retrieve": mode, "move_port": pacs.move_port} if mode == "move" else {}
+    extra = {"retrieve": mode, "move_aet": MOVE_AET, "move_port": pacs.move_port} if mode == "move" else {}
     files = retrieve_study(_config(pacs, **extra), pacs.recent.study_instance_uid, tmp_path / "prior")
     assert len(files) == pacs.n_recent_cr
     for path in files:

@@ -19,10 +19,12 @@ from ``images_dir`` joined with the item's relative image paths and enter at the
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +35,15 @@ from inference.evaluation.dataset import EvalItem, EvalStudy
 from inference.parsing import ImageGeometry, parse_answer
 from inference.record import ParsedAnswer, QType, ReasoningRecord
 
-# Default answer length per question type (the CXRTrek answers' lengths with headroom); --max-new-tokens caps it.
-DEFAULT_MAX_NEW_TOKENS: dict[QType, int] = {
-    QType.OPEN: 256,
-    QType.YES_NO: 64,
-    QType.SINGLE_CHOICE: 48,
-    QType.MULTI_CHOICE: 96,
-    QType.DETECTION: 96,
+log = logging.getLogger(__name__)
+
+# Answer budgets when the stage book (config/stages.yaml, whose max_new_tokens the node uses) cannot be read.
+FALLBACK_MAX_NEW_TOKENS: dict[QType, int] = {
+    QType.OPEN: 160,
+    QType.YES_NO: 48,
+    QType.SINGLE_CHOICE: 24,
+    QType.MULTI_CHOICE: 48,
+    QType.DETECTION: 64,
 }
 
 
@@ -194,8 +198,21 @@ def load_study_images(study: EvalStudy, images_dir: str | Path) -> list[Image.Im
     return images
 
 
+@lru_cache(maxsize=1)
+def default_budgets() -> dict[QType, int]:
+    """Max new tokens per question type: the stage book's, as the node answers in production."""
+    from inference.stages import StageConfigError, load_stages
+
+    try:
+        return {**FALLBACK_MAX_NEW_TOKENS, **load_stages().max_new_tokens}
+    except StageConfigError as exc:
+        log.warning("stage book unreadable, using built-in answer budgets: %s", str(exc).splitlines()[0])
+        return dict(FALLBACK_MAX_NEW_TOKENS)
+
+
 def max_new_tokens_for(qtype: QType, cap: int | None) -> int:
-    value = DEFAULT_MAX_NEW_TOKENS[qtype]
+    """The answer budget of ``qtype``, capped by ``cap`` (``--max-new-tokens``) when given."""
+    value = default_budgets()[qtype]
     return min(value, cap) if cap else value
 
 

@@ -12,6 +12,7 @@ from inference.chat import BoxConvention, Generation, Turn
 from inference.evaluation.dataset import EvalStudy, load_dataset
 from inference.evaluation.predictions import (
     PredictionsError,
+    default_budgets,
     load_predictions,
     oracle,
     parsed_answers,
@@ -28,6 +29,7 @@ class EchoModel:
 
     answers: dict[str, str]
     calls: list[tuple[list[Turn], Turn]] = field(default_factory=list)
+    budgets: list[int] = field(default_factory=list)
 
     @property
     def box_convention(self) -> BoxConvention:
@@ -39,6 +41,7 @@ class EchoModel:
 
     def answer(self, history: list[Turn], question: Turn, max_new_tokens: int) -> Generation:
         self.calls.append((list(history), question))
+        self.budgets.append(max_new_tokens)
         text = self.answers.get(question.text, "No.")
         return Generation(text=text, prompt_tokens=1, cached_tokens=0, generated_tokens=1, seconds=0.0)
 
@@ -76,6 +79,11 @@ def test_runner_builds_the_conversation(demo_studies: list[EvalStudy], tmp_path:
             assert history[-2].text == previous.question
     assert seen_sizes == sizes[: len(seen_sizes)]  # images enter at their placeholders, in study order
     assert all(img.mode == "RGB" for _, q in model.calls for img in q.images)
+    # Answer budgets are the stage book's per question type (config/stages.yaml), as in production.
+    assert model.budgets == [default_budgets()[i.qtype] for i in study.items[:12]]
+    capped = EchoModel({})
+    run_model(capped, [study], tmp_path, free=free, max_questions=3, max_new_tokens=5, show_progress=False)
+    assert capped.budgets == [5, 5, 5]
 
 
 def test_runner_reports_a_missing_image(demo_studies: list[EvalStudy], tmp_path: Path) -> None:

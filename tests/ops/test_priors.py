@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -46,6 +47,12 @@ def pacs(tmp_path_factory: pytest.TempPathFactory):
     files: list[Path] = []
     for i, spec in enumerate((current, recent, older, ct_only, later, other_patient)):
         files += write_study(work / f"in{i}", spec)
+    # the older prior is stored JPEG Lossless in the PACS: retrieval must accept compressed transfer syntaxes
+    (older_file,) = [f for f in files if pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID
+                     == older.study_instance_uid]
+    compressed = work / "older-jpeg-lossless.dcm"
+    subprocess.run(["dcmcjpeg", "+e1", str(older_file), str(compressed)], check=True, capture_output=True)
+    files.remove(older_file)
     # a CT series inside the recent study: must not be retrieved as part of the prior
     files += write_study(work / "in_mixed", StudySpec(patient_id=PATIENT, study_instance_uid=recent.study_instance_uid,
                                                       study_date=recent.study_date, modality="CT", views=("AXIAL",),
@@ -53,7 +60,9 @@ def pacs(tmp_path_factory: pytest.TempPathFactory):
     with server:
         result = storescu(files, server.aet, "127.0.0.1", server.dicom_port)
         assert result.returncode == 0, result.stderr
-        server.wait_for_instances(len(files), timeout=120)
+        result = storescu([compressed], server.aet, "127.0.0.1", server.dicom_port, extra_args=["--propose-lossless"])
+        assert result.returncode == 0, result.stderr
+        server.wait_for_instances(len(files) + 1, timeout=120)
         yield SimpleNamespace(server=server, current=current, recent=recent, older=older, move_port=move_port,
                               n_recent_cr=len(recent.views))
 
@@ -100,6 +109,13 @@ def test_retrieve_prior_cr_series_only(pacs, tmp_path: Path, mode: str) -> None:
         assert ds.Modality == "CR"
         assert ds.pixel_array.shape == (pacs.recent.rows, pacs.recent.columns)
     assert not [p for p in (tmp_path / "prior").iterdir() if p.name.startswith(".recv-")]
+
+
+def test_retrieve_keeps_compressed_transfer_syntax(pacs, tmp_path: Path) -> None:
+    (path,) = retrieve_study(_config(pacs), pacs.older.study_instance_uid, tmp_path / "older")
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"  # JPEG Lossless SV1, as stored
+    assert ds.pixel_array.shape == (pacs.older.rows, pacs.older.columns)
 
 
 def test_pacs_down(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

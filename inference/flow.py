@@ -221,7 +221,7 @@ def _ask(model: ChatModel, book: StageBook, stage: StageDef, question: QuestionD
     state.generated_tokens += generation.generated_tokens
     _apply(book, question, item, qid, parsed, generation.text, state)
     if not parsed.ok:
-        log.info("answer to %s did not parse: %s", qid, parsed.error)
+        log.debug("answer to %s did not parse: %s", qid, parsed.error)
     return QuestionResult(
         id=qid, stage=stage.number, qtype=question.qtype, question=text, options=list(question.options),
         finding=item.key if isinstance(item, FindingDef) else None, raw_answer=generation.text, parsed=parsed,

@@ -215,7 +215,9 @@ def _ask(model: ChatModel, book: StageBook, stage: StageDef, question: QuestionD
                           default_target=target)
     if item is not None and parsed.boxes:  # boxes of per-item questions are named by the item's key
         parsed.boxes = [Box(**{**b.model_dump(), "target": item.key}) for b in parsed.boxes]
-    state.history += [turn, Turn(role="assistant", text=generation.text)]
+    # A reasoning model's <think> part stays in the record but not in the conversation (it would crowd the context).
+    kept = parsed.text if parsed.think is not None and parsed.text else generation.text
+    state.history += [turn, Turn(role="assistant", text=kept)]
     state.prompt_tokens += generation.prompt_tokens
     state.cached_tokens += generation.cached_tokens
     state.generated_tokens += generation.generated_tokens

@@ -249,3 +249,18 @@ def test_max_side_shrinks_model_images_but_boxes_use_source_pixels() -> None:
     assert model.calls[0][1].images[0].size == (80, 100)
     assert (record.images[0].rows, record.images[0].columns) == (200, 160)
     assert record.stage(3).questions[0].parsed.boxes[0].pixels == pytest.approx((16, 40, 80, 120))
+
+
+def test_think_answer_model_keeps_reasoning_in_record_not_in_history() -> None:
+    model = ScriptedModel(positives=["pneumothorax"])
+    model.answer_wrapper = "think_answer"
+    model.overrides = {"evidence of pneumothorax": "<think>Pleural line at the apex.</think><answer>Yes. Apical "
+                                                   "pneumothorax.</answer>"}
+    record = run_flow(model, _study()[0])
+    q = next(q for q in record.stage(2).questions if q.id == "s2.present:pneumothorax")
+    assert q.raw_answer.startswith("<think>") and q.parsed.think == "Pleural line at the apex."
+    assert q.parsed.yes_no is True
+    assert next(f for f in record.findings if f.key == "pneumothorax").presence is Presence.PRESENT
+    history_answers = [t.text for t in model.calls[-1][0] if t.role == "assistant"]
+    assert "Yes. Apical pneumothorax." in history_answers
+    assert not any("<think>" in t for t in history_answers)

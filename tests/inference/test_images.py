@@ -147,6 +147,19 @@ def test_prepare_images_keeps_source_size_and_skips_non_images() -> None:
         prepare_images([sr], role="prior")
 
 
+def test_lossy_jpeg_extended_decodes_close_to_original(tmp_path: Path) -> None:
+    src = write_study(tmp_path / "src", StudySpec(rows=96, columns=80, views=("PA",)))[0]
+    dst = tmp_path / "jpeg_extended.dcm"
+    if not shutil.which("dcmcjpeg"):
+        pytest.skip("dcmcjpeg (DCMTK) not installed")
+    subprocess.run(["dcmcjpeg", "+ee", "+q", "95", str(src), str(dst)], check=True, capture_output=True, timeout=120)
+    compressed = pydicom.dcmread(dst)
+    assert compressed.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.51"  # JPEG Extended (12-bit)
+    a = np.asarray(to_pil(pydicom.dcmread(src)), dtype=int)
+    b = np.asarray(to_pil(compressed), dtype=int)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 3
+
+
 def test_undecodable_pixels_raise_image_error() -> None:
     ds = _ramp_instance(RAMP)
     ds.PixelData = b"\x00" * 10

@@ -14,6 +14,7 @@ Each setting also reports its model memory footprint, load time and wall time pe
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class SettingResult:
     scores: EvalScores
     info: dict[str, Any]
     load_seconds: float
+    peak_gpu_bytes: int | None = None  # CUDA peak allocated during load and run; None on CPU
 
     @property
     def seconds_per_study(self) -> float:
@@ -69,6 +71,7 @@ class SettingResult:
         return {
             "quantization": self.name,
             "footprint_bytes": self.footprint_bytes,
+            "peak_gpu_bytes": self.peak_gpu_bytes,
             "load_seconds": self.load_seconds,
             "seconds_per_study": self.seconds_per_study,
             "generated_tokens": sum(p.generated_tokens for r in self.runs.values() for p in r.predictions),
@@ -106,15 +109,13 @@ def model_info(model: Any) -> dict[str, Any]:
     """A loaded model's ``info`` (provenance, footprint) as a JSON-friendly dict; {} when it has none."""
     info = getattr(model, "info", None)
     raw: dict[str, Any] = {}
-    if info is None:
-        pass
-    elif hasattr(info, "model_dump"):
+    if hasattr(info, "model_dump"):
         raw = info.model_dump()
     elif dataclasses.is_dataclass(info) and not isinstance(info, type):
         raw = dataclasses.asdict(info)
     elif isinstance(info, Mapping):
         raw = dict(info)
-    else:
+    elif info is not None:
         raw = dict(vars(info))
     if not any(isinstance(raw.get(k), (int, float)) for k in _FOOTPRINT_KEYS):
         footprint = _memory_footprint(model)
@@ -205,6 +206,7 @@ def compare_quantization(
         raise ValueError(f"compare two quantization settings, got {list(settings)}")
     results: list[SettingResult] = []
     for setting in settings:
+        _reset_gpu_peak()
         start = time.perf_counter()
         model = load(setting)
         load_seconds = time.perf_counter() - start
@@ -221,6 +223,7 @@ def compare_quantization(
         info = model_info(model)
         load_seconds = float(info.get("load_seconds") or load_seconds)  # engine's figure excludes imports
         del model
+        gc.collect()  # release this setting's weights before the next one loads
         results.append(
             SettingResult(
                 name=setting,
@@ -228,9 +231,24 @@ def compare_quantization(
                 scores=score_dataset(studies, parsed_answers(runs)),
                 info=info,
                 load_seconds=load_seconds,
+                peak_gpu_bytes=_gpu_peak(),
             )
         )
     return Comparison(results, agreement(studies, parsed_answers(results[0].runs), parsed_answers(results[1].runs)))
+
+
+def _reset_gpu_peak() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _gpu_peak() -> int | None:
+    import torch
+
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
 
 
 def _mib(value: int | None) -> str:
@@ -256,13 +274,14 @@ def comparison_tables(comparison: Comparison) -> list[Table]:
         value = "–" if fig.value is None else f"{100 * fig.value:.1f}"
         agree.add_row(labels[name], str(fig.count), value, str(fig.both_unparsed))
     cost = Table(title="Per setting")
-    for header in ("Quantization", "Footprint", "Load s", "s / study", "Score %", "Unparsed"):
+    for header in ("Quantization", "Footprint", "GPU peak", "Load s", "s / study", "Score %", "Unparsed"):
         cost.add_column(header, justify="right")
     for s in comparison.settings:
         score = s.scores.overall.score
         cost.add_row(
             s.name,
             _mib(s.footprint_bytes),
+            _mib(s.peak_gpu_bytes),
             f"{s.load_seconds:.1f}",
             f"{s.seconds_per_study:.2f}",
             "–" if score is None else f"{100 * score:.1f}",

@@ -82,6 +82,7 @@ def test_compare_quantization_none_nf4(
     none, nf4 = doc["settings"]["none"], doc["settings"]["nf4"]
     for setting in (none, nf4):
         assert setting["footprint_bytes"] > 0 and setting["seconds_per_study"] > 0 and setting["load_seconds"] > 0
+        assert setting["peak_gpu_bytes"] is None or setting["peak_gpu_bytes"] >= setting["footprint_bytes"]
         assert setting["scores"]["overall"]["count"] == asked
     assert none["model"]["quantization"] == "none" and nf4["model"]["quantization"] == "nf4"
     assert nf4["footprint_bytes"] < none["footprint_bytes"]  # 4-bit decoder weights

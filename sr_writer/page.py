@@ -55,6 +55,7 @@ class Line:
     indent: int = 0
     space_before: int = 0
     continued: str | None = None  # heading to repeat when a page starts with this line ("Stage 2: ... (continued)")
+    group: int = 0  # lines of one group (a question with its answer; a heading with the first question) stay together
 
     @property
     def height(self) -> int:
@@ -284,21 +285,34 @@ class PageRenderer:
         out: list[Line] = []
 
         heading: str | None = None
+        group = 0
+        keep_with_next = False
 
         def add(text: str, face: Face, colour: tuple[int, int, int] = INK, indent: int = 0, space: int = 0) -> None:
             for i, t in enumerate(wrap(text, face, width - indent)):
-                out.append(Line(t, face, colour, indent, space if i == 0 else 0, heading))
+                out.append(Line(t, face, colour, indent, space if i == 0 else 0, heading, group))
 
+        def new_group(keep: bool = False) -> None:
+            nonlocal group, keep_with_next
+            if not keep_with_next:
+                group += 1
+            keep_with_next = keep
+
+        new_group(keep=True)
         add("Stage-by-stage reasoning", f.title, INK, 0, 4)
         for stage in sorted(self.record.stages, key=lambda s: s.number):
             colour = RED if stage.status is StageStatus.FAILED else INK
             heading = None
+            new_group(keep=True)
             add(f"Stage {stage.number}: {stage.title}", f.heading, colour, 0, 18)
             heading = f"Stage {stage.number}: {stage.title} (continued)"
             if stage.status is not StageStatus.COMPLETED or stage.reason:
                 add(f"Status: {stage_status_text(stage)}", f.body, MUTED if stage.status is StageStatus.NOT_APPLICABLE
                     else RED, 24)
+            if stage.status is not StageStatus.COMPLETED and not stage.questions:
+                keep_with_next = False
             for question in stage.questions:
+                new_group()
                 add(f"Q: {question.question}", f.bold, INK, 24, 8)
                 if question.options and not all(o in question.question for o in question.options):
                     add("Options: " + " | ".join(question.options), f.body, MUTED, 56)
@@ -312,9 +326,11 @@ class PageRenderer:
                     add(f"Not parsed: {question.parsed.error or 'unknown reason'}", f.small, RED, 56)
             if stage.number == 8:
                 if self.record.report.findings:
+                    new_group()
                     add("Findings:", f.bold, INK, 24, 8)
                     add(self.record.report.findings, f.body, INK, 56)
                 if self.record.report.impression:
+                    new_group()
                     add("Impression:", f.bold, INK, 24, 8)
                     add(self.record.report.impression, f.body, INK, 56)
         return out
@@ -334,8 +350,18 @@ class PageRenderer:
 
         pages: list[list[tuple[int, Line]]] = [[]]
         y = first_text_top
-        for line in self.reasoning_lines():
-            if y + line.height > bottom and pages[-1]:
+        lines = self.reasoning_lines()
+        group_height: dict[int, int] = {}
+        for line in lines:
+            group_height[line.group] = group_height.get(line.group, 0) + line.height
+        fresh_page = bottom - header_bottom - 2 * self.faces.heading.line_height
+        previous_group: int | None = None
+        for line in lines:
+            starts_group = line.group != previous_group
+            previous_group = line.group
+            # a group that fits on a fresh page is not split: it moves to the next page whole
+            move = starts_group and y + group_height[line.group] > bottom and group_height[line.group] <= fresh_page
+            if (move or y + line.height > bottom) and pages[-1]:
                 pages.append([])
                 y = header_bottom
                 if line.continued:

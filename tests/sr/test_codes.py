@@ -39,3 +39,13 @@ def test_an_entry_without_source_or_flag_is_refused() -> None:
     del data["findings"]["consolidation"]["flag"]
     with pytest.raises(CodeTableError, match="consolidation"):
         parse_table(data)
+
+
+def test_table_covers_the_stage_book_checklist_and_anatomy() -> None:
+    stages_path = TABLE_PATH.parent / "stages.yaml"
+    if not stages_path.exists():
+        pytest.skip("config/stages.yaml not present")
+    book = yaml.safe_load(stages_path.read_text(encoding="utf-8"))
+    table = load_table()
+    assert {f["key"] for f in book["findings"]} == set(table.findings)
+    assert {a["key"] for a in book.get("anatomy", [])} <= set(table.anatomy)

@@ -291,3 +291,17 @@ def test_edge_records_still_give_valid_objects(variant: str) -> None:
     if variant == "stage2_failed_no_findings":
         texts = [str(i.TextValue) for i in _walk(result.sr.ContentSequence) if i.ValueType == "TEXT"]
         assert "Findings: none reported" in texts and not scoords
+
+
+@pytest.mark.parametrize("charset,name", [("ISO_IR 100", "Müller^Jürgen"),
+                                          (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎")])
+def test_sources_in_other_character_sets_keep_the_patient_name(charset, name: str, tmp_path: Path) -> None:
+    current = []
+    for n, ds in enumerate(make_study(small_spec(patient_name=name))):
+        ds.SpecificCharacterSet = charset
+        current.append(_save_and_read(ds, tmp_path / f"src{n}.dcm"))
+    result = build_result_objects(make_record(current), current)
+    for n, ds in enumerate(result.datasets):
+        back = _save_and_read(ds, tmp_path / f"out{n}.dcm")
+        assert back.SpecificCharacterSet == "ISO_IR 192"
+        assert str(back.PatientName) == name

@@ -252,7 +252,11 @@ def _gpu_peak() -> int | None:
 
 
 def _mib(value: int | None) -> str:
-    return "–" if value is None else f"{value / 2**20:.1f} MiB"
+    if value is None:
+        return "–"
+    if value < 2**20:
+        return f"{value / 2**10:.0f} KiB"
+    return f"{value / 2**20:.1f} MiB" if value < 2**30 else f"{value / 2**30:.2f} GiB"
 
 
 def comparison_tables(comparison: Comparison) -> list[Table]:
@@ -274,7 +278,7 @@ def comparison_tables(comparison: Comparison) -> list[Table]:
         value = "–" if fig.value is None else f"{100 * fig.value:.1f}"
         agree.add_row(labels[name], str(fig.count), value, str(fig.both_unparsed))
     cost = Table(title="Per setting")
-    for header in ("Quantization", "Footprint", "GPU peak", "Load s", "s / study", "Score %", "Unparsed"):
+    for header in ("Setting", "Footprint", "GPU peak", "Load s", "s / study", "Score %", "Unparsed"):
         cost.add_column(header, justify="right")
     for s in comparison.settings:
         score = s.scores.overall.score

@@ -233,6 +233,7 @@ class Listener:
         self.spool = spool
         self.on_stored = on_stored
         self._server: Any = None
+        self._closed = False
         self._disk_checked = 0.0
         self._disk_low = False
         self.ae = _NodeAE(ae_title=config.node.ae_title)
@@ -243,7 +244,7 @@ class Listener:
         self.ae.require_called_aet = False
         self.ae.network_timeout = 120
         self.ae.dimse_timeout = 120
-        self.ae.acse_timeout = 60
+        self.ae.acse_timeout = 30
         for cx in AllStoragePresentationContexts:
             self.ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
         self.ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
@@ -273,12 +274,13 @@ class Listener:
 
     def stop_accepting(self) -> None:
         """Close the listening socket; established associations continue."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        if self._server is not None and not self._closed:
+            self._closed = True
+            self._server.shutdown()  # stops serve_forever and closes the socket
 
     def active_associations(self) -> int:
-        return len([a for a in self.ae.active_associations if a.is_acceptor])
+        """Established incoming associations (a bare TCP connect that never negotiates does not count)."""
+        return len([a for a in self.ae.active_associations if a.is_acceptor and a.is_established])
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop accepting, let in-flight associations finish (up to ``timeout`` s), then abort the rest."""

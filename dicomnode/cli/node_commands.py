@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dicomnode.node import Node
 
     setup_logging(config.logging.level, config.logging.json_, config.logging.file)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` dumps every thread's stack
     return Node(config, role=args.role).run_until_signal()
 
 

@@ -55,7 +55,6 @@ from inference.record import (
     QuestionResult,
     ReasoningRecord,
     StageResult,
-    StageStatus,
 )
 from sr_writer import provenance as prov
 from sr_writer.codes import CodeTable, load_table

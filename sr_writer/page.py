@@ -219,6 +219,9 @@ class PageRenderer:
         source = self.sources[ref.sop_instance_uid]
         image = to_rgb8(source, ref.frame)
         caption = f"Image {index + 1}: {ref.view} (current)   boxes: model output, unverified"
+        elsewhere = len(self.boxes) - len(self._boxes_on(index))
+        if elsewhere:
+            caption += f"   (+{elsewhere} on other images: see stage 3)"
         f.small.draw(draw, (self.margin, top), caption, MUTED)
         top += f.small.line_height + 4
         scale = min(width / image.width, (max_height - f.small.line_height) / image.height)

@@ -60,7 +60,10 @@ class PassThroughProcessor:
 ProcessorFactory = Callable[["NodeConfig"], Processor]
 
 # name -> factory, or "module:attribute" resolved on first use (keeps heavy imports lazy)
-_REGISTRY: dict[str, ProcessorFactory | str] = {"passthrough": lambda config: PassThroughProcessor()}
+_REGISTRY: dict[str, ProcessorFactory | str] = {
+    "passthrough": lambda config: PassThroughProcessor(),
+    "reasoning": "dicomnode.reasoning:reasoning_factory",
+}
 
 
 def register_processor(name: str, factory: ProcessorFactory | str) -> None:

@@ -1,0 +1,87 @@
+"""`cxr-node demo` (the whole product on loopback) and `cxr-node run` (batch reasoning over a folder)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser(
+        "demo", help="end-to-end demo: Orthanc PACS -> routing rule -> node -> SR + SC back in Orthanc",
+        description="Builds the untrained demo model, starts Orthanc and the node on loopback (SQLite), sends a "
+        "synthetic PA + lateral chest study to Orthanc, waits for the SR and SC to come back and prints where to "
+        "look. The demo model has random weights: its answers are meaningless.")
+    demo.add_argument("--workdir", type=Path, default=Path("var/demo"), help="working folder (default var/demo)")
+    demo.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for results (default 900)")
+    demo.add_argument("--keep-running", action="store_true", help="keep Orthanc and the node up until Ctrl-C")
+    demo.set_defaults(func=run_demo_command)
+
+    run = subparsers.add_parser(
+        "run", help="batch mode: reason over a folder of DICOM files offline, per study SR + SC + PNG pages",
+        description="Processes DICOM files grouped by study with the reasoning flow, writing OUT/<study>/sr.dcm, "
+        "sc-N.dcm, page-N.png and record.json. No network, no database.")
+    run.add_argument("input", type=Path, metavar="DIR", help="folder searched recursively for DICOM files")
+    run.add_argument("--model", type=Path, required=True, metavar="DIR", help="local model directory")
+    run.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    run.add_argument("--config", type=Path, help="node config for model/reasoning/output settings (optional)")
+    run.add_argument("--quantization", choices=("nf4", "fp4", "int8", "none"), help="override model.quantization")
+    run.add_argument("--device", help="override model.device (auto, cpu, cuda)")
+    run.add_argument("--max-new-tokens", type=int, help="override reasoning.max_new_tokens")
+    run.set_defaults(func=run_batch_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from dicomnode.demo import print_result, run_demo
+
+    print("CXR reasoning node demo. The demo model is UNTRAINED (random weights): every answer it gives is "
+          "meaningless, and every output is marked DEMO and 'AI-generated, not verified'.", flush=True)
+    try:
+        result = run_demo(args.workdir, timeout=args.timeout, keep_running=args.keep_running,
+                          say=lambda text: print(text, flush=True))
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        print(f"cxr-node demo: failed: {exc}", file=sys.stderr)
+        return 1
+    if not args.keep_running:
+        print_result(result, print)
+        print("Orthanc and the node have been stopped; run with --keep-running to browse the URLs.")
+    return 0
+
+
+def run_batch_command(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from dicomnode.batch import group_by_study, run_batch
+    from dicomnode.config import ConfigError, config_from_dict, load_config
+
+    try:
+        config = load_config(args.config) if args.config else config_from_dict({})
+    except ConfigError as exc:
+        print(f"cxr-node run: {exc}", file=sys.stderr)
+        return 2
+    config.model.path = args.model
+    if args.quantization:
+        config.model.quantization = args.quantization
+    if args.device:
+        config.model.device = args.device
+    if args.max_new_tokens:
+        config.reasoning.max_new_tokens = args.max_new_tokens
+    if not args.input.is_dir():
+        print(f"cxr-node run: {args.input} is not a folder", file=sys.stderr)
+        return 2
+    from dicomnode.reasoning import ReasoningProcessor
+
+    studies, skipped = group_by_study(p for p in args.input.rglob("*") if p.is_file())
+    for path, reason in skipped:
+        print(f"  skipped {path}: {reason}")
+    processor = ReasoningProcessor(config)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with Progress() as progress:
+        task = progress.add_task("studies", total=len(studies))
+        outcomes = run_batch(studies, processor, args.out, progress=lambda uid: progress.advance(task))
+    failed = [o for o in outcomes if not o.ok]
+    demo = " (DEMO model: untrained, meaningless output)" if processor.model.info.demo_model else ""
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} studies reasoned{demo}; results in {args.out}")
+    for o in failed:
+        print(f"  FAILED {o.out_dir.name}: {o.error}")
+    return 1 if failed else 0

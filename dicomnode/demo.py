@@ -1,0 +1,209 @@
+"""The end-to-end demo: Orthanc as the PACS, a Lua routing rule, the node on loopback, SR + SC back in Orthanc.
+
+``run_demo`` builds the untrained demo model (once), starts Orthanc and the node (SQLite, embedded defaults),
+sends a synthetic PA + lateral chest study *to Orthanc* with DCMTK storescu, lets Orthanc's routing rule forward it
+to the node, waits for the SR and the SC reasoning page to arrive back in Orthanc and returns where to look.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+
+from dicomnode.config import NodeConfig, config_from_dict
+from dicomnode.node import Node, study_counts
+from dicomnode.peers.dcmtk import storescu
+from dicomnode.peers.orthanc import OrthancServer
+from dicomnode.peers.ports import free_port
+from dicomnode.synthetic import StudySpec, write_study
+
+log = logging.getLogger(__name__)
+
+NODE_AET = "CXRNODE"
+PACS_AET = "ORTHANC"
+ROUTING_RULE = "route-chest-to-cxrnode.lua"
+SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def routing_rule_path() -> Path:
+    """The Orthanc Lua rule that forwards stable CR/DX chest studies to the node (shipped with the package)."""
+    return Path(__file__).with_name("data") / ROUTING_RULE
+
+
+@dataclass
+class DemoResult:
+    orthanc_url: str
+    study_url: str
+    sr_urls: list[str] = field(default_factory=list)
+    page_preview_urls: list[str] = field(default_factory=list)
+    page_pngs: list[Path] = field(default_factory=list)
+    record_json: Path | None = None
+    study_instance_uid: str = ""
+    seconds: float = 0.0
+
+
+def ensure_demo_model(model_dir: Path) -> Path:
+    """Build the untrained demo model into ``model_dir`` unless one is already there."""
+    from inference.model.demo import build_demo_model
+    from inference.model.loading import read_marker
+
+    if (model_dir / "config.json").is_file() and read_marker(model_dir).get("demo"):
+        return model_dir
+    shutil.rmtree(model_dir, ignore_errors=True)
+    return build_demo_model(model_dir, family="qwen2_5_vl", size="tiny")
+
+
+def demo_config(workdir: Path, model_dir: Path, node_port: int, orthanc: OrthancServer) -> NodeConfig:
+    """Embedded defaults (SQLite in the data dir) plus the loopback peers of the demo."""
+    return config_from_dict({
+        "node": {"ae_title": NODE_AET, "host": "127.0.0.1", "port": node_port, "min_free_disk_mb": 64},
+        "storage": {"data_dir": str(workdir / "node")},
+        "study": {"quiet_seconds": 2},
+        "destinations": [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
+                          "port": orthanc.dicom_port, "objects": ["sr", "sc"],
+                          "retry": {"max_attempts": 5, "initial_seconds": 1, "max_seconds": 10}}],
+        "processing": {"processor": "reasoning", "poll_seconds": 0.2},
+        "model": {"path": str(model_dir), "quantization": "nf4", "device": "auto"},
+        "reasoning": {"max_new_tokens": 24,
+                      "priors": {"enabled": True, "query_aet": orthanc.aet, "host": "127.0.0.1",
+                                 "port": orthanc.dicom_port, "calling_aet": NODE_AET}},
+        "logging": {"level": "WARNING"},
+    })
+
+
+def save_page_png(sc_path: Path, out_dir: Path) -> Path:
+    """A PNG copy of one Secondary Capture page from the node's results."""
+    ds = pydicom.dcmread(sc_path)
+    out = out_dir / f"page-{int(ds.get('InstanceNumber', 1))}.png"
+    Image.fromarray(np.asarray(ds.pixel_array, dtype=np.uint8), "RGB").save(out)
+    return out
+
+
+def _job_failure(node: Node, study_uid: str) -> str | None:
+    """The error of the study's newest job when it FAILED, else None."""
+    from sqlalchemy import select
+
+    from dicomnode.db.models import Job, Study
+    from dicomnode.db.states import JobState
+
+    assert node.session_factory is not None
+    with node.session_factory() as session:
+        job = session.scalars(select(Job).join(Study, Job.study_id == Study.id)
+                              .where(Study.study_instance_uid == study_uid)
+                              .order_by(Job.generation.desc())).first()
+        if job is not None and job.state == JobState.FAILED.value:
+            return job.error or "FAILED"
+    return None
+
+
+def _results_of_study(orthanc: OrthancServer, study_uid: str) -> tuple[list[dict], list[dict]]:
+    instances = orthanc.instances_of_study(study_uid)
+    srs, pages = [], []
+    for inst in instances:
+        sop_class = orthanc.rest_get(f"/instances/{inst['ID']}/metadata/SopClassUid")
+        if str(sop_class).startswith("1.2.840.10008.5.1.4.1.1.88."):
+            srs.append(inst)
+        elif sop_class == SC_SOP_CLASS:
+            pages.append(inst)
+    return srs, pages
+
+
+def run_demo(workdir: Path, timeout: float = 900.0, keep_running: bool = False,
+             say: Callable[[str], None] = print) -> DemoResult:
+    """Run the whole demo in ``workdir`` (its orthanc/ and node/ folders are recreated; the model is kept)."""
+    started = time.perf_counter()
+    workdir = workdir.resolve()
+    for sub in ("orthanc", "node", "study", "out"):
+        shutil.rmtree(workdir / sub, ignore_errors=True)
+    out_dir = workdir / "out"
+    out_dir.mkdir(parents=True)
+
+    say("Building the demo model (untrained, random weights: its answers are meaningless) ...")
+    model_dir = ensure_demo_model(workdir / "model")
+
+    node_port = free_port()
+    orthanc = OrthancServer(workdir / "orthanc", aet=PACS_AET, stable_age=2,
+                            modalities={NODE_AET: (NODE_AET, "127.0.0.1", node_port)},
+                            lua_scripts=[routing_rule_path()])
+    config = demo_config(workdir, model_dir, node_port, orthanc)
+    say(f"Starting Orthanc (PACS) on DICOM port {orthanc.dicom_port}, HTTP {orthanc.url} ...")
+    with orthanc:
+        say(f"Starting the node {NODE_AET} on 127.0.0.1:{node_port} (SQLite in {config.storage.data_dir}) ...")
+        with Node(config, role="all") as node:
+            spec = StudySpec(patient_name="Demo^Patient", patient_id="DEMO0001", accession_number="DEMO0001")
+            files = write_study(workdir / "study", spec)
+            say(f"Sending a synthetic PA + lateral chest study to Orthanc with storescu ({len(files)} files) ...")
+            done = storescu(files, PACS_AET, "127.0.0.1", orthanc.dicom_port, calling_aet="MODALITY")
+            if done.returncode != 0:
+                raise RuntimeError(f"storescu to Orthanc failed: {done.stderr or done.stdout}")
+            say("Orthanc's routing rule forwards the study once stable; the node reasons and sends results back ...")
+            deadline = time.monotonic() + timeout
+            last_counts: dict[str, int] = {}
+            while True:
+                srs, pages = _results_of_study(orthanc, spec.study_instance_uid)
+                if srs and pages:
+                    break
+                assert node.session_factory is not None
+                counts = study_counts(node.session_factory)
+                if counts != last_counts:
+                    say(f"  node studies by state: {counts}")
+                    last_counts = counts
+                failure = _job_failure(node, spec.study_instance_uid)
+                if failure:
+                    raise RuntimeError(f"the node could not process the study: {failure}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no SR and SC in Orthanc after {timeout:.0f} s (node: {counts})")
+                time.sleep(1.0)
+            time.sleep(2.0)  # let the remaining pages of a multi-page result land
+            srs, pages = _results_of_study(orthanc, spec.study_instance_uid)
+            study_id = srs[0]["ParentStudy"]
+            results = sorted(Path(config.storage.data_dir, "results", spec.study_instance_uid).glob("*/sc-*.dcm"))
+            records = sorted(Path(config.storage.data_dir, "results", spec.study_instance_uid).glob("*/record.json"))
+            result = DemoResult(
+                orthanc_url=orthanc.url,
+                study_url=f"{orthanc.url}/app/explorer.html#study?uuid={study_id}",
+                sr_urls=[f"{orthanc.url}/instances/{i['ID']}/file" for i in srs],
+                page_preview_urls=[f"{orthanc.url}/instances/{i['ID']}/preview" for i in pages],
+                page_pngs=[save_page_png(p, out_dir) for p in results],
+                record_json=records[-1] if records else None,
+                study_instance_uid=spec.study_instance_uid,
+                seconds=time.perf_counter() - started,
+            )
+            for i, page in enumerate(pages, start=1):  # Orthanc's own rendering of the page, as a viewer sees it
+                (out_dir / f"orthanc-preview-{i}.png").write_bytes(
+                    orthanc.rest_get_bytes(f"/instances/{page['ID']}/preview"))
+            if keep_running:
+                _print_result(result, say)
+                say("Orthanc and the node keep running; press Ctrl-C to stop.")
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    pass
+    return result
+
+
+def _print_result(result: DemoResult, say: Callable[[str], None]) -> None:
+    say("")
+    say("Results are back in the PACS (AI-generated, NOT verified; DEMO model: untrained, meaningless output):")
+    say(f"  Orthanc:              {result.orthanc_url}")
+    say(f"  study in Orthanc:     {result.study_url}")
+    for url in result.sr_urls:
+        say(f"  Structured Report:    {url}")
+    for url in result.page_preview_urls:
+        say(f"  reasoning page:       {url}")
+    for png in result.page_pngs:
+        say(f"  page PNG:             {png}")
+    if result.record_json:
+        say(f"  reasoning record:     {result.record_json}")
+    say(f"  total time:           {result.seconds:.1f} s")
+
+
+print_result = _print_result

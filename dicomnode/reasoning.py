@@ -1,0 +1,135 @@
+"""The ``reasoning`` processor: a complete study's instances -> the 8-stage flow -> validated SR + SC pages.
+
+The model loads once, when the processor is built (worker start-up), and is reused for every study. A prior study,
+when enabled, is looked up in and retrieved from the PACS; no prior, or a PACS that refuses, only makes stages 5-6
+not applicable. Anything that goes wrong inside one study raises, so the worker records FAILED with the reason and
+carries on with the next job.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from dicomnode import metrics
+from dicomnode.config import NodeConfig
+from dicomnode.priors import fetch_prior
+from dicomnode.processing import ProcessingResult, ResultObject, StudyInput
+from inference.flow import run_flow
+from inference.model.loading import load_chat_model
+from inference.record import ReasoningRecord
+from inference.stages import StageBook, load_stages
+from sr_writer import OutputOptions, build_result_objects
+
+log = logging.getLogger(__name__)
+
+SR_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.22")
+PRIORS_DIR = "priors"
+
+
+def output_options(config: NodeConfig, demo: bool = False) -> OutputOptions:
+    """Series numbers and descriptions of the result objects, from ``config.output``."""
+    prefix = config.output.series_description_prefix
+    return OutputOptions(
+        sr_series_number=config.output.series_number_sr,
+        sc_series_number=config.output.series_number_sc,
+        sr_series_description=f"{prefix} report (unverified)"[:64],
+        sc_series_description=f"{prefix} page (unverified)"[:64],
+    )
+
+
+def read_datasets(paths: Sequence[Path]) -> list[Dataset]:
+    """Every readable instance with pixel data; unreadable ones are logged and left out."""
+    datasets = []
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as exc:  # a spool file we cannot read is reported, the study goes on without it
+            log.warning("reasoning: cannot read %s: %s", path.name, exc)
+            continue
+        if "PixelData" in ds:
+            datasets.append(ds)
+    return datasets
+
+
+def latest_predecessor_sr(paths: Sequence[Path]) -> Dataset | None:
+    """The newest SR among earlier deliveries of this study (the one an amendment replaces)."""
+    found: Dataset | None = None
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        if str(ds.get("SOPClassUID", "")) in SR_SOP_CLASSES:
+            found = ds  # paths come in generation order: the last SR is the newest
+    return found
+
+
+class ReasoningProcessor:
+    """Runs the reasoning flow and writes the result objects for one study at a time."""
+
+    def __init__(self, config: NodeConfig, model=None, stages: StageBook | None = None) -> None:
+        self.config = config
+        if model is None:
+            if config.model.path is None:
+                raise ValueError("model.path: the reasoning processor needs a local model directory")
+            started = time.perf_counter()
+            model = load_chat_model(config.model.path, quantization=config.model.quantization,
+                                    device=config.model.device, skip_modules=config.model.skip_modules,
+                                    seed=config.reasoning.seed)
+            metrics.observe_model("load", time.perf_counter() - started)
+        self.model = model
+        metrics.set_model_loaded(True)
+        self.stages = stages or load_stages(config.reasoning.stages_file)
+        self.options = output_options(config)
+        self._model_lock = threading.Lock()  # one conversation at a time: the model holds its prefix cache
+
+    def _prior(self, current: Dataset, job_id: int) -> list[Dataset]:
+        priors = self.config.reasoning.priors
+        if not priors.enabled:
+            return []
+        dest = Path(self.config.storage.data_dir) / PRIORS_DIR / str(job_id)
+        fetched = fetch_prior(priors, str(current.get("PatientID", "")), str(current.StudyInstanceUID),
+                              str(current.get("StudyDate", "")), dest, str(current.get("StudyTime", "")) or None)
+        return read_datasets(fetched.files)
+
+    def reason(self, current: Sequence[Dataset], prior: Sequence[Dataset] = ()) -> ReasoningRecord:
+        started = time.perf_counter()
+        with self._model_lock:
+            record = run_flow(self.model, current, prior, self.stages,
+                              max_new_tokens=self.config.reasoning.max_new_tokens, seed=self.config.reasoning.seed)
+        metrics.observe_model("study", time.perf_counter() - started)
+        for stage in record.stages:
+            metrics.observe_stage(stage.key, stage.seconds)
+        metrics.add_tokens("prompt", record.provenance.prompt_tokens)
+        metrics.add_tokens("cached", record.provenance.cached_tokens)
+        metrics.add_tokens("generated", record.provenance.generated_tokens)
+        return record
+
+    def process(self, study: StudyInput) -> ProcessingResult:
+        current = read_datasets(study.instance_paths)
+        if not current:
+            raise ValueError("no readable image instance in the study")
+        prior_dir = Path(self.config.storage.data_dir) / PRIORS_DIR / str(study.job_id)
+        try:
+            prior = self._prior(current[0], study.job_id)
+            record = self.reason(current, prior)
+            objects = build_result_objects(record, current, prior, self.options,
+                                           predecessor=latest_predecessor_sr(study.predecessor_results))
+        finally:
+            shutil.rmtree(prior_dir, ignore_errors=True)  # the prior stays in the PACS; our copy is transient
+        return ProcessingResult(
+            objects=[ResultObject("sr", objects.sr), *(ResultObject("sc", page) for page in objects.pages)],
+            record_json=record.to_json(),
+        )
+
+
+def reasoning_factory(config: NodeConfig) -> ReasoningProcessor:
+    return ReasoningProcessor(config)
+

@@ -218,14 +218,11 @@ class PageRenderer:
         ref = self.record.images[index]
         source = self.sources[ref.sop_instance_uid]
         image = to_rgb8(source, ref.frame)
-        caption = f"Image {index + 1}: {ref.view} (current)   boxes: model output, unverified"
-        elsewhere = len(self.boxes) - len(self._boxes_on(index))
-        if elsewhere:
-            caption += f"   (+{elsewhere} on other images: see stage 3)"
-        f.small.draw(draw, (self.margin, top), caption, MUTED)
-        top += f.small.line_height + 4
-        scale = min(width / image.width, (max_height - f.small.line_height) / image.height)
-        size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+        caption_lines, scale, size = self._panel_geometry(index, width, max_height)
+        for text in caption_lines:
+            f.small.draw(draw, (self.margin, top), text, MUTED)
+            top += f.small.line_height
+        top += 4
         canvas.paste(image.resize(size, Image.Resampling.LANCZOS), (self.margin, top))
         overlay = ImageDraw.Draw(canvas)
         label_face = f.small
@@ -247,6 +244,26 @@ class PageRenderer:
             overlay.rectangle([lx, ly, lx + lw, ly + lh], fill=(0, 0, 0))
             label_face.draw(overlay, (lx + 6, ly - 2), label, colour)
         return top + size[1]
+
+    def _panel_geometry(self, index: int, width: int, max_height: int) -> tuple[list[str], float, tuple[int, int]]:
+        """Caption lines, scale and displayed size of image ``index`` in a ``width`` x ``max_height`` panel."""
+        ref = self.record.images[index]
+        source = self.sources[ref.sop_instance_uid]
+        caption = f"Image {index + 1}: {ref.view} (current)   boxes: model output, unverified"
+        elsewhere = len(self.boxes) - len(self._boxes_on(index))
+        if elsewhere:
+            caption += f"   (+{elsewhere} on other images: see stage 3)"
+        lines = wrap(caption, self.faces.small, width)
+        rows, cols = int(source.Rows), int(source.Columns)
+        scale = min(width / cols, (max_height - 4 - self.faces.small.line_height * len(lines)) / rows)
+        return lines, scale, (max(1, int(cols * scale)), max(1, int(rows * scale)))
+
+    def _panel_height(self, width: int, max_height: int) -> int:
+        index = _frontal_index(self.record, self.sources)
+        if index is None:
+            return self.faces.body.line_height
+        lines, _, size = self._panel_geometry(index, width, max_height)
+        return len(lines) * self.faces.small.line_height + 4 + size[1]
 
     def _boxes_on(self, index: int) -> list[tuple[Box, Finding | None]]:
         return [(b, f) for b, f in self.boxes if b.image_index == index]
@@ -349,7 +366,8 @@ class PageRenderer:
         table_width = self.width - self.margin - table_left
         table_bottom = self._draw_findings_table(ImageDraw.Draw(probe), table_left, header_bottom, table_width)
         image_max_height = max(400, min(int((bottom - header_bottom) * 0.6), table_bottom - header_bottom + 200))
-        first_text_top = max(header_bottom + image_max_height, table_bottom) + 24
+        panel_bottom = header_bottom + self._panel_height(image_width, image_max_height)
+        first_text_top = max(panel_bottom, table_bottom) + 24
 
         pages: list[list[tuple[int, Line]]] = [[]]
         y = first_text_top

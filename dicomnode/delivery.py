@@ -31,6 +31,7 @@ from dicomnode.worker import set_job_state
 LOG = logging.getLogger("dicomnode.delivery")
 LEASE_SECONDS = 30.0
 BATCH_PER_DESTINATION = 50
+SWEEP_SECONDS = 5.0
 
 
 def backoff_seconds(attempts: int, retry: RetryConfig, rng: Callable[[], float] = random.random) -> float:
@@ -244,7 +245,10 @@ class Deliverer:
             except Exception:  # noqa: BLE001 - database hiccup: log, wait, try again
                 LOG.exception("delivery pass failed", extra={"fields": {"destination": name}})
                 due = None
-            wait = poll if due is None else min(poll, due)
+            if name is None:  # the sweep (orphans, jobs left RESULTS_READY by a crash) runs less often
+                wait = max(poll * 10, SWEEP_SECONDS)
+            else:
+                wait = poll if due is None else min(poll, due)
             wake.wait(max(wait, 0.05))
             wake.clear()
 

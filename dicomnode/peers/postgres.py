@@ -27,7 +27,8 @@ def _pg_bin(tool: str) -> str:
 
 
 class PostgresServer:
-    """initdb + pg_ctl in a fresh directory, trust auth for user ``postgres``, TCP on 127.0.0.1 only.
+    """initdb + pg_ctl in a fresh directory, trust auth for user ``postgres``, TCP on 127.0.0.1 only, fsync off
+    (a throw-away server for tests and benchmarks).
 
     PostgreSQL refuses to run as root, so as root the cluster lives in a temp dir owned by ``postgres`` and the
     tools run as that user; ``workdir`` keeps only the server log then.
@@ -72,11 +73,16 @@ class PostgresServer:
         self._cluster_dir = cluster
         data = cluster / "data"
         log = cluster / "server.log"
-        self._run([_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
-        options = f"-p {self.port} -k {cluster} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        self._run([_pg_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t",
-                   str(int(timeout)), "start"], timeout=timeout + 30)
-        self._wait_ready(timeout)
+        try:
+            self._run([_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
+                       "--no-sync"])
+            options = f"-p {self.port} -k {cluster} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+            self._run([_pg_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t",
+                       str(int(timeout)), "start"], timeout=timeout + 30)
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _wait_ready(self, timeout: float) -> None:

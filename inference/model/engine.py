@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,7 @@ class LoadedModel:
         self.device = torch.device(info.device)
         self._state: _PrefixState | None = None
         self.last_prompt_logits: torch.Tensor | None = None
+        self._lock = threading.Lock()  # one conversation at a time: the prefix cache is per model
         self._image_token_id = self._find_image_token_id()
         self._eos = self._eos_ids()
         self._specials = sorted({t for t in self.tokenizer.all_special_tokens
@@ -117,8 +119,12 @@ class LoadedModel:
         """Forget the cached prefix (a new study starts; also frees memory)."""
         self._state = None
 
-    @torch.inference_mode()
     def answer(self, history: list[Turn], question: Turn, max_new_tokens: int) -> Generation:
+        with self._lock:
+            return self._answer(history, question, max_new_tokens)
+
+    @torch.inference_mode()
+    def _answer(self, history: list[Turn], question: Turn, max_new_tokens: int) -> Generation:
         if question.role != "user":
             raise ValueError("the question must be a user turn")
         if max_new_tokens < 1:
@@ -139,8 +145,8 @@ class LoadedModel:
         ids: list[int] = inputs["input_ids"][0].tolist()
         spans = self._image_spans(ids, images, inputs)
         reuse = self._reusable(ids, spans) if prefix_ok else 0
+        cache, reuse = self._cache_for(reuse)
         new_images = [i for i, s in enumerate(spans) if s.start >= reuse]
-        cache = self._cache_for(reuse)
         positions, rope_deltas = self._positions(inputs, len(ids))
         model_kwargs = self._vision_inputs(inputs, new_images)
         input_ids = torch.tensor([ids[reuse:]], device=self.device)
@@ -243,17 +249,19 @@ class LoadedModel:
                 break
         return reuse
 
-    def _cache_for(self, reuse: int) -> Any:
-        state = self._state
+    def _cache_for(self, reuse: int) -> tuple[Any, int]:
+        """(cache cropped to ``reuse`` tokens, reuse) or (a new cache, 0). The state is taken: a failure leaves none."""
+        state, self._state = self._state, None
         if reuse == 0 or state is None:
-            return DynamicCache(config=self.model.config.get_text_config())
+            return DynamicCache(config=self.model.config.get_text_config()), 0
         length = state.cache.get_seq_length()
-        if length != len(state.ids):
-            raise RuntimeError(f"prefix cache holds {length} tokens, expected {len(state.ids)}")
+        if length != len(state.ids):  # cannot happen unless a forward pass was interrupted; be safe
+            log.warning("prefix cache holds %d tokens, expected %d; recomputing", length, len(state.ids))
+            return DynamicCache(config=self.model.config.get_text_config()), 0
         state.cache.crop(reuse - length)  # a negative count removes that many tokens from the end
         if state.rope_deltas is not None and hasattr(self.model, "model"):
             self.model.model.rope_deltas = state.rope_deltas
-        return state.cache
+        return state.cache, reuse
 
     def _vision_inputs(self, inputs: Any, new_images: list[int]) -> dict[str, Any]:
         if not new_images:

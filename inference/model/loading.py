@@ -32,6 +32,15 @@ class ModelLoadError(RuntimeError):
     """The model directory cannot be loaded (missing, incomplete, unknown family)."""
 
 
+def count_parameters(model: torch.nn.Module) -> int:
+    """Parameters as in the unquantized model (a 4-bit tensor stores two values per byte)."""
+    total = 0
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        total += state.shape.numel() if state is not None else p.numel()
+    return total
+
+
 def resolve_device(device: str = "auto") -> str:
     """"auto" -> "cuda" when a CUDA device is present, else "cpu"; anything else is checked and returned."""
     if device == "auto":
@@ -162,7 +171,7 @@ def load_chat_model(model_dir: str | Path, quantization: str = "nf4", device: st
         demo_model=demo,
         transformers_version=transformers.__version__,
         seed=seed,
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=count_parameters(model),
         load_seconds=time.perf_counter() - start,
     )
     log.info("loaded %s (%s, %s, %s on %s) in %.1f s", info.model_name, prof.name, quantization, info.dtype, dev,

@@ -28,7 +28,7 @@ from sr_writer import provenance as prov
 from sr_writer.fonts import Face
 from sr_writer.options import OutputOptions
 from sr_writer.sr import collect_boxes
-from sr_writer.text import completion_problems, parsed_text, stage_status_text
+from sr_writer.text import completion_problems, dicom_text, parsed_text, stage_status_text
 
 WHITE = (255, 255, 255)
 INK = (20, 20, 20)
@@ -309,7 +309,7 @@ class PageRenderer:
         keep_with_next = False
 
         def add(text: str, face: Face, colour: tuple[int, int, int] = INK, indent: int = 0, space: int = 0) -> None:
-            for i, t in enumerate(wrap(text, face, width - indent)):
+            for i, t in enumerate(wrap(dicom_text(text), face, width - indent)):
                 out.append(Line(t, face, colour, indent, space if i == 0 else 0, heading, group))
 
         def new_group(keep: bool = False) -> None:

@@ -59,13 +59,14 @@ from inference.record import (
 from sr_writer import provenance as prov
 from sr_writer.codes import CodeTable, load_table
 from sr_writer.options import OutputOptions
-from sr_writer.text import completion_problems, parsed_text, stage_status_text
+from sr_writer.text import completion_problems, dicom_text, parsed_text, stage_status_text
 
 CONTAINS = RelationshipTypeValues.CONTAINS
 _MAX_TRACKING_ID = 64
 
 
 def _text(name: CodedConcept, value: str) -> TextContentItem:
+    value = dicom_text(value)
     return TextContentItem(name=name, value=value if value.strip() else "(empty)", relationship_type=CONTAINS)
 
 

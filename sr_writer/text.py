@@ -1,6 +1,8 @@
 """Plain-text renderings of record parts, shared by the SR and the reasoning page."""
 from __future__ import annotations
 
+import re
+
 from inference.record import Box, QuestionResult, ReasoningRecord, StageResult, StageStatus
 
 
@@ -37,3 +39,17 @@ def completion_problems(record: ReasoningRecord) -> list[str]:
                 if s.status is StageStatus.FAILED]
     problems += [f"answer to {q.id} not parsed: {q.parsed.error or 'unknown'}" for q in record.unparsed_questions]
     return problems
+
+
+# C0 controls other than TAB, LF, FF, CR; DEL; C1 controls. DICOM text VRs allow only CR, LF, FF, TAB (and ESC for
+# ISO 2022 code extensions, which UTF-8 (ISO_IR 192) never needs).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+_REPLACEMENT = "\ufffd"
+
+
+def dicom_text(value: str) -> str:
+    """Model text made safe for DICOM text VRs: control characters dropped, undecodable bytes (U+FFFD) as '?'.
+
+    The record keeps the raw answer; the result objects carry this clean one.
+    """
+    return _CONTROL.sub("", value).replace(_REPLACEMENT, "?")

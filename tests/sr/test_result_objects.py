@@ -305,3 +305,13 @@ def test_sources_in_other_character_sets_keep_the_patient_name(charset, name: st
         back = _save_and_read(ds, tmp_path / f"out{n}.dcm")
         assert back.SpecificCharacterSet == "ISO_IR 192"
         assert str(back.PatientName) == name
+
+
+def test_control_characters_in_model_text_are_dropped(study: list[Dataset]) -> None:
+    data = make_record(study, positive=("pneumothorax",)).model_dump()
+    question = data["stages"][0]["questions"][1]
+    question["raw_answer"] = "Adequate\x00 inspiration\x07,\x1b no rotation \ufffd."
+    record = ReasoningRecord.model_validate(data)
+    result = build_result_objects(record, study)  # validated: dciodvfy would flag control characters
+    texts = [str(i.TextValue) for i in _walk(result.sr.ContentSequence) if i.ValueType == "TEXT"]
+    assert "Adequate inspiration, no rotation ?." in texts

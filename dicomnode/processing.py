@@ -2,6 +2,8 @@
 
 ``processing.processor`` in the config names the processor: a registered name (``passthrough``; the reasoning
 issue registers ``reasoning``) or ``package.module:factory`` where ``factory(config) -> Processor``.
+One processor instance serves all ``processing.workers`` threads of a process: with more than one worker thread it
+must be thread-safe (or serialise itself). Exceptions fail the job with their text; they never stop the worker.
 """
 from __future__ import annotations
 

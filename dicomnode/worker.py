@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode import metrics
 from dicomnode.audit import audit
 from dicomnode.completion import requeue_processing
 from dicomnode.config import NodeConfig
@@ -54,6 +55,8 @@ def set_job_state(session: Session, job: Job, state: JobState, error: str | None
     job.updated_at = now
     if state in (JobState.DELIVERED, JobState.FAILED, JobState.SKIPPED):
         job.finished_at = now
+    if state is JobState.DELIVERED and job.queued_at is not None:
+        metrics.study_seconds.observe(max(0.0, (now - job.queued_at).total_seconds()))
     newest = newest_job(session, job.study_id)
     if newest is not None and newest.id == job.id:
         session.execute(

@@ -12,6 +12,7 @@ import pytest
 from delivery_support import (
     PROCESSORS, deliveries, delivery_config, destination, ingest_files, job, orthanc_destination, wait_until,
 )
+from dicomnode import metrics
 from dicomnode.config import RetryConfig
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.delivery import Deliverer, backoff_seconds
@@ -44,7 +45,13 @@ def test_results_reach_orthanc_once(data_dir, database_url, session_factory, stu
     job_id = ingest_files(config, session_factory, study_factory().files)
     _process_all(config, session_factory)
     deliverer = Deliverer(config, session_factory)
+    delivered_before = metrics.REGISTRY.get_sample_value("cxrnode_study_seconds_count") or 0
+    attempts_before = metrics.REGISTRY.get_sample_value("cxrnode_delivery_attempts_total",
+                                                        {"destination": "pacs"}) or 0
     assert deliverer.run_once() == 2
+    assert metrics.REGISTRY.get_sample_value("cxrnode_study_seconds_count") == delivered_before + 1
+    assert metrics.REGISTRY.get_sample_value("cxrnode_delivery_attempts_total",
+                                             {"destination": "pacs"}) == attempts_before + 2
     rows = deliveries(session_factory, job_id)
     assert {r.state for r in rows} == {DeliveryState.SENT.value}
     assert all(r.last_status == 0 and r.attempts == 1 and r.sent_at for r in rows)

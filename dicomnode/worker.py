@@ -53,8 +53,7 @@ def set_job_state(session: Session, job: Job, state: JobState, error: str | None
     job.state = state.value
     job.error = error[:MAX_ERROR_CHARS] if error else None
     job.updated_at = now
-    if state in (JobState.DELIVERED, JobState.FAILED, JobState.SKIPPED):
-        job.finished_at = now
+    job.finished_at = now if state in (JobState.DELIVERED, JobState.FAILED, JobState.SKIPPED) else None
     if state is JobState.DELIVERED and job.queued_at is not None:
         metrics.study_seconds.observe(max(0.0, (now - job.queued_at).total_seconds()))
     newest = newest_job(session, job.study_id)
@@ -315,9 +314,8 @@ def retry_job(session_factory: sessionmaker[Session], job_id: int) -> str:
                 set_job_state(session, job, JobState.RESULTS_READY)
                 audit(session, "job.retry", study_instance_uid=study_uid, job_id=job.id, requeued=False)
                 return "back to RESULTS_READY"
-            job.state = JobState.QUEUED.value
             job.queued_at = now
-            job.claimed_by = job.claimed_at = job.finished_at = None
+            job.claimed_by = job.claimed_at = None
             set_job_state(session, job, JobState.QUEUED)
             audit(session, "job.retry", study_instance_uid=study_uid, job_id=job.id, requeued=True)
             return "re-queued for processing"

@@ -190,3 +190,40 @@ def test_rows_of_removed_destination_are_dead_lettered(data_dir, sqlite_url, stu
     row = deliveries(factory, job_id)[0]
     assert row.state == DeliveryState.DEAD.value and "not configured" in (row.last_error or "")
     engine.dispose()
+
+
+def test_two_deliverers_on_postgres_send_each_row_once(data_dir, postgres_url, study_factory, orthanc):
+    import threading
+    from collections import Counter
+
+    from sqlalchemy import select
+
+    from dicomnode.db import AuditEvent, make_engine, make_session_factory, upgrade_database
+
+    engine = make_engine(postgres_url)
+    upgrade_database(engine)
+    factory = make_session_factory(engine)
+    config = delivery_config(data_dir, postgres_url, [orthanc_destination(orthanc)])
+    for _ in range(8):
+        ingest_files(config, factory, study_factory(views=("PA",)).files)
+    _process_all(config, factory)
+    deliverers = [Deliverer(config, factory) for _ in range(3)]
+    barrier = threading.Barrier(len(deliverers))
+
+    def run(deliverer: Deliverer) -> None:
+        barrier.wait()
+        for _ in range(5):
+            deliverer.run_once()
+
+    threads = [threading.Thread(target=run, args=(d,)) for d in deliverers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    rows = deliveries(factory)
+    assert len(rows) == 8 and {(r.state, r.attempts) for r in rows} == {(DeliveryState.SENT.value, 1)}
+    with factory() as session:
+        sent = Counter(session.scalars(select(AuditEvent.sop_instance_uid).where(AuditEvent.kind == "delivery.sent")))
+    assert sorted(sent) == sorted(r.sop_instance_uid for r in rows) and set(sent.values()) == {1}
+    assert len(orthanc.sop_instance_uids()) == 8
+    engine.dispose()

@@ -20,9 +20,9 @@ from transformers import PreTrainedTokenizerFast
 MARKER_FILE = "cxr_node_model.json"
 DEMO_MODEL_NAME = "cxr-node demo (untrained)"
 
-Family = Literal["qwen2_5_vl", "llava"]
+Family = Literal["qwen2_5_vl", "qwen2_vl", "llava"]
 Size = Literal["tiny", "medium", "qwen2_5_vl_3b_shape"]
-FAMILIES: tuple[str, ...] = ("qwen2_5_vl", "llava")
+FAMILIES: tuple[str, ...] = ("qwen2_5_vl", "qwen2_vl", "llava")
 SIZES: tuple[str, ...] = ("tiny", "medium", "qwen2_5_vl_3b_shape")
 
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -84,11 +84,12 @@ def build_tokenizer(special: list[str], vocab_size: int, **kwargs: Any) -> PreTr
     return PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
 
 
-def _qwen(out: Path, size: str, seed: int) -> dict[str, Any]:
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+def _qwen(out: Path, size: str, seed: int, qwen2: bool = False) -> dict[str, Any]:
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
+                              Qwen2VLForConditionalGeneration)
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from inference.model.processors import Qwen2_5_VLImageOnlyProcessor
+    from inference.model.processors import Qwen2_5_VLImageOnlyProcessor, Qwen2VLImageOnlyProcessor
 
     s = QWEN_SIZES[size]
     tokenizer = build_tokenizer(QWEN_SPECIAL, s["vocab"], eos_token="<|im_end|>", pad_token="<|endoftext|>")
@@ -105,23 +106,30 @@ def _qwen(out: Path, size: str, seed: int) -> dict[str, Any]:
                       intermediate_size=s["v_inter"], out_hidden_size=s["hidden"], patch_size=14,
                       spatial_merge_size=2, temporal_patch_size=2, window_size=s["window"],
                       fullatt_block_indexes=s["fullatt"])
-    config = Qwen2_5_VLConfig(text_config=text_cfg, vision_config=vision_cfg, image_token_id=ids["<|image_pad|>"],
+    config_cls, model_cls, processor_cls = (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                                            Qwen2_5_VLImageOnlyProcessor)
+    if qwen2:  # Qwen2-VL: a ViT with embed_dim / mlp_ratio instead of the windowed SwiGLU tower
+        vision_cfg = dict(initializer_range=s["init"], depth=s["v_depth"], embed_dim=s["v_hidden"],
+                          num_heads=s["v_heads"], mlp_ratio=4, hidden_size=s["hidden"], patch_size=14,
+                          spatial_merge_size=2, temporal_patch_size=2)
+        config_cls, model_cls, processor_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageOnlyProcessor
+    config = config_cls(text_config=text_cfg, vision_config=vision_cfg, image_token_id=ids["<|image_pad|>"],
                               video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                               vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=s["tie"],
                               initializer_range=s["init"])
     torch.manual_seed(seed)
     # The 3B shape is built directly in bf16 (7 GB) rather than fp32 (15 GB) then converted.
     dtype = torch.bfloat16 if size == "qwen2_5_vl_3b_shape" else torch.float32
-    model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    model = model_cls._from_config(config, dtype=dtype)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.bos_token_id = None
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=s["max_pixels"],
                                                size={"shortest_edge": 56 * 56, "longest_edge": s["max_pixels"]})
-    processor = Qwen2_5_VLImageOnlyProcessor(image_processor, tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
+    processor = processor_cls(image_processor, tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    _set_processor_class(out, "Qwen2_5_VLProcessor")  # stock name: GPU machines with torchvision use the stock class
+    _set_processor_class(out, "Qwen2VLProcessor" if qwen2 else "Qwen2_5_VLProcessor")  # stock name: GPU machines with torchvision use the stock class
     return {"parameters": sum(p.numel() for p in model.parameters())}
 
 
@@ -176,7 +184,10 @@ def build_demo_model(out_dir: str | Path, family: str = "qwen2_5_vl", size: str 
         raise ValueError(f"unknown demo size {size!r}; choose one of {', '.join(SIZES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    info = _qwen(out, size, seed) if family == "qwen2_5_vl" else _llava(out, size, seed)
+    if family == "llava":
+        info = _llava(out, size, seed)
+    else:
+        info = _qwen(out, size, seed, qwen2=family == "qwen2_vl")
     marker = {"demo": True, "name": DEMO_MODEL_NAME, "version": f"{family}-{size}-seed{seed}", "family": family,
               "size": size, "seed": seed, "parameters": info["parameters"],
               "note": "untrained random weights; every answer is meaningless"}

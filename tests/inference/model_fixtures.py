@@ -37,3 +37,9 @@ def qwen_demo_dir(demo_model_dirs: dict[str, Path]) -> Path:
 def llava_demo_dir(demo_model_dirs: dict[str, Path]) -> Path:
     """A tiny random Llava demo model directory."""
     return demo_model_dirs["llava"]
+
+
+@pytest.fixture(scope="session")
+def qwen2_vl_demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2-VL demo model directory (built only when a test asks for it)."""
+    return build_demo_model(tmp_path_factory.mktemp("demo_qwen2_vl") / "qwen2_vl", family="qwen2_vl", size="tiny")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_fixtures import demo_model_dirs, llava_demo_dir, qwen_demo_dir  # noqa: F401
+from model_fixtures import demo_model_dirs, llava_demo_dir, qwen2_vl_demo_dir, qwen_demo_dir  # noqa: F401
 from PIL import Image
 
 from inference.chat import BoxConvention, ChatModel, Generation, Turn
@@ -42,11 +42,14 @@ def _conversation(model: LoadedModel, images: list[Image.Image], max_new: int = 
     return results
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
-def test_prefix_cache_equals_full_recompute_fp32(family: str, demo_model_dirs: dict[str, Path]) -> None:
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava", "qwen2_vl"])
+def test_prefix_cache_equals_full_recompute_fp32(family: str, request: pytest.FixtureRequest) -> None:
+    model_dir = request.getfixturevalue("qwen2_vl_demo_dir") if family == "qwen2_vl" else \
+        request.getfixturevalue("demo_model_dirs")[family]
     images = [_image(1), _image(2)]
-    cached_model = load_chat_model(demo_model_dirs[family], quantization="none", dtype="float32", cache="prefix")
-    naive_model = load_chat_model(demo_model_dirs[family], quantization="none", dtype="float32", cache="none")
+    cached_model = load_chat_model(model_dir, quantization="none", dtype="float32", cache="prefix")
+    naive_model = load_chat_model(model_dir, quantization="none", dtype="float32", cache="none")
+    assert cached_model.info.profile == family
     as_protocol: ChatModel = cached_model  # LoadedModel satisfies the contract (checked by type checkers)
     assert as_protocol.box_convention in BoxConvention
     cached = _conversation(cached_model, images)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_fixtures import demo_model_dirs, llava_demo_dir, qwen_demo_dir  # noqa: F401
+from model_fixtures import demo_model_dirs, llava_demo_dir, qwen2_vl_demo_dir, qwen_demo_dir  # noqa: F401
 
 from inference.chat import BoxConvention
 from inference.model import ModelLoadError, load_chat_model, resolve_device
@@ -15,14 +15,22 @@ from inference.model.loading import HASH_SIDECAR, profile_for, weights_sha256
 from inference.model.profiles import ProfileError, load_profiles, select_profile
 from inference.model.quantization import quantized_module_names
 
-VISION = {"qwen2_5_vl": ("model.visual",), "llava": ("model.vision_tower", "model.multi_modal_projector")}
+VISION = {"qwen2_5_vl": ("model.visual",), "qwen2_vl": ("model.visual",),
+          "llava": ("model.vision_tower", "model.multi_modal_projector")}
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
-def test_nf4_quantizes_decoder_keeps_vision_and_lm_head(family: str, demo_model_dirs: dict[str, Path]) -> None:
+def _model_dir(family: str, request: pytest.FixtureRequest) -> Path:
+    if family == "qwen2_vl":
+        return request.getfixturevalue("qwen2_vl_demo_dir")
+    return request.getfixturevalue("demo_model_dirs")[family]
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava", "qwen2_vl"])
+def test_nf4_quantizes_decoder_keeps_vision_and_lm_head(family: str, request: pytest.FixtureRequest) -> None:
     import bitsandbytes as bnb
 
-    loaded = load_chat_model(demo_model_dirs[family], quantization="nf4")
+    model_dir = _model_dir(family, request)
+    loaded = load_chat_model(model_dir, quantization="nf4")
     names = quantized_module_names(loaded.model)
     assert names["linear4bit"], "no Linear4bit at all"
     assert all(n.startswith("model.language_model.") for n in names["linear4bit"])
@@ -40,7 +48,7 @@ def test_nf4_quantizes_decoder_keeps_vision_and_lm_head(family: str, demo_model_
     info = loaded.info
     assert (info.profile, info.quantization, info.device, info.demo_model) == (family, "nf4", "cpu", True)
     assert info.dtype == "bfloat16" and info.transformers_version and "demo" in info.model_name
-    assert info.weights_sha256 == weights_sha256(demo_model_dirs[family])
+    assert info.weights_sha256 == weights_sha256(model_dir)
     assert set(info.provenance_fields()) >= {"model_dir", "weights_sha256", "profile", "quantization", "demo_model"}
 
 
@@ -78,12 +86,14 @@ def test_incomplete_directory_is_refused(qwen_demo_dir: Path, tmp_path: Path) ->
         load_chat_model(broken, quantization="none")
 
 
-def test_profile_selection_from_config_and_override(qwen_demo_dir: Path, tmp_path: Path) -> None:
+def test_profile_selection_from_config_and_override(qwen_demo_dir: Path, qwen2_vl_demo_dir: Path,
+                                                    tmp_path: Path) -> None:
     profiles = load_profiles()
     assert {"qwen2_5_vl", "qwen2_vl", "llava", "gemma3", "nv_reason_cxr"} <= set(profiles)
     assert select_profile({"model_type": "qwen2_vl"}).box_convention is BoxConvention.PER_MILLE
     assert select_profile({"model_type": "qwen2_5_vl"}).box_convention is BoxConvention.RESIZED_PIXELS
     assert select_profile({"model_type": "gemma3"}).name == "gemma3"
+    assert profile_for(qwen2_vl_demo_dir).box_convention is BoxConvention.PER_MILLE
     assert select_profile({"model_type": "x", "architectures": ["LlavaForConditionalGeneration"]}).name == "llava"
     nv = select_profile({"model_type": "qwen2_5_vl"}, override="nv_reason_cxr")
     assert nv.answer_wrapper == "think_answer" and nv.system_prompt.startswith("You are a helpful radiology")

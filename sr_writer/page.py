@@ -28,7 +28,7 @@ from sr_writer import provenance as prov
 from sr_writer.fonts import Face
 from sr_writer.options import OutputOptions
 from sr_writer.sr import collect_boxes
-from sr_writer.text import completion_problems, dicom_text, parsed_text, stage_status_text
+from sr_writer.text import dicom_text, parsed_text, stage_status_text
 
 WHITE = (255, 255, 255)
 INK = (20, 20, 20)
@@ -160,10 +160,13 @@ class PageRenderer:
         for line in lines:
             wrapped += [Line(t, line.face, line.colour) for t in wrap(line.text, line.face, self.inner)]
         wrapped += [Line(t, f.bold, RED) for t in wrap(UNVERIFIED_STATEMENT, f.bold, self.inner)]
-        problems = completion_problems(self.record)
-        if problems:
-            text = "Incomplete: " + "; ".join(problems)
-            wrapped += [Line(t, f.small, RED) for t in wrap(text, f.small, self.inner)][:3]
+        failed = [s.number for s in self.record.stages if s.status is StageStatus.FAILED]
+        unparsed = len(self.record.unparsed_questions)
+        if failed or unparsed:
+            parts = ([f"stage {', '.join(map(str, failed))} failed"] if failed else []) + (
+                [f"{unparsed} answer(s) not parsed"] if unparsed else [])
+            text = "Incomplete: " + ", ".join(parts) + " (marked in red below)"
+            wrapped += [Line(t, f.small, RED) for t in wrap(text, f.small, self.inner)]
         return wrapped
 
     def _demo_lines(self) -> list[Line]:
@@ -290,10 +293,18 @@ class PageRenderer:
             status = finding.presence.value.upper()
             f.bold.draw(draw, (status_x + (180 - f.bold.width(status)) / 2, y + 1), status, WHITE)
             y += f.body.line_height * len(label_lines) + 4
-        none = not any(x.presence is Presence.PRESENT for x in self.record.findings)
+        counts = {p: sum(1 for x in self.record.findings if x.presence is p) for p in Presence}
         y += 6
-        summary = "No finding: yes (no checklist finding present)" if none else (
-            f"Positive: {len(self.record.positive_findings)} of {len(self.record.findings)}")
+        if counts[Presence.PRESENT]:
+            summary = f"Positive: {counts[Presence.PRESENT]} of {len(self.record.findings)}"
+        elif counts[Presence.UNCERTAIN]:
+            summary = f"No finding: not established ({counts[Presence.UNCERTAIN]} uncertain)"
+        elif self.record.findings:
+            summary = "No finding: yes (every checklist finding absent)"
+        else:
+            summary = "No checklist findings in the record"
+        if counts[Presence.PRESENT] and counts[Presence.UNCERTAIN]:
+            summary += f", {counts[Presence.UNCERTAIN]} uncertain"
         for text in wrap(summary, f.bold, width):
             f.bold.draw(draw, (left, y), text, INK)
             y += f.bold.line_height

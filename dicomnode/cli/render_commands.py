@@ -76,8 +76,11 @@ def run(args: argparse.Namespace) -> int:
         image.save(png)
         written += [dcm, png]
     warnings = sum(len(r.warnings) for r in result.reports.values())
+    unexpected = sorted({w for r in result.reports.values() for w in r.unexpected_warnings})
     for path in written:
         print(path)
-    print(f"{len(result.pages)} page(s); dciodvfy: 0 errors, {warnings} warnings" if result.reports
-          else f"{len(result.pages)} page(s); not validated", file=sys.stderr)
+    print(f"{len(result.pages)} page(s); dciodvfy: 0 errors, {warnings} warnings ({len(unexpected)} unexpected)"
+          if result.reports else f"{len(result.pages)} page(s); not validated", file=sys.stderr)
+    for warning in unexpected:
+        print(f"  {warning}", file=sys.stderr)
     return 0

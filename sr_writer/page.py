@@ -28,7 +28,7 @@ from sr_writer import provenance as prov
 from sr_writer.fonts import Face
 from sr_writer.options import OutputOptions
 from sr_writer.sr import collect_boxes
-from sr_writer.text import dicom_text, parsed_text, stage_status_text
+from sr_writer.text import dicom_text, findings_summary, parsed_text, stage_status_text
 
 WHITE = (255, 255, 255)
 INK = (20, 20, 20)
@@ -293,18 +293,8 @@ class PageRenderer:
             status = finding.presence.value.upper()
             f.bold.draw(draw, (status_x + (180 - f.bold.width(status)) / 2, y + 1), status, WHITE)
             y += f.body.line_height * len(label_lines) + 4
-        counts = {p: sum(1 for x in self.record.findings if x.presence is p) for p in Presence}
         y += 6
-        if counts[Presence.PRESENT]:
-            summary = f"Positive: {counts[Presence.PRESENT]} of {len(self.record.findings)}"
-        elif counts[Presence.UNCERTAIN]:
-            summary = f"No finding: not established ({counts[Presence.UNCERTAIN]} uncertain)"
-        elif self.record.findings:
-            summary = "No finding: yes (every checklist finding absent)"
-        else:
-            summary = "No checklist findings in the record"
-        if counts[Presence.PRESENT] and counts[Presence.UNCERTAIN]:
-            summary += f", {counts[Presence.UNCERTAIN]} uncertain"
+        summary = findings_summary(self.record)
         for text in wrap(summary, f.bold, width):
             f.bold.draw(draw, (left, y), text, INK)
             y += f.bold.line_height

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from inference.record import Box, QuestionResult, ReasoningRecord, StageResult, StageStatus
+from inference.record import Box, Presence, QuestionResult, ReasoningRecord, StageResult, StageStatus
 
 
 def box_text(box: Box) -> str:
@@ -24,6 +24,21 @@ def parsed_text(question: QuestionResult) -> str | None:
     if parsed.boxes:
         parts.append("boxes: " + "; ".join(box_text(b) for b in parsed.boxes))
     return ", ".join(parts) or None
+
+
+def findings_summary(record: ReasoningRecord) -> str:
+    """One line under the findings table; "No finding" (derived) only when every checklist finding is absent."""
+    counts = {p: sum(1 for f in record.findings if f.presence is p) for p in Presence}
+    if counts[Presence.PRESENT]:
+        summary = f"Positive: {counts[Presence.PRESENT]} of {len(record.findings)}"
+        if counts[Presence.UNCERTAIN]:
+            summary += f", {counts[Presence.UNCERTAIN]} uncertain"
+        return summary
+    if counts[Presence.UNCERTAIN]:
+        return f"No finding: not established ({counts[Presence.UNCERTAIN]} uncertain)"
+    if record.findings:
+        return "No finding: yes (every checklist finding absent)"
+    return "No checklist findings in the record"
 
 
 def stage_status_text(stage: StageResult) -> str:

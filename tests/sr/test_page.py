@@ -97,3 +97,12 @@ def test_demo_banner_only_for_demo_models(study: list[Dataset]) -> None:
     real = np.asarray(render_pages(make_record(study, demo=False), study)[0]).astype(int)
     count = lambda a: np.all(a == red, axis=-1).sum()  # noqa: E731
     assert count(demo) > 20000 and count(real) == 0
+
+
+def test_no_finding_is_claimed_only_when_every_finding_is_absent(study: list[Dataset]) -> None:
+    from sr_writer.text import findings_summary
+
+    assert findings_summary(make_record(study)) == "No finding: yes (every checklist finding absent)"
+    assert findings_summary(make_record(study, uncertain=("edema",))).startswith("No finding: not established")
+    assert findings_summary(make_record(study, positive=("edema",), uncertain=("fracture",))) == (
+        "Positive: 1 of 18, 1 uncertain")

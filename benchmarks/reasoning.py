@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         "questions": c["questions"], "lower_bound_tokens": lower,
         "cached_computed_tokens": c["computed"], "cached_reused_tokens": c["reused"],
         "naive_computed_tokens": n["computed"], "generated_tokens": c["generated"],
-        "cached_vs_lower_bound": round(c["computed"] / lower, 3), "naive_vs_lower_bound": round(n["computed"] / lower, 2),
+        "cached_vs_lower_bound": round(c["computed"] / lower, 3),
+        "naive_vs_lower_bound": round(n["computed"] / lower, 2),
         "cached_seconds": round(t_cached, 2), "naive_seconds": round(t_naive, 2),
         "speedup": round(t_naive / t_cached, 2), "same_answers": same,
     }

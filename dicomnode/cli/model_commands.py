@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           description="Build an untrained demo vision-language model fully offline (tokenizer trained "
                           "on the fly, random weights). Every output of it is labelled as demo output.")
     demo.add_argument("dir", type=Path, metavar="DIR", help="output directory")
-    demo.add_argument("--family", default="qwen2_5_vl", choices=("qwen2_5_vl", "qwen2_vl", "llava"), help="architecture")
+    demo.add_argument("--family", default="qwen2_5_vl", choices=("qwen2_5_vl", "qwen2_vl", "llava"),
+                      help="architecture (default qwen2_5_vl)")
     demo.add_argument("--size", default="tiny", choices=("tiny", "medium", "qwen2_5_vl_3b_shape"),
                       help="tiny (tests, ~0.2 M params), medium (~50 M), qwen2_5_vl_3b_shape (3.75 B, bf16, ~7 GB)")
     demo.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")

@@ -129,7 +129,8 @@ def _qwen(out: Path, size: str, seed: int, qwen2: bool = False) -> dict[str, Any
     processor = processor_cls(image_processor, tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    _set_processor_class(out, "Qwen2VLProcessor" if qwen2 else "Qwen2_5_VLProcessor")  # stock name: GPU machines with torchvision use the stock class
+    # the stock class name: machines with torchvision (GPU deployments) load the stock processor
+    _set_processor_class(out, "Qwen2VLProcessor" if qwen2 else "Qwen2_5_VLProcessor")
     return {"parameters": sum(p.numel() for p in model.parameters())}
 
 

@@ -81,7 +81,7 @@ def load_profiles(path: str | Path | None = None) -> dict[str, ModelProfile]:
 
 def select_profile(config: dict[str, Any], override: str | None = None,
                    profiles: dict[str, ModelProfile] | None = None) -> ModelProfile:
-    """Pick the profile for a model's ``config.json`` dict: ``override`` by name, else model_type, else architectures."""
+    """The profile for a model's ``config.json`` dict: ``override`` by name, else model_type, else architectures."""
     profiles = profiles if profiles is not None else load_profiles()
     if override:
         if override not in profiles:

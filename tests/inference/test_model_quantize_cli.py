@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from model_fixtures import demo_model_dirs, llava_demo_dir, qwen_demo_dir  # noqa: F401
 
+from dicomnode.cli import main
 from inference.chat import Turn
 from inference.model import ModelLoadError, load_chat_model
 from inference.model.loading import weights_sha256
 from inference.model.quantization import quantized_module_names
 from inference.model.quantize import quantize_checkpoint
 
-CLI = [sys.executable, "-c", "import sys; from dicomnode.cli import main; sys.exit(main())"]
 
 
 def test_quantize_round_trip(qwen_demo_dir: Path, tmp_path: Path) -> None:
@@ -39,21 +39,33 @@ def test_quantize_round_trip(qwen_demo_dir: Path, tmp_path: Path) -> None:
         quantize_checkpoint(qwen_demo_dir, dst)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run `cxr-node ARGS` in-process (the console script calls the same main)."""
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_cli_demo_quantize_info(tmp_path: Path) -> None:
-    demo = _cli("model", "demo", str(tmp_path / "llava"), "--family", "llava")
-    assert demo.returncode == 0, demo.stderr
-    assert "UNTRAINED" in demo.stdout
-    quant = _cli("model", "quantize", str(tmp_path / "llava"), str(tmp_path / "llava4"), "--quantize-vision")
-    assert quant.returncode == 0, quant.stderr
-    info = _cli("model", "info", str(tmp_path / "llava4"))
-    assert info.returncode == 0, info.stderr
-    data = json.loads(info.stdout)
+def test_cli_demo_quantize_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(capsys, "model", "demo", str(tmp_path / "llava"), "--family", "llava")
+    assert code == 0, err
+    assert "UNTRAINED" in out and (tmp_path / "llava" / "cxr_node_model.json").is_file()
+    code, out, err = _cli(capsys, "model", "quantize", str(tmp_path / "llava"), str(tmp_path / "llava4"),
+                          "--quantize-vision")
+    assert code == 0, err
+    code, out, err = _cli(capsys, "model", "info", str(tmp_path / "llava4"))
+    assert code == 0, err
+    data = json.loads(out)
     assert (data["profile"], data["saved_quantization"], data["demo_model"]) == ("llava", "nf4", True)
     loaded = load_chat_model(tmp_path / "llava4")
     assert any(n.startswith("model.vision_tower.") for n in quantized_module_names(loaded.model)["linear4bit"])
-    missing = _cli("model", "info", str(tmp_path / "nothing"))
-    assert missing.returncode == 2 and "local model directory" in missing.stderr
+    code, out, err = _cli(capsys, "model", "info", str(tmp_path / "nothing"))
+    assert code == 2 and "local model directory" in err
+    code, out, err = _cli(capsys, "model", "quantize", str(tmp_path / "llava"), str(tmp_path / "llava4"))
+    assert code == 2 and "not empty" in err
+
+
+def test_console_script_starts() -> None:
+    proc = subprocess.run([sys.executable, "-c", "import sys; from dicomnode.cli import main; "
+                           "sys.exit(main(['model', '--help']))"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "quantize" in proc.stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections import Counter
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -88,6 +89,8 @@ class CompletionScheduler:
         self.session_factory = session_factory
         self.quiet_seconds = quiet_seconds
         self.scheduler = BackgroundScheduler(timezone=dt.timezone.utc, job_defaults={"misfire_grace_time": None})
+        self._armed: set[int] = set()
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         self.scheduler.start()
@@ -99,10 +102,23 @@ class CompletionScheduler:
     def arm(self, study_id: int, last_received_at: dt.datetime) -> None:
         """(Re-)schedule the completion check of ``study_id`` at last_received_at + quiet_seconds."""
         when = last_received_at + dt.timedelta(seconds=self.quiet_seconds)
+        with self._lock:
+            self._armed.add(study_id)
         self.scheduler.add_job(
             self._fire, DateTrigger(run_date=when, timezone=dt.timezone.utc), args=[study_id],
             id=f"complete:{study_id}", replace_existing=True, coalesce=True, max_instances=1,
         )
+
+    def touch(self, study_id: int, last_received_at: dt.datetime) -> None:
+        """A new instance arrived: arm the study unless a timer is already pending.
+
+        A pending timer that fires too early finds the later ``last_received_at`` and re-arms itself, so the
+        receive path does not reschedule on every instance.
+        """
+        with self._lock:
+            if study_id in self._armed:
+                return
+        self.arm(study_id, last_received_at)
 
     def rearm_all(self) -> int:
         """Arm every study whose newest job is RECEIVING (start-up); return how many."""
@@ -122,6 +138,8 @@ class CompletionScheduler:
             return complete_study(session, study_id, self.quiet_seconds, utcnow())
 
     def _fire(self, study_id: int) -> None:
+        with self._lock:
+            self._armed.discard(study_id)
         try:
             later = self.check_now(study_id)
         except Exception:  # noqa: BLE001 - retry shortly rather than lose the study

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.audit import audit_now
 from dicomnode.completion import CompletionScheduler, requeue_processing
 from dicomnode.config import NodeConfig
-from dicomnode.db.engine import make_engine, make_session_factory
+from dicomnode.db.engine import make_engine, make_session_factory, presize_sqlite_wal
 from dicomnode.db.ingest import IngestOutcome
 from dicomnode.db.migrate import upgrade_database
 from dicomnode.db.models import Study
@@ -71,6 +71,7 @@ class Node:
         cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(cfg.database_url)
         upgrade_database(self.engine)
+        presize_sqlite_wal(self.engine)
         self.session_factory = make_session_factory(self.engine)
         self._started = True
         try:
@@ -98,7 +99,7 @@ class Node:
 
     def _on_stored(self, outcome: IngestOutcome) -> None:
         if outcome.receiving and self.completion is not None:
-            self.completion.arm(outcome.study_id, outcome.last_received_at)
+            self.completion.touch(outcome.study_id, outcome.last_received_at)
 
     def _start_worker(self) -> None:
         assert self.session_factory is not None

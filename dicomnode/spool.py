@@ -51,7 +51,7 @@ class Spool:
         """Durably move (or copy, across file systems) ``source`` to ``relative``; return its size in bytes."""
         target = self.absolute(relative)
         try:
-            self._ensure_dir(target.parent)
+            new_dirs = self._ensure_dir(target.parent)
             src = Path(source)
             if not _same_device(src, self.tmp):
                 staged = self.new_temp_path()
@@ -70,7 +70,10 @@ class Spool:
             size = src.stat().st_size
             os.replace(src, target)
             if self.fsync:
+                # the rename, then every directory entry created above, bottom-up (one journal commit covers most)
                 _fsync_dir(target.parent)
+                for directory in reversed(new_dirs):
+                    _fsync_dir(directory.parent)
             return size
         except OSError as exc:
             raise SpoolError(exc.errno, f"spool write failed: {exc.strerror or exc}") from exc
@@ -89,19 +92,25 @@ class Spool:
             raise SpoolError(exc.errno, f"spool write failed: {exc.strerror or exc}") from exc
         return self.store_file(tmp, relative)
 
-    def _ensure_dir(self, directory: Path) -> None:
-        if directory in self._known_dirs and directory.is_dir():
-            return
+    def _ensure_dir(self, directory: Path) -> list[Path]:
+        """Create ``directory`` (and parents); return the directories created, outermost first.
+
+        Their entries are made durable by :meth:`store_file` after the rename, before the caller commits.
+        """
+        if directory in self._known_dirs:
+            if directory.is_dir():
+                return []
+            self._known_dirs.discard(directory)
         missing = []
         d = directory
         while not d.exists():
             missing.append(d)
             d = d.parent
         directory.mkdir(parents=True, exist_ok=True)
-        if self.fsync:
-            for d in reversed(missing):  # make each new directory entry durable
-                _fsync_dir(d.parent)
+        if len(self._known_dirs) > 10_000:
+            self._known_dirs.clear()
         self._known_dirs.add(directory)
+        return list(reversed(missing))
 
 
 def _same_device(a: Path, b: Path) -> bool:

@@ -55,3 +55,30 @@ def make_session_factory(engine_or_url: Engine | str) -> sessionmaker[Session]:
     """A ``sessionmaker`` (``expire_on_commit=False``) bound to an engine or a URL."""
     engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
     return sessionmaker(engine, expire_on_commit=False)
+
+
+
+def presize_sqlite_wal(engine: Engine, megabytes: int = 8) -> None:
+    """Grow an SQLite WAL once and restart it, so later commits overwrite it in place.
+
+    An appending WAL needs a file-system journal commit on every durable commit (measured ~4-8 ms); a WAL
+    rewritten in place needs only a data flush (~0.2 ms). The WAL lives as long as a connection is open (the
+    engine's pool keeps one). No-op for other databases; best effort (a busy checkpoint is simply skipped).
+    """
+    if engine.dialect.name != "sqlite" or not engine.url.database or engine.url.database == ":memory:":
+        return
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        cur.execute("CREATE TABLE IF NOT EXISTS _wal_presize (b BLOB)")
+        cur.execute("INSERT INTO _wal_presize VALUES (zeroblob(?))", (megabytes << 20,))
+        cur.execute("COMMIT")
+        cur.execute("BEGIN IMMEDIATE")
+        cur.execute("DROP TABLE _wal_presize")
+        cur.execute("COMMIT")
+        cur.execute("PRAGMA wal_checkpoint(RESTART)")
+        cur.fetchall()
+        cur.close()
+    finally:
+        raw.close()

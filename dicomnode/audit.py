@@ -4,12 +4,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.db.models import AuditEvent
+from dicomnode.db.models import AuditEvent, utcnow
 from dicomnode.logs import log_event
 
 LOG = logging.getLogger("dicomnode.audit")
+_INSERT = insert(AuditEvent.__table__)
 
 
 def _trim(value: str | None, n: int) -> str | None:
@@ -29,19 +31,18 @@ def audit(
     level: int = logging.INFO,
     **detail: Any,
 ) -> None:
-    """Add an audit row to ``session`` (committed by the caller) and log it."""
-    session.add(
-        AuditEvent(
-            kind=kind,
-            calling_aet=_trim(calling_aet, 16),
-            called_aet=_trim(called_aet, 16),
-            peer=_trim(peer, 128),
-            study_instance_uid=_trim(study_instance_uid, 64),
-            sop_instance_uid=_trim(sop_instance_uid, 64),
-            job_id=job_id,
-            detail=detail or None,
-        )
-    )
+    """Insert an audit row in ``session``'s transaction (committed by the caller) and log it."""
+    session.connection().execute(_INSERT, {
+        "at": utcnow(),
+        "kind": kind,
+        "calling_aet": _trim(calling_aet, 16),
+        "called_aet": _trim(called_aet, 16),
+        "peer": _trim(peer, 128),
+        "study_instance_uid": _trim(study_instance_uid, 64),
+        "sop_instance_uid": _trim(sop_instance_uid, 64),
+        "job_id": job_id,
+        "detail": {k: v for k, v in detail.items() if v is not None} or None,
+    })
     log_event(
         LOG, level, kind, calling_aet=calling_aet, called_aet=called_aet, peer=peer,
         study_instance_uid=study_instance_uid, sop_instance_uid=sop_instance_uid, job_id=job_id, **detail,

@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit import audit, audit_now
 from dicomnode.config import NodeConfig, TLSConfig
-from dicomnode.db.ingest import InstanceRecord, IngestOutcome, find_instance, record_instance
+from dicomnode.db.ingest import InstanceRecord, IngestOutcome, instance_exists, record_instance
 from dicomnode.db.models import utcnow
 from dicomnode.logs import log_event
 from dicomnode.selection import InstanceFacts, skip_reason
@@ -417,7 +417,7 @@ class Listener:
             raise Rejected(STATUS_OUT_OF_RESOURCES, "low free disk space")
         header = parse_header(path, request.AffectedSOPInstanceUID, request.AffectedSOPClassUID)
         with self.session_factory() as session:
-            duplicate = find_instance(session, header.sop_uid) is not None
+            duplicate = instance_exists(session, header.sop_uid)
         if duplicate:
             audit_now(self.session_factory, "instance.duplicate", calling_aet=calling,
                       study_instance_uid=header.study_uid, sop_instance_uid=header.sop_uid)
@@ -460,7 +460,7 @@ class Listener:
             except IntegrityError as exc:  # concurrent first instance of a study, or duplicate SOP instance
                 last_exc = exc
                 with self.session_factory() as session:
-                    if find_instance(session, rec.sop_uid) is not None:
+                    if instance_exists(session, rec.sop_uid):
                         return None
             except OperationalError as exc:
                 raise Rejected(STATUS_OUT_OF_RESOURCES, f"database unavailable: {exc.orig!r}") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Connection, Integer, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.models import Instance, Job, Study
@@ -52,6 +52,11 @@ def find_instance(session: Session, sop_uid: str) -> Instance | None:
     return session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
 
 
+def instance_exists(session: Session, sop_uid: str) -> bool:
+    """Cheap duplicate check (no ORM object)."""
+    return session.connection().execute(_INSTANCE_EXISTS, {"uid": sop_uid}).first() is not None
+
+
 def newest_job(session: Session, study_id: int, for_update: bool = False) -> Job | None:
     stmt = select(Job).where(Job.study_id == study_id).order_by(Job.generation.desc()).limit(1)
     if for_update:
@@ -59,58 +64,77 @@ def newest_job(session: Session, study_id: int, for_update: bool = False) -> Job
     return session.scalar(stmt)
 
 
+_studies, _jobs, _instances = Study.__table__, Job.__table__, Instance.__table__
+# Statements built once: this runs inside the acknowledgement latency of every received instance.
+_FIND_STUDY = (
+    select(_studies.c.id, _studies.c.accession_number, _studies.c.last_received_at)
+    .where(_studies.c.study_instance_uid == bindparam("uid")).with_for_update()
+)
+_NEWEST_JOB = (
+    select(_jobs.c.id, _jobs.c.generation, _jobs.c.state).where(_jobs.c.study_id == bindparam("sid"))
+    .order_by(_jobs.c.generation.desc()).limit(1).with_for_update()
+)
+_INSTANCE_EXISTS = select(_instances.c.id).where(_instances.c.sop_instance_uid == bindparam("uid"))
+_STUDY_GENERATION = select(_studies.c.generation).where(_studies.c.id == bindparam("sid"))
+_INSERT_STUDY = insert(_studies)
+_INSERT_JOB = insert(_jobs)
+_INSERT_INSTANCE = insert(_instances)
+_COUNTS = {"instance_count": _studies.c.instance_count + 1,
+           "selected_count": _studies.c.selected_count + bindparam("sel", type_=Integer)}
+_UPDATE_COUNTS = update(_studies).where(_studies.c.id == bindparam("sid")).values(**_COUNTS)
+_UPDATE_RECEIVING = update(_studies).where(_studies.c.id == bindparam("sid")).values(
+    **_COUNTS, state=JobState.RECEIVING.value, state_reason=None,
+    last_received_at=bindparam("now", type_=_studies.c.last_received_at.type),
+)
+
+
 def record_instance(session: Session, rec: InstanceRecord, now: dt.datetime) -> IngestOutcome:
     """Insert the instance row and update study/job state. Raises IntegrityError on a concurrent duplicate."""
+    conn = session.connection()
     selected = rec.skip_reason is None
-    study = session.scalar(
-        select(Study).where(Study.study_instance_uid == rec.study_uid).with_for_update()
-    )
+    study = conn.execute(_FIND_STUDY, {"uid": rec.study_uid}).first()
     new_study = study is None
     reopened = False
     if study is None:
-        study = Study(
-            study_instance_uid=rec.study_uid, state=JobState.RECEIVING.value, patient_id=rec.patient_id,
-            accession_number=rec.accession_number, first_received_at=now, last_received_at=now,
-            instance_count=0, selected_count=0, generation=1,
-        )
-        session.add(study)
-        session.flush()
-        job = Job(study_id=study.id, generation=1, state=JobState.RECEIVING.value, attempts=0,
-                  created_at=now, updated_at=now)
-        session.add(job)
-        session.flush()
+        study_id = conn.execute(_INSERT_STUDY, {
+            "study_instance_uid": rec.study_uid, "state": JobState.RECEIVING.value, "patient_id": rec.patient_id,
+            "accession_number": rec.accession_number, "first_received_at": now, "last_received_at": now,
+            "instance_count": 1, "selected_count": int(selected), "generation": 1,
+        }).inserted_primary_key[0]
+        job_id = _insert_job(conn, study_id, 1, now, None)
+        generation, receiving, last = 1, True, now
     else:
-        job = newest_job(session, study.id, for_update=True)
+        study_id = study.id
+        job = conn.execute(_NEWEST_JOB, {"sid": study_id}).first()
         if job is None:  # defensive: a study without job
-            job = Job(study_id=study.id, generation=study.generation, state=JobState.RECEIVING.value,
-                      attempts=0, created_at=now, updated_at=now)
-            session.add(job)
-            session.flush()
+            generation = int(conn.execute(_STUDY_GENERATION, {"sid": study_id}).scalar() or 1)
+            job_id, state = _insert_job(conn, study_id, generation, now, None), JobState.RECEIVING.value
         elif job.state != JobState.RECEIVING.value and selected:
-            study.generation = job.generation + 1
-            job = Job(study_id=study.id, generation=study.generation, state=JobState.RECEIVING.value,
-                      attempts=0, created_at=now, updated_at=now, predecessor_job_id=job.id)
-            session.add(job)
-            session.flush()
+            generation = job.generation + 1
+            job_id, state = _insert_job(conn, study_id, generation, now, job.id), JobState.RECEIVING.value
+            conn.execute(update(_studies).where(_studies.c.id == study_id).values(generation=generation))
             reopened = True
-        if job.state == JobState.RECEIVING.value:
-            study.state = JobState.RECEIVING.value
-            study.state_reason = None
-            study.last_received_at = now
+        else:
+            job_id, generation, state = job.id, job.generation, job.state
+        receiving = state == JobState.RECEIVING.value
+        last = now if receiving else study.last_received_at
+        params = {"sid": study_id, "sel": int(selected), "now": now}
+        conn.execute(_UPDATE_RECEIVING if receiving else _UPDATE_COUNTS, params)
         if rec.accession_number and not study.accession_number:
-            study.accession_number = rec.accession_number
-    study.instance_count += 1
-    if selected:
-        study.selected_count += 1
-    session.add(
-        Instance(
-            study_id=study.id, sop_instance_uid=rec.sop_uid, sop_class_uid=rec.sop_class_uid,
-            series_instance_uid=rec.series_uid, transfer_syntax_uid=rec.transfer_syntax_uid,
-            modality=rec.modality, body_part=rec.body_part, view_position=rec.view_position, path=rec.path,
-            size_bytes=rec.size_bytes, selected=selected, skip_reason=rec.skip_reason,
-            calling_aet=rec.calling_aet, received_at=now, generation=job.generation,
-        )
-    )
-    session.flush()
-    receiving = job.state == JobState.RECEIVING.value
-    return IngestOutcome(study.id, job.id, job.generation, new_study, reopened, receiving, study.last_received_at)
+            conn.execute(update(_studies).where(_studies.c.id == study_id)
+                         .values(accession_number=rec.accession_number))
+    conn.execute(_INSERT_INSTANCE, {
+        "study_id": study_id, "sop_instance_uid": rec.sop_uid, "sop_class_uid": rec.sop_class_uid,
+        "series_instance_uid": rec.series_uid, "transfer_syntax_uid": rec.transfer_syntax_uid,
+        "modality": rec.modality, "body_part": rec.body_part, "view_position": rec.view_position,
+        "path": rec.path, "size_bytes": rec.size_bytes, "selected": selected, "skip_reason": rec.skip_reason,
+        "calling_aet": rec.calling_aet, "received_at": now, "generation": generation,
+    })
+    return IngestOutcome(study_id, job_id, generation, new_study, reopened, receiving, last)
+
+
+def _insert_job(conn: Connection, study_id: int, generation: int, now: dt.datetime, predecessor: int | None) -> int:
+    return int(conn.execute(_INSERT_JOB, {
+        "study_id": study_id, "generation": generation, "state": JobState.RECEIVING.value, "attempts": 0,
+        "created_at": now, "updated_at": now, "predecessor_job_id": predecessor,
+    }).inserted_primary_key[0])

@@ -3,7 +3,8 @@
 Sends the same set of synthetic 2500x2048 16-bit DX instances with DCMTK storescu, one association per round, to
 ``cxr-node serve`` (a subprocess with a YAML config: fsync on, SQLite WAL, completion timers) and to ``storescp``
 (writes files, no fsync). Rounds alternate which receiver goes first; each round uses fresh output directories
-(the node would otherwise answer duplicates without writing). Prints per-round seconds and the median ratio
+(the node would otherwise answer duplicates without writing) and starts after a ``sync`` (storescp leaves its
+data dirty in the page cache; the node's fsyncs would otherwise wait behind that write-back). Prints per-round seconds and the median ratio
 node/storescp (goal: <= 1.0).
 
     .venv/bin/python benchmarks/ingest.py [--count 40] [--rounds 4] [--role listener] [--workdir DIR]
@@ -11,6 +12,7 @@ node/storescp (goal: <= 1.0).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -30,7 +32,12 @@ CXR_NODE = str(Path(sys.executable).with_name("cxr-node"))
 
 
 def _send(files: list[Path], ae: str, port: int) -> float:
-    """Seconds for one storescu association sending ``files``; fails loudly on any error."""
+    """Seconds for one storescu association sending ``files``; fails loudly on any error.
+
+    Dirty pages left by the previous round (storescp never fsyncs) are flushed first, untimed, so that neither
+    receiver pays for the other's write-back.
+    """
+    os.sync()
     start = time.perf_counter()
     result = subprocess.run(["storescu", "-aec", ae, "127.0.0.1", str(port), *map(str, files)],
                             capture_output=True, text=True, timeout=1800)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import shutil
 import tempfile
 import threading
 import time
@@ -380,6 +381,15 @@ def find_prior_study(
     return result.prior
 
 
+def _chunked_dataset_path(event: evt.Event) -> Path | None:
+    """The Part-10 file pynetdicom wrote when ``STORE_RECV_CHUNKED_DATASET`` is on, else None."""
+    try:
+        path = event.dataset_path
+    except AttributeError:
+        return None
+    return Path(path) if path else None
+
+
 class _Receiver:
     """C-STORE handler writing CR/DX instances into ``dest_dir`` as ``<SOPInstanceUID>.dcm`` (atomic rename)."""
 
@@ -397,8 +407,13 @@ class _Receiver:
         path = self.dest_dir / f"{uid}.dcm"
         try:
             fd, tmp = tempfile.mkstemp(dir=self.dest_dir, prefix=".recv-")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(event.encoded_dataset())  # no fsync: a prior is a scratch copy, re-fetchable
+            with os.fdopen(fd, "wb") as handle:  # no fsync: a prior is a scratch copy, re-fetchable
+                chunked = _chunked_dataset_path(event)
+                if chunked is None:
+                    handle.write(event.encoded_dataset())
+                else:  # the node's listener turns on chunked receive process-wide: the file is already there
+                    with open(chunked, "rb") as source:
+                        shutil.copyfileobj(source, handle)
             os.replace(tmp, path)
         except OSError as exc:
             self.errors.append(f"cannot store {uid}: {exc}")

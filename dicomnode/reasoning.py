@@ -97,7 +97,9 @@ class ReasoningProcessor:
         dest = Path(self.config.storage.data_dir) / PRIORS_DIR / str(job_id)
         fetched = fetch_prior(priors, str(current.get("PatientID", "")), str(current.StudyInstanceUID),
                               str(current.get("StudyDate", "")), dest, str(current.get("StudyTime", "")) or None)
-        return read_datasets(fetched.files)
+        datasets = read_datasets(fetched.files)
+        log.info("reasoning: job %s: %s; %d prior image(s) usable", job_id, fetched.reason, len(datasets))
+        return datasets
 
     def reason(self, current: Sequence[Dataset], prior: Sequence[Dataset] = ()) -> ReasoningRecord:
         started = time.perf_counter()

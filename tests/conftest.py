@@ -1,7 +1,14 @@
 """Suite-wide pytest configuration: the ``gpu`` marker skips without CUDA."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+# Session-scoped tiny demo models (tests/inference/model_fixtures.py), available to every test directory.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "inference"))
+pytest_plugins = ("model_fixtures",)
 
 
 def _cuda_available() -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pydicom
+import pynetdicom
 import pytest
 
 from dicomnode.peers.dcmtk import storescu
@@ -97,8 +98,12 @@ def test_no_prior(pacs, caplog: pytest.LogCaptureFixture) -> None:
     assert PATIENT not in caplog.text and "NOBODY" not in caplog.text
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["in-memory", "chunked"])
 @pytest.mark.parametrize("mode", ["get", "move"])
-def test_retrieve_prior_cr_series_only(pacs, tmp_path: Path, mode: str) -> None:
+def test_retrieve_prior_cr_series_only(pacs, tmp_path: Path, mode: str, chunked: bool,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # The node's listener switches pynetdicom to chunked receive for the whole process; priors must still land.
+    monkeypatch.setattr(pynetdicom._config, "STORE_RECV_CHUNKED_DATASET", chunked)
     extra = {"retrieve": mode, "move_aet": MOVE_AET, "move_port": pacs.move_port} if mode == "move" else {}
     files = retrieve_study(_config(pacs, **extra), pacs.recent.study_instance_uid, tmp_path / "prior")
     assert len(files) == pacs.n_recent_cr

@@ -41,6 +41,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode import metrics
 from dicomnode.audit import audit, audit_now
 from dicomnode.config import NodeConfig, TLSConfig
 from dicomnode.db.ingest import InstanceRecord, IngestOutcome, instance_exists, record_instance
@@ -382,6 +383,7 @@ class Listener:
             reason = "low free disk space"
         else:
             reason = "too many associations"
+        metrics.associations_rejected.labels(reason=reason).inc()
         audit_now(self.session_factory, "association.rejected", calling_aet=calling,
                   called_aet=self.config.node.ae_title, peer=peer, level=logging.WARNING, reason=reason)
 
@@ -395,15 +397,18 @@ class Listener:
         try:
             status, outcome, header = self._store(Path(event.dataset_path), request, calling)
         except Rejected as rej:
+            metrics.instances_rejected.labels(reason=f"0x{rej.status:04X}").inc()
             audit_now(self.session_factory, "instance.rejected", calling_aet=calling, peer=peer,
                       sop_instance_uid=clean_uid(request.AffectedSOPInstanceUID), level=logging.WARNING,
                       status=f"0x{rej.status:04X}", reason=rej.reason)
             return rej.status
         except Exception as exc:  # noqa: BLE001 - never crash the association; answer out-of-resources
             LOG.exception("store failed", extra={"fields": {"calling_aet": calling}})
+            metrics.instances_rejected.labels(reason="0xA700").inc()
             audit_now(self.session_factory, "instance.store_failed", calling_aet=calling, peer=peer,
                       level=logging.ERROR, status="0xA700", reason=f"{type(exc).__name__}: {exc}")
             return STATUS_OUT_OF_RESOURCES
+        metrics.instances_received.inc()
         if outcome is not None and self.on_stored is not None:
             try:
                 self.on_stored(outcome)

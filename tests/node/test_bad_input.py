@@ -13,6 +13,7 @@ import pytest
 from pydicom.uid import JPEG2000Lossless, RLELossless
 from sqlalchemy import select
 
+from dicomnode import metrics
 from dicomnode.db import AuditEvent, JobState
 from dicomnode.synthetic import StudySpec, make_study, write_study
 
@@ -53,11 +54,13 @@ def _assert_still_serving(node, tmp_path: Path) -> None:  # type: ignore[no-unty
 def test_non_dicom_bytes(tmp_path: Path, node_env) -> None:
     node, db, config = node_env
     path, spec = _one(tmp_path)
+    before = metrics.REGISTRY.get_sample_value("cxrnode_instances_rejected_total", {"reason": "0xC000"}) or 0.0
     # storescu refuses to send this, so pynetdicom sends the raw bytes
     assert send_raw(node.port, path, b"this is not DICOM at all " * 200, tmp_path) == 0xC000
     assert send_raw(node.port, path, os.urandom(4096), tmp_path) == 0xC000
     assert db.instances(spec.study_instance_uid) == []
     assert _rejections(db)[-1].detail["status"] == "0xC000"
+    assert metrics.REGISTRY.get_sample_value("cxrnode_instances_rejected_total", {"reason": "0xC000"}) == before + 2
     assert not list((config.storage.data_dir / "spool" / ".tmp").iterdir())
     _assert_still_serving(node, tmp_path)
 

@@ -10,6 +10,7 @@ import pytest
 from pynetdicom import AE
 from sqlalchemy import select
 
+from dicomnode import metrics
 from dicomnode.db import AuditEvent
 from dicomnode.peers.dcmtk import echoscu
 from dicomnode.synthetic import StudySpec, write_study
@@ -38,6 +39,8 @@ def test_echo_with_echoscu_and_cli(tmp_path: Path) -> None:
 def test_unknown_calling_ae_is_rejected(tmp_path: Path) -> None:
     config = make_config(tmp_path / "data", node={"allowed_calling_aets": ["MODALITY1"]})
     files = write_study(tmp_path / "in", StudySpec(views=("PA",), **SMALL))
+    labels = {"reason": "calling AE title not allowed"}
+    before = metrics.REGISTRY.get_sample_value("cxrnode_associations_rejected_total", labels) or 0.0
     with running_node(config) as node:
         db = Db(config.database_url)
         refused = store(files, node.port, calling_aet="INTRUDER")
@@ -49,6 +52,7 @@ def test_unknown_calling_ae_is_rejected(tmp_path: Path) -> None:
         assert rejected and rejected[0].calling_aet == "INTRUDER"
         assert rejected[0].detail["reason"] == "calling AE title not allowed"
         assert rejected[0].peer.startswith("127.0.0.1:")
+        assert metrics.REGISTRY.get_sample_value("cxrnode_associations_rejected_total", labels) == before + 2
         ok = store(files, node.port, calling_aet="MODALITY1")
         assert ok.statuses == [0]
         assert len(db.instances()) == 1
@@ -118,3 +122,9 @@ def test_cli_send_and_status(tmp_path: Path) -> None:
         summary = json.loads(status.stdout)
         assert summary["instances"] == len(files)
         assert summary["studies"] == {"RECEIVING": 1} or summary["studies"] == {"QUEUED": 1}
+        text_status = subprocess.run([CXR_NODE, "status", "--config", str(config_path)],
+                                     capture_output=True, text=True, timeout=120)
+        assert text_status.returncode == 0 and f"instances: {len(files)}" in text_status.stdout
+        retry = subprocess.run([CXR_NODE, "retry", "999", "--config", str(config_path)],
+                               capture_output=True, text=True, timeout=120)
+        assert retry.returncode == 1 and "job 999 does not exist" in retry.stderr

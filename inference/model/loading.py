@@ -144,7 +144,7 @@ def load_chat_model(model_dir: str | Path, quantization: str = "nf4", device: st
                               "device_map": {"": 0 if dev == "cuda" else dev}}
     if saved:
         if quantization not in (saved, "none") and quantization:
-            log.warning("%s is pre-quantized as %s; requested %s ignored", model_dir, saved, quantization)
+            log.info("%s is pre-quantized as %s; requested %s ignored", model_dir, saved, quantization)
         quantization = saved
     else:
         qconfig = bnb_config(quantization, skip_modules if skip_modules is not None else prof.skip_modules,

@@ -59,10 +59,13 @@ def test_quantize_vision_too_when_skip_list_says_so(qwen_demo_dir: Path) -> None
     assert names["linear"] == ["lm_head"]
 
 
-def test_fp4_and_none(qwen_demo_dir: Path) -> None:
+def test_fp4_int8_and_none(qwen_demo_dir: Path) -> None:
     fp4 = load_chat_model(qwen_demo_dir, quantization="fp4")
     w = fp4.model.get_submodule(quantized_module_names(fp4.model)["linear4bit"][0]).weight
     assert w.quant_state.quant_type == "fp4"
+    int8 = quantized_module_names(load_chat_model(qwen_demo_dir, quantization="int8").model)
+    assert int8["linear8bit"] and all(n.startswith("model.language_model.") for n in int8["linear8bit"])
+    assert not int8["linear4bit"] and "lm_head" in int8["linear"]
     plain = load_chat_model(qwen_demo_dir, quantization="none", dtype="float32")
     names = quantized_module_names(plain.model)
     assert not names["linear4bit"] and plain.info.quantization == "none" and plain.info.dtype == "float32"

@@ -7,6 +7,8 @@ selected. Start-up recovery: RECEIVING studies get their deadline re-armed from 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import datetime as dt
 import logging
 import threading
@@ -85,9 +87,11 @@ def requeue_processing(session_factory: sessionmaker[Session]) -> list[int]:
 class CompletionScheduler:
     """One apscheduler date job per RECEIVING study; re-arming replaces the previous deadline."""
 
-    def __init__(self, session_factory: sessionmaker[Session], quiet_seconds: float):
+    def __init__(self, session_factory: sessionmaker[Session], quiet_seconds: float,
+                 on_complete: Callable[[], None] | None = None):
         self.session_factory = session_factory
         self.quiet_seconds = quiet_seconds
+        self.on_complete = on_complete  # called when a study was queued (or skipped): wakes an in-process worker
         self.scheduler = BackgroundScheduler(timezone=dt.timezone.utc, job_defaults={"misfire_grace_time": None})
         self._armed: set[int] = set()
         self._lock = threading.Lock()
@@ -150,3 +154,5 @@ class CompletionScheduler:
             return
         if later is not None:
             self.arm(study_id, later - dt.timedelta(seconds=self.quiet_seconds))
+        elif self.on_complete is not None:
+            self.on_complete()

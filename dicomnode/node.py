@@ -55,6 +55,7 @@ class Node:
         self.completion: CompletionScheduler | None = None
         self.worker: Any = None
         self.deliverer: Any = None
+        self.retention: Any = None
         self.status_server: Any = None
         self._stop_requested = threading.Event()
         self._started = False
@@ -88,7 +89,8 @@ class Node:
 
     def _start_listener(self) -> None:
         assert self.session_factory is not None
-        self.completion = CompletionScheduler(self.session_factory, self.config.study.quiet_seconds)
+        self.completion = CompletionScheduler(self.session_factory, self.config.study.quiet_seconds,
+                                              on_complete=self._wake_worker)
         self.completion.start()
         rearmed = self.completion.rearm_all()
         if rearmed:
@@ -96,6 +98,10 @@ class Node:
         spool = Spool(self.config.storage.data_dir, fsync=self.config.storage.fsync)
         self.listener = Listener(self.config, self.session_factory, spool, on_stored=self._on_stored)
         self.listener.start()
+
+    def _wake_worker(self) -> None:
+        if self.worker is not None:  # role "all": start on the queued study now rather than at the next poll
+            self.worker.wake()
 
     def _on_stored(self, outcome: IngestOutcome) -> None:
         if outcome.receiving and self.completion is not None:
@@ -113,10 +119,15 @@ class Node:
             return
         from dicomnode.processing import make_processor
 
-        self.worker = worker_cls(self.config, self.session_factory, make_processor(self.config))
-        self.worker.start()
+        from dicomnode.retention import Retention
+
         self.deliverer = deliverer_cls(self.config, self.session_factory)
+        self.worker = worker_cls(self.config, self.session_factory, make_processor(self.config),
+                                 on_results=self.deliverer.wake)
+        self.worker.start()
         self.deliverer.start()
+        self.retention = Retention(self.config, self.session_factory)
+        self.retention.start()
 
     def _start_status_server(self) -> None:
         if not self.config.metrics.enabled:
@@ -142,7 +153,7 @@ class Node:
             self.listener.stop(timeout=timeout)
         if self.completion is not None:
             self.completion.stop(wait=True)
-        for part in (self.worker, self.deliverer):
+        for part in (self.worker, self.deliverer, self.retention):
             if part is not None:
                 try:
                     part.stop()

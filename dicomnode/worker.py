@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,13 +173,15 @@ class Worker:
     """Runs jobs with ``processor``: ``run_once()`` for one job, ``start()``/``stop()`` for background threads."""
 
     def __init__(self, config: NodeConfig, session_factory: sessionmaker[Session], processor: Processor,
-                 worker_id: str | None = None) -> None:
+                 worker_id: str | None = None, on_results: Callable[[], None] | None = None) -> None:
         self.config = config
         self.session_factory = session_factory
         self.processor = processor
         self.data_dir = Path(config.storage.data_dir).resolve()
         self.worker_id = worker_id or default_worker_id()
+        self.on_results = on_results  # called when deliveries were recorded: wakes an in-process deliverer
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
 
     # -- one job ---------------------------------------------------------------------------------------------
@@ -253,6 +256,8 @@ class Worker:
             set_job_state(session, job, state)
             audit(session, f"job.{state.value.lower()}", study_instance_uid=claimed.study_instance_uid,
                   job_id=job.id, objects=len(written), deliveries=created)
+        if created and self.on_results is not None:
+            self.on_results()
 
     # -- background threads ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -272,11 +277,17 @@ class Worker:
                 LOG.exception("worker pass failed")
                 busy = False
             if not busy:
-                self._stop.wait(self.config.processing.poll_seconds)
+                self._wake.wait(self.config.processing.poll_seconds)
+                self._wake.clear()
+
+    def wake(self) -> None:
+        """A job was queued in this process: look now instead of at the next poll."""
+        self._wake.set()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop polling; the job in flight finishes first."""
         self._stop.set()
+        self._wake.set()
         for thread in self._threads:
             thread.join(timeout)
         self._threads = [t for t in self._threads if t.is_alive()]

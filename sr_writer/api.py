@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -34,15 +35,24 @@ def build_result_objects(
     options: OutputOptions | None = None,
     predecessor: Dataset | None = None,
 ) -> ResultObjects:
-    """The SR and the SC reasoning pages of ``record``; each validated (``ExportRefused`` when one fails)."""
+    """The SR and the SC reasoning pages of ``record``; each validated (``ExportRefused`` when one fails).
+
+    The pages render in a second thread while the SR is built, and each object's dciodvfy run (a subprocess)
+    starts as soon as the object exists, so validation overlaps the remaining work.
+    """
     options = options or OutputOptions()
     current, prior = list(current), list(prior)
-    sr = build_sr(record, current, prior, options, predecessor)
-    images = render_pages(record, current, prior, options)
-    pages = build_pages(record, images, current, options)
-    result = ResultObjects(sr=sr, pages=pages, page_images=images)
-    if options.validate:
-        result.reports[str(sr.SOPInstanceUID)] = ensure_valid(sr, "SR")
-        for number, page in enumerate(pages, start=1):
-            result.reports[str(page.SOPInstanceUID)] = ensure_valid(page, f"SC page {number}")
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="result-objects") as pool:
+        rendering = pool.submit(render_pages, record, current, prior, options)
+        sr = build_sr(record, current, prior, options, predecessor)
+        checks: list[tuple[Dataset, Future[ValidationReport]]] = []
+        if options.validate:
+            checks.append((sr, pool.submit(ensure_valid, sr, "SR")))
+        images = rendering.result()
+        pages = build_pages(record, images, current, options)
+        if options.validate:
+            checks += [(page, pool.submit(ensure_valid, page, f"SC page {n}")) for n, page in enumerate(pages, 1)]
+        result = ResultObjects(sr=sr, pages=pages, page_images=images)
+        for ds, check in checks:  # the first refusal raises ExportRefused
+            result.reports[str(ds.SOPInstanceUID)] = check.result()
     return result

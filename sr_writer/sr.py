@@ -288,8 +288,6 @@ def build_sr(
     problems = completion_problems(record)
     if problems:
         root.ContentSequence.append(_text(comment, "Incomplete (PARTIAL): " + "; ".join(problems)))
-    for stage in sorted(record.stages, key=lambda s: s.number):
-        root.ContentSequence.append(_stage_container(stage, record, table))
 
     now = dt.datetime.now(dt.timezone.utc)
     equipment = ContributingEquipment(
@@ -330,4 +328,8 @@ def build_sr(
             )
         ],
     )
+    # The stage containers (most of the tree) hold text only, no image references: appended after highdicom has
+    # collected the evidence and copied the content, they add nothing to evidence and cost no second copy.
+    for stage in sorted(record.stages, key=lambda s: s.number):
+        sr.ContentSequence.append(_stage_container(stage, record, table))
     return sr

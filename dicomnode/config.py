@@ -132,6 +132,17 @@ class PriorsConfig(_Model):
     host: str | None = None
     port: int | None = Field(None, ge=1, le=65535)
     calling_aet: str | None = None
+    retrieve: Literal["get", "move"] = "get"
+    move_aet: str | None = None
+    move_port: int | None = Field(None, ge=1, le=65535)
+    timeout_seconds: float = Field(30, gt=0)
+    modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"])
+
+    @model_validator(mode="after")
+    def _move_needs_its_own_ae(self) -> "PriorsConfig":
+        if self.enabled and self.retrieve == "move" and not (self.move_aet and self.move_port):
+            raise ValueError("retrieve: move needs move_aet and move_port (a receiving AE of its own)")
+        return self
 
 
 class ReasoningSection(_Model):

@@ -94,6 +94,8 @@ class ReasoningProcessor:
         priors = self.config.reasoning.priors
         if not priors.enabled:
             return []
+        if not priors.calling_aet:
+            priors = priors.model_copy(update={"calling_aet": self.config.node.ae_title})
         dest = Path(self.config.storage.data_dir) / PRIORS_DIR / str(job_id)
         fetched = fetch_prior(priors, str(current.get("PatientID", "")), str(current.StudyInstanceUID),
                               str(current.get("StudyDate", "")), dest, str(current.get("StudyTime", "")) or None)

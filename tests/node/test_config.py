@@ -94,3 +94,15 @@ def test_config_check_cli(tmp_path: Path) -> None:
     broken.write_text("node: [unclosed\n")
     result = subprocess.run([CXR_NODE, "config", "check", str(broken)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "invalid YAML" in result.stderr
+
+
+def test_priors_retrieve_modes() -> None:
+    base = {"enabled": True, "query_aet": "PACS", "host": "127.0.0.1", "port": 104}
+    assert config_from_dict({"reasoning": {"priors": base}}).reasoning.priors.retrieve == "get"
+    with pytest.raises(ConfigError, match=r"reasoning\.priors: .*move needs move_aet and move_port"):
+        config_from_dict({"reasoning": {"priors": {**base, "retrieve": "move"}}})
+    moved = config_from_dict({"reasoning": {"priors": {**base, "retrieve": "move", "move_aet": "CXRPRIOR",
+                                                       "move_port": 11113}}}).reasoning.priors
+    assert (moved.move_aet, moved.move_port) == ("CXRPRIOR", 11113)
+    with pytest.raises(ConfigError, match=r"reasoning\.priors\.retrieve"):
+        config_from_dict({"reasoning": {"priors": {**base, "retrieve": "ftp"}}})

@@ -2,7 +2,6 @@
 share one PostgreSQL database and one spool; ten studies are each reasoned and delivered exactly once."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,6 @@ def demo_studies(demo_path: Path):
     return load_dataset(demo_path)
 
 
-# Tiny demo models (session-scoped, built once) from the engine's fixtures.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
-from model_fixtures import demo_model_dirs, qwen_demo_dir  # noqa: E402,F401
 
 
 def _kind(item: dict) -> str:

@@ -1,11 +1,7 @@
 """Session-scoped tiny demo models (Qwen2.5-VL and Llava), built once per pytest session.
 
-Use from a test module in ``tests/inference/``::
-
-    from model_fixtures import demo_model_dirs, llava_demo_dir, qwen_demo_dir  # noqa: F401
-
-(importing a fixture into a test module registers it). From another test directory, put
-``tests/inference`` on ``sys.path`` and list ``pytest_plugins = ("model_fixtures",)`` in the root ``tests/conftest.py``.
+The root ``tests/conftest.py`` registers this module as a plugin, so every test directory can ask for these
+fixtures by name (do not import them into test modules: that would build the models once per module).
 Each directory is a normal local model directory (load it with ``inference.model.load_chat_model``); the models are
 untrained (``cxr_node_model.json`` says ``"demo": true``). Building both takes a few seconds on CPU.
 """

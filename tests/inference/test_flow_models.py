@@ -14,7 +14,6 @@ import pydicom
 import pytest
 import torch
 import yaml
-from model_fixtures import demo_model_dirs, llava_demo_dir, qwen_demo_dir  # noqa: F401
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from dicomnode.synthetic import StudySpec, make_study, prior_spec

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_fixtures import demo_model_dirs, llava_demo_dir, qwen2_vl_demo_dir, qwen_demo_dir  # noqa: F401
 from PIL import Image
 
 from inference.chat import BoxConvention, ChatModel, Generation, Turn

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_fixtures import demo_model_dirs, llava_demo_dir, qwen2_vl_demo_dir, qwen_demo_dir  # noqa: F401
 
 from inference.chat import BoxConvention
 from inference.model import ModelLoadError, load_chat_model, resolve_device

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from model_fixtures import demo_model_dirs, llava_demo_dir, qwen_demo_dir  # noqa: F401
 
 from dicomnode.cli import main
 from inference.chat import Turn

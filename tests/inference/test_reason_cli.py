@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from model_fixtures import demo_model_dirs, llava_demo_dir, qwen_demo_dir  # noqa: F401
 
 from dicomnode.synthetic import StudySpec, write_study
 from inference.record import DEMO_STATEMENT, UNVERIFIED_STATEMENT, ReasoningRecord, StageStatus

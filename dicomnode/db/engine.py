@@ -45,7 +45,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+    if parsed.get_backend_name() == "postgresql":
+        # never hang on an unreachable server: fail fast, the caller answers 0xA700 / retries later
+        kwargs.setdefault("connect_args", {"connect_timeout": 10})
     kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_timeout", 30)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
     return create_engine(url, **kwargs)

@@ -7,12 +7,13 @@ selected. Start-up recovery: RECEIVING studies get their deadline re-armed from 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import datetime as dt
 import logging
+import os
+import socket
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
@@ -64,11 +65,44 @@ def complete_study(session: Session, study_id: int, quiet_seconds: float, now: d
     return None
 
 
-def requeue_processing(session_factory: sessionmaker[Session]) -> list[int]:
-    """Put jobs left in PROCESSING (crashed worker) back to QUEUED; return their ids."""
+HEARTBEAT_SECONDS = 10.0  # a worker refreshes jobs.updated_at this often while it processes a job
+STALE_SECONDS = 6 * HEARTBEAT_SECONDS  # a PROCESSING job without a heartbeat for this long has lost its worker
+
+
+def worker_is_gone(claimed_by: str | None, heartbeat: dt.datetime | None, now: dt.datetime,
+                   stale_seconds: float = STALE_SECONDS) -> bool:
+    """Whether the worker that claimed a job is gone: its process on this host has exited, its id is not one of
+    ours (``host:pid:index``), or its heartbeat is older than ``stale_seconds`` (crashed on another host)."""
+    if heartbeat is None or (now - heartbeat).total_seconds() > stale_seconds:
+        return True
+    host, _, rest = (claimed_by or "").partition(":")
+    pid_text = rest.partition(":")[0]
+    if not pid_text.isdigit():
+        return True
+    if host != socket.gethostname():
+        return False  # another host's live worker: only its heartbeat can tell
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def requeue_processing(session_factory: sessionmaker[Session], stale_seconds: float = STALE_SECONDS) -> list[int]:
+    """Put jobs whose worker is gone (crashed process, lost heartbeat) back to QUEUED; return their ids.
+
+    Jobs held by live workers (this host: the process exists; other hosts: a fresh heartbeat) are left alone, so
+    several worker processes may share one database and start or stop independently.
+    """
     now = utcnow()
     with session_factory.begin() as session:
-        ids = list(session.scalars(select(Job.id).where(Job.state == JobState.PROCESSING.value)))
+        rows = session.execute(
+            select(Job.id, Job.claimed_by, Job.updated_at).where(Job.state == JobState.PROCESSING.value)
+        ).all()
+        ids = [job_id for job_id, claimed_by, heartbeat in rows
+               if worker_is_gone(claimed_by, heartbeat, now, stale_seconds)]
         if not ids:
             return []
         session.execute(
@@ -80,7 +114,7 @@ def requeue_processing(session_factory: sessionmaker[Session]) -> list[int]:
             newest = newest_job(session, study_id)
             if newest is not None and newest.id == job_id:
                 session.execute(update(Study).where(Study.id == study_id).values(state=JobState.QUEUED.value))
-            audit(session, "job.requeued", job_id=job_id, reason="found PROCESSING at start-up")
+            audit(session, "job.requeued", job_id=job_id, reason="its worker is gone (crashed or no heartbeat)")
     return ids
 
 

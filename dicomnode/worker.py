@@ -6,13 +6,15 @@ writers with ``BEGIN IMMEDIATE``). A result is committed only if this worker sti
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode import metrics
 from dicomnode.audit import audit
-from dicomnode.completion import requeue_processing
+from dicomnode.completion import HEARTBEAT_SECONDS, STALE_SECONDS, requeue_processing
 from dicomnode.config import NodeConfig
 from dicomnode.db.ingest import newest_job
 from dicomnode.db.models import Delivery, Instance, Job, Study, utcnow
@@ -201,7 +203,8 @@ class Worker:
             missing = [p.name for p in study.instance_paths if not p.exists()]
             if not study.instance_paths or missing:
                 raise FileNotFoundError(f"instance files missing from the spool: {missing or 'none selected'}")
-            result = self.processor.process(study)
+            with self._heartbeat(claimed, worker_id):
+                result = self.processor.process(study)
             directory = results_dir(self.data_dir, claimed.study_instance_uid, claimed.job_id)
             written = write_results(directory, result, self.config.storage.fsync)
         except Exception as exc:  # noqa: BLE001 - any processor failure fails the job, never the worker
@@ -210,6 +213,29 @@ class Worker:
             return
         record = directory / "record.json" if result.record_json is not None else None
         self._finish_ok(claimed, worker_id, written, record)
+
+    @contextlib.contextmanager
+    def _heartbeat(self, claimed: ClaimedJob, worker_id: str) -> Iterator[None]:
+        """Refresh the job's ``updated_at`` while it is processed, so other processes see this worker is alive."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(HEARTBEAT_SECONDS):
+                try:
+                    with self.session_factory.begin() as session:
+                        session.execute(update(Job).where(
+                            Job.id == claimed.job_id, Job.claimed_by == worker_id,
+                            Job.state == JobState.PROCESSING.value).values(updated_at=utcnow()))
+                except Exception:  # noqa: BLE001 - a missed beat is retried; the job goes on
+                    LOG.warning("heartbeat failed", extra={"fields": {"job_id": claimed.job_id}})
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{claimed.job_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def _held_job(self, session: Session, claimed: ClaimedJob, worker_id: str) -> Job | None:
         job = session.scalar(select(Job).where(Job.id == claimed.job_id).with_for_update())
@@ -270,9 +296,15 @@ class Worker:
             self._threads.append(thread)
 
     def _loop(self, worker_id: str) -> None:
+        next_sweep = time.monotonic() + STALE_SECONDS / 2
         while not self._stop.is_set():
             try:
                 busy = self.run_once(worker_id)
+                if worker_id == self.worker_id and time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + STALE_SECONDS / 2
+                    requeued = requeue_processing(self.session_factory)  # jobs of workers that died meanwhile
+                    if requeued:
+                        LOG.warning("re-queued jobs of a lost worker", extra={"fields": {"jobs": requeued}})
             except Exception:  # noqa: BLE001 - database hiccup: log and poll again
                 LOG.exception("worker pass failed")
                 busy = False

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(dcmtk orthanc postgresql fonts-dejavu-core fonts-droid-fallback)
+debs=(dcmtk orthanc postgresql fonts-dejavu-core fonts-droid-fallback openssl)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -199,3 +199,56 @@ def test_two_processes_on_sqlite_never_process_a_job_twice(tmp_path, data_dir, s
     with factory() as session:
         assert set(session.scalars(select(Job.state))) == {JobState.RESULTS_READY.value}
     engine.dispose()
+
+
+def test_worker_liveness_rules() -> None:
+    import datetime as dt
+    import os
+    import socket
+
+    from dicomnode.completion import STALE_SECONDS, worker_is_gone
+
+    now = dt.datetime.now(dt.timezone.utc)
+    fresh, stale = now, now - dt.timedelta(seconds=STALE_SECONDS + 1)
+    here = socket.gethostname()
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(exited.stdout)
+    assert not worker_is_gone(f"{here}:{os.getpid()}:0", fresh, now)  # this very process: alive
+    assert worker_is_gone(f"{here}:{dead_pid}:0", fresh, now)  # its process exited
+    assert not worker_is_gone("gpu-host-2:4242:0", fresh, now)  # another host, fresh heartbeat
+    assert worker_is_gone("gpu-host-2:4242:0", stale, now)  # another host, heartbeat lost
+    assert worker_is_gone("crashed-worker", fresh, now)  # not one of our worker ids
+
+
+def test_live_worker_keeps_its_job_when_another_process_starts(data_dir, database_url, session_factory,
+                                                                study_factory):
+    import os
+    import socket
+
+    config = delivery_config(data_dir, database_url)
+    job_id = ingest_files(config, session_factory, study_factory().files)
+    live = f"{socket.gethostname()}:{os.getpid()}:0"
+    assert claim_job(session_factory, live) is not None
+    assert requeue_stale_jobs(session_factory) == []  # a second worker's start-up leaves it alone
+    assert job(session_factory, job_id).state == JobState.PROCESSING.value
+
+
+def test_heartbeat_while_processing(data_dir, database_url, session_factory, study_factory, monkeypatch):
+    import dicomnode.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setenv("CXR_TEST_PROCESS_SECONDS", "1.5")
+    config = delivery_config(data_dir, database_url, processor=f"{PROCESSORS}:sc")
+    job_id = ingest_files(config, session_factory, study_factory().files)
+    seen: list = []
+
+    def watch() -> None:
+        while not seen or seen[-1][0] != JobState.DELIVERED.value:
+            row = job(session_factory, job_id)
+            seen.append((row.state, row.claimed_at, row.updated_at))
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    assert _worker(config, session_factory).run_once()
+    watcher.join(30)
+    beats = {updated for state, claimed, updated in seen if state == JobState.PROCESSING.value and updated > claimed}
+    assert len(beats) >= 3  # updated_at moved on several times while the job was processed

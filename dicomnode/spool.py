@@ -71,9 +71,9 @@ class Spool:
             os.replace(src, target)
             if self.fsync:
                 # the rename, then every directory entry created above, bottom-up (one journal commit covers most)
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
                 for directory in reversed(new_dirs):
-                    _fsync_dir(directory.parent)
+                    fsync_dir(directory.parent)
             return size
         except OSError as exc:
             raise SpoolError(exc.errno, f"spool write failed: {exc.strerror or exc}") from exc
@@ -120,7 +120,8 @@ def _same_device(a: Path, b: Path) -> bool:
         return False
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -30,6 +30,7 @@ from dicomnode.config import NodeConfig
 from dicomnode.db.ingest import newest_job
 from dicomnode.db.models import Delivery, Instance, Job, Study, utcnow
 from dicomnode.db.states import DeliveryState, JobState
+from dicomnode.spool import fsync_dir
 from dicomnode.processing import ProcessingResult, Processor, ResultObject, StudyInput
 from dicomnode.uids import is_valid_uid
 
@@ -124,14 +125,6 @@ def results_dir(data_dir: Path, study_uid: str, job_id: int) -> Path:
     return data_dir / RESULTS_DIR / study_uid / str(job_id)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_durably(path: Path, data: bytes, fsync: bool = True) -> None:
     """Write ``data`` to a temp file, fsync it, rename it to ``path`` and fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +136,7 @@ def write_durably(path: Path, data: bytes, fsync: bool = True) -> None:
             os.fsync(handle.fileno())
     os.replace(tmp, path)
     if fsync:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def dataset_bytes(dataset: Dataset) -> bytes:

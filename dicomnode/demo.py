@@ -163,7 +163,7 @@ def run_demo(workdir: Path, timeout: float = 900.0, keep_running: bool = False,
                 time.sleep(1.0)
             time.sleep(2.0)  # let the remaining pages of a multi-page result land
             srs, pages = _results_of_study(orthanc, spec.study_instance_uid)
-            study_id = srs[0]["ParentStudy"]
+            study_id = orthanc.rest_get(f"/instances/{srs[0]['ID']}/study")["ID"]
             results = sorted(Path(config.storage.data_dir, "results", spec.study_instance_uid).glob("*/sc-*.dcm"))
             records = sorted(Path(config.storage.data_dir, "results", spec.study_instance_uid).glob("*/record.json"))
             result = DemoResult(

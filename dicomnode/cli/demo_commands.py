@@ -32,7 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
+    import logging
+
     from dicomnode.demo import print_result, run_demo
+
+    if not args.verbose:  # the demo narrates itself; the node's INFO lines would drown it (-v shows them)
+        logging.getLogger().setLevel(logging.WARNING)
 
     print("CXR reasoning node demo. The demo model is UNTRAINED (random weights): every answer it gives is "
           "meaningless, and every output is marked DEMO and 'AI-generated, not verified'.", flush=True)

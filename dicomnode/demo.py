@@ -103,7 +103,8 @@ def _job_failure(node: Node, study_uid: str) -> str | None:
     return None
 
 
-def _results_of_study(orthanc: OrthancServer, study_uid: str) -> tuple[list[dict], list[dict]]:
+def results_of_study(orthanc: OrthancServer, study_uid: str) -> tuple[list[dict], list[dict]]:
+    """(SR instances, SC instances) Orthanc holds for the study."""
     instances = orthanc.instances_of_study(study_uid)
     srs, pages = [], []
     for inst in instances:
@@ -147,7 +148,7 @@ def run_demo(workdir: Path, timeout: float = 900.0, keep_running: bool = False,
             deadline = time.monotonic() + timeout
             last_counts: dict[str, int] = {}
             while True:
-                srs, pages = _results_of_study(orthanc, spec.study_instance_uid)
+                srs, pages = results_of_study(orthanc, spec.study_instance_uid)
                 if srs and pages:
                     break
                 assert node.session_factory is not None
@@ -162,7 +163,7 @@ def run_demo(workdir: Path, timeout: float = 900.0, keep_running: bool = False,
                     raise TimeoutError(f"no SR and SC in Orthanc after {timeout:.0f} s (node: {counts})")
                 time.sleep(1.0)
             time.sleep(2.0)  # let the remaining pages of a multi-page result land
-            srs, pages = _results_of_study(orthanc, spec.study_instance_uid)
+            srs, pages = results_of_study(orthanc, spec.study_instance_uid)
             study_id = orthanc.rest_get(f"/instances/{srs[0]['ID']}/study")["ID"]
             results = sorted(Path(config.storage.data_dir, "results", spec.study_instance_uid).glob("*/sc-*.dcm"))
             records = sorted(Path(config.storage.data_dir, "results", spec.study_instance_uid).glob("*/record.json"))

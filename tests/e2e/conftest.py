@@ -11,12 +11,10 @@ from typing import Any
 import pytest
 
 from dicomnode.config import NodeConfig
-from dicomnode.demo import NODE_AET, PACS_AET, demo_config, routing_rule_path
+from dicomnode.demo import NODE_AET, PACS_AET, demo_config, results_of_study, routing_rule_path
 from dicomnode.node import Node
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
-
-SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
@@ -39,14 +37,7 @@ class Site:
 
     def results(self, study_uid: str) -> tuple[list[dict], list[dict]]:
         """(SR instances, SC instances) Orthanc holds for the study."""
-        srs, pages = [], []
-        for inst in self.orthanc.instances_of_study(study_uid):
-            sop_class = self.orthanc.rest_get(f"/instances/{inst['ID']}/metadata/SopClassUid")
-            if str(sop_class).startswith("1.2.840.10008.5.1.4.1.1.88."):
-                srs.append(inst)
-            elif sop_class == SC_SOP_CLASS:
-                pages.append(inst)
-        return srs, pages
+        return results_of_study(self.orthanc, study_uid)
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,17 @@ def running_node(config: NodeConfig, role: str = "listener") -> Iterator[Node]:
         node.stop(timeout=30)
 
 
+@contextlib.contextmanager
+def node_with_db(config: NodeConfig) -> Iterator[tuple[Node, "Db", NodeConfig]]:
+    """A running listener node and read access to its database."""
+    with running_node(config) as node:
+        db = Db(config.database_url)
+        try:
+            yield node, db, config
+        finally:
+            db.close()
+
+
 def wait_until(predicate: Callable[[], T], timeout: float = 60.0, interval: float = 0.1, what: str = "") -> T:
     """Poll ``predicate`` until truthy; return its value or fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -17,7 +17,7 @@ from dicomnode import metrics
 from dicomnode.db import AuditEvent, JobState
 from dicomnode.synthetic import StudySpec, make_study, write_study
 
-from ingest_support import Db, dataset_payload, make_config, running_node, send_raw, store, wait_until
+from ingest_support import Db, dataset_payload, make_config, node_with_db, send_raw, store, wait_until
 
 SMALL = {"rows": 128, "columns": 104}
 
@@ -26,12 +26,8 @@ SMALL = {"rows": 128, "columns": 104}
 def node_env(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     base = tmp_path_factory.mktemp("bad_input")
     config = make_config(base / "data", study={"quiet_seconds": 1.0})
-    with running_node(config) as node:
-        db = Db(config.database_url)
-        try:
-            yield node, db, config
-        finally:
-            db.close()
+    with node_with_db(config) as env:
+        yield env
 
 
 def _one(tmp_path: Path, **spec: object) -> tuple[Path, StudySpec]:

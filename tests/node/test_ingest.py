@@ -11,7 +11,7 @@ from sqlalchemy import select, text
 from dicomnode.db import AuditEvent, JobState
 from dicomnode.synthetic import StudySpec, write_study
 
-from ingest_support import Db, make_config, running_node, store, wait_until
+from ingest_support import Db, make_config, node_with_db, running_node, store, wait_until
 
 SMALL = {"rows": 128, "columns": 104}
 
@@ -24,12 +24,8 @@ def _audit_kinds(db: Db) -> list[str]:
 @pytest.fixture()
 def node_db(tmp_path: Path):  # type: ignore[no-untyped-def]
     config = make_config(tmp_path / "data", study={"quiet_seconds": 1.0})
-    with running_node(config) as node:
-        db = Db(config.database_url)
-        try:
-            yield node, db, config
-        finally:
-            db.close()
+    with node_with_db(config) as env:
+        yield env
 
 
 def test_instances_are_stored_durably_before_ack_then_study_completes(tmp_path: Path, node_db) -> None:

@@ -170,6 +170,11 @@ class OutputSection(_Model):
     series_number_sr: int = 9901
     series_number_sc: int = 9902
     series_description_prefix: str = "AI CXR reasoning"
+    # SC reasoning pages: "rle" (RLE Lossless, ~10x smaller) or "explicit" (uncompressed). A destination that does
+    # not accept RLE gets the page decompressed, so "rle" is safe with any PACS.
+    page_encoding: Literal["rle", "explicit"] = "rle"
+    # Make the SC pages in a helper process while the worker builds the SR (two cores instead of one; ~150 MB).
+    page_process: bool = True
 
 
 class NodeConfig(_Model):

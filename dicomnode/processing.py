@@ -39,6 +39,7 @@ class ResultObject:
 
     kind: ObjectKind
     dataset: Dataset
+    data: bytes | None = None  # its Part-10 encoding when the processor already made (and validated) one
 
 
 @dataclass
@@ -49,6 +50,8 @@ class ProcessingResult:
 
 @runtime_checkable
 class Processor(Protocol):
+    """``process`` one study; a processor may also have ``close()``, called when its worker stops."""
+
     def process(self, study: StudyInput) -> ProcessingResult: ...
 
 

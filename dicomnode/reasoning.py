@@ -8,14 +8,18 @@ carries on with the next job.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import shutil
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from dicomnode import metrics
 from dicomnode.config import NodeConfig
@@ -25,12 +29,14 @@ from inference.flow import run_flow
 from inference.model.loading import load_chat_model
 from inference.record import ReasoningRecord
 from inference.stages import StageBook, load_stages
-from sr_writer import OutputOptions, build_result_objects
+from sr_writer import OutputOptions, ResultObjects, build_result_objects
+from sr_writer.api import warm_up
 
 log = logging.getLogger(__name__)
 
 SR_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.22")
 PRIORS_DIR = "priors"
+PAGE_ENCODINGS = {"rle": RLELossless, "explicit": ExplicitVRLittleEndian}
 
 
 def output_options(config: NodeConfig, demo: bool = False) -> OutputOptions:
@@ -41,6 +47,7 @@ def output_options(config: NodeConfig, demo: bool = False) -> OutputOptions:
         sc_series_number=config.output.series_number_sc,
         sr_series_description=f"{prefix} report (unverified)"[:64],
         sc_series_description=f"{prefix} page (unverified)"[:64],
+        page_transfer_syntax=PAGE_ENCODINGS[config.output.page_encoding],
     )
 
 
@@ -89,6 +96,42 @@ class ReasoningProcessor:
         self.stages = stages or load_stages(config.reasoning.stages_file)
         self.options = output_options(config)
         self._model_lock = threading.Lock()  # one conversation at a time: the model holds its prefix cache
+        self._pages_lock = threading.Lock()
+        self._pages: ProcessPoolExecutor | None = None
+        if config.output.page_process:
+            self._page_executor()
+
+    def _page_executor(self) -> ProcessPoolExecutor | None:
+        """The page process (started on first use, warmed up in the background); None when configured off."""
+        if not self.config.output.page_process:
+            return None
+        with self._pages_lock:
+            if self._pages is None:
+                # spawn, never fork: a forked copy of a process running torch threads can deadlock
+                self._pages = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+                self._pages.submit(warm_up)
+            return self._pages
+
+    def _result_objects(self, record: ReasoningRecord, current: list[Dataset], prior: list[Dataset],
+                        predecessor: Dataset | None) -> ResultObjects:
+        executor = self._page_executor()
+        if executor is not None:
+            try:
+                return build_result_objects(record, current, prior, self.options, predecessor, executor)
+            except BrokenProcessPool as exc:  # the page process died (e.g. killed): start another next time
+                log.warning("reasoning: page process lost (%s); making this study's pages in the worker", exc)
+                with self._pages_lock:
+                    if self._pages is executor:
+                        self._pages = None
+                executor.shutdown(wait=False, cancel_futures=True)
+        return build_result_objects(record, current, prior, self.options, predecessor)
+
+    def close(self) -> None:
+        """Stop the page process."""
+        with self._pages_lock:
+            executor, self._pages = self._pages, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
     def _prior(self, current: Dataset, job_id: int) -> list[Dataset]:
         priors = self.config.reasoning.priors
@@ -124,12 +167,14 @@ class ReasoningProcessor:
         try:
             prior = self._prior(current[0], study.job_id)
             record = self.reason(current, prior)
-            objects = build_result_objects(record, current, prior, self.options,
-                                           predecessor=latest_predecessor_sr(study.predecessor_results))
+            objects = self._result_objects(record, current, prior,
+                                           latest_predecessor_sr(study.predecessor_results))
         finally:
             shutil.rmtree(prior_dir, ignore_errors=True)  # the prior stays in the PACS; our copy is transient
+        encoded = objects.encoded
         return ProcessingResult(
-            objects=[ResultObject("sr", objects.sr), *(ResultObject("sc", page) for page in objects.pages)],
+            objects=[ResultObject("sr", objects.sr, encoded.get(str(objects.sr.SOPInstanceUID))),
+                     *(ResultObject("sc", page, encoded.get(str(page.SOPInstanceUID))) for page in objects.pages)],
             record_json=record.to_json(),
         )
 

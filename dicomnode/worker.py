@@ -157,7 +157,7 @@ def write_results(directory: Path, result: ProcessingResult, fsync: bool = True)
         if not is_valid_uid(sop_uid):
             raise ValueError(f"result object has invalid SOP Instance UID {sop_uid!r}")
         path = directory / f"{obj.kind}-{sop_uid}.dcm"
-        write_durably(path, dataset_bytes(obj.dataset), fsync)
+        write_durably(path, obj.data if obj.data is not None else dataset_bytes(obj.dataset), fsync)
         written.append((obj, path))
     if result.record_json is not None:
         write_durably(directory / "record.json", result.record_json.encode("utf-8"), fsync)
@@ -316,6 +316,9 @@ class Worker:
         for thread in self._threads:
             thread.join(timeout)
         self._threads = [t for t in self._threads if t.is_alive()]
+        close = getattr(self.processor, "close", None)
+        if callable(close) and not self._threads:  # a processor's own resources (e.g. a page process)
+            close()
 
 
 def requeue_stale_jobs(session_factory: sessionmaker[Session]) -> list[int]:

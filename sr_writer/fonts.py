@@ -53,9 +53,18 @@ def _truetype(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
 
 
+@lru_cache(maxsize=16384)
+def _length(path: str, size: int, text: str) -> float:
+    """Advance width of ``text`` in one font; cached, since wrapping measures the same words again and again."""
+    return _truetype(path, size).getlength(text)
+
+
+_ALWAYS_PRIMARY = "\u0250"  # DejaVu Sans draws every code point below this (Latin, Latin-1, Latin Extended)
+
+
 @lru_cache(maxsize=4096)
 def _has_glyph(path: str, size: int, char: str) -> bool:
-    if char.isspace() or ord(char) < 0x250:
+    if char.isspace() or char < _ALWAYS_PRIMARY:
         return True
     font = _truetype(path, size)
     return bytes(font.getmask(char)) != bytes(font.getmask(_PROBE)) or font.getlength(char) != font.getlength(_PROBE)
@@ -83,6 +92,9 @@ class Face:
 
     def runs(self, text: str) -> Iterator[tuple[ImageFont.FreeTypeFont, str]]:
         """Consecutive characters grouped by the first font that has their glyphs."""
+        if text and max(text) < _ALWAYS_PRIMARY:  # Latin text: one run in the primary font, no per-glyph lookup
+            yield _truetype(self.paths[0], self.size), text
+            return
         current: str | None = None
         buffer: list[str] = []
         for char in text:
@@ -96,7 +108,7 @@ class Face:
             yield _truetype(current, self.size), "".join(buffer)
 
     def width(self, text: str) -> float:
-        return sum(font.getlength(run) for font, run in self.runs(text))
+        return sum(_length(font.path, self.size, run) for font, run in self.runs(text))
 
     def draw(self, draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill: tuple[int, int, int]) -> float:
         """Draw ``text`` in a line box whose top-left is ``xy`` (runs share one baseline); return the x after it."""

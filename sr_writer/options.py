@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+PAGE_TRANSFER_SYNTAXES = (RLELossless, ExplicitVRLittleEndian)
+
 
 @dataclass(frozen=True)
 class OutputOptions:
@@ -20,7 +24,14 @@ class OutputOptions:
     page_width: int = 1536
     page_height: int = 2048
     body_font_px: int = 24
+    # Transfer syntax of the SC pages: RLE Lossless (about 10x smaller, decoded by every PACS and viewer) or
+    # Explicit VR Little Endian (uncompressed). The SCU sends a page uncompressed to a peer that refuses RLE.
+    page_transfer_syntax: str = RLELossless
     validate: bool = True  # run dciodvfy on every object; refuse to return one with errors
+
+    def __post_init__(self) -> None:
+        if self.page_transfer_syntax not in PAGE_TRANSFER_SYNTAXES:
+            raise ValueError(f"page transfer syntax {self.page_transfer_syntax}: use one of {PAGE_TRANSFER_SYNTAXES}")
 
     def series_description(self, base: str, demo: bool) -> str:
         """``base``, prefixed with DEMO for demo-model output; at most 64 characters (LO)."""

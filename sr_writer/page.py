@@ -63,26 +63,70 @@ class Line:
 
 
 def wrap(text: str, face: Face, width: float) -> list[str]:
-    """Wrap ``text`` to ``width`` pixels: at spaces, between CJK characters, inside over-long words."""
+    """Wrap ``text`` to ``width`` pixels: at spaces, between CJK characters, inside over-long words.
+
+    Token widths are summed (one measurement per token); each line made that way is measured once as a whole, and a
+    paragraph whose line would still be too wide (kerning across tokens) is wrapped again measuring every candidate.
+    """
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
-        current = ""
-        for token in _TOKEN.findall(paragraph):
-            candidate = current + token
-            if face.width(candidate.rstrip()) <= width:
-                current = candidate
-                continue
-            if current.strip():
-                lines.append(current.rstrip())
-            current = token.lstrip() if token.isspace() else token
-            while face.width(current.rstrip()) > width:  # a word longer than the line: split it
-                cut = len(current)
-                while cut > 1 and face.width(current[:cut]) > width:
-                    cut -= 1
-                lines.append(current[:cut])
-                current = current[cut:]
-        lines.append(current.rstrip())
+        fast = _wrap_summed(paragraph, face, width)
+        if all(face.width(line) <= width for line in fast):
+            lines += fast
+        else:
+            lines += _wrap_measured(paragraph, face, width)
     return lines
+
+
+def _wrap_summed(paragraph: str, face: Face, width: float) -> list[str]:
+    lines: list[str] = []
+    current, current_width = "", 0.0
+    for token in _TOKEN.findall(paragraph):
+        if current_width + face.width(token.rstrip()) <= width:
+            current += token
+            current_width += face.width(token)
+            continue
+        if current.strip():
+            lines.append(current.rstrip())
+        current = token.lstrip() if token.isspace() else token
+        while face.width(current.rstrip()) > width:  # a word longer than the line: split it
+            cut = _fit(current, face, width)
+            lines.append(current[:cut])
+            current = current[cut:]
+        current_width = face.width(current)
+    lines.append(current.rstrip())
+    return lines
+
+
+def _wrap_measured(paragraph: str, face: Face, width: float) -> list[str]:
+    lines: list[str] = []
+    current = ""
+    for token in _TOKEN.findall(paragraph):
+        candidate = current + token
+        if face.width(candidate.rstrip()) <= width:
+            current = candidate
+            continue
+        if current.strip():
+            lines.append(current.rstrip())
+        current = token.lstrip() if token.isspace() else token
+        while face.width(current.rstrip()) > width:
+            cut = _fit(current, face, width)
+            lines.append(current[:cut])
+            current = current[cut:]
+    lines.append(current.rstrip())
+    return lines
+
+
+def _fit(text: str, face: Face, width: float) -> int:
+    """The longest prefix length (at least 1) of ``text`` that fits in ``width``."""
+    low, high = 1, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if face.width(text[:middle]) <= width:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 class Faces:

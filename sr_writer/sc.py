@@ -1,4 +1,7 @@
-"""Secondary Capture instances (RGB, 8-bit) of the reasoning pages: same study, own series, one per page."""
+"""Secondary Capture instances (RGB, 8-bit) of the reasoning pages: same study, own series, one per page.
+
+Pixel data is RLE Lossless by default (``OutputOptions.page_transfer_syntax``); a page is mostly runs of white.
+"""
 from __future__ import annotations
 
 import datetime as dt
@@ -10,12 +13,14 @@ from highdicom.sc import SCImage
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from inference.record import UNVERIFIED_STATEMENT as UNVERIFIED
 from inference.record import ReasoningRecord
 from sr_writer import provenance as prov
 from sr_writer.options import OutputOptions
+from sr_writer.rle import encode_frame
 
 
 def build_pages(
@@ -35,7 +40,7 @@ def build_pages(
     description = options.series_description(options.sc_series_description, p.demo_model)
     out: list[Dataset] = []
     for number, image in enumerate(images, start=1):
-        pixels = np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+        pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
         equipment = ContributingEquipment(
             manufacturer=options.manufacturer,
             purpose_of_reference=codes.DCM.ProcessingEquipment,
@@ -83,8 +88,19 @@ def build_pages(
         title = f"{'DEMO ' if p.demo_model else ''}AI reasoning page {number} of {len(images)}"
         sc.ImageComments = f"{title}. {UNVERIFIED}"
         sc.SourceImageSequence = [_source_item(ds) for ds in current]
+        if options.page_transfer_syntax == RLELossless:
+            encode_rle(sc, pixels)
         out.append(sc)
     return out
+
+
+def encode_rle(ds: Dataset, pixels: np.ndarray) -> None:
+    """Replace the native Pixel Data of single-frame ``ds`` by its RLE Lossless encoding (``pixels`` as stored)."""
+    ds.PixelData = encapsulate([encode_frame(pixels)])
+    element = ds["PixelData"]
+    element.VR = "OB"
+    element.is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = RLELossless
 
 
 

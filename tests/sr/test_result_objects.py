@@ -205,7 +205,8 @@ def test_sc_pages(case) -> None:
     for number, (page, image) in enumerate(zip(result.pages, result.page_images), start=1):
         back = _save_and_read(page, out / f"page{number}.dcm")
         assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
-        assert back.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        assert back.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless  # the default: about 10x smaller
+        assert len(back.PixelData) * 2 < back.Rows * back.Columns * 3
         assert back.StudyInstanceUID == current[0].StudyInstanceUID and back.PatientID == current[0].PatientID
         assert (back.SamplesPerPixel, back.PhotometricInterpretation, back.BitsAllocated) == (3, "RGB", 8)
         assert back.BurnedInAnnotation == "YES"
@@ -315,3 +316,14 @@ def test_control_characters_in_model_text_are_dropped(study: list[Dataset]) -> N
     result = build_result_objects(record, study)  # validated: dciodvfy would flag control characters
     texts = [str(i.TextValue) for i in _walk(result.sr.ContentSequence) if i.ValueType == "TEXT"]
     assert "Adequate inspiration, no rotation ?." in texts
+
+
+def test_uncompressed_pages_on_request(study: list[Dataset], tmp_path: Path) -> None:
+    options = OutputOptions(page_transfer_syntax=pydicom.uid.ExplicitVRLittleEndian)
+    result = build_result_objects(make_record(study, positive=("pneumothorax",)), study, options=options)
+    back = _save_and_read(result.pages[0], tmp_path / "page.dcm")
+    assert back.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert len(back.PixelData) == back.Rows * back.Columns * 3
+    assert (back.pixel_array == __import__("numpy").asarray(result.page_images[0])).all()
+    with pytest.raises(ValueError, match="page transfer syntax"):
+        OutputOptions(page_transfer_syntax=pydicom.uid.JPEGBaseline8Bit)

@@ -1,0 +1,105 @@
+"""RLE Lossless (PS3.5 Annex G) encoding of 8-bit frames, vectorised with numpy.
+
+A reasoning page is mostly runs of one colour, so RLE shrinks it about tenfold and every PACS and viewer decodes
+it. pydicom's own encoder and pylibjpeg-rle took 0.14-0.33 s per 1536 x 2048 RGB page here; this one takes a
+fraction of that by finding all runs of a plane at once instead of walking bytes. Each row is encoded on its own
+(G.3.1: a row never continues into the next packet), one segment per colour plane (R, G, B for colour-by-plane
+order, as G.2 requires).
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+MAX_PACKET = 128  # PackBits: a literal of 1..128 bytes, or one byte replicated 2..128 times
+MAX_SEGMENTS = 15
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(s, s + n)`` for each start ``s`` and length ``n``."""
+    total = int(lengths.sum())
+    first = np.cumsum(lengths) - lengths
+    return np.repeat(starts - first, lengths) + np.arange(total)
+
+
+def _chunks(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split each (start, length) span into pieces of at most ``MAX_PACKET``."""
+    pieces = (lengths + MAX_PACKET - 1) // MAX_PACKET
+    owner = np.repeat(np.arange(starts.size), pieces)
+    index = np.arange(owner.size) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    return starts[owner] + MAX_PACKET * index, np.minimum(MAX_PACKET, lengths[owner] - MAX_PACKET * index)
+
+
+def encode_rows(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PackBits of every row of a 2-D uint8 array: (encoded bytes of all rows in order, encoded length per row)."""
+    rows, cols = plane.shape
+    flat = np.ascontiguousarray(plane, dtype=np.uint8).reshape(-1)
+    change = np.empty(flat.size, dtype=bool)
+    change[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=change[1:])
+    change[::cols] = True  # a run never crosses into the next row
+    starts = np.flatnonzero(change)
+    lengths = np.diff(starts, append=flat.size)
+    single = lengths == 1
+    # A run of two or more is one span (replicate packets); consecutive single values of one row form one span
+    # (literal packets), opened by its first single and as long as the next run or row start.
+    opens = ~single
+    opens[1:] |= single[1:] & ~single[:-1]
+    opens[change[starts] & (starts % cols == 0)] = True
+    span_start = starts[opens]
+    span_len = np.diff(span_start, append=flat.size)
+    row_end = (span_start // cols + 1) * cols
+    span_len = np.minimum(span_len, row_end - span_start)
+    span_literal = single[opens]
+    start, length = _chunks(span_start, span_len)
+    literal = np.repeat(span_literal, (span_len + MAX_PACKET - 1) // MAX_PACKET) | (length == 1)
+    size = np.where(literal, length + 1, 2)
+    offset = np.cumsum(size) - size
+    out = np.empty(int(offset[-1] + size[-1]), dtype=np.uint8)
+    out[offset] = np.where(literal, length - 1, 257 - length).astype(np.uint8)
+    replicate = ~literal
+    out[offset[replicate] + 1] = flat[start[replicate]]
+    out[_ranges(offset[literal] + 1, length[literal])] = flat[_ranges(start[literal], length[literal])]
+    row_begin = np.append(offset, out.size)[np.searchsorted(start, np.arange(rows + 1) * cols)]
+    return out, np.diff(row_begin)
+
+
+def encode_frame(pixels: np.ndarray) -> bytes:
+    """One RLE Lossless frame of uint8 ``pixels`` shaped (rows, cols) or (rows, cols, samples)."""
+    if pixels.dtype != np.uint8:
+        raise ValueError(f"RLE encoder takes 8-bit pixels, not {pixels.dtype}")
+    planes = pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+    rows, cols, samples = planes.shape
+    if samples > MAX_SEGMENTS:
+        raise ValueError(f"{samples} samples per pixel: RLE Lossless allows at most {MAX_SEGMENTS} segments")
+    first = np.ascontiguousarray(planes[..., 0])
+    encoded, row_bytes = encode_rows(first)
+    first_segment = encoded.tobytes()
+    segments = [first_segment]
+    for sample in range(1, samples):
+        segments.append(_segment_like(first, encoded, row_bytes, np.ascontiguousarray(planes[..., sample])))
+    segments = [segment + b"\x00" * (len(segment) % 2) for segment in segments]  # even length, zero padded
+    offsets, position = [], 64
+    for segment in segments:
+        offsets.append(position)
+        position += len(segment)
+    header = struct.pack("<16L", len(segments), *offsets, *([0] * (MAX_SEGMENTS - len(segments))))
+    return header + b"".join(segments)
+
+
+def _segment_like(first: np.ndarray, encoded: np.ndarray, row_bytes: np.ndarray, plane: np.ndarray) -> bytes:
+    """The segment of ``plane``, reusing the first plane's encoded rows where the rows are equal.
+
+    Grey text and white paper have equal R, G and B, so most rows of a page are encoded once, not three times.
+    """
+    differs = np.flatnonzero((plane != first).any(axis=1))
+    if differs.size == 0:
+        return encoded.tobytes()
+    own, own_bytes = encode_rows(plane[differs])
+    begin = np.cumsum(row_bytes) - row_bytes
+    length = row_bytes.copy()
+    begin[differs] = encoded.size + np.cumsum(own_bytes) - own_bytes
+    length[differs] = own_bytes
+    pool = np.concatenate([encoded, own])
+    return pool[_ranges(begin, length)].tobytes()

@@ -1,0 +1,91 @@
+"""The RLE Lossless encoder: decoded by pydicom and by DCMTK's dcmdrle back to exactly the same pixels."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.pixels.decoders.rle import _rle_decode_frame
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage, generate_uid
+
+from sr_writer.rle import encode_frame
+
+
+def _decode(frame: bytes, rows: int, cols: int, samples: int) -> np.ndarray:
+    planes = np.frombuffer(bytes(_rle_decode_frame(frame, rows, cols, samples, 8)), np.uint8)
+    pixels = planes.reshape(samples, rows, cols).transpose(1, 2, 0)
+    return pixels[..., 0] if samples == 1 else pixels
+
+
+def _runs(lengths: list[int], cols: int) -> np.ndarray:
+    """One row per run length: a run of that length, then alternating values to the row's end."""
+    rows = np.tile(np.arange(cols, dtype=np.uint8) % 2, (len(lengths), 1))
+    for row, length in zip(rows, lengths):
+        row[:length] = 7
+    return rows
+
+
+RNG = np.random.default_rng(7)
+CASES = {
+    "one pixel": np.zeros((1, 1), np.uint8),
+    "constant": np.full((4, 1000), 255, np.uint8),
+    "noise": RNG.integers(0, 256, (9, 300), dtype=np.uint8),
+    "few values": RNG.integers(0, 3, (40, 257), dtype=np.uint8),
+    "run lengths at packet limits": _runs([1, 2, 127, 128, 129, 130, 255, 256, 257, 300], 300),
+    "one column": RNG.integers(0, 2, (50, 1), dtype=np.uint8),
+    "rgb, grey rows and colour rows": np.dstack([np.tile(RNG.integers(0, 4, (6, 200), dtype=np.uint8), (2, 1))] * 3),
+    "rgb noise": RNG.integers(0, 256, (5, 131, 3), dtype=np.uint8),
+}
+CASES["rgb, grey rows and colour rows"][3:7, 10:50, 0] = 200  # some rows where red differs from green and blue
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_pydicom_decodes_the_same_pixels(name: str) -> None:
+    pixels = np.ascontiguousarray(CASES[name])
+    frame = encode_frame(pixels)
+    samples = pixels.shape[2] if pixels.ndim == 3 else 1
+    assert len(frame) % 2 == 0
+    header = np.frombuffer(frame[:64], "<u4")
+    assert header[0] == samples and all(offset % 2 == 0 for offset in header[1 : 1 + samples])
+    assert (_decode(frame, pixels.shape[0], pixels.shape[1], samples) == pixels).all()
+
+
+def test_rows_are_encoded_separately() -> None:
+    """PS3.5 G.3.1: no packet crosses a row; a row of one value costs ceil(cols / 128) two-byte packets."""
+    frame = encode_frame(np.full((3, 300), 9, np.uint8))
+    segment = frame[64:]
+    assert segment[:6] == bytes([129, 9, 129, 9, 213, 9])  # 128 + 128 + 44 per row
+    assert len(segment) == 3 * 6
+
+
+def test_rejects_what_rle_cannot_hold() -> None:
+    with pytest.raises(ValueError, match="8-bit"):
+        encode_frame(np.zeros((2, 2), np.uint16))
+
+
+@pytest.mark.skipif(shutil.which("dcmdrle") is None, reason="DCMTK dcmdrle not installed")
+def test_dcmtk_decodes_a_page_like_image(tmp_path: Path) -> None:
+    page = np.full((256, 192, 3), 255, np.uint8)
+    page[20:30, 10:180] = (20, 20, 20)  # a black "text" bar
+    page[40:60, 10:100] = (190, 20, 20)  # a red banner
+    page[80:200, 20:170] = RNG.integers(0, 256, (120, 150, 1), dtype=np.uint8)  # a grey image panel
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 256, 192, 3, "RGB"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.PlanarConfiguration = 8, 8, 7, 0, 0
+    ds.PixelData = encapsulate([encode_frame(page)])
+    ds["PixelData"].VR = "OB"
+    src, out = tmp_path / "rle.dcm", tmp_path / "plain.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    done = subprocess.run(["dcmdrle", str(src), str(out)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    back = pydicom.dcmread(out)
+    assert back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert (back.pixel_array == page).all()

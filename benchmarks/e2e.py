@@ -45,6 +45,8 @@ def main() -> int:
     parser.add_argument("--stages", choices=("full", "short"), default="full",
                         help="full stage book, or quality/view + report only")
     parser.add_argument("--max-new-tokens", type=int, default=4)
+    parser.add_argument("--page-encoding", choices=("rle", "explicit"), default="rle")
+    parser.add_argument("--no-page-process", action="store_true", help="make the pages in the worker process")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="cxr-e2e-bench-"))
@@ -68,6 +70,7 @@ def main() -> int:
             "reasoning": {"max_new_tokens": args.max_new_tokens,
                           **({"stages_file": str(stages_file)} if stages_file else {})},
             "logging": {"level": "WARNING"},
+            "output": {"page_encoding": args.page_encoding, "page_process": not args.no_page_process},
         })
         with Node(config, role="all") as node:
             assert node.session_factory is not None

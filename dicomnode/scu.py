@@ -7,15 +7,15 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom import Dataset, dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.presentation import build_context
+from pynetdicom.presentation import PresentationContext, build_context
 
 if TYPE_CHECKING:
     from dicomnode.config import Destination, TLSConfig
@@ -25,6 +25,8 @@ LOG = logging.getLogger("dicomnode.scu")
 #: C-STORE statuses that mean the peer kept the object (success and the storage warnings).
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 MAX_CONTEXTS = 128
+UNCOMPRESSED_ORDER = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+UNCOMPRESSED = frozenset(UNCOMPRESSED_ORDER)
 _PEER_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d{1,5})$")
 
 
@@ -157,17 +159,12 @@ def store_files(peer: Peer, paths: Sequence[Path | str]) -> list[StoreOutcome]:
             headers[path] = _file_header(path)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is an outcome, not a crash
             outcomes[path] = StoreOutcome(path, None, None, f"unreadable: {exc}")
-    syntaxes: dict[str, list[str]] = {}
-    for sop_class, _, transfer_syntax in headers.values():
-        wanted = syntaxes.setdefault(sop_class, [])
-        for ts in (transfer_syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if ts not in wanted:
-                wanted.append(ts)
-    if len(syntaxes) > MAX_CONTEXTS:
-        raise ScuError(f"{len(syntaxes)} SOP classes in one send; at most {MAX_CONTEXTS}")
+    contexts = requested_contexts(headers.values())
+    if len(contexts) > MAX_CONTEXTS:
+        raise ScuError(f"{len(contexts)} presentation contexts in one send; at most {MAX_CONTEXTS}")
     if headers:
         ae = _application_entity(peer)
-        ae.requested_contexts = [build_context(sop, ts) for sop, ts in syntaxes.items()]
+        ae.requested_contexts = contexts
         assoc = _associate(ae, peer)
         try:
             for path, (sop_class, sop_uid, transfer_syntax) in headers.items():
@@ -177,12 +174,23 @@ def store_files(peer: Peer, paths: Sequence[Path | str]) -> list[StoreOutcome]:
                 accepted = {
                     cx.transfer_syntax[0] for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class
                 }
-                if transfer_syntax not in accepted:
+                if transfer_syntax in accepted:
+                    payload: Path | Dataset = path
+                elif UID(transfer_syntax).is_compressed and accepted & UNCOMPRESSED:
+                    try:  # the peer takes only uncompressed data: decode (lossless codecs give the same pixels)
+                        payload = _decompressed(path)
+                    except Exception as exc:  # noqa: BLE001 - an undecodable file is an outcome, not a crash
+                        outcomes[path] = StoreOutcome(path, sop_uid, None, f"cannot decompress for {peer}: {exc}")
+                        continue
+                    LOG.info("sent decompressed: the peer does not accept the compressed transfer syntax",
+                             extra={"fields": {"sop_instance_uid": sop_uid, "peer": str(peer),
+                                               "transfer_syntax": transfer_syntax}})
+                else:
                     reason = "SOP class not accepted" if not accepted else f"transfer syntax {transfer_syntax} not accepted"
                     outcomes[path] = StoreOutcome(path, sop_uid, None, f"{peer}: {reason}")
                     continue
                 try:
-                    status = assoc.send_c_store(path)
+                    status = assoc.send_c_store(payload)
                 except Exception as exc:  # noqa: BLE001 - network errors become outcomes
                     outcomes[path] = StoreOutcome(path, sop_uid, None, f"{type(exc).__name__}: {exc}")
                     continue
@@ -195,6 +203,37 @@ def store_files(peer: Peer, paths: Sequence[Path | str]) -> list[StoreOutcome]:
         finally:
             _close(assoc)
     return [outcomes[path] for path in files]
+
+
+def requested_contexts(headers: Iterable[tuple[str, str, str]]) -> list[PresentationContext]:
+    """Presentation contexts for files given as (SOP class, SOP instance, transfer syntax).
+
+    Per SOP class: one context with the uncompressed syntaxes (the files' own first) and one context for each
+    compressed syntax on its own, so that a peer taking RLE is sent RLE and one that does not still gets the
+    object, decompressed, rather than none at all.
+    """
+    uncompressed: dict[str, list[str]] = {}
+    compressed: dict[str, list[str]] = {}
+    for sop_class, _, transfer_syntax in headers:
+        plain = uncompressed.setdefault(sop_class, [])
+        if UID(transfer_syntax).is_compressed:
+            own = compressed.setdefault(sop_class, [])
+            if transfer_syntax not in own:
+                own.append(transfer_syntax)
+        elif transfer_syntax not in plain:
+            plain.append(transfer_syntax)
+    contexts = []
+    for sop_class, plain in uncompressed.items():
+        contexts.append(build_context(sop_class, plain + [ts for ts in UNCOMPRESSED_ORDER if ts not in plain]))
+        contexts += [build_context(sop_class, ts) for ts in compressed.get(sop_class, [])]
+    return contexts
+
+
+def _decompressed(path: Path) -> Dataset:
+    ds = dcmread(path)
+    # the same object, natively encoded: same SOP Instance UID (pydicom would make a new one) and same colour space
+    ds.decompress(as_rgb=False, generate_instance_uid=False)
+    return ds
 
 
 def _status_text(status) -> str:  # type: ignore[no-untyped-def]

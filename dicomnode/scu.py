@@ -176,7 +176,7 @@ def store_files(peer: Peer, paths: Sequence[Path | str]) -> list[StoreOutcome]:
                 }
                 if transfer_syntax in accepted:
                     payload: Path | Dataset = path
-                elif UID(transfer_syntax).is_compressed and accepted & UNCOMPRESSED:
+                elif _is_compressed(transfer_syntax) and accepted & UNCOMPRESSED:
                     try:  # the peer takes only uncompressed data: decode (lossless codecs give the same pixels)
                         payload = _decompressed(path)
                     except Exception as exc:  # noqa: BLE001 - an undecodable file is an outcome, not a crash
@@ -216,7 +216,7 @@ def requested_contexts(headers: Iterable[tuple[str, str, str]]) -> list[Presenta
     compressed: dict[str, list[str]] = {}
     for sop_class, _, transfer_syntax in headers:
         plain = uncompressed.setdefault(sop_class, [])
-        if UID(transfer_syntax).is_compressed:
+        if _is_compressed(transfer_syntax):
             own = compressed.setdefault(sop_class, [])
             if transfer_syntax not in own:
                 own.append(transfer_syntax)
@@ -227,6 +227,14 @@ def requested_contexts(headers: Iterable[tuple[str, str, str]]) -> list[Presenta
         contexts.append(build_context(sop_class, plain + [ts for ts in UNCOMPRESSED_ORDER if ts not in plain]))
         contexts += [build_context(sop_class, ts) for ts in compressed.get(sop_class, [])]
     return contexts
+
+
+def _is_compressed(transfer_syntax: str) -> bool:
+    """Encapsulated syntax; an unknown UID counts as uncompressed (the peer refuses it, the file gets an outcome)."""
+    try:
+        return UID(transfer_syntax).is_compressed
+    except ValueError:
+        return False
 
 
 def _decompressed(path: Path) -> Dataset:

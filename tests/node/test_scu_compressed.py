@@ -89,3 +89,15 @@ def test_undecodable_file_is_an_outcome(tmp_path: Path) -> None:
     assert bad_outcome.status is None and "cannot decompress" in (bad_outcome.error or "")
     assert good_outcome.stored
     assert set(_received(tmp_path / "in")) == {good_uid} and uid != good_uid
+
+
+def test_unknown_transfer_syntax_is_an_outcome(tmp_path: Path) -> None:
+    path, _, _ = _page(tmp_path / "odd.dcm", rle=False, seed=6)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4"  # readable header, but no transfer syntax anybody knows
+    ds.save_as(path)
+    rle, _, rle_uid = _page(tmp_path / "rle.dcm", rle=True, seed=7)
+    with StoreSCP(tmp_path / "in") as scp:
+        odd_outcome, rle_outcome = store_files(Peer("STORESCP", "127.0.0.1", scp.port), [path, rle])
+    assert odd_outcome.status is None and "1.2.3.4 not accepted" in (odd_outcome.error or "")
+    assert rle_outcome.stored and set(_received(tmp_path / "in")) == {rle_uid}

@@ -46,7 +46,7 @@ def main() -> int:
                         help="full stage book, or quality/view + report only")
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--page-encoding", choices=("rle", "explicit"), default="rle")
-    parser.add_argument("--no-page-process", action="store_true", help="make the pages in the worker process")
+    parser.add_argument("--page-processes", type=int, default=2, help="0: make the pages in the worker process")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="cxr-e2e-bench-"))
@@ -70,7 +70,7 @@ def main() -> int:
             "reasoning": {"max_new_tokens": args.max_new_tokens,
                           **({"stages_file": str(stages_file)} if stages_file else {})},
             "logging": {"level": "WARNING"},
-            "output": {"page_encoding": args.page_encoding, "page_process": not args.no_page_process},
+            "output": {"page_encoding": args.page_encoding, "page_processes": args.page_processes},
         })
         with Node(config, role="all") as node:
             assert node.session_factory is not None

@@ -173,8 +173,9 @@ class OutputSection(_Model):
     # SC reasoning pages: "rle" (RLE Lossless, ~10x smaller) or "explicit" (uncompressed). A destination that does
     # not accept RLE gets the page decompressed, so "rle" is safe with any PACS.
     page_encoding: Literal["rle", "explicit"] = "rle"
-    # Make the SC pages in a helper process while the worker builds the SR (two cores instead of one; ~150 MB).
-    page_process: bool = True
+    # Render and encode the SC pages in this many helper processes while the worker builds the SR (each ~150 MB;
+    # 0 = in the worker, one step after the other).
+    page_processes: int = Field(default=2, ge=0, le=8)
 
 
 class NodeConfig(_Model):

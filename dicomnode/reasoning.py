@@ -98,18 +98,20 @@ class ReasoningProcessor:
         self._model_lock = threading.Lock()  # one conversation at a time: the model holds its prefix cache
         self._pages_lock = threading.Lock()
         self._pages: ProcessPoolExecutor | None = None
-        if config.output.page_process:
+        if config.output.page_processes:
             self._page_executor()
 
     def _page_executor(self) -> ProcessPoolExecutor | None:
-        """The page process (started on first use, warmed up in the background); None when configured off."""
-        if not self.config.output.page_process:
+        """The page processes (started with the processor, warmed up in the background); None when configured off."""
+        workers = self.config.output.page_processes
+        if not workers:
             return None
         with self._pages_lock:
             if self._pages is None:
                 # spawn, never fork: a forked copy of a process running torch threads can deadlock
-                self._pages = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-                self._pages.submit(warm_up)
+                self._pages = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+                for _ in range(workers):
+                    self._pages.submit(warm_up)
             return self._pages
 
     def _result_objects(self, record: ReasoningRecord, current: list[Dataset], prior: list[Dataset],
@@ -118,7 +120,7 @@ class ReasoningProcessor:
         if executor is not None:
             try:
                 return build_result_objects(record, current, prior, self.options, predecessor, executor)
-            except BrokenProcessPool as exc:  # the page process died (e.g. killed): start another next time
+            except BrokenProcessPool as exc:  # a page process died (e.g. killed): start new ones next time
                 log.warning("reasoning: page process lost (%s); making this study's pages in the worker", exc)
                 with self._pages_lock:
                     if self._pages is executor:
@@ -127,7 +129,7 @@ class ReasoningProcessor:
         return build_result_objects(record, current, prior, self.options, predecessor)
 
     def close(self) -> None:
-        """Stop the page process."""
+        """Stop the page processes."""
         with self._pages_lock:
             executor, self._pages = self._pages, None
         if executor is not None:
@@ -171,6 +173,8 @@ class ReasoningProcessor:
                                            latest_predecessor_sr(study.predecessor_results))
         finally:
             shutil.rmtree(prior_dir, ignore_errors=True)  # the prior stays in the PACS; our copy is transient
+        log.debug("reasoning: job %s: result objects %s", study.job_id,
+                  {k: round(v, 3) for k, v in objects.seconds.items()})
         encoded = objects.encoded
         return ProcessingResult(
             objects=[ResultObject("sr", objects.sr, encoded.get(str(objects.sr.SOPInstanceUID))),

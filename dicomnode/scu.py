@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 from pydicom import Dataset, dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.presentation import PresentationContext, build_context
 
 if TYPE_CHECKING:
@@ -25,6 +27,10 @@ LOG = logging.getLogger("dicomnode.scu")
 #: C-STORE statuses that mean the peer kept the object (success and the storage warnings).
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 MAX_CONTEXTS = 128
+# Send files as they are stored (file meta stripped, in PDU-sized chunks) instead of decoding and re-encoding each
+# one: the SR's re-encoding alone cost more than its transfer. store_files only sends a file whose own transfer
+# syntax the peer accepted, which is what this mode requires. Process-wide, like the listener's receive setting.
+pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
 UNCOMPRESSED_ORDER = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 UNCOMPRESSED = frozenset(UNCOMPRESSED_ORDER)
 _PEER_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d{1,5})$")
@@ -99,6 +105,15 @@ def _application_entity(peer: Peer) -> AE:
     return ae
 
 
+def _no_delay(assoc) -> None:  # type: ignore[no-untyped-def]
+    """TCP_NODELAY on the association's socket: a C-STORE ends in a small PDU that Nagle's algorithm would hold
+    back until the peer's delayed ACK (tens of milliseconds per object on loopback)."""
+    try:
+        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):  # no plain TCP socket underneath: keep the default
+        pass
+
+
 def _associate(ae: AE, peer: Peer):  # type: ignore[no-untyped-def]
     kwargs = {}
     if peer.tls is not None and peer.tls.enabled:
@@ -108,6 +123,7 @@ def _associate(ae: AE, peer: Peer):  # type: ignore[no-untyped-def]
     except (OSError, ssl.SSLError) as exc:
         raise ScuError(f"{peer}: {exc}") from exc
     if assoc.is_established:
+        _no_delay(assoc)
         return assoc
     if assoc.is_rejected:
         raise ScuError(f"{peer}: association rejected")

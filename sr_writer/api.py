@@ -1,7 +1,8 @@
 """``build_result_objects``: record + source datasets in, validated SR and SC pages out."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Collection, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -10,8 +11,8 @@ from pydicom.dataset import Dataset
 
 from inference.record import ReasoningRecord
 from sr_writer.options import OutputOptions
-from sr_writer.page import render_pages
-from sr_writer.sc import build_pages
+from sr_writer.page import render_pages, render_some_pages
+from sr_writer.sc import PagePixels, build_page_datasets, page_pixels
 from sr_writer.sr import build_sr
 from sr_writer.validate import ValidationReport, ensure_valid_bytes, part10_bytes
 
@@ -23,7 +24,8 @@ class PageObjects:
     pages: list[Dataset]
     encoded: list[bytes]
     reports: list[ValidationReport | None]
-    images: list[Image.Image]  # empty when not asked for (a page process does not send them back)
+    images: list[Image.Image]  # empty when the pages were rendered in a page process
+    seconds: dict[str, float] = field(default_factory=dict)  # render, build, check: where the time went
 
 
 @dataclass
@@ -33,6 +35,7 @@ class ResultObjects:
     page_images: list[Image.Image]  # empty when the pages were made in a page process
     reports: dict[str, ValidationReport] = field(default_factory=dict)  # SOP Instance UID -> dciodvfy verdict
     encoded: dict[str, bytes] = field(default_factory=dict)  # SOP Instance UID -> Part-10 bytes (as validated)
+    seconds: dict[str, float] = field(default_factory=dict)  # sr, pages (and the pages' render/build/check)
 
     @property
     def datasets(self) -> list[Dataset]:
@@ -49,20 +52,48 @@ def make_pages(
     current: Sequence[Dataset],
     prior: Sequence[Dataset] = (),
     options: OutputOptions | None = None,
-    keep_images: bool = True,
 ) -> PageObjects:
-    """Render the reasoning pages, build their SC datasets, encode and validate each (``ExportRefused`` on errors).
-
-    A top-level function of picklable arguments, so a node can run it in a page process beside the SR.
-    """
+    """Render the reasoning pages, build their SC datasets, encode and validate each (``ExportRefused`` on errors)."""
     options = options or OutputOptions()
+    started = time.perf_counter()
     images = render_pages(record, current, prior, options)
-    pages = build_pages(record, images, current, options)
+    rendered = time.perf_counter()
+    pixels = [page_pixels(image, options.page_transfer_syntax) for image in images]
+    result = _page_objects(record, pixels, current, options, images)
+    result.seconds = {"render": rendered - started, **result.seconds}
+    return result
+
+
+FIRST_PAGE, OTHER_PAGES = range(1, 2), range(2, 1_000_000)  # the image page, and the text pages after it
+
+
+def render_page_pixels(
+    record: ReasoningRecord,
+    current: Sequence[Dataset],
+    prior: Sequence[Dataset] = (),
+    options: OutputOptions | None = None,
+    only: Collection[int] | None = None,
+) -> tuple[list[PagePixels], int, dict[str, float]]:
+    """Render and encode the pages (or those numbered in ``only``): the work a page process does, picklable in and
+    out. Returns the encoded pages, the number of pages in all, and the seconds spent."""
+    options = options or OutputOptions()
+    started = time.perf_counter()
+    images, total = render_some_pages(record, current, prior, options, only)
+    rendered = time.perf_counter()
+    pixels = [page_pixels(image, options.page_transfer_syntax) for image in images]
+    return pixels, total, {"render": rendered - started, "encode": time.perf_counter() - rendered}
+
+
+def _page_objects(record: ReasoningRecord, pixels: Sequence[PagePixels], current: Sequence[Dataset],
+                  options: OutputOptions, images: list[Image.Image]) -> PageObjects:
+    started = time.perf_counter()
+    pages = build_page_datasets(record, pixels, current, options)
+    built = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="page-check") as pool:
         done = list(pool.map(lambda item: _encode_and_check(item[1], f"SC page {item[0]}", options.validate),
                              enumerate(pages, 1)))
-    return PageObjects(pages, [data for data, _ in done], [report for _, report in done],
-                       images if keep_images else [])
+    seconds = {"build": built - started, "check": time.perf_counter() - built}
+    return PageObjects(pages, [data for data, _ in done], [report for _, report in done], images, seconds)
 
 
 def warm_up() -> None:
@@ -82,24 +113,37 @@ def build_result_objects(
 ) -> ResultObjects:
     """The SR and the SC reasoning pages of ``record``; each validated (``ExportRefused`` when one fails).
 
-    With ``page_executor`` (a process pool) the pages are made there while this process builds the SR, so the two
-    halves use two cores; page images then stay in that process. Without it everything runs here, one after the
+    With ``page_executor`` (a pool of page processes) the pages are rendered and encoded there, in two tasks, while
+    this process builds the SR, so the work spreads over the cores; page images then stay in those processes. Without it everything runs here, one after the
     other: run in two threads instead, the GIL hand-offs between pure-Python SR building and Pillow's text drawing
     made both several times slower. dciodvfy (a subprocess) checks each object as soon as it is encoded.
     """
     options = options or OutputOptions()
     current, prior = list(current), list(prior)
-    pages_future = (page_executor.submit(make_pages, record, current, prior, options, False)
-                    if page_executor is not None else None)
+    # Two tasks: the image page (frontal image, table, the costliest page to encode) and the text pages, so that
+    # two page processes share the work while this one builds the SR.
+    rendering = ([page_executor.submit(render_page_pixels, record, current, prior, options, part)
+                  for part in (FIRST_PAGE, OTHER_PAGES)] if page_executor is not None else None)
+    started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sr-check") as pool:
         sr = build_sr(record, current, prior, options, predecessor)
         sr_data = part10_bytes(sr)
         sr_check: Future[ValidationReport] | None = (
             pool.submit(ensure_valid_bytes, sr_data, "SR") if options.validate else None)
-        page_objects = (pages_future.result() if pages_future is not None
-                        else make_pages(record, current, prior, options))
+        sr_built = time.perf_counter()
+        if rendering is not None:
+            (first, total, first_seconds), (others, _, other_seconds) = (part.result() for part in rendering)
+            if len(first) + len(others) != total:
+                raise RuntimeError(f"page processes returned {len(first) + len(others)} of {total} pages")
+            page_objects = _page_objects(record, first + others, current, options, [])
+            page_objects.seconds = {**{f"first_{k}": v for k, v in first_seconds.items()},
+                                    **{f"others_{k}": v for k, v in other_seconds.items()}, **page_objects.seconds}
+        else:
+            page_objects = make_pages(record, current, prior, options)
         sr_report = sr_check.result() if sr_check is not None else None  # a refusal raises ExportRefused
-    result = ResultObjects(sr=sr, pages=page_objects.pages, page_images=page_objects.images)
+    result = ResultObjects(sr=sr, pages=page_objects.pages, page_images=page_objects.images,
+                           seconds={"sr": sr_built - started, "all": time.perf_counter() - started,
+                                    **{f"pages_{k}": v for k, v in page_objects.seconds.items()}})
     result.encoded[str(sr.SOPInstanceUID)] = sr_data
     if sr_report is not None:
         result.reports[str(sr.SOPInstanceUID)] = sr_report

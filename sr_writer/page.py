@@ -8,7 +8,7 @@ monitor. Reasoning that does not fit continues on further pages; every page repe
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -440,11 +440,14 @@ class PageRenderer:
         return Layout(header_bottom, bottom, image_width, image_max_height, table_left, table_width,
                       first_text_top, pages)
 
-    def render(self) -> list[Image.Image]:
+    def render(self, only: Collection[int] | None = None) -> tuple[list[Image.Image], int]:
+        """The page images (all, or the page numbers in ``only``) and the number of pages in all."""
         plan = self.layout()
         total = len(plan.pages)
         images = []
         for number, page_lines in enumerate(plan.pages, start=1):
+            if only is not None and number not in only:
+                continue
             canvas = Image.new("RGB", (self.width, self.height), WHITE)
             draw = ImageDraw.Draw(canvas)
             self._draw_header(draw, number, total)
@@ -458,7 +461,7 @@ class PageRenderer:
                 line.face.draw(draw, (self.margin + line.indent, y), line.text, line.colour)
             self._draw_footer(draw, number, total)
             images.append(canvas)
-        return images
+        return images, total
 
 
 @dataclass(frozen=True)
@@ -476,4 +479,10 @@ class Layout:
 def render_pages(record: ReasoningRecord, current: Sequence[Dataset], prior: Sequence[Dataset] = (),
                  options: OutputOptions | None = None) -> list[Image.Image]:
     """The reasoning pages of ``record`` as RGB images."""
-    return PageRenderer(record, current, prior, options or OutputOptions()).render()
+    return PageRenderer(record, current, prior, options or OutputOptions()).render()[0]
+
+
+def render_some_pages(record: ReasoningRecord, current: Sequence[Dataset], prior: Sequence[Dataset],
+                      options: OutputOptions, only: Collection[int] | None) -> tuple[list[Image.Image], int]:
+    """The pages numbered in ``only`` (1-based, those that exist; None: all) and the number of pages in all."""
+    return PageRenderer(record, current, prior, options).render(only)

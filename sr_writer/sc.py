@@ -1,19 +1,23 @@
 """Secondary Capture instances (RGB, 8-bit) of the reasoning pages: same study, own series, one per page.
 
-Pixel data is RLE Lossless by default (``OutputOptions.page_transfer_syntax``); a page is mostly runs of white.
+Pixel data is RLE Lossless by default (``OutputOptions.page_transfer_syntax``): a page is mostly runs of white.
+Encoding the pixels (``page_pixels``) is separate from building the datasets (``build_page_datasets``), so a node can
+encode in the process that rendered the pages and send back only the small encoded frames.
 """
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from highdicom import ContributingEquipment
 from highdicom.sc import SCImage
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 from pydicom.encaps import encapsulate
+from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from inference.record import UNVERIFIED_STATEMENT as UNVERIFIED
@@ -21,6 +25,25 @@ from inference.record import ReasoningRecord
 from sr_writer import provenance as prov
 from sr_writer.options import OutputOptions
 from sr_writer.rle import encode_frame
+
+
+@dataclass(frozen=True)
+class PagePixels:
+    """One page's RGB pixels, encoded in ``transfer_syntax`` (RLE: the encapsulated frame; else native bytes)."""
+
+    rows: int
+    columns: int
+    transfer_syntax: str
+    data: bytes
+
+
+def page_pixels(image: Image.Image, transfer_syntax: str = RLELossless) -> PagePixels:
+    """Encode a rendered page for its SC instance."""
+    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    rows, columns = pixels.shape[:2]
+    if transfer_syntax == RLELossless:
+        return PagePixels(rows, columns, RLELossless, encapsulate([encode_frame(pixels)]))
+    return PagePixels(rows, columns, ExplicitVRLittleEndian, pixels.tobytes())
 
 
 def build_pages(
@@ -31,67 +54,104 @@ def build_pages(
 ) -> list[Dataset]:
     """One SC instance per page image; patient and study copied from the first current source dataset."""
     options = options or OutputOptions()
+    return build_page_datasets(record, [page_pixels(i, options.page_transfer_syntax) for i in images], current,
+                               options)
+
+
+def build_page_datasets(
+    record: ReasoningRecord,
+    pages: Sequence[PagePixels],
+    current: Sequence[Dataset],
+    options: OutputOptions | None = None,
+) -> list[Dataset]:
+    """One SC instance per encoded page. highdicom builds (and checks) the first of each page size; the other pages
+    are copies of it that differ in their UID, number, texts and pixel data."""
+    options = options or OutputOptions()
     if not current:
         raise ValueError("at least one current source dataset is needed")
-    ref = current[0]
-    p = record.provenance
     series_uid = generate_uid()
-    now = dt.datetime.now(dt.timezone.utc)
-    description = options.series_description(options.sc_series_description, p.demo_model)
+    templates: dict[tuple[int, int], Dataset] = {}
     out: list[Dataset] = []
-    for number, image in enumerate(images, start=1):
-        pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
-        equipment = ContributingEquipment(
-            manufacturer=options.manufacturer,
-            purpose_of_reference=codes.DCM.ProcessingEquipment,
-            manufacturer_model_name=prov.model_title(p)[:64],
-            software_versions=prov.software_versions(p),
-            device_serial_number=prov.device_uid(p),
-            institution_name=options.institution_name,
-            station_name=options.station_name,
-            contribution_datetime=now,
-            contribution_description=f"Processing Algorithm: {prov.summary(p)}"[:64],
-        )
-        sc = SCImage.from_ref_dataset(
-            ref_dataset=ref,
-            pixel_array=pixels,
-            photometric_interpretation="RGB",
-            bits_allocated=8,
-            coordinate_system="PATIENT",
-            patient_orientation=("L", "F"),  # placeholder: emptied below, a page has no patient orientation
-            series_instance_uid=series_uid,
-            series_number=options.sc_series_number,
-            sop_instance_uid=generate_uid(),
-            instance_number=number,
-            manufacturer=options.manufacturer,
-            transfer_syntax_uid=ExplicitVRLittleEndian,
-            contributing_equipment=[equipment],
-            specific_character_set="ISO_IR 192",
-            series_description=description,
-            manufacturer_model_name=prov.model_title(p)[:64],
-            software_versions=prov.software_versions(p),
-            institution_name=options.institution_name,
-            institutional_department_name=options.institutional_department_name,
-            content_date=now.date(),
-            content_time=now.time().replace(microsecond=0),
-        )
-        sc.PatientOrientation = None  # type 2: present, empty
-        if ref.get("BodyPartExamined"):
-            sc.BodyPartExamined = ref.BodyPartExamined  # CHEST: unpaired, so Laterality (type 2C) stays absent
-        else:
-            sc.Laterality = None  # unknown body part: type 2C present, empty
-        sc.BurnedInAnnotation = "YES"
-        sc.RecognizableVisualFeatures = "NO"
-        sc.ConversionType = "WSD"  # workstation: rendered by software
-        sc.ImageType = ["DERIVED", "SECONDARY"]
-        sc.DerivationDescription = f"Reasoning page {number} of {len(images)}"
-        title = f"{'DEMO ' if p.demo_model else ''}AI reasoning page {number} of {len(images)}"
+    for number, page in enumerate(pages, start=1):
+        size = (page.rows, page.columns)
+        if size not in templates:
+            templates[size] = _template(record, size, current, options, series_uid)
+        sc = copy.deepcopy(templates[size])
+        sc.SOPInstanceUID = generate_uid()
+        sc.file_meta.MediaStorageSOPInstanceUID = sc.SOPInstanceUID
+        sc.InstanceNumber = number
+        sc.DerivationDescription = f"Reasoning page {number} of {len(pages)}"
+        title = f"{'DEMO ' if record.provenance.demo_model else ''}AI reasoning page {number} of {len(pages)}"
         sc.ImageComments = f"{title}. {UNVERIFIED}"
-        sc.SourceImageSequence = [_source_item(ds) for ds in current]
-        if options.page_transfer_syntax == RLELossless:
-            encode_rle(sc, pixels)
+        sc.PixelData = page.data
+        element = sc["PixelData"]
+        element.VR = "OB"
+        if page.transfer_syntax == RLELossless:
+            element.is_undefined_length = True
+        sc.file_meta.TransferSyntaxUID = page.transfer_syntax
         out.append(sc)
     return out
+
+
+def _template(record: ReasoningRecord, size: tuple[int, int], current: Sequence[Dataset], options: OutputOptions,
+              series_uid: str) -> Dataset:
+    """A page's SC instance, everything but its UID, number, texts and pixel data (blank)."""
+    ref = current[0]
+    p = record.provenance
+    now = dt.datetime.now(dt.timezone.utc)
+    equipment = ContributingEquipment(
+        manufacturer=options.manufacturer,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=prov.model_title(p)[:64],
+        software_versions=prov.software_versions(p),
+        device_serial_number=prov.device_uid(p),
+        institution_name=options.institution_name,
+        station_name=options.station_name,
+        contribution_datetime=now,
+        contribution_description=f"Processing Algorithm: {prov.summary(p)}"[:64],
+    )
+    sc = SCImage.from_ref_dataset(
+        ref_dataset=ref,
+        pixel_array=np.zeros((*size, 3), np.uint8),
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        patient_orientation=("L", "F"),  # placeholder: emptied below, a page has no patient orientation
+        series_instance_uid=series_uid,
+        series_number=options.sc_series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=options.manufacturer,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        contributing_equipment=[equipment],
+        specific_character_set="ISO_IR 192",
+        series_description=options.series_description(options.sc_series_description, p.demo_model),
+        manufacturer_model_name=prov.model_title(p)[:64],
+        software_versions=prov.software_versions(p),
+        institution_name=options.institution_name,
+        institutional_department_name=options.institutional_department_name,
+        content_date=now.date(),
+        content_time=now.time().replace(microsecond=0),
+    )
+    sc.PatientOrientation = None  # type 2: present, empty
+    if ref.get("BodyPartExamined"):
+        sc.BodyPartExamined = ref.BodyPartExamined  # CHEST: unpaired, so Laterality (type 2C) stays absent
+    else:
+        sc.Laterality = None  # unknown body part: type 2C present, empty
+    sc.BurnedInAnnotation = "YES"
+    sc.RecognizableVisualFeatures = "NO"
+    sc.ConversionType = "WSD"  # workstation: rendered by software
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.SourceImageSequence = [_source_item(ds) for ds in current]
+    del sc.PixelData  # each page brings its own; copies of the template stay small
+    return sc
+
+
+def _source_item(ds: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = ds.SOPClassUID
+    item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    return item
 
 
 def encode_rle(ds: Dataset, pixels: np.ndarray) -> None:
@@ -101,11 +161,3 @@ def encode_rle(ds: Dataset, pixels: np.ndarray) -> None:
     element.VR = "OB"
     element.is_undefined_length = True
     ds.file_meta.TransferSyntaxUID = RLELossless
-
-
-
-def _source_item(ds: Dataset) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = ds.SOPClassUID
-    item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
-    return item

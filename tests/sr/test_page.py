@@ -75,7 +75,7 @@ def test_long_reasoning_continues_on_numbered_pages(study: list[Dataset]) -> Non
     # every reasoning line is placed exactly once
     placed = [line.text for page in long_renderer.layout().pages for _, line in page if "(continued)" not in line.text]
     assert placed == [line.text for line in long_renderer.reasoning_lines()]
-    images = long_renderer.render()
+    images, _ = long_renderer.render()
     assert len(images) == n_long
     assert {im.size for im in images} == {(1536, 2048)}
 

@@ -99,19 +99,25 @@ class ReasoningProcessor:
         self._pages_lock = threading.Lock()
         self._pages: ProcessPoolExecutor | None = None
         if config.output.page_processes:
-            self._page_executor()
+            self._page_executor(wait=True)  # ready before the first study, not while it waits
 
-    def _page_executor(self) -> ProcessPoolExecutor | None:
-        """The page processes (started with the processor, warmed up in the background); None when configured off."""
+    def _page_executor(self, wait: bool = False) -> ProcessPoolExecutor | None:
+        """The page processes (started with the processor, each warmed up as it starts); None when configured off."""
         workers = self.config.output.page_processes
         if not workers:
             return None
         with self._pages_lock:
             if self._pages is None:
                 # spawn, never fork: a forked copy of a process running torch threads can deadlock
-                self._pages = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-                for _ in range(workers):
-                    self._pages.submit(warm_up)
+                self._pages = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=warm_up)
+                started = [self._pages.submit(warm_up) for _ in range(workers)]  # one submit starts one process
+                if wait:
+                    try:
+                        for future in started:
+                            future.result(timeout=120)
+                    except Exception as exc:  # noqa: BLE001 - pages are then made in the worker, see _result_objects
+                        log.warning("reasoning: page processes did not start: %s", exc)
             return self._pages
 
     def _result_objects(self, record: ReasoningRecord, current: list[Dataset], prior: list[Dataset],

@@ -1,6 +1,7 @@
 """``build_result_objects``: record + source datasets in, validated SR and SC pages out."""
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Collection, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -8,11 +9,12 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from inference.record import ReasoningRecord
 from sr_writer.options import OutputOptions
-from sr_writer.page import render_pages, render_some_pages
-from sr_writer.sc import PagePixels, build_page_datasets, page_pixels
+from sr_writer.page import render_some_pages
+from sr_writer.sc import build_page_datasets, page_pixels
 from sr_writer.sr import build_sr
 from sr_writer.validate import ValidationReport, ensure_valid_bytes, part10_bytes
 
@@ -54,46 +56,44 @@ def make_pages(
     options: OutputOptions | None = None,
 ) -> PageObjects:
     """Render the reasoning pages, build their SC datasets, encode and validate each (``ExportRefused`` on errors)."""
-    options = options or OutputOptions()
-    started = time.perf_counter()
-    images = render_pages(record, current, prior, options)
-    rendered = time.perf_counter()
-    pixels = [page_pixels(image, options.page_transfer_syntax) for image in images]
-    result = _page_objects(record, pixels, current, options, images)
-    result.seconds = {"render": rendered - started, **result.seconds}
-    return result
+    return make_some_pages(record, current, prior, options, None, keep_images=True)[0]
 
 
 FIRST_PAGE, OTHER_PAGES = range(1, 2), range(2, 1_000_000)  # the image page, and the text pages after it
 
 
-def render_page_pixels(
+def make_some_pages(
     record: ReasoningRecord,
     current: Sequence[Dataset],
     prior: Sequence[Dataset] = (),
     options: OutputOptions | None = None,
     only: Collection[int] | None = None,
-) -> tuple[list[PagePixels], int, dict[str, float]]:
-    """Render and encode the pages (or those numbered in ``only``): the work a page process does, picklable in and
-    out. Returns the encoded pages, the number of pages in all, and the seconds spent."""
+    series_uid: str | None = None,
+    made_at: dt.datetime | None = None,
+    keep_images: bool = False,
+) -> tuple[PageObjects, int]:
+    """The pages numbered in ``only`` (None: all) as validated SC objects, and the number of pages in all.
+
+    What a page process does: picklable in and out, so pages of one study can be made by several processes (they
+    share ``series_uid`` and ``made_at``)."""
     options = options or OutputOptions()
     started = time.perf_counter()
     images, total = render_some_pages(record, current, prior, options, only)
     rendered = time.perf_counter()
     pixels = [page_pixels(image, options.page_transfer_syntax) for image in images]
-    return pixels, total, {"render": rendered - started, "encode": time.perf_counter() - rendered}
-
-
-def _page_objects(record: ReasoningRecord, pixels: Sequence[PagePixels], current: Sequence[Dataset],
-                  options: OutputOptions, images: list[Image.Image]) -> PageObjects:
-    started = time.perf_counter()
-    pages = build_page_datasets(record, pixels, current, options)
+    encoded = time.perf_counter()
+    first = min((n for n in (only or range(1, total + 1)) if 1 <= n <= total), default=1)
+    pages = build_page_datasets(record, pixels, current, options, series_uid=series_uid, first_number=first,
+                                total=total, made_at=made_at)
     built = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="page-check") as pool:
-        done = list(pool.map(lambda item: _encode_and_check(item[1], f"SC page {item[0]}", options.validate),
-                             enumerate(pages, 1)))
-    seconds = {"build": built - started, "check": time.perf_counter() - built}
-    return PageObjects(pages, [data for data, _ in done], [report for _, report in done], images, seconds)
+        done = list(pool.map(lambda page: _encode_and_check(page, f"SC page {page.InstanceNumber}",
+                                                            options.validate), pages))
+    seconds = {"render": rendered - started, "encode": encoded - rendered, "build": built - encoded,
+               "check": time.perf_counter() - built}
+    objects = PageObjects(pages, [data for data, _ in done], [report for _, report in done],
+                          images if keep_images else [], seconds)
+    return objects, total
 
 
 def warm_up() -> None:
@@ -113,8 +113,9 @@ def build_result_objects(
 ) -> ResultObjects:
     """The SR and the SC reasoning pages of ``record``; each validated (``ExportRefused`` when one fails).
 
-    With ``page_executor`` (a pool of page processes) the pages are rendered and encoded there, in two tasks, while
-    this process builds the SR, so the work spreads over the cores; page images then stay in those processes. Without it everything runs here, one after the
+    With ``page_executor`` (a pool of page processes) the pages are made there (rendered, encoded, built and
+    validated), in two tasks, while this process builds the SR, so the work spreads over the cores; page images then
+    stay in those processes. Without it everything runs here, one after the
     other: run in two threads instead, the GIL hand-offs between pure-Python SR building and Pillow's text drawing
     made both several times slower. dciodvfy (a subprocess) checks each object as soon as it is encoded.
     """
@@ -122,8 +123,9 @@ def build_result_objects(
     current, prior = list(current), list(prior)
     # Two tasks: the image page (frontal image, table, the costliest page to encode) and the text pages, so that
     # two page processes share the work while this one builds the SR.
-    rendering = ([page_executor.submit(render_page_pixels, record, current, prior, options, part)
-                  for part in (FIRST_PAGE, OTHER_PAGES)] if page_executor is not None else None)
+    series_uid, made_at = generate_uid(), dt.datetime.now(dt.timezone.utc)
+    parts = ([page_executor.submit(make_some_pages, record, current, prior, options, part, series_uid, made_at)
+              for part in (FIRST_PAGE, OTHER_PAGES)] if page_executor is not None else None)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sr-check") as pool:
         sr = build_sr(record, current, prior, options, predecessor)
@@ -131,13 +133,14 @@ def build_result_objects(
         sr_check: Future[ValidationReport] | None = (
             pool.submit(ensure_valid_bytes, sr_data, "SR") if options.validate else None)
         sr_built = time.perf_counter()
-        if rendering is not None:
-            (first, total, first_seconds), (others, _, other_seconds) = (part.result() for part in rendering)
-            if len(first) + len(others) != total:
-                raise RuntimeError(f"page processes returned {len(first) + len(others)} of {total} pages")
-            page_objects = _page_objects(record, first + others, current, options, [])
-            page_objects.seconds = {**{f"first_{k}": v for k, v in first_seconds.items()},
-                                    **{f"others_{k}": v for k, v in other_seconds.items()}, **page_objects.seconds}
+        if parts is not None:
+            (first, total), (others, _) = (part.result() for part in parts)
+            page_objects = PageObjects(first.pages + others.pages, first.encoded + others.encoded,
+                                       first.reports + others.reports, [],
+                                       {**{f"first_{k}": v for k, v in first.seconds.items()},
+                                        **{f"others_{k}": v for k, v in others.seconds.items()}})
+            if [p.InstanceNumber for p in page_objects.pages] != list(range(1, total + 1)):
+                raise RuntimeError(f"page processes returned {len(page_objects.pages)} of {total} pages")
         else:
             page_objects = make_pages(record, current, prior, options)
         sr_report = sr_check.result() if sr_check is not None else None  # a refusal raises ExportRefused

@@ -63,25 +63,35 @@ def build_page_datasets(
     pages: Sequence[PagePixels],
     current: Sequence[Dataset],
     options: OutputOptions | None = None,
+    *,
+    series_uid: str | None = None,
+    first_number: int = 1,
+    total: int | None = None,
+    made_at: dt.datetime | None = None,
 ) -> list[Dataset]:
-    """One SC instance per encoded page. highdicom builds (and checks) the first of each page size; the other pages
-    are copies of it that differ in their UID, number, texts and pixel data."""
+    """One SC instance per encoded page, numbered from ``first_number`` of ``total`` (default: these pages are all).
+
+    highdicom builds (and checks) the first of each page size; the other pages are copies of it that differ in
+    their UID, number, texts and pixel data. Pages of one study made in several calls (page processes) share
+    ``series_uid`` and ``made_at``."""
     options = options or OutputOptions()
     if not current:
         raise ValueError("at least one current source dataset is needed")
-    series_uid = generate_uid()
+    series_uid = series_uid or generate_uid()
+    made_at = made_at or dt.datetime.now(dt.timezone.utc)
+    total = total if total is not None else len(pages)
     templates: dict[tuple[int, int], Dataset] = {}
     out: list[Dataset] = []
-    for number, page in enumerate(pages, start=1):
+    for number, page in enumerate(pages, start=first_number):
         size = (page.rows, page.columns)
         if size not in templates:
-            templates[size] = _template(record, size, current, options, series_uid)
+            templates[size] = _template(record, size, current, options, series_uid, made_at)
         sc = copy.deepcopy(templates[size])
         sc.SOPInstanceUID = generate_uid()
         sc.file_meta.MediaStorageSOPInstanceUID = sc.SOPInstanceUID
         sc.InstanceNumber = number
-        sc.DerivationDescription = f"Reasoning page {number} of {len(pages)}"
-        title = f"{'DEMO ' if record.provenance.demo_model else ''}AI reasoning page {number} of {len(pages)}"
+        sc.DerivationDescription = f"Reasoning page {number} of {total}"
+        title = f"{'DEMO ' if record.provenance.demo_model else ''}AI reasoning page {number} of {total}"
         sc.ImageComments = f"{title}. {UNVERIFIED}"
         sc.PixelData = page.data
         element = sc["PixelData"]
@@ -94,11 +104,10 @@ def build_page_datasets(
 
 
 def _template(record: ReasoningRecord, size: tuple[int, int], current: Sequence[Dataset], options: OutputOptions,
-              series_uid: str) -> Dataset:
+              series_uid: str, now: dt.datetime) -> Dataset:
     """A page's SC instance, everything but its UID, number, texts and pixel data (blank)."""
     ref = current[0]
     p = record.provenance
-    now = dt.datetime.now(dt.timezone.utc)
     equipment = ContributingEquipment(
         manufacturer=options.manufacturer,
         purpose_of_reference=codes.DCM.ProcessingEquipment,

@@ -82,7 +82,7 @@ def make_some_pages(
     rendered = time.perf_counter()
     pixels = [page_pixels(image, options.page_transfer_syntax) for image in images]
     encoded = time.perf_counter()
-    first = min((n for n in (only or range(1, total + 1)) if 1 <= n <= total), default=1)
+    first = next((n for n in range(1, total + 1) if only is None or n in only), 1)  # number of the first page made
     pages = build_page_datasets(record, pixels, current, options, series_uid=series_uid, first_number=first,
                                 total=total, made_at=made_at)
     built = time.perf_counter()

@@ -70,21 +70,27 @@ def wrap(text: str, face: Face, width: float) -> list[str]:
     """
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
-        fast = _wrap_summed(paragraph, face, width)
+        fast = _wrap_paragraph(paragraph, face, width, summed=True)
         if all(face.width(line) <= width for line in fast):
             lines += fast
         else:
-            lines += _wrap_measured(paragraph, face, width)
+            lines += _wrap_paragraph(paragraph, face, width, summed=False)
     return lines
 
 
-def _wrap_summed(paragraph: str, face: Face, width: float) -> list[str]:
+def _wrap_paragraph(paragraph: str, face: Face, width: float, summed: bool) -> list[str]:
+    """Greedy wrapping; a token fits when the line's width stays within ``width``, taken as the sum of the token
+    widths (``summed``) or measured on the whole candidate line."""
     lines: list[str] = []
     current, current_width = "", 0.0
     for token in _TOKEN.findall(paragraph):
-        if current_width + face.width(token.rstrip()) <= width:
+        if summed:
+            fits = current_width + face.width(token.rstrip()) <= width
+        else:
+            fits = face.width((current + token).rstrip()) <= width
+        if fits:
             current += token
-            current_width += face.width(token)
+            current_width += face.width(token) if summed else 0.0
             continue
         if current.strip():
             lines.append(current.rstrip())
@@ -93,26 +99,7 @@ def _wrap_summed(paragraph: str, face: Face, width: float) -> list[str]:
             cut = _fit(current, face, width)
             lines.append(current[:cut])
             current = current[cut:]
-        current_width = face.width(current)
-    lines.append(current.rstrip())
-    return lines
-
-
-def _wrap_measured(paragraph: str, face: Face, width: float) -> list[str]:
-    lines: list[str] = []
-    current = ""
-    for token in _TOKEN.findall(paragraph):
-        candidate = current + token
-        if face.width(candidate.rstrip()) <= width:
-            current = candidate
-            continue
-        if current.strip():
-            lines.append(current.rstrip())
-        current = token.lstrip() if token.isspace() else token
-        while face.width(current.rstrip()) > width:
-            cut = _fit(current, face, width)
-            lines.append(current[:cut])
-            current = current[cut:]
+        current_width = face.width(current) if summed else 0.0
     lines.append(current.rstrip())
     return lines
 

@@ -7,7 +7,6 @@ writers with ``BEGIN IMMEDIATE``). A result is committed only if this worker sti
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import socket
@@ -18,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import Dataset, dcmwrite
+from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,9 +29,10 @@ from dicomnode.config import NodeConfig
 from dicomnode.db.ingest import newest_job
 from dicomnode.db.models import Delivery, Instance, Job, Study, utcnow
 from dicomnode.db.states import DeliveryState, JobState
-from dicomnode.spool import fsync_dir
 from dicomnode.processing import ProcessingResult, Processor, ResultObject, StudyInput
+from dicomnode.spool import fsync_dir
 from dicomnode.uids import is_valid_uid
+from sr_writer.validate import part10_bytes
 
 LOG = logging.getLogger("dicomnode.worker")
 RESULTS_DIR = "results"
@@ -144,9 +144,7 @@ def dataset_bytes(dataset: Dataset) -> bytes:
     if "TransferSyntaxUID" not in getattr(dataset, "file_meta", Dataset()):
         dataset.ensure_file_meta()
         dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buffer = io.BytesIO()
-    dcmwrite(buffer, dataset, enforce_file_format=True)
-    return buffer.getvalue()
+    return part10_bytes(dataset)
 
 
 def write_results(directory: Path, result: ProcessingResult, fsync: bool = True) -> list[tuple[ResultObject, Path]]:

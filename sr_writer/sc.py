@@ -39,11 +39,25 @@ class PagePixels:
 
 def page_pixels(image: Image.Image, transfer_syntax: str = RLELossless) -> PagePixels:
     """Encode a rendered page for its SC instance."""
-    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    return encode_pixels(np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8),
+                         transfer_syntax)
+
+
+def encode_pixels(pixels: np.ndarray, transfer_syntax: str = RLELossless) -> PagePixels:
+    """One frame of uint8 ``pixels`` (rows, columns[, samples]) in ``transfer_syntax``."""
     rows, columns = pixels.shape[:2]
     if transfer_syntax == RLELossless:
         return PagePixels(rows, columns, RLELossless, encapsulate([encode_frame(pixels)]))
-    return PagePixels(rows, columns, ExplicitVRLittleEndian, pixels.tobytes())
+    return PagePixels(rows, columns, ExplicitVRLittleEndian, np.ascontiguousarray(pixels).tobytes())
+
+
+def set_pixel_data(ds: Dataset, page: PagePixels) -> None:
+    """Put an encoded frame into ``ds``: Pixel Data (OB; undefined length when encapsulated) and transfer syntax."""
+    ds.PixelData = page.data
+    element = ds["PixelData"]
+    element.VR = "OB"
+    element.is_undefined_length = page.transfer_syntax == RLELossless
+    ds.file_meta.TransferSyntaxUID = page.transfer_syntax
 
 
 def build_pages(
@@ -93,12 +107,7 @@ def build_page_datasets(
         sc.DerivationDescription = f"Reasoning page {number} of {total}"
         title = f"{'DEMO ' if record.provenance.demo_model else ''}AI reasoning page {number} of {total}"
         sc.ImageComments = f"{title}. {UNVERIFIED}"
-        sc.PixelData = page.data
-        element = sc["PixelData"]
-        element.VR = "OB"
-        if page.transfer_syntax == RLELossless:
-            element.is_undefined_length = True
-        sc.file_meta.TransferSyntaxUID = page.transfer_syntax
+        set_pixel_data(sc, page)
         out.append(sc)
     return out
 
@@ -161,12 +170,3 @@ def _source_item(ds: Dataset) -> Dataset:
     item.ReferencedSOPClassUID = ds.SOPClassUID
     item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
     return item
-
-
-def encode_rle(ds: Dataset, pixels: np.ndarray) -> None:
-    """Replace the native Pixel Data of single-frame ``ds`` by its RLE Lossless encoding (``pixels`` as stored)."""
-    ds.PixelData = encapsulate([encode_frame(pixels)])
-    element = ds["PixelData"]
-    element.VR = "OB"
-    element.is_undefined_length = True
-    ds.file_meta.TransferSyntaxUID = RLELossless

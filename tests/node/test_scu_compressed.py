@@ -19,7 +19,7 @@ from pydicom.uid import (
 from dicomnode.peers.dcmtk import StoreSCP
 from dicomnode.scu import Peer, requested_contexts, store_files
 from sr_writer.rle import encode_frame
-from sr_writer.sc import encode_rle
+from sr_writer.sc import encode_pixels, set_pixel_data
 
 
 def _page(path: Path, rle: bool, seed: int) -> tuple[Path, np.ndarray, str]:
@@ -35,7 +35,7 @@ def _page(path: Path, rle: bool, seed: int) -> tuple[Path, np.ndarray, str]:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.PlanarConfiguration = 8, 8, 7, 0, 0
     ds.PixelData = pixels.tobytes()
     if rle:
-        encode_rle(ds, pixels)
+        set_pixel_data(ds, encode_pixels(pixels, RLELossless))
     ds.save_as(path, enforce_file_format=True)
     return path, pixels, str(ds.SOPInstanceUID)
 

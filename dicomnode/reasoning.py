@@ -111,7 +111,8 @@ class ReasoningProcessor:
                 # spawn, never fork: a forked copy of a process running torch threads can deadlock
                 self._pages = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                                   initializer=warm_up)
-                started = [self._pages.submit(warm_up) for _ in range(workers)]  # one submit starts one process
+                # one submit starts one process; the task itself is a no-op once the initializer has run
+                started = [self._pages.submit(warm_up) for _ in range(workers)]
                 if wait:
                     try:
                         for future in started:

@@ -115,9 +115,9 @@ def build_result_objects(
 
     With ``page_executor`` (a pool of page processes) the pages are made there (rendered, encoded, built and
     validated), in two tasks, while this process builds the SR, so the work spreads over the cores; page images then
-    stay in those processes. Without it everything runs here, one after the
-    other: run in two threads instead, the GIL hand-offs between pure-Python SR building and Pillow's text drawing
-    made both several times slower. dciodvfy (a subprocess) checks each object as soon as it is encoded.
+    stay in those processes. Without it everything runs here, one step after the other (in two threads instead, the
+    GIL hand-offs between pure-Python SR building and Pillow's text drawing made both several times slower).
+    dciodvfy (a subprocess) checks each object as soon as it is encoded.
     """
     options = options or OutputOptions()
     current, prior = list(current), list(prior)

@@ -44,6 +44,8 @@ class DemoResult:
     sr_urls: list[str] = field(default_factory=list)
     page_preview_urls: list[str] = field(default_factory=list)
     page_pngs: list[Path] = field(default_factory=list)
+    sr_files: list[Path] = field(default_factory=list)  # the objects the node wrote and sent, on local disk
+    sc_files: list[Path] = field(default_factory=list)
     record_json: Path | None = None
     study_instance_uid: str = ""
     seconds: float = 0.0
@@ -165,14 +167,17 @@ def run_demo(workdir: Path, timeout: float = 900.0, keep_running: bool = False,
             time.sleep(2.0)  # let the remaining pages of a multi-page result land
             srs, pages = results_of_study(orthanc, spec.study_instance_uid)
             study_id = orthanc.rest_get(f"/instances/{srs[0]['ID']}/study")["ID"]
-            results = sorted(Path(config.storage.data_dir, "results", spec.study_instance_uid).glob("*/sc-*.dcm"))
-            records = sorted(Path(config.storage.data_dir, "results", spec.study_instance_uid).glob("*/record.json"))
+            study_results = Path(config.storage.data_dir, "results", spec.study_instance_uid)
+            results = sorted(study_results.glob("*/sc-*.dcm"))
+            records = sorted(study_results.glob("*/record.json"))
             result = DemoResult(
                 orthanc_url=orthanc.url,
                 study_url=f"{orthanc.url}/app/explorer.html#study?uuid={study_id}",
                 sr_urls=[f"{orthanc.url}/instances/{i['ID']}/file" for i in srs],
                 page_preview_urls=[f"{orthanc.url}/instances/{i['ID']}/preview" for i in pages],
                 page_pngs=sorted((save_page_png(p, out_dir) for p in results), key=lambda p: int(p.stem.split('-')[1])),
+                sr_files=sorted(study_results.glob("*/sr-*.dcm")),
+                sc_files=results,
                 record_json=records[-1] if records else None,
                 study_instance_uid=spec.study_instance_uid,
                 seconds=time.perf_counter() - started,
@@ -200,6 +205,10 @@ def _print_result(result: DemoResult, say: Callable[[str], None]) -> None:
         say(f"  Structured Report:    {url}")
     for url in result.page_preview_urls:
         say(f"  reasoning page:       {url}")
+    for path in result.sr_files:
+        say(f"  SR file:              {path}")
+    for path in result.sc_files:
+        say(f"  SC file:              {path}")
     for png in result.page_pngs:
         say(f"  page PNG:             {png}")
     if result.record_json:

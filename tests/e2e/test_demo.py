@@ -17,7 +17,9 @@ def test_demo_round_trip(tmp_path: Path) -> None:
     result = run_demo(tmp_path / "demo", timeout=600, say=lines.append)
     assert any("UNTRAINED" in line.upper() for line in lines)
     assert result.sr_urls and result.page_preview_urls
-    assert len(result.page_pngs) == len(result.page_preview_urls)
+    assert len(result.page_pngs) == len(result.page_preview_urls) == len(result.sc_files)
+    assert len(result.sr_files) == len(result.sr_urls) == 1
+    assert all(p.is_file() for p in [*result.sr_files, *result.sc_files])
     assert [p.name for p in result.page_pngs] == [f"page-{n}.png" for n in range(1, len(result.page_pngs) + 1)]
     for png in result.page_pngs:
         with Image.open(png) as image:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from PIL import ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,19 @@ def _truetype(path: str, size: int) -> ImageFont.FreeTypeFont:
 def _length(path: str, size: int, text: str) -> float:
     """Advance width of ``text`` in one font; cached, since wrapping measures the same words again and again."""
     return _truetype(path, size).getlength(text)
+
+
+_WORDS = re.compile(r"\S+\s*|\s+")  # a word with the spaces after it, or leading spaces
+
+
+@lru_cache(maxsize=16384)
+def _word_mask(path: str, size: int, word: str) -> tuple[Image.Image, int, int]:
+    """``word`` rasterised once as an anti-aliased mask, with its offset from the left end of the baseline.
+
+    Words recur on a page and from page to page (question wording, headers), and rasterising is most of the cost of
+    drawing text; each occurrence after the first is a blit."""
+    core, (dx, dy) = _truetype(path, size).getmask2(word, "L", anchor="ls")
+    return Image.frombytes("L", core.size, bytes(core)), dx, dy
 
 
 _ALWAYS_PRIMARY = "\u0250"  # DejaVu Sans draws every code point below this (Latin, Latin-1, Latin Extended)
@@ -115,6 +129,15 @@ class Face:
         x, y = xy
         baseline = y + round(self.size * 1.05)
         for font, run in self.runs(text):
-            draw.text((x, baseline), run, font=font, fill=fill, anchor="ls")
-            x += font.getlength(run)
+            if draw.fontmode != "L":  # not anti-aliased: let Pillow draw the run
+                draw.text((x, baseline), run, font=font, fill=fill, anchor="ls")
+                x += font.getlength(run)
+                continue
+            for word in _WORDS.findall(run):  # word by word, each advancing by its measured width
+                glyphs = word.rstrip()
+                if glyphs:
+                    mask, dx, dy = _word_mask(font.path, self.size, glyphs)
+                    if mask.width and mask.height:
+                        draw.bitmap((int(x) + dx, baseline + dy), mask, fill=fill)
+                x += _length(font.path, self.size, word)
         return x

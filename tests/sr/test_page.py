@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 
 from sr_writer.fonts import Face, FontMissing, fallback_path
@@ -34,6 +35,26 @@ def test_wrap_keeps_every_character_within_width(face: Face, text: str) -> None:
     lines = wrap(text, face, width)
     assert all(face.width(line) <= width for line in lines)
     assert "".join("".join(lines).split()) == "".join(text.split())
+
+
+@pytest.mark.parametrize("text", ["Q: Is there any evidence of pleural effusion?  A: no", "Lung 肺 clear, 心影 normal"])
+def test_drawn_word_by_word_as_pillow_draws_the_line(face: Face, text: str) -> None:
+    """Words are rasterised once and blitted; the line looks as Pillow draws it whole (glyphs may move by
+    less than a pixel: sub-pixel starts are not kept)."""
+    ours, pillows = (Image.new("L", (1100, 60), 255) for _ in range(2))
+    end = face.draw(ImageDraw.Draw(ours), (10, 5), text, 0)  # type: ignore[arg-type]
+    pillow_draw, x = ImageDraw.Draw(pillows), 10.0
+    for font, run in face.runs(text):
+        pillow_draw.text((x, 5 + round(face.size * 1.05)), run, font=font, fill=0, anchor="ls")
+        x += font.getlength(run)
+    a, b = (255 - np.asarray(image, dtype=np.int64) for image in (ours, pillows))
+    assert abs(a.sum() - b.sum()) < 0.02 * b.sum()  # the same ink
+    assert all(abs(p - q) <= 1 for p, q in zip(ours.point(lambda v: 255 - v).getbbox(),
+                                                 pillows.point(lambda v: 255 - v).getbbox()))
+    assert abs(end - x) < 2 and abs(end - 10 - face.width(text)) < 2
+    again = Image.new("L", (1100, 60), 255)
+    face.draw(ImageDraw.Draw(again), (10, 5), text, 0)  # type: ignore[arg-type]
+    assert again.tobytes() == ours.tobytes()  # from the word cache: the same pixels
 
 
 def test_cjk_uses_a_fallback_font_with_real_glyphs(face: Face) -> None:

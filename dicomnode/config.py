@@ -106,6 +106,9 @@ class Destination(_Model):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     tls: TLSConfig | None = None
     calling_aet: str | None = None
+    # at most this many associations to this destination at once: objects that are ready while another is being
+    # sent go on a second association instead of waiting (1: one object after the other)
+    associations: int = Field(2, ge=1, le=8)
 
     @field_validator("ae_title")
     @classmethod

@@ -1,7 +1,8 @@
 """Delivery loop: C-STORE result objects to their destinations with retries, backoff, jitter and dead letter.
 
-Each destination has its own loop (thread): it sends that destination's due PENDING rows in one association, so
-one slow or dead peer never holds up another. A row is leased (``next_attempt_at`` pushed ahead) before it
+Each destination has its own loops (one thread per association it may have, ``associations``): a loop sends its
+share of that destination's due PENDING rows in one association, so one slow or dead peer never holds up another
+and an object queued while another is being sent goes out on a second association. A row is leased (``next_attempt_at`` pushed ahead) before it
 is sent so that two delivery loops never send it at the same time; a row already SENT is never sent again. After
 a crash between the peer's acknowledgement and our commit the object may be sent once more after the lease ends
 (the peer keeps one copy: same SOP Instance UID).
@@ -26,7 +27,7 @@ from dicomnode.config import Destination, NodeConfig, RetryConfig
 from dicomnode.db.models import Delivery, Job, Study, utcnow
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.scu import Peer, ScuError, StoreOutcome, store_files
-from dicomnode.worker import set_job_state
+from dicomnode.worker import settle_job
 
 LOG = logging.getLogger("dicomnode.delivery")
 LEASE_SECONDS = 30.0
@@ -63,7 +64,7 @@ class Deliverer:
         self.data_dir = Path(config.storage.data_dir).resolve()
         self.destinations = {d.name: d for d in config.destinations}
         self._stop = threading.Event()
-        self._wakes: dict[str | None, threading.Event] = {}
+        self._wakes: dict[tuple[str | None, int], threading.Event] = {}  # per loop thread
         self._threads: list[threading.Thread] = []
 
     # -- one pass ----------------------------------------------------------------------------------------------
@@ -82,24 +83,33 @@ class Deliverer:
         self.finish_jobs()
         return attempted
 
-    def run_destination_once(self, name: str) -> int:
-        """Send the due rows of one destination; returns how many were attempted."""
-        rows = self._lease_due_rows(name)
+    def run_destination_once(self, name: str, share: bool = False) -> int:
+        """Send the due rows of one destination (with ``share``: this association's share of them); returns how
+        many were attempted."""
+        rows = self._lease_due_rows(name, share)
         if rows:
             self._deliver_to(name, rows)
             self.finish_jobs()
         return len(rows)
 
-    def _lease_due_rows(self, name: str) -> list[DueRow]:
+    def _lease_due_rows(self, name: str, share: bool = False) -> list[DueRow]:
+        """Lease due rows of destination ``name``, at most ``BATCH_PER_DESTINATION``; with ``share``, one
+        association's share when the destination has several (a backlog of 10 rows and 2 associations: 5)."""
         now = utcnow()
         lease_until = now + dt.timedelta(seconds=self.lease_seconds)
         leased: list[DueRow] = []
+        destination = self.destinations.get(name)
+        associations = destination.associations if destination is not None and share else 1
+        due = (Delivery.destination == name, Delivery.state == DeliveryState.PENDING.value,
+               Delivery.next_attempt_at <= now)
         with self.session_factory.begin() as session:
+            limit = BATCH_PER_DESTINATION
+            if associations > 1:
+                count = session.scalar(select(func.count(Delivery.id)).where(*due)) or 0
+                limit = max(1, min(limit, -(-count // associations)))
             rows = session.execute(
                 select(Delivery.id, Delivery.job_id, Delivery.destination, Delivery.sop_instance_uid, Delivery.path)
-                .where(Delivery.destination == name, Delivery.state == DeliveryState.PENDING.value,
-                       Delivery.next_attempt_at <= now)
-                .order_by(Delivery.next_attempt_at, Delivery.id).limit(BATCH_PER_DESTINATION)
+                .where(*due).order_by(Delivery.next_attempt_at, Delivery.id).limit(limit)
                 .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
@@ -173,29 +183,15 @@ class Deliverer:
 
     def finish_jobs(self) -> int:
         """RESULTS_READY jobs with no PENDING row become DELIVERED (all SENT) or FAILED (some DEAD)."""
-        done = 0
         with self.session_factory.begin() as session:
             pending = select(Delivery.id).where(Delivery.job_id == Job.id,
                                                 Delivery.state == DeliveryState.PENDING.value).exists()
             jobs = list(session.scalars(
                 select(Job).where(Job.state == JobState.RESULTS_READY.value, ~pending).with_for_update()))
             for job in jobs:
-                dead = session.execute(
-                    select(Delivery.destination, Delivery.sop_instance_uid, Delivery.last_error)
-                    .where(Delivery.job_id == job.id, Delivery.state == DeliveryState.DEAD.value)
-                    .order_by(Delivery.id)
-                ).all()
-                study_uid = session.scalar(select(Study.study_instance_uid).where(Study.id == job.study_id))
-                if dead:
-                    detail = "; ".join(f"{d.destination} {d.sop_instance_uid}: {d.last_error}" for d in dead)
-                    set_job_state(session, job, JobState.FAILED, f"delivery dead-lettered: {detail}")
-                    audit(session, "job.failed", level=logging.WARNING, study_instance_uid=study_uid,
-                          job_id=job.id, dead_deliveries=len(dead))
-                else:
-                    set_job_state(session, job, JobState.DELIVERED)
-                    audit(session, "job.delivered", study_instance_uid=study_uid, job_id=job.id)
-                done += 1
-        return done
+                settle_job(session, job, session.scalar(select(Study.study_instance_uid)
+                                                        .where(Study.id == job.study_id)))
+        return len(jobs)
 
     def next_due_in(self, name: str | None = None) -> float | None:
         """Seconds until the earliest PENDING row (of ``name``) is due (0 if overdue); None when none is pending."""
@@ -210,29 +206,33 @@ class Deliverer:
 
     # -- background threads ------------------------------------------------------------------------------------
     def start(self) -> None:
-        """One thread per configured destination (so a slow peer never delays another) plus one that
-        dead-letters rows of destinations no longer configured."""
+        """Per configured destination one thread per association it may have (so a slow peer never delays
+        another, and an object ready while another is being sent need not wait), plus one that dead-letters rows
+        of destinations no longer configured."""
         self._stop.clear()
-        names: list[str | None] = [*self.destinations, None]
-        for name in names:
-            thread = threading.Thread(target=self._loop, args=(name,), name=f"deliver-{name or 'orphans'}",
-                                      daemon=True)
+        loops: list[tuple[str | None, int]] = [
+            (name, index) for name, destination in self.destinations.items()
+            for index in range(destination.associations)]
+        for name, index in [*loops, (None, 0)]:
+            wake = self._wakes.setdefault((name, index), threading.Event())
+            label = f"deliver-{name or 'orphans'}" + (f"-{index + 1}" if index else "")
+            thread = threading.Thread(target=self._loop, args=(name, wake), name=label, daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def wake(self) -> None:
-        """Run the next passes now (e.g. a job just became RESULTS_READY)."""
-        for event in self._wakes.values():
-            event.set()
+        """Run the next passes of every destination now (results were just queued)."""
+        for (name, _), event in self._wakes.items():
+            if name is not None:
+                event.set()
 
     def _orphan_pass(self) -> int:
         with self.session_factory() as session:
             names = [n for n in self._pending_destinations(session, utcnow()) if n not in self.destinations]
         return sum(self.run_destination_once(n) for n in names)
 
-    def _loop(self, name: str | None) -> None:
+    def _loop(self, name: str | None, wake: threading.Event) -> None:
         poll = self.config.processing.poll_seconds
-        wake = self._wakes.setdefault(name, threading.Event())
         while not self._stop.is_set():
             try:
                 if name is None:
@@ -240,7 +240,7 @@ class Deliverer:
                     self.finish_jobs()
                     due = None
                 else:
-                    self.run_destination_once(name)
+                    self.run_destination_once(name, share=True)
                     due = self.next_due_in(name)
             except Exception:  # noqa: BLE001 - database hiccup: log, wait, try again
                 LOG.exception("delivery pass failed", extra={"fields": {"destination": name}})

@@ -23,6 +23,15 @@ OBJECT_KINDS: tuple[ObjectKind, ...] = ("sr", "sc")
 
 
 @dataclass
+class ResultObject:
+    """One result dataset to deliver; ``kind`` picks the destinations that take it."""
+
+    kind: ObjectKind
+    dataset: Dataset
+    data: bytes | None = None  # its Part-10 encoding when the processor already made (and validated) one
+
+
+@dataclass
 class StudyInput:
     """One job's view of a study: its selected instances (all generations so far) and earlier results."""
 
@@ -31,15 +40,10 @@ class StudyInput:
     generation: int
     instance_paths: list[Path]
     predecessor_results: list[Path] = field(default_factory=list)
-
-
-@dataclass
-class ResultObject:
-    """One result dataset to deliver; ``kind`` picks the destinations that take it."""
-
-    kind: ObjectKind
-    dataset: Dataset
-    data: bytes | None = None  # its Part-10 encoding when the processor already made (and validated) one
+    # Set by the worker: a processor may hand over each result object as soon as it is final (validated); the worker
+    # stores it durably and queues it for sending before ``process`` returns. Published objects are final: they may
+    # reach the PACS even if the processor fails afterwards. Returning them again in the result is harmless.
+    publish: Callable[[ResultObject], None] | None = None
 
 
 @dataclass

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pydicom
@@ -24,13 +23,13 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from dicomnode import metrics
 from dicomnode.config import NodeConfig
 from dicomnode.priors import fetch_prior
-from dicomnode.processing import ProcessingResult, ResultObject, StudyInput
+from dicomnode.processing import ObjectKind, ProcessingResult, ResultObject, StudyInput
 from inference.flow import run_flow
 from inference.model.loading import load_chat_model
 from inference.record import ReasoningRecord
 from inference.stages import StageBook, load_stages
 from sr_writer import OutputOptions, ResultObjects, build_result_objects
-from sr_writer.api import warm_up
+from sr_writer.api import ReadyCallback, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +121,17 @@ class ReasoningProcessor:
             return self._pages
 
     def _result_objects(self, record: ReasoningRecord, current: list[Dataset], prior: list[Dataset],
-                        predecessor: Dataset | None) -> ResultObjects:
+                        predecessor: Dataset | None, on_ready: ReadyCallback | None) -> ResultObjects:
         executor = self._page_executor()
-        if executor is not None:
-            try:
-                return build_result_objects(record, current, prior, self.options, predecessor, executor)
-            except BrokenProcessPool as exc:  # a page process died (e.g. killed): start new ones next time
-                log.warning("reasoning: page process lost (%s); making this study's pages in the worker", exc)
-                with self._pages_lock:
-                    if self._pages is executor:
-                        self._pages = None
+        objects = build_result_objects(record, current, prior, self.options, predecessor, executor, on_ready)
+        if objects.page_executor_lost:  # a page process died (e.g. killed): start new ones next time
+            log.warning("reasoning: page process lost; some of this study's pages were made in the worker")
+            with self._pages_lock:
+                if self._pages is executor:
+                    self._pages = None
+            if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
-        return build_result_objects(record, current, prior, self.options, predecessor)
+        return objects
 
     def close(self) -> None:
         """Stop the page processes."""
@@ -176,8 +174,8 @@ class ReasoningProcessor:
         try:
             prior = self._prior(current[0], study.job_id)
             record = self.reason(current, prior)
-            objects = self._result_objects(record, current, prior,
-                                           latest_predecessor_sr(study.predecessor_results))
+            objects = self._result_objects(record, current, prior, latest_predecessor_sr(study.predecessor_results),
+                                           _publisher(study))
         finally:
             shutil.rmtree(prior_dir, ignore_errors=True)  # the prior stays in the PACS; our copy is transient
         log.debug("reasoning: job %s: result objects %s", study.job_id,
@@ -188,6 +186,19 @@ class ReasoningProcessor:
                      *(ResultObject("sc", page, encoded.get(str(page.SOPInstanceUID))) for page in objects.pages)],
             record_json=record.to_json(),
         )
+
+
+def _publisher(study: StudyInput) -> ReadyCallback | None:
+    """Hands each finished result object to the worker (stored and queued for sending at once), if it takes them."""
+    publish = study.publish
+    if publish is None:
+        return None
+
+    def on_ready(dataset: Dataset, data: bytes) -> None:
+        kind: ObjectKind = "sr" if str(dataset.SOPClassUID) in SR_SOP_CLASSES else "sc"
+        publish(ResultObject(kind, dataset, data))
+
+    return on_ready
 
 
 def reasoning_factory(config: NodeConfig) -> ReasoningProcessor:

@@ -3,6 +3,9 @@
 Claiming is one transaction: PostgreSQL picks a row with ``FOR UPDATE SKIP LOCKED``; on every database the state
 change is a conditional ``UPDATE ... WHERE state='QUEUED'`` whose row count decides who won (SQLite serialises
 writers with ``BEGIN IMMEDIATE``). A result is committed only if this worker still holds the job.
+
+A processor may publish each result object as soon as it is final (``StudyInput.publish``): it is written durably
+and its delivery rows are committed at once, so delivery starts while the processor makes the others.
 """
 from __future__ import annotations
 
@@ -147,19 +150,49 @@ def dataset_bytes(dataset: Dataset) -> bytes:
     return part10_bytes(dataset)
 
 
+def write_result_object(directory: Path, obj: ResultObject, fsync: bool = True) -> Path:
+    """Write one result object durably as ``<kind>-<SOPInstanceUID>.dcm``; returns its path."""
+    sop_uid = str(obj.dataset.SOPInstanceUID)
+    if not is_valid_uid(sop_uid):
+        raise ValueError(f"result object has invalid SOP Instance UID {sop_uid!r}")
+    path = directory / f"{obj.kind}-{sop_uid}.dcm"
+    write_durably(path, obj.data if obj.data is not None else dataset_bytes(obj.dataset), fsync)
+    return path
+
+
 def write_results(directory: Path, result: ProcessingResult, fsync: bool = True) -> list[tuple[ResultObject, Path]]:
     """Write every result object (``<kind>-<SOPInstanceUID>.dcm``) and the record (``record.json``)."""
-    written = []
-    for obj in result.objects:
-        sop_uid = str(obj.dataset.SOPInstanceUID)
-        if not is_valid_uid(sop_uid):
-            raise ValueError(f"result object has invalid SOP Instance UID {sop_uid!r}")
-        path = directory / f"{obj.kind}-{sop_uid}.dcm"
-        write_durably(path, obj.data if obj.data is not None else dataset_bytes(obj.dataset), fsync)
-        written.append((obj, path))
+    written = [(obj, write_result_object(directory, obj, fsync)) for obj in result.objects]
     if result.record_json is not None:
         write_durably(directory / "record.json", result.record_json.encode("utf-8"), fsync)
     return written
+
+
+class JobLost(RuntimeError):
+    """The job is no longer held by this worker (re-queued as stale meanwhile): its results must not be used."""
+
+
+def settle_job(session: Session, job: Job, study_uid: str | None) -> bool:
+    """A RESULTS_READY job with no PENDING delivery becomes DELIVERED (all SENT) or FAILED (some DEAD).
+
+    Returns False (and changes nothing) while a delivery is still pending."""
+    pending = session.scalar(select(Delivery.id).where(
+        Delivery.job_id == job.id, Delivery.state == DeliveryState.PENDING.value).limit(1))
+    if pending is not None:
+        return False
+    dead = session.execute(
+        select(Delivery.destination, Delivery.sop_instance_uid, Delivery.last_error)
+        .where(Delivery.job_id == job.id, Delivery.state == DeliveryState.DEAD.value).order_by(Delivery.id)
+    ).all()
+    if dead:
+        detail = "; ".join(f"{d.destination} {d.sop_instance_uid}: {d.last_error}" for d in dead)
+        set_job_state(session, job, JobState.FAILED, f"delivery dead-lettered: {detail}")
+        audit(session, "job.failed", level=logging.WARNING, study_instance_uid=study_uid, job_id=job.id,
+              dead_deliveries=len(dead))
+    else:
+        set_job_state(session, job, JobState.DELIVERED)
+        audit(session, "job.delivered", study_instance_uid=study_uid, job_id=job.id)
+    return True
 
 
 class Worker:
@@ -188,22 +221,46 @@ class Worker:
         return True
 
     def _run(self, claimed: ClaimedJob, worker_id: str) -> None:
+        directory = results_dir(self.data_dir, claimed.study_instance_uid, claimed.job_id)
+        published: dict[str, tuple[ResultObject, Path]] = {}  # SOP Instance UID -> object stored and queued early
         try:
             with self.session_factory() as session:
                 study = study_input(session, self.data_dir, claimed)
             missing = [p.name for p in study.instance_paths if not p.exists()]
             if not study.instance_paths or missing:
                 raise FileNotFoundError(f"instance files missing from the spool: {missing or 'none selected'}")
+            study.publish = lambda obj: self._publish(claimed, worker_id, directory, obj, published)
             with self._heartbeat(claimed, worker_id):
                 result = self.processor.process(study)
-            directory = results_dir(self.data_dir, claimed.study_instance_uid, claimed.job_id)
-            written = write_results(directory, result, self.config.storage.fsync)
+            rest = ProcessingResult([o for o in result.objects if str(o.dataset.SOPInstanceUID) not in published],
+                                    result.record_json)
+            written = [*published.values(), *write_results(directory, rest, self.config.storage.fsync)]
+        except JobLost:
+            return  # another worker has the job now; what was published before stays queued
         except Exception as exc:  # noqa: BLE001 - any processor failure fails the job, never the worker
             LOG.exception("job failed", extra={"fields": {"job_id": claimed.job_id}})
-            self._finish_failed(claimed, worker_id, f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            if published:
+                error += (f" ({len(published)} result object(s) finished before the failure stay queued for "
+                          f"delivery: {', '.join(f'{o.kind} {uid}' for uid, (o, _) in published.items())})")
+            self._finish_failed(claimed, worker_id, error)
             return
         record = directory / "record.json" if result.record_json is not None else None
         self._finish_ok(claimed, worker_id, written, record)
+
+    def _publish(self, claimed: ClaimedJob, worker_id: str, directory: Path, obj: ResultObject,
+                 published: dict[str, tuple[ResultObject, Path]]) -> None:
+        """Store one finished result object durably and queue it for its destinations now (``StudyInput.publish``),
+        so it is sent while the processor makes the others. ``JobLost`` when the job was taken from us."""
+        path = write_result_object(directory, obj, self.config.storage.fsync)
+        with self.session_factory.begin() as session:
+            job = self._held_job(session, claimed, worker_id)
+            if job is None:
+                raise JobLost(f"job {claimed.job_id} is no longer held by {worker_id}")
+            created = self._add_deliveries(session, job, [(obj, path)])
+        published[str(obj.dataset.SOPInstanceUID)] = (obj, path)
+        if created and self.on_results is not None:
+            self.on_results()
 
     @contextlib.contextmanager
     def _heartbeat(self, claimed: ClaimedJob, worker_id: str) -> Iterator[None]:
@@ -246,35 +303,44 @@ class Worker:
 
     def _finish_ok(self, claimed: ClaimedJob, worker_id: str, written: list[tuple[ResultObject, Path]],
                    record: Path | None) -> None:
-        now = utcnow()
         with self.session_factory.begin() as session:
             job = self._held_job(session, claimed, worker_id)
             if job is None:
                 return
             job.record_path = str(record.relative_to(self.data_dir)) if record else None
-            created = 0
-            for destination in self.config.destinations:
-                for obj, path in written:
-                    if obj.kind not in destination.objects:
-                        continue
-                    sop_uid = str(obj.dataset.SOPInstanceUID)
-                    exists = session.scalar(select(Delivery.id).where(
-                        Delivery.destination == destination.name, Delivery.sop_instance_uid == sop_uid))
-                    if exists is not None:  # already recorded for this destination: never send twice
-                        continue
-                    session.add(Delivery(
-                        job_id=job.id, destination=destination.name, object_kind=obj.kind,
-                        sop_instance_uid=sop_uid, sop_class_uid=str(obj.dataset.SOPClassUID),
-                        path=str(path.relative_to(self.data_dir)), state=DeliveryState.PENDING.value,
-                        attempts=0, next_attempt_at=now,
-                    ))
-                    created += 1
-            state = JobState.RESULTS_READY if created else JobState.DELIVERED
+            created = self._add_deliveries(session, job, written)
+            queued = created or session.scalar(select(Delivery.id).where(Delivery.job_id == job.id).limit(1))
+            state = JobState.RESULTS_READY if queued else JobState.DELIVERED
             set_job_state(session, job, state)
             audit(session, f"job.{state.value.lower()}", study_instance_uid=claimed.study_instance_uid,
                   job_id=job.id, objects=len(written), deliveries=created)
+            if queued:  # published objects may all be sent already
+                settle_job(session, job, claimed.study_instance_uid)
         if created and self.on_results is not None:
             self.on_results()
+
+    def _add_deliveries(self, session: Session, job: Job, written: list[tuple[ResultObject, Path]]) -> int:
+        """A PENDING delivery row per written object and destination that takes its kind (never a second one for
+        the same destination and SOP Instance UID); returns how many were added."""
+        now = utcnow()
+        created = 0
+        for destination in self.config.destinations:
+            for obj, path in written:
+                if obj.kind not in destination.objects:
+                    continue
+                sop_uid = str(obj.dataset.SOPInstanceUID)
+                exists = session.scalar(select(Delivery.id).where(
+                    Delivery.destination == destination.name, Delivery.sop_instance_uid == sop_uid))
+                if exists is not None:  # already recorded for this destination: never send twice
+                    continue
+                session.add(Delivery(
+                    job_id=job.id, destination=destination.name, object_kind=obj.kind,
+                    sop_instance_uid=sop_uid, sop_class_uid=str(obj.dataset.SOPClassUID),
+                    path=str(path.relative_to(self.data_dir)), state=DeliveryState.PENDING.value,
+                    attempts=0, next_attempt_at=now,
+                ))
+                created += 1
+        return created
 
     # -- background threads ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -326,7 +392,8 @@ def requeue_stale_jobs(session_factory: sessionmaker[Session]) -> list[int]:
 
 def retry_job(session_factory: sessionmaker[Session], job_id: int) -> str:
     """Operator retry. A FAILED job with dead-lettered deliveries gets those rows back to PENDING (rows already
-    SENT stay SENT and are never re-sent); a FAILED job without results is re-queued for processing.
+    SENT stay SENT and are never re-sent); a FAILED job whose processing failed is re-queued for processing (objects
+    it published before the failure stay as they are; the new run makes a new set).
     Returns what was done; ValueError for an unknown job or one that is still in progress."""
     now = utcnow()
     with session_factory.begin() as session:
@@ -345,12 +412,7 @@ def retry_job(session_factory: sessionmaker[Session], job_id: int) -> str:
                 set_job_state(session, job, JobState.RESULTS_READY)
             audit(session, "job.retry", study_instance_uid=study_uid, job_id=job.id, deliveries_reset=len(dead))
             return f"{len(dead)} dead-lettered deliveries back to PENDING"
-        if job.state == JobState.FAILED.value:
-            sent = session.scalar(select(Delivery.id).where(Delivery.job_id == job.id).limit(1))
-            if sent is not None:
-                set_job_state(session, job, JobState.RESULTS_READY)
-                audit(session, "job.retry", study_instance_uid=study_uid, job_id=job.id, requeued=False)
-                return "back to RESULTS_READY"
+        if job.state == JobState.FAILED.value:  # processing failed (objects it published stay as they are)
             job.queued_at = now
             job.claimed_by = job.claimed_at = None
             set_job_state(session, job, JobState.QUEUED)

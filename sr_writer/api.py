@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import time
-from collections.abc import Collection, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -38,6 +41,7 @@ class ResultObjects:
     reports: dict[str, ValidationReport] = field(default_factory=dict)  # SOP Instance UID -> dciodvfy verdict
     encoded: dict[str, bytes] = field(default_factory=dict)  # SOP Instance UID -> Part-10 bytes (as validated)
     seconds: dict[str, float] = field(default_factory=dict)  # sr, pages (and the pages' render/build/check)
+    page_executor_lost: bool = False  # a page process died: some pages were made here instead
 
     @property
     def datasets(self) -> list[Dataset]:
@@ -59,7 +63,11 @@ def make_pages(
     return make_some_pages(record, current, prior, options, None, keep_images=True)[0]
 
 
-FIRST_PAGE, OTHER_PAGES = range(1, 2), range(2, 1_000_000)  # the image page, and the text pages after it
+# What each page-process task makes: single pages first, so each is ready (and can be sent) as soon as it is made,
+# then every page after them in one task. The image page (frontal image, box table) is the first.
+PAGE_TASKS: tuple[range, ...] = (range(1, 2), range(2, 3), range(3, 4), range(4, 1_000_000))
+
+ReadyCallback = Callable[[Dataset, bytes], None]
 
 
 def make_some_pages(
@@ -103,6 +111,21 @@ def warm_up() -> None:
     Faces(OutputOptions().body_font_px)
 
 
+def make_sr(
+    record: ReasoningRecord,
+    current: Sequence[Dataset],
+    prior: Sequence[Dataset] = (),
+    options: OutputOptions | None = None,
+    predecessor: Dataset | None = None,
+) -> tuple[bytes, ValidationReport | None, float]:
+    """The SR of ``record`` as validated Part-10 bytes, dciodvfy's verdict and the seconds it took (a page-process
+    task: bytes travel between processes faster than a pickled dataset of thousands of elements)."""
+    options = options or OutputOptions()
+    started = time.perf_counter()
+    data, report = _encode_and_check(build_sr(record, current, prior, options, predecessor), "SR", options.validate)
+    return data, report, time.perf_counter() - started
+
+
 def build_result_objects(
     record: ReasoningRecord,
     current: Sequence[Dataset],
@@ -110,48 +133,111 @@ def build_result_objects(
     options: OutputOptions | None = None,
     predecessor: Dataset | None = None,
     page_executor: Executor | None = None,
+    on_ready: ReadyCallback | None = None,
 ) -> ResultObjects:
     """The SR and the SC reasoning pages of ``record``; each validated (``ExportRefused`` when one fails).
 
-    With ``page_executor`` (a pool of page processes) the pages are made there (rendered, encoded, built and
-    validated), in two tasks, while this process builds the SR, so the work spreads over the cores; page images then
-    stay in those processes. Without it everything runs here, one step after the other (in two threads instead, the
-    GIL hand-offs between pure-Python SR building and Pillow's text drawing made both several times slower).
-    dciodvfy (a subprocess) checks each object as soon as it is encoded.
+    With ``page_executor`` (a pool of page processes) everything is made there: the SR (built, encoded, validated;
+    it comes back as bytes and is read here) and the pages in ``PAGE_TASKS`` (rendered, encoded, built, validated),
+    so the work spreads over the cores and this process stays free to store and send what is ready. A task lost with
+    its process (``BrokenExecutor``) is done here instead and ``page_executor_lost`` is set. Without an executor
+    everything runs here, the SR's dciodvfy check beside the pages (in threads instead of processes, the GIL
+    hand-offs between pure-Python SR building and Pillow's drawing made both several times slower).
+
+    ``on_ready(dataset, part10_bytes)`` is called in this thread for each object once it is validated and final, in
+    the order they are finished: a caller can store and send each while the others are still being made.
     """
     options = options or OutputOptions()
     current, prior = list(current), list(prior)
-    # Two tasks: the image page (frontal image, table, the costliest page to encode) and the text pages, so that
-    # two page processes share the work while this one builds the SR.
-    series_uid, made_at = generate_uid(), dt.datetime.now(dt.timezone.utc)
-    parts = ([page_executor.submit(make_some_pages, record, current, prior, options, part, series_uid, made_at)
-              for part in (FIRST_PAGE, OTHER_PAGES)] if page_executor is not None else None)
     started = time.perf_counter()
+    if page_executor is None:
+        return _build_here(record, current, prior, options, predecessor, on_ready, started)
+    series_uid, made_at = generate_uid(), dt.datetime.now(dt.timezone.utc)
+    futures: dict[Future[Any], int] = {}  # -> SR_TASK or the index of its page task in PAGE_TASKS
+    lost = False
+    try:
+        futures[page_executor.submit(make_sr, record, current, prior, options, predecessor)] = SR_TASK
+        for index, part in enumerate(PAGE_TASKS):
+            futures[page_executor.submit(make_some_pages, record, current, prior, options, part, series_uid,
+                                         made_at)] = index
+    except BrokenExecutor:
+        lost = True
+    sr: tuple[bytes, ValidationReport | None, float] | None = None
+    made: dict[int, tuple[PageObjects, int]] = {}  # page task index -> its pages, the number of pages in all
+    for future in as_completed(futures):
+        try:
+            value = future.result()
+        except BrokenExecutor:
+            lost = True
+            continue
+        if futures[future] == SR_TASK:
+            sr = value
+            _announce(on_ready, [_read(sr[0])], [sr[0]])
+        else:
+            made[futures[future]] = value
+            _announce(on_ready, value[0].pages, value[0].encoded)
+    if sr is None:  # lost with its process: made here
+        sr = make_sr(record, current, prior, options, predecessor)
+        _announce(on_ready, [_read(sr[0])], [sr[0]])
+    for index, part in enumerate(PAGE_TASKS):
+        if index not in made:  # lost: made here, with the same series and time
+            made[index] = make_some_pages(record, current, prior, options, part, series_uid, made_at)
+            _announce(on_ready, made[index][0].pages, made[index][0].encoded)
+    sr_data, sr_report, sr_seconds = sr
+    pages = _joined_pages([made[index] for index in range(len(PAGE_TASKS))])
+    return _result(_read(sr_data), sr_data, sr_report, pages,
+                   {"sr": sr_seconds, "all": time.perf_counter() - started, **pages.seconds}, lost)
+
+
+SR_TASK = -1
+
+
+def _read(data: bytes) -> Dataset:
+    return dcmread(io.BytesIO(data))
+
+
+def _build_here(record: ReasoningRecord, current: list[Dataset], prior: list[Dataset], options: OutputOptions,
+                predecessor: Dataset | None, on_ready: ReadyCallback | None, started: float) -> ResultObjects:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sr-check") as pool:
         sr = build_sr(record, current, prior, options, predecessor)
         sr_data = part10_bytes(sr)
         sr_check: Future[ValidationReport] | None = (
             pool.submit(ensure_valid_bytes, sr_data, "SR") if options.validate else None)
         sr_built = time.perf_counter()
-        if parts is not None:
-            (first, total), (others, _) = (part.result() for part in parts)
-            page_objects = PageObjects(first.pages + others.pages, first.encoded + others.encoded,
-                                       first.reports + others.reports, [],
-                                       {**{f"first_{k}": v for k, v in first.seconds.items()},
-                                        **{f"others_{k}": v for k, v in others.seconds.items()}})
-            if [p.InstanceNumber for p in page_objects.pages] != list(range(1, total + 1)):
-                raise RuntimeError(f"page processes returned {len(page_objects.pages)} of {total} pages")
-        else:
-            page_objects = make_pages(record, current, prior, options)
+        pages = make_pages(record, current, prior, options)
         sr_report = sr_check.result() if sr_check is not None else None  # a refusal raises ExportRefused
-    result = ResultObjects(sr=sr, pages=page_objects.pages, page_images=page_objects.images,
-                           seconds={"sr": sr_built - started, "all": time.perf_counter() - started,
-                                    **{f"pages_{k}": v for k, v in page_objects.seconds.items()}})
-    result.encoded[str(sr.SOPInstanceUID)] = sr_data
-    if sr_report is not None:
-        result.reports[str(sr.SOPInstanceUID)] = sr_report
-    for page, data, report in zip(page_objects.pages, page_objects.encoded, page_objects.reports):
-        result.encoded[str(page.SOPInstanceUID)] = data
+    _announce(on_ready, [sr], [sr_data])
+    _announce(on_ready, pages.pages, pages.encoded)
+    return _result(sr, sr_data, sr_report, pages,
+                   {"sr": sr_built - started, "all": time.perf_counter() - started,
+                    **{f"pages_{key}": value for key, value in pages.seconds.items()}}, False)
+
+
+def _result(sr: Dataset, sr_data: bytes, sr_report: ValidationReport | None, pages: PageObjects,
+            seconds: dict[str, float], lost: bool) -> ResultObjects:
+    result = ResultObjects(sr=sr, pages=pages.pages, page_images=pages.images, seconds=seconds,
+                           page_executor_lost=lost)
+    for dataset, data, report in [(sr, sr_data, sr_report), *zip(pages.pages, pages.encoded, pages.reports)]:
+        result.encoded[str(dataset.SOPInstanceUID)] = data
         if report is not None:
-            result.reports[str(page.SOPInstanceUID)] = report
+            result.reports[str(dataset.SOPInstanceUID)] = report
     return result
+
+
+def _announce(on_ready: ReadyCallback | None, datasets: Sequence[Dataset], encoded: Sequence[bytes]) -> None:
+    if on_ready is not None:
+        for dataset, data in zip(datasets, encoded):
+            on_ready(dataset, data)
+
+
+def _joined_pages(parts: list[tuple[PageObjects, int]]) -> PageObjects:
+    """The pages of all page tasks in order; checks that together they are pages 1..N of the same N."""
+    totals = {total for _, total in parts}
+    numbers = [page.InstanceNumber for objects, _ in parts for page in objects.pages]
+    if len(totals) != 1 or numbers != list(range(1, next(iter(totals)) + 1)):
+        raise RuntimeError(f"page tasks returned pages {numbers} of {sorted(totals)}")
+    return PageObjects([p for objects, _ in parts for p in objects.pages],
+                       [d for objects, _ in parts for d in objects.encoded],
+                       [r for objects, _ in parts for r in objects.reports], [],
+                       {f"pages_task{index + 1}_{key}": value for index, (objects, _) in enumerate(parts)
+                        for key, value in objects.seconds.items()})

@@ -106,3 +106,48 @@ def sr_and_sc(config: NodeConfig) -> SecondaryCaptureProcessor:
 
 def failing(config: NodeConfig) -> FailingProcessor:
     return FailingProcessor(config.storage.data_dir)
+
+
+class PublishingProcessor:
+    """Publishes an SR as soon as it is made (``StudyInput.publish``), then makes an SC; ``fail_after_publish``
+    raises after the SR was published, ``lose_job`` has the job re-queued (as a stale sweep would) before
+    publishing."""
+
+    def __init__(self, config: NodeConfig, fail_after_publish: bool = False, lose_job: bool = False) -> None:
+        self.config = config
+        self.fail_after_publish = fail_after_publish
+        self.lose_job = lose_job
+
+    def process(self, study: StudyInput) -> ProcessingResult:
+        _log_call(Path(self.config.storage.data_dir), study)
+        assert study.publish is not None, "the worker offers publishing"
+        sr = ResultObject("sr", text_sr(study.instance_paths[0]))
+        if self.lose_job:  # another process takes the job from this worker meanwhile
+            from sqlalchemy import update
+
+            from dicomnode.db import Job, make_engine, make_session_factory
+
+            engine = make_engine(self.config.database_url)
+            try:
+                with make_session_factory(engine).begin() as session:
+                    session.execute(update(Job).where(Job.id == study.job_id)
+                                    .values(state="QUEUED", claimed_by=None))
+            finally:
+                engine.dispose()
+        study.publish(sr)
+        if self.fail_after_publish:
+            raise RuntimeError("page renderer exploded (test)")
+        return ProcessingResult([sr, ResultObject("sc", secondary_capture(study.instance_paths[0]))],
+                                record_json='{"test": true}')
+
+
+def publishing(config: NodeConfig) -> PublishingProcessor:
+    return PublishingProcessor(config)
+
+
+def publishing_then_failing(config: NodeConfig) -> PublishingProcessor:
+    return PublishingProcessor(config, fail_after_publish=True)
+
+
+def publishing_after_losing_the_job(config: NodeConfig) -> PublishingProcessor:
+    return PublishingProcessor(config, lose_job=True)

@@ -2,8 +2,10 @@
 independence, and no re-sending of what a destination already acknowledged."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from delivery_support import (
 )
 from dicomnode import metrics
 from dicomnode.config import RetryConfig
+from dicomnode.db import make_engine, make_session_factory, upgrade_database
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.delivery import Deliverer, backoff_seconds
 from dicomnode.peers.orthanc import OrthancServer
@@ -110,8 +113,6 @@ def test_refusing_peer_status_is_recorded(tmp_path, data_dir, database_url, sess
 
 
 def test_failing_destination_never_blocks_another(data_dir, sqlite_url, study_factory, orthanc):
-    from dicomnode.db import make_engine, make_session_factory, upgrade_database
-
     engine = make_engine(sqlite_url)
     upgrade_database(engine)
     factory = make_session_factory(engine)
@@ -226,4 +227,95 @@ def test_two_deliverers_on_postgres_send_each_row_once(data_dir, postgres_url, s
         sent = Counter(session.scalars(select(AuditEvent.sop_instance_uid).where(AuditEvent.kind == "delivery.sent")))
     assert sorted(sent) == sorted(r.sop_instance_uid for r in rows) and set(sent.values()) == {1}
     assert len(orthanc.sop_instance_uids()) == 8
+    engine.dispose()
+
+
+class _HoldFirstConnection:
+    """A TCP relay in front of a peer that holds the first connection (no byte passes) until ``release``; every
+    later connection is relayed at once."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.released = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            hold = self.connections == 1
+            threading.Thread(target=self._relay, args=(client, hold), daemon=True).start()
+
+    def _relay(self, client: socket.socket, hold: bool) -> None:
+        if hold:
+            self.released.wait(60)
+        upstream = socket.create_connection(self.target)
+
+        def pump(source: socket.socket, sink: socket.socket) -> None:
+            try:
+                while data := source.recv(65536):
+                    sink.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (source, sink):
+                    with contextlib.suppress(OSError):
+                        s.shutdown(socket.SHUT_RDWR)
+
+        threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+        pump(client, upstream)
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.close()
+
+
+def test_an_object_goes_out_on_a_second_association_while_the_first_is_busy(data_dir, sqlite_url, study_factory,
+                                                                            orthanc):
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+    factory = make_session_factory(engine)
+    relay = _HoldFirstConnection("127.0.0.1", orthanc.dicom_port)
+    try:
+        pacs = {**destination("pacs", orthanc.aet, relay.port), "associations": 2}
+        config = delivery_config(data_dir, sqlite_url, [pacs])
+        for _ in range(2):
+            ingest_files(config, factory, study_factory(views=("PA",)).files)
+        _process_all(config, factory)
+        assert len(deliveries(factory)) == 2
+        deliverer = Deliverer(config, factory, association_timeout=30)
+        deliverer.start()
+        try:
+            first = orthanc.wait_for_instances(1, timeout=30)  # while the first association is held
+            assert relay.connections == 2 and not relay.released.is_set()
+            relay.released.set()
+            both = orthanc.wait_for_instances(2, timeout=30)
+            assert set(first) < set(both) == {r.sop_instance_uid for r in deliveries(factory)}
+            wait_until(lambda: {r.state for r in deliveries(factory)} == {DeliveryState.SENT.value}, timeout=30)
+            assert all(r.attempts == 1 for r in deliveries(factory))  # each sent once
+        finally:
+            deliverer.stop(timeout=60)
+    finally:
+        relay.close()
+        engine.dispose()
+
+
+def test_a_backlog_is_shared_between_the_associations(data_dir, sqlite_url, study_factory):
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+    factory = make_session_factory(engine)
+    config = delivery_config(data_dir, sqlite_url, [{**destination("pacs", "P", free_port()), "associations": 3}])
+    for _ in range(7):
+        ingest_files(config, factory, study_factory(views=("PA",)).files)
+    _process_all(config, factory)
+    deliverer = Deliverer(config, factory)
+    shares = [len(deliverer._lease_due_rows("pacs", share=True)) for _ in range(4)]
+    assert shares == [3, 2, 1, 1]  # a third of what is due (rounded up) each, until none is left
+    assert deliverer._lease_due_rows("pacs", share=True) == []  # all leased: nothing is handed out twice
     engine.dispose()

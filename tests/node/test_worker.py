@@ -13,11 +13,12 @@ import yaml
 from sqlalchemy import select
 
 from delivery_support import (
-    HERE, PROCESSORS, deliveries, delivery_config, destination, ingest_files, job, study_state,
+    HERE, PROCESSORS, deliveries, delivery_config, destination, ingest_files, job, orthanc_destination, study_state,
 )
 from cxr_test_processors import read_calls
 from dicomnode.db import Job, make_session_factory, make_engine, upgrade_database
 from dicomnode.db.states import DeliveryState, JobState
+from dicomnode.delivery import Deliverer
 from dicomnode.peers.ports import free_port
 from dicomnode.processing import make_processor
 from dicomnode.worker import Worker, claim_job, requeue_stale_jobs, retry_job, study_input
@@ -252,3 +253,63 @@ def test_heartbeat_while_processing(data_dir, database_url, session_factory, stu
     watcher.join(30)
     beats = {updated for state, claimed, updated in seen if state == JobState.PROCESSING.value and updated > claimed}
     assert len(beats) >= 3  # updated_at moved on several times while the job was processed
+
+
+def test_published_object_is_stored_and_queued_before_processing_ends(data_dir, database_url, session_factory,
+                                                                        study_factory, orthanc):
+    config = delivery_config(data_dir, database_url, [orthanc_destination(orthanc)],
+                             processor=f"{PROCESSORS}:publishing")
+    job_id = ingest_files(config, session_factory, study_factory().files)
+    queued_while_processing: list[tuple[str, str]] = []
+    worker = _worker(config, session_factory)
+    publish = worker._publish
+
+    def watching_publish(*args, **kwargs):  # type: ignore[no-untyped-def]
+        publish(*args, **kwargs)
+        assert job(session_factory, job_id).state == JobState.PROCESSING.value
+        queued_while_processing.extend((r.object_kind, r.state) for r in deliveries(session_factory, job_id))
+
+    worker._publish = watching_publish
+    assert worker.run_once()
+    assert queued_while_processing == [("sr", DeliveryState.PENDING.value)]
+    rows = deliveries(session_factory, job_id)
+    assert sorted(r.object_kind for r in rows) == ["sc", "sr"]  # the SR returned again is not queued twice
+    assert len({r.sop_instance_uid for r in rows}) == 2
+    assert job(session_factory, job_id).state == JobState.RESULTS_READY.value
+    assert Deliverer(config, session_factory).run_once() == 2
+    assert job(session_factory, job_id).state == JobState.DELIVERED.value
+    assert sorted(orthanc.sop_instance_uids()) == sorted(r.sop_instance_uid for r in rows)
+
+
+def test_failure_after_publishing_keeps_what_was_published(data_dir, sqlite_url, study_factory, orthanc):
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+    factory = make_session_factory(engine)
+    config = delivery_config(data_dir, sqlite_url, [orthanc_destination(orthanc)],
+                             processor=f"{PROCESSORS}:publishing_then_failing")
+    job_id = ingest_files(config, factory, study_factory().files)
+    assert _worker(config, factory).run_once()
+    failed = job(factory, job_id)
+    [row] = deliveries(factory, job_id)
+    assert failed.state == JobState.FAILED.value
+    assert "page renderer exploded" in (failed.error or "") and f"sr {row.sop_instance_uid}" in (failed.error or "")
+    assert pydicom.dcmread(data_dir / row.path).SOPInstanceUID == row.sop_instance_uid  # stored durably
+    assert Deliverer(config, factory).run_once() == 1  # a published object is final: it is sent
+    assert orthanc.sop_instance_uids() == [row.sop_instance_uid]
+    assert job(factory, job_id).state == JobState.FAILED.value  # the job stays failed, with its reason
+    assert "re-queued for processing" in retry_job(factory, job_id)  # retry makes a new, complete set
+    engine.dispose()
+
+
+def test_publishing_into_a_lost_job_records_nothing(data_dir, sqlite_url, study_factory):
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+    factory = make_session_factory(engine)
+    config = delivery_config(data_dir, sqlite_url, [destination("pacs", "P", free_port())],
+                             processor=f"{PROCESSORS}:publishing_after_losing_the_job")
+    job_id = ingest_files(config, factory, study_factory().files)
+    assert _worker(config, factory).run_once()
+    assert deliveries(factory, job_id) == []
+    lost = job(factory, job_id)
+    assert lost.state == JobState.QUEUED.value and lost.error is None  # for the worker that has it now
+    engine.dispose()

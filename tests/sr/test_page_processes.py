@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 import pydicom
@@ -26,3 +27,43 @@ def test_page_processes_make_the_same_pages(study: list[Dataset], prior_study: l
         assert (back.pixel_array == np.asarray(here.page_images[number - 1])).all()
         assert there.reports[str(theirs.SOPInstanceUID)].errors == []
     assert set(there.encoded) == {str(ds.SOPInstanceUID) for ds in there.datasets}
+
+
+class _GatedPool(ThreadPoolExecutor):
+    """Runs every task after the first only once an object was announced: a caller that announced nothing before
+    all tasks had finished would leave the gate shut (each gated task then reports that it timed out)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=8)
+        self.gate = threading.Event()
+        self.timed_out: list[bool] = []
+        self.submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        self.submitted += 1
+        if self.submitted == 1:
+            return super().submit(fn, *args, **kwargs)
+
+        def gated():  # type: ignore[no-untyped-def]
+            self.timed_out.append(not self.gate.wait(60))
+            return fn(*args, **kwargs)
+
+        return super().submit(gated)
+
+
+def test_each_object_is_announced_as_soon_as_it_is_made(study: list[Dataset], prior_study: list[Dataset]) -> None:
+    record = make_record(study, prior_study, positive=("pneumothorax",), long_text=60)
+    announced: list[tuple[str, bytes]] = []
+    pool = _GatedPool()
+
+    def on_ready(dataset: Dataset, data: bytes) -> None:
+        announced.append((str(dataset.SOPInstanceUID), data))
+        pool.gate.set()
+
+    with pool:
+        objects = build_result_objects(record, study, prior_study, page_executor=pool, on_ready=on_ready)
+    assert pool.timed_out and not any(pool.timed_out)  # the first object went out while the others waited
+    assert announced[0][0] == str(objects.sr.SOPInstanceUID)  # the first task is the SR
+    assert dict(announced) == objects.encoded and len(announced) == len(objects.datasets)  # each once, as stored
+    assert objects.sr.ContentSequence  # the SR came back as bytes and was read
+    assert objects.reports[str(objects.sr.SOPInstanceUID)].errors == []

@@ -19,6 +19,7 @@ from sr_writer.options import OutputOptions
 from sr_writer.page import render_some_pages
 from sr_writer.sc import build_page_datasets, page_pixels
 from sr_writer.sr import build_sr
+from sr_writer.tree_bytes import tree_part10_bytes
 from sr_writer.validate import ValidationReport, ensure_valid_bytes, part10_bytes
 
 
@@ -122,7 +123,8 @@ def make_sr(
     task: bytes travel between processes faster than a pickled dataset of thousands of elements)."""
     options = options or OutputOptions()
     started = time.perf_counter()
-    data, report = _encode_and_check(build_sr(record, current, prior, options, predecessor), "SR", options.validate)
+    data = tree_part10_bytes(build_sr(record, current, prior, options, predecessor))
+    report = ensure_valid_bytes(data, "SR") if options.validate else None
     return data, report, time.perf_counter() - started
 
 
@@ -200,7 +202,7 @@ def _build_here(record: ReasoningRecord, current: list[Dataset], prior: list[Dat
                 predecessor: Dataset | None, on_ready: ReadyCallback | None, started: float) -> ResultObjects:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sr-check") as pool:
         sr = build_sr(record, current, prior, options, predecessor)
-        sr_data = part10_bytes(sr)
+        sr_data = tree_part10_bytes(sr)
         sr_check: Future[ValidationReport] | None = (
             pool.submit(ensure_valid_bytes, sr_data, "SR") if options.validate else None)
         sr_built = time.perf_counter()

@@ -1,6 +1,7 @@
 """SR and SC result objects: dciodvfy-clean, and read back with highdicom the content is where it should be."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import highdicom as hd
@@ -14,6 +15,8 @@ from inference.record import DEMO_STATEMENT, UNVERIFIED_STATEMENT, Presence, Rea
 from sr_writer import ExportRefused, OutputOptions, build_result_objects, validate
 from sr_writer.codes import load_table
 from sr_writer.provenance import device_uid
+from sr_writer.tree_bytes import tree_part10_bytes
+from sr_writer.validate import part10_bytes
 from tests.sr.conftest import small_spec
 from tests.sr.records import FINDING_LABELS, make_provenance, make_record
 
@@ -69,6 +72,25 @@ def test_every_object_is_dciodvfy_clean(case) -> None:
         report = validate(ds)
         assert report.errors == [], report.output
         assert report.unexpected_warnings == [], report.warnings
+
+
+def test_sr_bytes_are_what_pydicom_writes(case) -> None:
+    _, _, _, _, result, _, _ = case
+    assert result.encoded[str(result.sr.SOPInstanceUID)] == part10_bytes(result.sr)
+
+
+def test_tree_writer_leaves_what_it_does_not_cover_to_pydicom(study: list[Dataset]) -> None:
+    sr = copy.deepcopy(build_result_objects(make_record(study, positive=("edema",)), study).sr)
+    sr.ContentSequence[0].SpecificCharacterSet = "ISO_IR 100"  # a nested character set
+    assert tree_part10_bytes(sr) == part10_bytes(sr)
+    sr.SpecificCharacterSet = "ISO_IR 100"
+    del sr.ContentSequence[0].SpecificCharacterSet
+    assert tree_part10_bytes(sr) == part10_bytes(sr)
+    long_text = copy.deepcopy(sr)
+    long_text.SpecificCharacterSet = "ISO_IR 192"
+    with pytest.warns(UserWarning, match="exceeds"):  # an invalid LT longer than a 2-byte length: pydicom makes it UN
+        long_text.ContentSequence[0].add_new(0x00204000, "LT", "é" * 70_000)
+        assert tree_part10_bytes(long_text) == part10_bytes(long_text)
 
 
 def test_sr_header_same_patient_and_study_new_series(case) -> None:

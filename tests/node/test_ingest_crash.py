@@ -47,7 +47,9 @@ def test_kill_9_during_transfer_keeps_every_acknowledged_instance(tmp_path: Path
     finally:
         node.kill()
     acked = _acknowledged(sender_log.read_text(errors="replace"))
-    assert 5 <= len(acked) < len(files), f"{len(acked)} acknowledged"
+    # killed mid-transfer: some answered, not all (an instance is committed before its 0x0000 goes out, so the
+    # 5 rows seen may carry fewer than 5 acknowledgements)
+    assert 0 < len(acked) < len(files), f"{len(acked)} acknowledged"
     stored = {r.sop_instance_uid: r for r in db.instances()}
     assert acked <= set(stored)  # every 0x0000 is in the database ...
     for uid in acked:  # ... and complete on disk

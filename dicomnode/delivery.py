@@ -2,10 +2,10 @@
 
 Each destination has its own loops (one thread per association it may have, ``associations``): a loop sends its
 share of that destination's due PENDING rows in one association, so one slow or dead peer never holds up another
-and an object queued while another is being sent goes out on a second association. A row is leased (``next_attempt_at`` pushed ahead) before it
-is sent so that two delivery loops never send it at the same time; a row already SENT is never sent again. After
-a crash between the peer's acknowledgement and our commit the object may be sent once more after the lease ends
-(the peer keeps one copy: same SOP Instance UID).
+and an object queued while another is being sent goes out on a second association. A row is leased
+(``next_attempt_at`` pushed ahead) before it is sent so that two delivery loops never send it at the same time; a
+row already SENT is never sent again. After a crash between the peer's acknowledgement and our commit the object
+may be sent once more after the lease ends (the peer keeps one copy: same SOP Instance UID).
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from sr_writer.page import render_some_pages
 from sr_writer.sc import build_page_datasets, page_pixels
 from sr_writer.sr import build_sr
 from sr_writer.tree_bytes import tree_part10_bytes
-from sr_writer.validate import ValidationReport, ensure_valid_bytes, part10_bytes
+from sr_writer.validate import ValidationReport, ensure_valid_bytes
 
 
 @dataclass
@@ -50,7 +50,7 @@ class ResultObjects:
 
 
 def _encode_and_check(ds: Dataset, what: str, validate: bool) -> tuple[bytes, ValidationReport | None]:
-    data = part10_bytes(ds)
+    data = tree_part10_bytes(ds)  # pydicom's bytes (an SR quickly; a page goes to pydicom whole)
     return data, ensure_valid_bytes(data, what) if validate else None
 
 
@@ -123,8 +123,7 @@ def make_sr(
     task: bytes travel between processes faster than a pickled dataset of thousands of elements)."""
     options = options or OutputOptions()
     started = time.perf_counter()
-    data = tree_part10_bytes(build_sr(record, current, prior, options, predecessor))
-    report = ensure_valid_bytes(data, "SR") if options.validate else None
+    data, report = _encode_and_check(build_sr(record, current, prior, options, predecessor), "SR", options.validate)
     return data, report, time.perf_counter() - started
 
 
@@ -164,7 +163,7 @@ def build_result_objects(
                                          made_at)] = index
     except BrokenExecutor:
         lost = True
-    sr: tuple[bytes, ValidationReport | None, float] | None = None
+    sr_made: tuple[bytes, ValidationReport | None, float] | None = None
     made: dict[int, tuple[PageObjects, int]] = {}  # page task index -> its pages, the number of pages in all
     for future in as_completed(futures):
         try:
@@ -173,29 +172,27 @@ def build_result_objects(
             lost = True
             continue
         if futures[future] == SR_TASK:
-            sr = value
-            _announce(on_ready, [_read(sr[0])], [sr[0]])
+            sr_made = value
+            sr = dcmread(io.BytesIO(sr_made[0]))
+            _announce(on_ready, [sr], [sr_made[0]])
         else:
             made[futures[future]] = value
             _announce(on_ready, value[0].pages, value[0].encoded)
-    if sr is None:  # lost with its process: made here
-        sr = make_sr(record, current, prior, options, predecessor)
-        _announce(on_ready, [_read(sr[0])], [sr[0]])
+    if sr_made is None:  # lost with its process: made here
+        sr_made = make_sr(record, current, prior, options, predecessor)
+        sr = dcmread(io.BytesIO(sr_made[0]))
+        _announce(on_ready, [sr], [sr_made[0]])
     for index, part in enumerate(PAGE_TASKS):
         if index not in made:  # lost: made here, with the same series and time
             made[index] = make_some_pages(record, current, prior, options, part, series_uid, made_at)
             _announce(on_ready, made[index][0].pages, made[index][0].encoded)
-    sr_data, sr_report, sr_seconds = sr
+    sr_data, sr_report, sr_seconds = sr_made
     pages = _joined_pages([made[index] for index in range(len(PAGE_TASKS))])
-    return _result(_read(sr_data), sr_data, sr_report, pages,
+    return _result(sr, sr_data, sr_report, pages,
                    {"sr": sr_seconds, "all": time.perf_counter() - started, **pages.seconds}, lost)
 
 
 SR_TASK = -1
-
-
-def _read(data: bytes) -> Dataset:
-    return dcmread(io.BytesIO(data))
 
 
 def _build_here(record: ReasoningRecord, current: list[Dataset], prior: list[Dataset], options: OutputOptions,

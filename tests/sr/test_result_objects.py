@@ -77,6 +77,8 @@ def test_every_object_is_dciodvfy_clean(case) -> None:
 def test_sr_bytes_are_what_pydicom_writes(case) -> None:
     _, _, _, _, result, _, _ = case
     assert result.encoded[str(result.sr.SOPInstanceUID)] == part10_bytes(result.sr)
+    for page in result.pages:  # pages (RLE) are written by pydicom itself
+        assert result.encoded[str(page.SOPInstanceUID)] == part10_bytes(page)
 
 
 def test_tree_writer_leaves_what_it_does_not_cover_to_pydicom(study: list[Dataset]) -> None:
@@ -345,6 +347,8 @@ def test_uncompressed_pages_on_request(study: list[Dataset], tmp_path: Path) -> 
     result = build_result_objects(make_record(study, positive=("pneumothorax",)), study, options=options)
     back = _save_and_read(result.pages[0], tmp_path / "page.dcm")
     assert back.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    for page in result.pages:  # uncompressed pages go through the tree writer: still pydicom's bytes
+        assert result.encoded[str(page.SOPInstanceUID)] == part10_bytes(page)
     assert len(back.PixelData) == back.Rows * back.Columns * 3
     assert (back.pixel_array == __import__("numpy").asarray(result.page_images[0])).all()
     with pytest.raises(ValueError, match="page transfer syntax"):

@@ -33,31 +33,7 @@ def _chunks(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def encode_rows(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """PackBits of every row of a 2-D uint8 array: (encoded bytes of all rows in order, encoded length per row).
-
-    Rows of one value (most blocks of a page: paper) are one replicate packet each, written directly; the others go
-    through the general encoder. The bytes are the same either way."""
-    rows, cols = plane.shape
-    if not 2 <= cols <= MAX_PACKET or rows == 0:
-        return _encode_any_rows(plane)
-    uniform = (plane == plane[:, :1]).all(axis=1)
-    mixed = np.flatnonzero(~uniform)
-    if mixed.size == rows:
-        return _encode_any_rows(plane)
-    lengths = np.full(rows, 2, dtype=np.int64)
-    own, own_bytes = _encode_any_rows(plane[mixed]) if mixed.size else (np.empty(0, np.uint8), lengths[:0])
-    lengths[mixed] = own_bytes
-    offsets = np.cumsum(lengths) - lengths
-    out = np.empty(int(lengths.sum()), dtype=np.uint8)
-    same = np.flatnonzero(uniform)
-    out[offsets[same]] = 257 - cols
-    out[offsets[same] + 1] = plane[same, 0]
-    out[_ranges(offsets[mixed], own_bytes)] = own
-    return out, lengths
-
-
-def _encode_any_rows(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``encode_rows`` for any rows: all runs of the array found at once."""
+    """PackBits of every row of a 2-D uint8 array: (encoded bytes of all rows in order, encoded length per row)."""
     rows, cols = plane.shape
     flat = np.ascontiguousarray(plane, dtype=np.uint8).reshape(-1)
     change = np.empty(flat.size, dtype=bool)

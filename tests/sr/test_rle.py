@@ -13,7 +13,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels.decoders.rle import _rle_decode_frame
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage, generate_uid
 
-from sr_writer.rle import _encode_any_rows, encode_frame, encode_rows
+from sr_writer.rle import encode_frame
 
 
 def _decode(frame: bytes, rows: int, cols: int, samples: int) -> np.ndarray:
@@ -65,16 +65,6 @@ def test_rows_are_encoded_separately() -> None:
     segment = frame[64:]
     assert segment[:6] == bytes([129, 9, 129, 9, 213, 9])  # 128 + 128 + 44 per row
     assert len(segment) == 3 * 6
-
-
-@pytest.mark.parametrize("cols", [2, 127, 128])
-def test_blank_blocks_shortcut_gives_the_general_encoders_bytes(cols: int) -> None:
-    blocks = PAPER.reshape(-1, 128)[:, :cols]
-    for plane in (blocks, blocks[:1], np.full((5, cols), 3, np.uint8), RNG.integers(0, 2, (7, cols), dtype=np.uint8)):
-        plane = np.ascontiguousarray(plane)
-        fast, fast_rows = encode_rows(plane)
-        general, general_rows = _encode_any_rows(plane)
-        assert fast.tobytes() == general.tobytes() and fast_rows.tolist() == general_rows.tolist()
 
 
 def test_rejects_what_rle_cannot_hold() -> None:

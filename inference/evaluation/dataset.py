@@ -1,6 +1,6 @@
 """Load a CXRTrek-format dataset into typed studies and Q&A items with their gold values.
 
-Format (see ``../shared/cxrtrek/README.md``): a JSON list of studies, each
+Format (see ``tests/data/cxrtrek/README.md``): a JSON list of studies, each
 ``{"image": [absolute paths], "cxrtrek_data": {"study_id", "pat_id", "image": [relative paths], "content": [...]}}``;
 each content item carries ``stage``, ``task_type``, ``qtype``, ``question``, ``answer`` and where they apply
 ``option_list``, ``answer_list``, ``target``, ``bbox_list`` (percent of the image) and ``image_id`` (1-based).

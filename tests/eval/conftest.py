@@ -1,4 +1,4 @@
-"""Shared fixtures of the evaluation-harness tests: the CXRTrek demo file (skip when absent)."""
+"""Shared fixtures of the evaluation-harness tests: the CXRTrek demo file (vendored under tests/data/cxrtrek)."""
 from __future__ import annotations
 
 import json
@@ -7,13 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-DEMO = Path(__file__).resolve().parents[2] / ".." / "shared" / "cxrtrek" / "cxrtrek_demo_80.json"
+DEMO = Path(__file__).resolve().parents[1] / "data" / "cxrtrek" / "cxrtrek_demo_80.json"
 
 
 @pytest.fixture(scope="session")
 def demo_path() -> Path:
-    if not DEMO.is_file():
-        pytest.skip(f"CXRTrek demo data not found at {DEMO}")
     return DEMO.resolve()
 
 

@@ -16,31 +16,26 @@ from inference.parsing import (
 )
 from inference.record import QType
 
-DEMO = Path(__file__).resolve().parents[2] / ".." / "shared" / "cxrtrek" / "cxrtrek_demo_80.json"
+DEMO = Path(__file__).resolve().parents[1] / "data" / "cxrtrek" / "cxrtrek_demo_80.json"
 GEOMETRY = (ImageGeometry(0, columns=400, rows=500), ImageGeometry(1, columns=300, rows=200))
 
 
 def _items() -> list[dict]:
-    if not DEMO.is_file():
-        return []
     return [it for study in json.loads(DEMO.read_text()) for it in study["cxrtrek_data"]["content"]]
 
 
 ITEMS = _items()
-needs_demo = pytest.mark.skipif(not ITEMS, reason=f"CXRTrek demo data not found at {DEMO}")
 
 
 def _by_qtype(*qtypes: QType) -> list[dict]:
     return [it for it in ITEMS if qtype_from_cxrtrek(it["qtype"]) in qtypes]
 
 
-@needs_demo
 def test_demo_covers_every_qtype() -> None:
     assert len(ITEMS) > 2000
     assert {qtype_from_cxrtrek(it["qtype"]) for it in ITEMS} == set(QType)
 
 
-@needs_demo
 def test_every_demo_answer_parses() -> None:
     failures = []
     for it in ITEMS:
@@ -51,7 +46,6 @@ def test_every_demo_answer_parses() -> None:
     assert failures == []
 
 
-@needs_demo
 def test_yes_no_matches_gold() -> None:
     items = _by_qtype(QType.YES_NO)
     assert len(items) > 400
@@ -63,7 +57,6 @@ def test_yes_no_matches_gold() -> None:
         assert parsed.justification == (rest or None)
 
 
-@needs_demo
 def test_choices_match_gold_answer_list() -> None:
     items = [it for it in ITEMS if "answer_list" in it]
     assert len(items) > 250
@@ -73,7 +66,6 @@ def test_choices_match_gold_answer_list() -> None:
         assert parsed.choices == it["answer_list"], it["answer"]
 
 
-@needs_demo
 def test_boxes_match_gold_bbox_list() -> None:
     items = _by_qtype(QType.DETECTION)
     assert len(items) > 350
@@ -93,13 +85,11 @@ def test_boxes_match_gold_bbox_list() -> None:
         assert box.target and box.target in it["answer"]
 
 
-@needs_demo
 def test_image_number_from_question_matches_gold_image_id() -> None:
     for it in _by_qtype(QType.DETECTION):
         assert (image_number_from_question(it["question"]) or 1) == it["image_id"], it["question"]
 
 
-@needs_demo
 def test_options_from_question_mostly_match_option_list() -> None:
     items = [it for it in ITEMS if "option_list" in it]
     same = sum(

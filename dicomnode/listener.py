@@ -284,11 +284,13 @@ class Listener:
         session_factory: sessionmaker[Session],
         spool: Spool,
         on_stored: Callable[[IngestOutcome], None] | None = None,
+        on_closed: Callable[[Any], None] | None = None,
     ):
         self.config = config
         self.session_factory = session_factory
         self.spool = spool
-        self.on_stored = on_stored
+        self.on_stored = on_stored  # called in the association's thread (a pynetdicom Association is a Thread)
+        self.on_closed = on_closed  # called with the association when its connection closes (completion hold)
         self._server: Any = None
         self._closed = False
         self._disk_checked = 0.0
@@ -322,6 +324,7 @@ class Listener:
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_REJECTED, self._handle_rejected),
+            (evt.EVT_CONN_CLOSE, self._handle_closed),
         ]
         self._server = self.ae.start_server(
             (self.config.node.host, self.config.node.port), block=False, evt_handlers=handlers, ssl_context=ssl_ctx
@@ -386,6 +389,13 @@ class Listener:
         metrics.associations_rejected.labels(reason=reason).inc()
         audit_now(self.session_factory, "association.rejected", calling_aet=calling,
                   called_aet=self.config.node.ae_title, peer=peer, level=logging.WARNING, reason=reason)
+
+    def _handle_closed(self, event: Any) -> None:
+        if self.on_closed is not None:
+            try:
+                self.on_closed(event.assoc)
+            except Exception:  # noqa: BLE001 - a study without its release still completes (thread-ended check)
+                LOG.exception("on_closed callback failed")
 
     def _handle_echo(self, event: Any) -> int:
         return STATUS_SUCCESS

@@ -21,14 +21,16 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from dicomnode import metrics
+from dicomnode.children import page_process_start
 from dicomnode.config import NodeConfig
 from dicomnode.priors import fetch_prior
 from dicomnode.processing import ObjectKind, ProcessingResult, ResultObject, StudyInput
+from dicomnode.uids import result_uids
 from inference.flow import run_flow
 from inference.model.loading import load_chat_model
 from inference.record import ReasoningRecord
 from inference.stages import StageBook, load_stages
-from sr_writer import OutputOptions, ResultObjects, build_result_objects
+from sr_writer import OutputOptions, ResultObjects, ResultUids, build_result_objects
 from sr_writer.api import ReadyCallback, warm_up
 
 log = logging.getLogger(__name__)
@@ -108,8 +110,9 @@ class ReasoningProcessor:
         with self._pages_lock:
             if self._pages is None:
                 # spawn, never fork: a forked copy of a process running torch threads can deadlock
+                # each watches its parent: a node killed with SIGKILL leaves no page process behind
                 self._pages = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=warm_up)
+                                                  initializer=page_process_start)
                 # one submit starts one process; the task itself is a no-op once the initializer has run
                 started = [self._pages.submit(warm_up) for _ in range(workers)]
                 if wait:
@@ -121,9 +124,10 @@ class ReasoningProcessor:
             return self._pages
 
     def _result_objects(self, record: ReasoningRecord, current: list[Dataset], prior: list[Dataset],
-                        predecessor: Dataset | None, on_ready: ReadyCallback | None) -> ResultObjects:
+                        predecessor: Dataset | None, on_ready: ReadyCallback | None,
+                        uids: ResultUids | None = None) -> ResultObjects:
         executor = self._page_executor()
-        objects = build_result_objects(record, current, prior, self.options, predecessor, executor, on_ready)
+        objects = build_result_objects(record, current, prior, self.options, predecessor, executor, on_ready, uids)
         if objects.page_executor_lost:  # a page process died (e.g. killed): start new ones next time
             log.warning("reasoning: page process lost; some of this study's pages were made in the worker")
             with self._pages_lock:
@@ -174,8 +178,9 @@ class ReasoningProcessor:
         try:
             prior = self._prior(current[0], study.job_id)
             record = self.reason(current, prior)
+            uids = result_uids(study.study_instance_uid, study.generation, self.config.node.ae_title)
             objects = self._result_objects(record, current, prior, latest_predecessor_sr(study.predecessor_results),
-                                           _publisher(study))
+                                           _publisher(study), uids)
         finally:
             shutil.rmtree(prior_dir, ignore_errors=True)  # the prior stays in the PACS; our copy is transient
         log.debug("reasoning: job %s: result objects %s", study.job_id,

@@ -1,7 +1,11 @@
-"""DICOM UID grammar check, applied before a UID is used as a path component."""
+"""DICOM UID grammar check, applied before a UID is used as a path component; the UIDs of a study's results."""
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sr_writer.api import ResultUids
 
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 MAX_UID_LENGTH = 64
@@ -18,3 +22,12 @@ def clean_uid(value: object) -> str | None:
         return None
     text = str(value).rstrip("\x00 ")
     return text if is_valid_uid(text) else None
+
+
+def result_uids(study_uid: str, generation: int, node_ae_title: str) -> "ResultUids":
+    """The UIDs of the result set of ``study_uid``'s ``generation`` made by this node: the same every time the
+    job runs (a re-run after a crash, an operator retry), so the PACS gets the same SOP Instances again and keeps
+    one of each; a new generation (a late instance) gets new ones."""
+    from sr_writer.api import ResultUids  # here: the receive path imports this module and needs no page maker
+
+    return ResultUids(seed=f"cxr-node-result|{node_ae_title.strip()}|{study_uid}|{generation}")

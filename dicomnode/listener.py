@@ -16,9 +16,11 @@ C-STORE statuses returned (reason always logged and audited):
 ======  =====================================================================================
 
 Associations are rejected (A-ASSOCIATE-RJ) when the calling AE title is not in ``node.allowed_calling_aets``
-(permanent, calling-AE-not-recognised), or transiently (local-limit-exceeded) when ``max_associations`` are
+(permanent, calling-AE-title-not-recognized), when the called AE title is not ``node.ae_title`` and
+``node.check_called_aet`` is on (permanent, called-AE-title-not-recognized), or transiently (local-limit-exceeded) when ``max_associations`` are
 active or free disk in data_dir is below ``node.min_free_disk_mb``. With TLS enabled only TLS connections are
-served; ``require_client_cert`` demands a client certificate signed by ``ca``.
+served; ``require_client_cert`` demands a client certificate signed by ``ca``. Connections that are silent, slow
+or stuck in a TLS handshake are ended by :mod:`dicomnode.connections` and never hold a ``max_associations`` slot.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode import metrics
 from dicomnode.audit import audit, audit_now
 from dicomnode.config import NodeConfig, TLSConfig
+from dicomnode.connections import ConnectionGuard, GuardedHandler, GuardedServer
 from dicomnode.db.ingest import InstanceRecord, IngestOutcome, instance_exists, record_instance
 from dicomnode.db.models import utcnow
 from dicomnode.logs import log_event
@@ -174,13 +177,22 @@ def _expected_native_length(ds: Any) -> int | None:
 
 
 class _NodeAE(ApplicationEntity):
-    """An AE that refuses new associations (local limit) while ``refuse`` says so (low disk)."""
+    """An AE that refuses new associations (local limit) while ``refuse`` says so (low disk), and whose limit counts
+    established associations only.
+
+    pynetdicom rejects a request when its acceptor threads, itself included, outnumber ``maximum_associations``;
+    threads of connections that have not negotiated (silent or slow clients) would use up the limit. So the limit
+    reported is raised by the number of acceptors still negotiating, the asking one excepted.
+    """
 
     refuse: Callable[[], bool] = staticmethod(lambda: False)  # type: ignore[assignment]
 
     @property  # type: ignore[override]
     def maximum_associations(self) -> int:
-        return 0 if self.refuse() else self._maximum_associations
+        if self.refuse():
+            return 0
+        negotiating = sum(1 for a in self.active_associations if a.is_acceptor and not a.is_established)
+        return self._maximum_associations + max(0, negotiating - 1)
 
     @maximum_associations.setter
     def maximum_associations(self, value: int) -> None:
@@ -298,10 +310,16 @@ class Listener:
         self.ae.maximum_associations = config.node.max_associations
         self.ae.maximum_pdu_size = 0
         self.ae.require_calling_aet = list(config.node.allowed_calling_aets)
-        self.ae.require_called_aet = False
-        self.ae.network_timeout = 120
-        self.ae.dimse_timeout = 120
-        self.ae.acse_timeout = 30
+        self.ae.require_called_aet = config.node.check_called_aet
+        self.ae.network_timeout = config.node.network_timeout_seconds
+        self.ae.dimse_timeout = config.node.dimse_timeout_seconds
+        self.ae.acse_timeout = config.node.acse_timeout_seconds  # also the ARTIM timer
+        self.guard = ConnectionGuard(
+            negotiation_seconds=config.node.acse_timeout_seconds,
+            tls_handshake_seconds=config.node.tls_handshake_timeout_seconds,
+            network_timeout_seconds=config.node.network_timeout_seconds,
+            on_tls_failure=self._tls_failed,
+        )
         for cx in AllStoragePresentationContexts:
             self.ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
         self.ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
@@ -322,10 +340,20 @@ class Listener:
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_REJECTED, self._handle_rejected),
+            (evt.EVT_ABORTED, self._handle_aborted),
         ]
-        self._server = self.ae.start_server(
-            (self.config.node.host, self.config.node.port), block=False, evt_handlers=handlers, ssl_context=ssl_ctx
+        server = self.ae.make_server(
+            (self.config.node.host, self.config.node.port), evt_handlers=handlers,
+            server_class=GuardedServer, request_handler=GuardedHandler,
         )
+        server.guard = self.guard
+        server.tls_context = ssl_ctx
+        self.ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, name="cxr-dicom-accept", daemon=True).start()
+        self._server = server
+        self.guard.start()
+        if not self.config.node.check_called_aet:
+            log_event(LOG, logging.WARNING, "called AE title check is off: associations to any AE title accepted")
         log_event(LOG, logging.INFO, "listener started", ae_title=self.config.node.ae_title,
                   host=self.config.node.host, port=self.port, tls=self.config.node.tls.enabled)
 
@@ -339,17 +367,24 @@ class Listener:
         """Established incoming associations (a bare TCP connect that never negotiates does not count)."""
         return len([a for a in self.ae.active_associations if a.is_acceptor and a.is_established])
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Stop accepting, let in-flight associations finish (up to ``timeout`` s), then abort the rest."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, let established associations finish (up to ``timeout`` s, default
+        ``node.shutdown_timeout_seconds``), then abort the rest. Returns in bounded time whatever clients do."""
         if self._server is None:
             return
+        timeout = self.config.node.shutdown_timeout_seconds if timeout is None else timeout
         self.stop_accepting()
+        self.guard.close_all("shutdown", phases=("tls", "negotiating"))  # nothing in flight there
         deadline = time.monotonic() + timeout
         while self.active_associations() and time.monotonic() < deadline:
             time.sleep(0.05)
-        self.ae.shutdown()
+        left = self.guard.close_all("shutdown")  # wakes every blocked recv: pynetdicom's aborts can finish
+        stopper = threading.Thread(target=self.ae.shutdown, name="cxr-listener-shutdown", daemon=True)
+        stopper.start()
+        stopper.join(timeout=10)
+        self.guard.stop()
         self._server = None
-        log_event(LOG, logging.INFO, "listener stopped", ae_title=self.config.node.ae_title)
+        log_event(LOG, logging.INFO, "listener stopped", ae_title=self.config.node.ae_title, aborted=left or None)
 
     # --- checks ----------------------------------------------------------------------------------------------
     def _low_disk(self) -> bool:
@@ -376,16 +411,33 @@ class Listener:
 
     def _handle_rejected(self, event: Any) -> None:
         calling, peer = self._peer(event)
-        allowed = self.config.node.allowed_calling_aets
-        if allowed and calling not in allowed:
+        rj = event.assoc.acceptor.primitive
+        source, diagnostic = (getattr(rj, "result_source", None), getattr(rj, "diagnostic", None))
+        if (source, diagnostic) == (0x01, 0x03):
             reason = "calling AE title not allowed"
+        elif (source, diagnostic) == (0x01, 0x07):
+            reason = "called AE title not recognized"
         elif self._disk_low:
             reason = "low free disk space"
-        else:
+        elif (source, diagnostic) == (0x03, 0x02):
             reason = "too many associations"
+        else:
+            reason = f"rejected (source {source}, diagnostic {diagnostic})"
+        requested = event.assoc.requestor.primitive
+        called = str(getattr(requested, "called_ae_title", "") or "").strip() or self.config.node.ae_title
         metrics.associations_rejected.labels(reason=reason).inc()
         audit_now(self.session_factory, "association.rejected", calling_aet=calling,
-                  called_aet=self.config.node.ae_title, peer=peer, level=logging.WARNING, reason=reason)
+                  called_aet=called, peer=peer, level=logging.WARNING, reason=reason)
+
+    def _handle_aborted(self, event: Any) -> None:
+        """Count pynetdicom's own idle aborts (the guard counts the connections it ends itself)."""
+        conn = self.guard.find(event.assoc)
+        if conn is not None and getattr(event.assoc, "_sent_abort", False) and event.assoc.dul.idle_timer_expired():
+            self.guard.count(conn, "idle_timeout")
+
+    def _tls_failed(self, peer: str, reason: str) -> None:
+        audit_now(self.session_factory, "tls.handshake_failed", called_aet=self.config.node.ae_title, peer=peer,
+                  level=logging.WARNING, reason=reason)
 
     def _handle_echo(self, event: Any) -> int:
         return STATUS_SUCCESS

@@ -47,7 +47,8 @@ from dicomnode import metrics
 from dicomnode.audit import audit, audit_now
 from dicomnode.config import NodeConfig, TLSConfig
 from dicomnode.connections import ConnectionGuard, GuardedHandler, GuardedServer
-from dicomnode.db.ingest import InstanceRecord, IngestOutcome, instance_exists, record_instance
+from dicomnode.db.ingest import InstanceRecord, IngestOutcome, fit_to_columns, instance_exists, record_instance
+from dicomnode.db.engine import error_summary
 from dicomnode.db.models import utcnow
 from dicomnode.logs import log_event
 from dicomnode.selection import InstanceFacts, skip_reason
@@ -455,10 +456,11 @@ class Listener:
                       status=f"0x{rej.status:04X}", reason=rej.reason)
             return rej.status
         except Exception as exc:  # noqa: BLE001 - never crash the association; answer out-of-resources
-            LOG.exception("store failed", extra={"fields": {"calling_aet": calling}})
+            # the exception text may quote header values (patient data): the full trace at DEBUG only
+            LOG.debug("store failed", exc_info=True)
             metrics.instances_rejected.labels(reason="0xA700").inc()
             audit_now(self.session_factory, "instance.store_failed", calling_aet=calling, peer=peer,
-                      level=logging.ERROR, status="0xA700", reason=f"{type(exc).__name__}: {exc}")
+                      level=logging.ERROR, status="0xA700", reason=error_summary(exc))
             return STATUS_OUT_OF_RESOURCES
         metrics.instances_received.inc()
         if outcome is not None and self.on_stored is not None:
@@ -494,12 +496,17 @@ class Listener:
             accession_number=header.accession_number, path=relative, size_bytes=size, skip_reason=reason,
             calling_aet=calling,
         )
-        outcome = self._commit(rec, calling)
+        rec, cut = fit_to_columns(rec)
+        if cut:  # recorded with the stored instance (field names and lengths, never the values)
+            log_event(LOG, logging.WARNING, "header values longer than the database allows were truncated",
+                      sop_instance_uid=header.sop_uid, truncated=cut)
+        outcome = self._commit(rec, calling, truncated=cut or None)
         if outcome is None:
             return STATUS_SUCCESS, None, header
         return STATUS_SUCCESS, outcome, header
 
-    def _commit(self, rec: InstanceRecord, calling: str) -> IngestOutcome | None:
+    def _commit(self, rec: InstanceRecord, calling: str, truncated: dict[str, int] | None = None,
+                ) -> IngestOutcome | None:
         """Commit the instance row; None when a concurrent association stored the same SOP Instance first."""
         last_exc: Exception | None = None
         for _attempt in range(3):
@@ -511,7 +518,7 @@ class Listener:
                         sop_instance_uid=rec.sop_uid, job_id=outcome.job_id, generation=outcome.generation,
                         modality=rec.modality, selected=rec.skip_reason is None, skip_reason=rec.skip_reason,
                         size_bytes=rec.size_bytes, new_study=outcome.new_study or None,
-                        reopened=outcome.reopened or None,
+                        reopened=outcome.reopened or None, truncated=truncated,
                     )
                 return outcome
             except IntegrityError as exc:  # concurrent first instance of a study, or duplicate SOP instance
@@ -520,5 +527,5 @@ class Listener:
                     if instance_exists(session, rec.sop_uid):
                         return None
             except OperationalError as exc:
-                raise Rejected(STATUS_OUT_OF_RESOURCES, f"database unavailable: {exc.orig!r}") from None
-        raise Rejected(STATUS_OUT_OF_RESOURCES, f"database write failed: {last_exc}")
+                raise Rejected(STATUS_OUT_OF_RESOURCES, f"database unavailable: {error_summary(exc)}") from None
+        raise Rejected(STATUS_OUT_OF_RESOURCES, f"database write failed: {error_summary(last_exc)}")

@@ -61,6 +61,17 @@ class NodeSection(_Model):
     max_associations: int = Field(10, ge=1)
     tls: TLSConfig = Field(default_factory=TLSConfig)
     min_free_disk_mb: int = Field(1024, ge=0)
+    # A-ASSOCIATE-RQ with another called AE title than ae_title is rejected (called-AE-title-not-recognized)
+    check_called_aet: bool = True
+    # ARTIM: a connection must have sent its A-ASSOCIATE-RQ this long after the TCP connect (TLS included);
+    # connections still negotiating never count against max_associations
+    acse_timeout_seconds: float = Field(30, gt=0)
+    tls_handshake_timeout_seconds: float = Field(10, gt=0)
+    # an established association with no complete PDU for this long is aborted; also bounds every recv/send
+    network_timeout_seconds: float = Field(60, gt=0)
+    dimse_timeout_seconds: float = Field(60, gt=0)
+    # SIGTERM: in-flight associations get this long to finish, then they are aborted
+    shutdown_timeout_seconds: float = Field(30, ge=0)
 
     @field_validator("ae_title")
     @classmethod

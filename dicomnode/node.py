@@ -154,8 +154,9 @@ class Node:
         if server is not None:
             self.status_server = server.start()
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Stop accepting associations, finish in-flight transfers and jobs, then release resources."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting associations, finish in-flight transfers (up to ``timeout`` s, default
+        ``node.shutdown_timeout_seconds``) and jobs, then release resources."""
         if not self._started:
             return
         self._started = False

@@ -52,22 +52,27 @@ def expired_studies(session: Session, cutoff: dt.datetime) -> list[tuple[int, st
     return [(r.id, r.study_instance_uid) for r in rows]
 
 
+def _unlink(path: Path) -> int | None:
+    """Delete one file; its size, or None when it was already gone."""
+    try:
+        size = path.lstat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    return size
+
+
 def _remove_tree(directory: Path) -> tuple[int, int]:
     """Delete every file under ``directory`` and the directory itself; (files, bytes) removed."""
     if not directory.is_dir():
         return 0, 0
     files = removed_bytes = 0
     for path in sorted(directory.rglob("*"), reverse=True):  # children before their directories
-        try:
-            if path.is_dir() and not path.is_symlink():
-                path.rmdir()
-                continue
-            size = path.lstat().st_size
-            path.unlink()
-        except FileNotFoundError:
-            continue
-        files += 1
-        removed_bytes += size
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        elif (size := _unlink(path)) is not None:
+            files += 1
+            removed_bytes += size
     directory.rmdir()
     return files, removed_bytes
 
@@ -107,10 +112,8 @@ def purge_expired(config: NodeConfig, session_factory: sessionmaker[Session],
                 path = (data_dir / relative).resolve()
                 if spool_root not in path.parents:
                     continue
-                try:
-                    size = path.stat().st_size
-                    path.unlink()
-                except FileNotFoundError:
+                size = _unlink(path)
+                if size is None:
                     continue
                 files += 1
                 removed_bytes += size

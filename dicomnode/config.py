@@ -216,7 +216,7 @@ class NodeConfig(_Model):
     def _unique_destinations(self) -> "NodeConfig":
         names = [d.name for d in self.destinations]
         if len(names) != len(set(names)):
-            raise ValueError("destination names must be unique")
+            raise ValueError("destinations: names must be unique")
         return self
 
     @property

@@ -54,6 +54,8 @@ def test_defaults_and_sqlite_url(tmp_path: Path) -> None:
          "destinations.0.retry.max_attempts:"),
         ({"study": {"quiet_seconds": 0}}, "study.quiet_seconds:"),
         ({"extra_section": {}}, "extra_section: unknown key"),
+        ({"model": {"path": "m"}, "destinations": [{"name": "p", "ae_title": "X", "host": "h", "port": 1}] * 2},
+         "destinations: names must be unique"),
     ],
 )
 def test_errors_name_the_key_path(data: dict, expected: str) -> None:

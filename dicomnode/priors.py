@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 
 PRIORS_DIR = "priors"  # data_dir/priors/<job id>: a retrieved prior, held only while its job runs
 DEFAULT_MODALITIES: tuple[str, ...] = ("CR", "DX")
-DEFAULT_TIMEOUT_S = 30.0
 STORAGE_CLASSES: tuple[str, ...] = (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,

@@ -8,8 +8,8 @@ to the system's (so dciodvfy must be found inside the venv, as in a service that
 ``eval`` extra is not installed, so ``eval`` must say which extra it needs.
 
 Measured on the 2-core machine: building the wheel 3 s; the fresh venv plus ``pip install`` 92 s when the machine
-was otherwise idle (262 s with four other test runs beside it); the whole module 9 min under that load. Fast
-enough for CI, so the venv really is fresh (no shared site-packages).
+was otherwise idle (262-383 s with four other test runs beside it, load average 10-13); the whole module 9-13 min
+under that load. Fast enough for CI, so the venv really is fresh (no shared site-packages).
 """
 from __future__ import annotations
 

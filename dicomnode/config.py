@@ -127,8 +127,12 @@ class Destination(_Model):
         return _ae_title(value)
 
 
+PASSTHROUGH = "passthrough"  # the processor that produces nothing: only ever explicit, warned about at start-up
+REASONING = "reasoning"
+
+
 class ProcessingSection(_Model):
-    processor: str = "passthrough"
+    processor: str = REASONING
     workers: int = Field(1, ge=1)
     poll_seconds: float = Field(1.0, gt=0)
 
@@ -151,6 +155,14 @@ class PriorsConfig(_Model):
     move_port: int | None = Field(None, ge=1, le=65535)
     timeout_seconds: float = Field(30, gt=0)
     modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"])
+
+    @model_validator(mode="after")
+    def _enabled_needs_a_pacs(self) -> "PriorsConfig":
+        missing = [key for key in ("host", "port", "query_aet") if self.enabled and not getattr(self, key)]
+        if missing:
+            raise ValueError(f"enabled priors need host, port and query_aet (the PACS AE title): "
+                             f"{', '.join(missing)} missing")
+        return self
 
     @model_validator(mode="after")
     def _move_needs_its_own_ae(self) -> "PriorsConfig":
@@ -205,10 +217,17 @@ class NodeConfig(_Model):
     output: OutputSection = Field(default_factory=OutputSection)
 
     @model_validator(mode="after")
+    def _reasoning_needs_a_model(self) -> "NodeConfig":
+        if self.processing.processor == REASONING and self.model.path is None:
+            raise ValueError("model.path: required when processing.processor is reasoning (the default): set the "
+                             "local model directory, or processing.processor: passthrough to produce no results")
+        return self
+
+    @model_validator(mode="after")
     def _unique_destinations(self) -> "NodeConfig":
         names = [d.name for d in self.destinations]
         if len(names) != len(set(names)):
-            raise ValueError("destination names must be unique")
+            raise ValueError("destinations: names must be unique")
         return self
 
     @property
@@ -226,6 +245,11 @@ def _format_errors(exc: ValidationError) -> list[str]:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        if err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            if loc == "(root)":  # cross-section checks name their key themselves
+                lines.append(msg)
+                continue
         lines.append(f"{loc}: {msg}")
     return lines
 

@@ -11,6 +11,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
 def routing_rule_path() -> Path:
     """The Orthanc Lua rule that forwards stable CR/DX chest studies to the node (shipped with the package)."""
-    return Path(__file__).with_name("data") / ROUTING_RULE
+    return Path(str(resources.files("dicomnode.data").joinpath(ROUTING_RULE)))
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from dicomnode import metrics
 from dicomnode.children import page_process_start
 from dicomnode.config import NodeConfig
-from dicomnode.priors import fetch_prior
+from dicomnode.priors import PRIORS_DIR, fetch_prior
 from dicomnode.processing import ObjectKind, ProcessingResult, ResultObject, StudyInput
 from dicomnode.uids import result_uids
 from inference.flow import run_flow
@@ -36,7 +36,6 @@ from sr_writer.api import ReadyCallback, warm_up
 log = logging.getLogger(__name__)
 
 SR_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.22")
-PRIORS_DIR = "priors"
 PAGE_ENCODINGS = {"rle": RLELossless, "explicit": ExplicitVRLittleEndian}
 
 

@@ -1,4 +1,4 @@
-"""The finding-code mapping table (config/finding_codes.yaml): load, verify against pydicom, look up.
+"""The finding-code mapping table (package data ``sr_writer/data/finding_codes.yaml``): load, verify against pydicom, look up.
 
 Codes whose source is ``pydicom.sr.codedict codes.<SCHEME>.<Keyword>`` are checked against pydicom's dictionary
 when the table loads; a finding without a verified code has ``code: null`` and is written as text.
@@ -6,6 +6,7 @@ when the table loads; a finding without a verified code has ``code: null`` and i
 from __future__ import annotations
 
 import re
+from importlib import resources
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -15,7 +16,8 @@ import yaml
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 
-TABLE_PATH = Path(__file__).resolve().parents[1] / "config" / "finding_codes.yaml"
+# The table shipped inside the package (config/finding_codes.yaml in a clone is a link to it).
+TABLE_PATH = Path(str(resources.files("sr_writer.data").joinpath("finding_codes.yaml")))
 _CODEDICT_SOURCE = re.compile(r"^pydicom\.sr\.codedict codes\.(\w+)\.(\w+)")
 
 

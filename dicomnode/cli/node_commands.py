@@ -1,15 +1,16 @@
-"""Node commands: ``serve``, ``status``, ``retry``, ``config check``, ``echo``, ``send``."""
+"""Node commands: ``serve``, ``status``, ``retry``, ``config check``, ``config init``, ``echo``, ``send``."""
 from __future__ import annotations
 
 import argparse
 import faulthandler
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from dicomnode.config import ConfigError, NodeConfig, load_config
+from dicomnode.config import PASSTHROUGH, ConfigError, NodeConfig, load_config
 
 
 def _load(path: str) -> NodeConfig | None:
@@ -30,6 +31,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dicomnode.node import Node
 
     setup_logging(config.logging.level, config.logging.json_, config.logging.file)
+    if config.processing.processor == PASSTHROUGH:
+        logging.getLogger("dicomnode.serve").warning(
+            "processing.processor is passthrough: studies are received and stored but NOT processed; no results "
+            "are produced or sent")
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` dumps every thread's stack
     return Node(config, role=args.role).run_until_signal()
 
@@ -40,6 +45,20 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.file}: OK (AE {config.node.ae_title} port {config.node.port}, "
           f"{len(config.destinations)} destination(s), processor {config.processing.processor})")
+    return 0
+
+
+def cmd_config_init(args: argparse.Namespace) -> int:
+    from dicomnode.site_config import InitError, write_site_config
+
+    try:
+        written = write_site_config(Path(args.dir), force=args.force)
+    except InitError as exc:
+        print(f"config init: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: edit them, then `cxr-node config check {written[0]}`")
     return 0
 
 
@@ -175,6 +194,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     check = sub.add_parser("check", help="validate a config file; names the bad key and why")
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
+    init = sub.add_parser("init", help="write a commented starting config and the stage book into DIR to edit")
+    init.add_argument("dir", metavar="DIR")
+    init.add_argument("--force", action="store_true", help="overwrite files that exist")
+    init.set_defaults(func=cmd_config_init)
 
     p = subparsers.add_parser("echo", help="C-ECHO a peer")
     p.add_argument("peer", metavar="AE@HOST:PORT")

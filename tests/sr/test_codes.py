@@ -5,6 +5,7 @@ import pytest
 import yaml
 from pydicom.sr.codedict import codes
 
+from inference.stages import DEFAULT_STAGES_PATH
 from sr_writer.codes import TABLE_PATH, CodeTableError, load_table, parse_table
 from tests.sr.records import FINDING_LABELS
 
@@ -42,10 +43,7 @@ def test_an_entry_without_source_or_flag_is_refused() -> None:
 
 
 def test_table_covers_the_stage_book_checklist_and_anatomy() -> None:
-    stages_path = TABLE_PATH.parent / "stages.yaml"
-    if not stages_path.exists():
-        pytest.skip("config/stages.yaml not present")
-    book = yaml.safe_load(stages_path.read_text(encoding="utf-8"))
+    book = yaml.safe_load(DEFAULT_STAGES_PATH.read_text(encoding="utf-8"))
     table = load_table()
     assert {f["key"] for f in book["findings"]} == set(table.findings)
     assert {a["key"] for a in book.get("anatomy", [])} <= set(table.anatomy)

@@ -1,0 +1,245 @@
+"""Crash-test helpers: the node as a ``cxr-node serve`` subprocess on the tiny demo model, Orthanc as the PACS,
+DCMTK storescu as the modality; what each kill left behind, what the sender had acknowledged, and what Orthanc holds
+per study (one SR and one page series per generation, under the UIDs the node derives for it)."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import yaml
+from sqlalchemy import func, select
+
+from dicomnode.db import Delivery, Instance, Job, Study, make_engine, make_session_factory
+from dicomnode.db.states import DeliveryState, JobState
+from dicomnode.demo import NODE_AET, demo_config
+from dicomnode.peers.dcmtk import _require
+from dicomnode.peers.orthanc import OrthancServer
+from dicomnode.peers.ports import free_port, wait_for_port
+from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.uids import result_uids
+
+CXR_NODE = str(Path(os.sys.executable).with_name("cxr-node"))  # type: ignore[attr-defined]
+
+
+def acknowledged(output: str) -> list[str]:
+    """SOP Instance UIDs (file stems) storescu -v got a success response for."""
+    acked, current = [], None
+    for line in output.splitlines():
+        if "Sending file:" in line:
+            current = Path(line.split("Sending file:", 1)[1].strip()).stem
+        elif "Received Store Response (Success" in line and current:
+            acked.append(current)
+            current = None
+    return acked
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc/<pid>/task/*/children)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found.extend(children)
+            todo.extend(children)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    state = next((line.split()[1] for line in status.splitlines() if line.startswith("State:")), "X")
+    return state not in ("Z", "X")
+
+
+@dataclass
+class Sent:
+    study_uid: str
+    files: list[Path]
+    acked: set[str] = field(default_factory=set)
+
+
+class CrashSite:
+    """One Orthanc, one node data directory and config; the node is started and killed by the tests."""
+
+    def __init__(self, workdir: Path, model_dir: Path, quiet_seconds: float = 2.0, page_processes: int = 2):
+        self.workdir = workdir
+        self.orthanc = OrthancServer(workdir / "orthanc", aet="ORTHANC").start()
+        self.port = free_port()
+        config = demo_config(workdir, model_dir, self.port, self.orthanc)
+        config.study.quiet_seconds = quiet_seconds
+        config.reasoning.max_new_tokens = 8
+        config.reasoning.priors.enabled = False
+        config.output.page_processes = page_processes
+        config.processing.poll_seconds = 0.2
+        retry = config.destinations[0].retry
+        retry.max_attempts, retry.initial_seconds, retry.max_seconds = 1000, 0.3, 1.5
+        self.data_dir = Path(config.storage.data_dir)
+        self.url = config.database_url
+        self.config_path = workdir / "node.yaml"
+        self.config_path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
+        self.engine = make_engine(self.url)
+        self.db = make_session_factory(self.engine)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.sent: dict[str, Sent] = {}
+        self._studies = 0
+
+    # -- the node -------------------------------------------------------------------------------------------
+    def start(self, timeout: float = 120.0) -> None:
+        self.starts += 1
+        log = open(self.workdir / f"node-{self.starts}.log", "ab")
+        try:
+            self.process = subprocess.Popen([CXR_NODE, "serve", "--config", str(self.config_path)], stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"cxr-node exited {self.process.returncode}")
+            if wait_for_port(self.port, timeout=0.2):
+                return
+        raise RuntimeError("cxr-node did not listen in time")
+
+    def kill9(self, child_timeout: float = 5.0) -> list[int]:
+        """SIGKILL the node; return its child processes that outlived it by ``child_timeout`` s."""
+        assert self.process is not None
+        children = descendants(self.process.pid)
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)
+        deadline = time.monotonic() + child_timeout
+        while time.monotonic() < deadline and any(alive(c) for c in children):
+            time.sleep(0.1)
+        left = [c for c in children if alive(c)]
+        for pid in left:  # do not leave them to the next test
+            os.kill(pid, signal.SIGKILL)
+        return left
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(120)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+        self.engine.dispose()
+        self.orthanc.stop()
+
+    # -- the modality ---------------------------------------------------------------------------------------
+    def new_study(self, views: Sequence[str] = ("PA", "LATERAL"), rows: int = 256, columns: int = 224) -> Sent:
+        self._studies += 1
+        n = self._studies
+        spec = StudySpec(views=tuple(views), rows=rows, columns=columns, seed=n, accession_number=f"K{n:05d}",
+                         patient_id=f"CRASH{n:04d}")
+        files = write_study(self.workdir / "studies" / f"s{n}", spec)
+        uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        self.sent[uid] = Sent(uid, files)
+        return self.sent[uid]
+
+    def send(self, study: Sent) -> subprocess.Popen[str]:
+        """Start storescu -v on the study's files (one association)."""
+        return subprocess.Popen([_require("storescu"), "-v", "-aet", "MODALITY", "-aec", NODE_AET, "127.0.0.1",
+                                 str(self.port), *map(str, study.files)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def finish_send(self, study: Sent, sender: subprocess.Popen[str]) -> str:
+        output, _ = sender.communicate(timeout=120)
+        study.acked.update(acknowledged(output))
+        return output
+
+    # -- the node's database --------------------------------------------------------------------------------
+    def stored(self, study_uid: str) -> set[str]:
+        with self.db() as s:
+            return set(s.scalars(select(Instance.sop_instance_uid).join(Study)
+                                 .where(Study.study_instance_uid == study_uid)))
+
+    def job_view(self, study_uid: str) -> tuple[str | None, int, Counter[str]]:
+        """(state of the newest job, number of jobs, delivery states of the newest job)."""
+        with self.db() as s:
+            jobs = list(s.scalars(select(Job).join(Study).where(Study.study_instance_uid == study_uid)
+                                  .order_by(Job.generation)))
+            if not jobs:
+                return None, 0, Counter()
+            states = Counter(s.scalars(select(Delivery.state).where(Delivery.job_id == jobs[-1].id)))
+        return jobs[-1].state, len(jobs), states
+
+    def all_delivered(self) -> bool:
+        with self.db() as s:
+            n_studies = s.scalar(select(func.count()).select_from(Study))
+            states = set(s.scalars(select(Job.state)))
+            pending = s.scalar(select(func.count()).select_from(Delivery)
+                               .where(Delivery.state != DeliveryState.SENT.value))
+        return n_studies == len(self.sent) and states == {JobState.DELIVERED.value} and pending == 0
+
+    def failed_jobs(self) -> list[str]:
+        with self.db() as s:
+            return [f"{j.id}: {j.error}" for j in s.scalars(select(Job).where(Job.state == JobState.FAILED.value))]
+
+    # -- what the PACS holds --------------------------------------------------------------------------------
+    def result_sets(self, study_uid: str) -> dict[str, Any]:
+        """What Orthanc holds of the node's results for the study: SR SOP UIDs, page series -> page numbers."""
+        srs: list[str] = []
+        pages: dict[str, list[int]] = {}
+        for series in self.orthanc.find("Series", {"StudyInstanceUID": study_uid}):
+            tags = series["MainDicomTags"]
+            if tags.get("Modality") not in ("SR", "OT"):
+                continue
+            instances = self.orthanc.rest_get(f"/series/{series['ID']}/instances")
+            if tags["Modality"] == "SR":
+                srs.extend(i["MainDicomTags"]["SOPInstanceUID"] for i in instances)
+            else:
+                pages[tags["SeriesInstanceUID"]] = sorted(int(i["MainDicomTags"]["InstanceNumber"])
+                                                          for i in instances)
+        return {"sr": srs, "pages": pages}
+
+    def assert_one_result_set_each(self) -> Counter[str]:
+        """Every study sent: all its instances stored, one generation, and in Orthanc exactly the SR and the page
+        series the node derives for it (pages 1..N, each once). Returns a count of problems (for the report)."""
+        problems: Counter[str] = Counter()
+        for uid, study in self.sent.items():
+            stored = self.stored(uid)
+            assert {p.stem for p in study.files} <= stored, f"{uid}: sent instances missing from the node"
+            assert study.acked <= stored, f"{uid}: acknowledged instances lost"
+            _, n_jobs, _ = self.job_view(uid)
+            expected = result_uids(uid, 1, NODE_AET)
+            held = self.result_sets(uid)
+            if n_jobs != 1 or len(held["sr"]) != 1 or len(held["pages"]) != 1:
+                problems["duplicated"] += 1
+            assert n_jobs == 1, f"{uid}: {n_jobs} generations"
+            assert held["sr"] == [expected.sr_instance], f"{uid}: SRs in the PACS {held['sr']}"
+            assert list(held["pages"]) == [expected.sc_series], f"{uid}: page series in the PACS {held['pages']}"
+            numbers = held["pages"][expected.sc_series]
+            assert numbers == list(range(1, len(numbers) + 1)), f"{uid}: pages {numbers}"
+        return problems
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def jitter(rng: random.Random, most: float) -> None:
+    time.sleep(rng.uniform(0, most))

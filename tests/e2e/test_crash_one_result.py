@@ -1,0 +1,127 @@
+"""Exactly one result set per study through kill -9 (issue 17): the node (``cxr-node serve``, tiny demo model,
+page processes) is killed with SIGKILL at random points of four phases, restarted each time, and the modality
+(DCMTK storescu) resends what a kill cut off. Afterwards Orthanc must hold, per study, the one SR and the one page
+series whose UIDs the node derives for it; no acknowledged instance may be lost; no child process may outlive a
+kill, and no partial transfer may stay in the spool's temp directory.
+
+``CXR_CRASH_KILLS`` sets the kills per phase (default 10). Each test prints its row of the closing note's table.
+"""
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .crash_support import CrashSite, Sent, jitter, wait_until
+from dicomnode.db.states import DeliveryState, JobState
+
+pytestmark = pytest.mark.slow
+KILLS = int(os.environ.get("CXR_CRASH_KILLS", "10"))
+RECEIVE_VIEWS = ("PA", "LATERAL", "PA", "LATERAL", "PA", "LATERAL")
+
+
+@pytest.fixture
+def crash_site(tmp_path: Path, qwen_demo_dir: Path) -> Iterator[CrashSite]:
+    site = CrashSite(tmp_path, qwen_demo_dir)
+    try:
+        yield site
+    finally:
+        site.close()
+
+
+def _kill_and_restart(site: CrashSite) -> None:
+    """SIGKILL, check what the kill left (children, acknowledged rows), restart, check the spool's temp dir."""
+    tmp = site.data_dir / "spool" / ".tmp"
+    left = site.kill9()
+    leftovers = [p for p in tmp.iterdir()] if tmp.is_dir() else []
+    assert left == [], f"child processes outlived the node: {left}"
+    site.start()
+    assert not [p for p in leftovers if p.exists()], "partial transfers left in spool/.tmp after restart"
+
+
+def _run_phase(site: CrashSite, reached: Callable[[Sent], bool], hit: Callable[[Sent], bool],
+               rng: random.Random, views: tuple[str, ...] = ("PA", "LATERAL"), resend: bool = False,
+               most_jitter: float = 0.0) -> tuple[int, int, int]:
+    """Send a study, wait until ``reached``, SIGKILL after a random jitter, restart; ``KILLS`` times a kill that
+    ``hit`` the phase (at most 2 x KILLS tries). Returns (kills, kills in the phase, studies duplicated)."""
+    site.start()
+    kills = hits = 0
+    while hits < KILLS and kills < 2 * KILLS:
+        study = site.new_study(views)
+        sender = site.send(study)
+        wait_until(lambda: reached(study), timeout=120, what="the phase")
+        jitter(rng, most_jitter)
+        kills += 1
+        _kill_and_restart(site)
+        site.finish_send(study, sender)
+        assert study.acked <= site.stored(study.study_uid), "acknowledged instances lost"
+        hits += hit(study)
+        if resend:  # the modality resends the study whose transfer failed
+            site.finish_send(study, site.send(study))
+    wait_until(site.all_delivered, timeout=300, interval=0.5,
+               what=f"every study delivered (failed: {site.failed_jobs()})")
+    problems = site.assert_one_result_set_each()
+    assert site.terminate() == 0
+    return kills, hits, problems["duplicated"]
+
+
+def _report(phase: str, kills: int, hits: int, duplicated: int, site: CrashSite) -> None:
+    print(f"\nCLOSING-NOTE phase={phase} kills={kills} in_phase={hits} studies={len(site.sent)} "
+          f"acknowledged_lost=0 studies_duplicated={duplicated}")
+
+
+def test_kill_mid_receive_then_resend_gives_one_result_set(crash_site: CrashSite) -> None:
+    site, rng = crash_site, random.Random(1)
+    n = len(RECEIVE_VIEWS)
+
+    def reached(study: Sent) -> bool:
+        return len(site.stored(study.study_uid)) >= rng.randint(1, n - 2)
+
+    kills, hits, dup = _run_phase(site, reached, lambda s: len(site.stored(s.study_uid)) < n, rng,
+                                  views=RECEIVE_VIEWS, resend=True)
+    _report("receive", kills, hits, dup, site)
+    assert hits >= KILLS
+
+
+def test_kill_while_reasoning_gives_one_result_set(crash_site: CrashSite) -> None:
+    site, rng = crash_site, random.Random(2)
+
+    def reached(study: Sent) -> bool:
+        state, _, deliveries = site.job_view(study.study_uid)
+        return state == JobState.PROCESSING.value and not deliveries
+
+    def hit(study: Sent) -> bool:
+        state, _, deliveries = site.job_view(study.study_uid)
+        return state == JobState.PROCESSING.value and not deliveries
+
+    kills, hits, dup = _run_phase(site, reached, hit, rng, most_jitter=0.1)
+    _report("reasoning", kills, hits, dup, site)
+    assert hits >= KILLS
+
+
+def test_kill_after_first_publish_gives_one_result_set(crash_site: CrashSite) -> None:
+    site, rng = crash_site, random.Random(3)
+
+    def published(study: Sent) -> bool:
+        state, _, deliveries = site.job_view(study.study_uid)
+        return state == JobState.PROCESSING.value and sum(deliveries.values()) >= 1
+
+    kills, hits, dup = _run_phase(site, published, published, rng)
+    _report("after first publish", kills, hits, dup, site)
+    assert hits >= KILLS
+
+
+def test_kill_during_delivery_gives_one_result_set(crash_site: CrashSite) -> None:
+    site, rng = crash_site, random.Random(4)
+
+    def delivering(study: Sent) -> bool:
+        state, _, deliveries = site.job_view(study.study_uid)
+        sent = deliveries[DeliveryState.SENT.value]
+        return sent >= 1 and state in (JobState.PROCESSING.value, JobState.RESULTS_READY.value)
+
+    kills, hits, dup = _run_phase(site, delivering, delivering, rng)
+    _report("delivery", kills, hits, dup, site)
+    assert hits >= KILLS

@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -27,7 +28,8 @@ from dicomnode.peers.ports import free_port, wait_for_port
 from dicomnode.synthetic import StudySpec, write_study
 from dicomnode.uids import result_uids
 
-CXR_NODE = str(Path(os.sys.executable).with_name("cxr-node"))  # type: ignore[attr-defined]
+CXR_NODE = str(Path(sys.executable).with_name("cxr-node"))
+HERE = Path(__file__).resolve().parent  # on the node's PYTHONPATH: failing_processor
 
 
 def acknowledged(output: str) -> list[str]:
@@ -77,7 +79,8 @@ class Sent:
 class CrashSite:
     """One Orthanc, one node data directory and config; the node is started and killed by the tests."""
 
-    def __init__(self, workdir: Path, model_dir: Path, quiet_seconds: float = 2.0, page_processes: int = 2):
+    def __init__(self, workdir: Path, model_dir: Path, quiet_seconds: float = 2.0, page_processes: int = 2,
+                 processor: str = "reasoning"):
         self.workdir = workdir
         self.orthanc = OrthancServer(workdir / "orthanc", aet="ORTHANC").start()
         self.port = free_port()
@@ -87,6 +90,7 @@ class CrashSite:
         config.reasoning.priors.enabled = False
         config.output.page_processes = page_processes
         config.processing.poll_seconds = 0.2
+        config.processing.processor = processor
         retry = config.destinations[0].retry
         retry.max_attempts, retry.initial_seconds, retry.max_seconds = 1000, 0.3, 1.5
         self.data_dir = Path(config.storage.data_dir)
@@ -105,8 +109,10 @@ class CrashSite:
         self.starts += 1
         log = open(self.workdir / f"node-{self.starts}.log", "ab")
         try:
+            path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(HERE)) if p)
             self.process = subprocess.Popen([CXR_NODE, "serve", "--config", str(self.config_path)], stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            env={**os.environ, "PYTHONPATH": path})
         finally:
             log.close()
         deadline = time.monotonic() + timeout
@@ -144,13 +150,17 @@ class CrashSite:
         self.orthanc.stop()
 
     # -- the modality ---------------------------------------------------------------------------------------
-    def new_study(self, views: Sequence[str] = ("PA", "LATERAL"), rows: int = 256, columns: int = 224) -> Sent:
+    def new_study(self, views: Sequence[str] = ("PA", "LATERAL"), rows: int = 256, columns: int = 224,
+                  **spec_fields: Any) -> Sent:
         self._studies += 1
         n = self._studies
-        spec = StudySpec(views=tuple(views), rows=rows, columns=columns, seed=n, accession_number=f"K{n:05d}",
-                         patient_id=f"CRASH{n:04d}")
+        spec_fields = {"seed": n, "accession_number": f"K{n:05d}", "patient_id": f"CRASH{n:04d}", **spec_fields}
+        spec = StudySpec(views=tuple(views), rows=rows, columns=columns, **spec_fields)
         files = write_study(self.workdir / "studies" / f"s{n}", spec)
         uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        if uid in self.sent:  # more instances of a study sent before
+            self.sent[uid].files.extend(files)
+            return Sent(uid, files)
         self.sent[uid] = Sent(uid, files)
         return self.sent[uid]
 
@@ -180,6 +190,23 @@ class CrashSite:
                 return None, 0, Counter()
             states = Counter(s.scalars(select(Delivery.state).where(Delivery.job_id == jobs[-1].id)))
         return jobs[-1].state, len(jobs), states
+
+    def jobs_where(self, state: JobState, delivery_states: Callable[[Counter[str]], bool]) -> list[int]:
+        """Ids of the jobs in ``state`` whose delivery-state counts satisfy ``delivery_states``."""
+        with self.db() as s:
+            ids = list(s.scalars(select(Job.id).where(Job.state == state.value)))
+            found = []
+            for job_id in ids:
+                counts = Counter(s.scalars(select(Delivery.state).where(Delivery.job_id == job_id)))
+                if delivery_states(counts):
+                    found.append(job_id)
+        return found
+
+    def job_state(self, job_id: int) -> tuple[str, Counter[str]]:
+        with self.db() as s:
+            state = s.scalar(select(Job.state).where(Job.id == job_id))
+            counts = Counter(s.scalars(select(Delivery.state).where(Delivery.job_id == job_id)))
+        return str(state), counts
 
     def all_delivered(self) -> bool:
         with self.db() as s:

@@ -19,7 +19,7 @@ import pytest
 from .crash_support import CrashSite, Sent, jitter, wait_until
 from dicomnode.db.states import DeliveryState, JobState
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # 10 restarts of a model-loading node per phase
 KILLS = int(os.environ.get("CXR_CRASH_KILLS", "10"))
 RECEIVE_VIEWS = ("PA", "LATERAL", "PA", "LATERAL", "PA", "LATERAL")
 

@@ -237,26 +237,28 @@ class CrashSite:
                                                           for i in instances)
         return {"sr": srs, "pages": pages}
 
-    def assert_one_result_set_each(self) -> Counter[str]:
-        """Every study sent: all its instances stored, one generation, and in Orthanc exactly the SR and the page
-        series the node derives for it (pages 1..N, each once). Returns a count of problems (for the report)."""
-        problems: Counter[str] = Counter()
+    def result_set_problems(self) -> tuple[list[str], list[str]]:
+        """(studies with an instance lost, studies not held as exactly one result set) over every study sent.
+
+        One result set: all its instances stored, one generation, and in Orthanc exactly the SR and the page
+        series the node derives for it, pages 1..N each once."""
+        lost, duplicated = [], []
         for uid, study in self.sent.items():
             stored = self.stored(uid)
-            assert {p.stem for p in study.files} <= stored, f"{uid}: sent instances missing from the node"
-            assert study.acked <= stored, f"{uid}: acknowledged instances lost"
+            if not ({p.stem for p in study.files} | study.acked) <= stored:
+                lost.append(f"{uid}: sent/acknowledged instances missing from the node")
             _, n_jobs, _ = self.job_view(uid)
             expected = result_uids(uid, 1, NODE_AET)
             held = self.result_sets(uid)
-            if n_jobs != 1 or len(held["sr"]) != 1 or len(held["pages"]) != 1:
-                problems["duplicated"] += 1
-            assert n_jobs == 1, f"{uid}: {n_jobs} generations"
-            assert held["sr"] == [expected.sr_instance], f"{uid}: SRs in the PACS {held['sr']}"
-            assert list(held["pages"]) == [expected.sc_series], f"{uid}: page series in the PACS {held['pages']}"
-            numbers = held["pages"][expected.sc_series]
-            assert numbers == list(range(1, len(numbers) + 1)), f"{uid}: pages {numbers}"
-        return problems
+            numbers = held["pages"].get(expected.sc_series, [])
+            if (n_jobs != 1 or held["sr"] != [expected.sr_instance] or list(held["pages"]) != [expected.sc_series]
+                    or not numbers or numbers != list(range(1, len(numbers) + 1))):
+                duplicated.append(f"{uid}: {n_jobs} generation(s), SRs {held['sr']}, page series {held['pages']}")
+        return lost, duplicated
 
+    def assert_one_result_set_each(self) -> None:
+        lost, duplicated = self.result_set_problems()
+        assert not lost and not duplicated, lost + duplicated
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
     deadline = time.monotonic() + timeout

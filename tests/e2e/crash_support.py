@@ -20,6 +20,7 @@ import yaml
 from sqlalchemy import func, select
 
 from dicomnode.db import Delivery, Instance, Job, Study, make_engine, make_session_factory
+from dicomnode.db.models import utcnow
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.demo import NODE_AET, demo_config
 from dicomnode.peers.dcmtk import _require
@@ -107,6 +108,7 @@ class CrashSite:
     # -- the node -------------------------------------------------------------------------------------------
     def start(self, timeout: float = 120.0) -> None:
         self.starts += 1
+        self.started_at = utcnow()
         log = open(self.workdir / f"node-{self.starts}.log", "ab")
         try:
             path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(HERE)) if p)
@@ -191,13 +193,22 @@ class CrashSite:
             states = Counter(s.scalars(select(Delivery.state).where(Delivery.job_id == jobs[-1].id)))
         return jobs[-1].state, len(jobs), states
 
-    def jobs_where(self, state: JobState, delivery_states: Callable[[Counter[str]], bool]) -> list[int]:
-        """Ids of the jobs in ``state`` whose delivery-state counts satisfy ``delivery_states``."""
+    def jobs_where(self, state: JobState, delivery_states: Callable[[Counter[str]], bool],
+                   sent_now: bool = False) -> list[int]:
+        """Ids of the jobs in ``state`` whose delivery-state counts satisfy ``delivery_states``, and that the running
+        node is working on: a PROCESSING job claimed by its process (not one a killed process left, which the new
+        one re-queues as it starts), or (``sent_now``) a job of which it has sent an object since it started."""
+        assert self.process is not None
+        mine = f":{self.process.pid}:"
         with self.db() as s:
-            ids = list(s.scalars(select(Job.id).where(Job.state == state.value)))
+            ids = list(s.scalars(select(Job.id).where(Job.state == state.value)
+                                 .where(Job.claimed_by.contains(mine) if state is JobState.PROCESSING else True)))
             found = []
             for job_id in ids:
                 counts = Counter(s.scalars(select(Delivery.state).where(Delivery.job_id == job_id)))
+                if sent_now and not s.scalar(select(Delivery.id).where(
+                        Delivery.job_id == job_id, Delivery.sent_at >= self.started_at).limit(1)):
+                    continue
                 if delivery_states(counts):
                     found.append(job_id)
         return found

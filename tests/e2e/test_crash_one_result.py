@@ -141,8 +141,8 @@ def test_kill_during_delivery_gives_one_result_set(crash_site: CrashSite) -> Non
     site, rng = crash_site, random.Random(4)
 
     def reached(_study: Sent) -> int | None:
-        return _first(site.jobs_where(JobState.PROCESSING, _delivering)
-                      + site.jobs_where(JobState.RESULTS_READY, _delivering))
+        return _first(site.jobs_where(JobState.PROCESSING, _delivering, sent_now=True)
+                      + site.jobs_where(JobState.RESULTS_READY, _delivering, sent_now=True))
 
     def hit(job_id: object) -> bool:
         state, deliveries = site.job_state(int(job_id))  # type: ignore[call-overload]

@@ -44,17 +44,20 @@ def receive_site(tmp_path: Path, qwen_demo_dir: Path) -> Iterator[CrashSite]:
         site.close()
 
 
-def _kill_and_restart(site: CrashSite, then: Callable[[], object] = lambda: None) -> object:
-    """SIGKILL, check that no child outlived the node, restart, call ``then`` (the modality's resend) at once, then
-    check that the spool's temp dir lost what the kill left there; returns what ``then`` returned."""
+def _kill_and_restart(site: CrashSite, killed: Callable[[], bool],
+                      then: Callable[[], object] = lambda: None) -> tuple[bool, object]:
+    """SIGKILL; look (``killed``) whether the kill hit the phase, before a new node re-queues anything; check that no
+    child outlived the node; restart, call ``then`` (the modality's resend) at once, then check that the spool's
+    temp dir lost what the kill left there. Returns (``killed()``, what ``then`` returned)."""
     tmp = site.data_dir / "spool" / ".tmp"
     left = site.kill9()
+    in_phase = killed()
     leftovers = [p for p in tmp.iterdir()] if tmp.is_dir() else []
     assert left == [], f"child processes outlived the node: {left}"
     site.start()
     result = then()
     assert not [p for p in leftovers if p.exists()], "partial transfers left in spool/.tmp after restart"
-    return result
+    return in_phase, result
 
 
 def _run_phase(phase: str, site: CrashSite, reached: Callable[[Sent], object], hit: Callable[[object], bool],
@@ -74,10 +77,11 @@ def _run_phase(phase: str, site: CrashSite, reached: Callable[[Sent], object], h
         jitter(rng, most_jitter)
         kills += 1
         # the modality resends the study whose transfer failed as soon as the node is back
-        resender = _kill_and_restart(site, (lambda: site.send(study)) if resend else (lambda: None))
+        in_phase, resender = _kill_and_restart(site, lambda: hit(found),
+                                               (lambda: site.send(study)) if resend else (lambda: None))
         site.finish_send(study, sender)
         assert study.acked <= site.stored(study.study_uid), "acknowledged instances lost"
-        hits += hit(found)
+        hits += in_phase
         if resender is not None:
             site.finish_send(study, resender)  # type: ignore[arg-type]
     wait_until(site.all_delivered, timeout=400, interval=0.5,

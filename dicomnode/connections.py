@@ -16,6 +16,7 @@ same for everything at shutdown, which bounds SIGTERM.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -119,7 +120,7 @@ class ConnectionGuard:
             pass
 
     def count(self, conn: Connection, reason: str) -> None:
-        if conn.counted:
+        if conn.counted or reason == "closed_by_peer":
             return
         conn.counted = True
         metrics.associations_aborted.labels(reason=reason).inc()
@@ -152,7 +153,8 @@ class ConnectionGuard:
             elif conn.phase == "negotiating":
                 rejected = assoc is not None and assoc.is_rejected
                 if not rejected and now - conn.opened > self.negotiation_seconds:
-                    self.close(conn, "negotiation_timeout")
+                    # a peer that closed before negotiating (a port probe) is no attack: not counted
+                    self.close(conn, "closed_by_peer" if _peer_closed(conn.sock) else "negotiation_timeout")
             elif assoc is not None and assoc.dul.idle_timer_expired():
                 self.close(conn, "idle_timeout")
 
@@ -162,6 +164,19 @@ class ConnectionGuard:
                 self.sweep()
             except Exception:  # noqa: BLE001 - the watchdog must keep running
                 LOG.exception("connection sweep failed")
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """True when the peer has closed the TCP connection (EOF waiting), without consuming any data."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:  # never wait here: Python's recv polls for the socket's whole timeout first
+            return False
+        return socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError, TimeoutError):
+        return False
+    except (OSError, ValueError):
+        return True
 
 
 class GuardedServer(ThreadedAssociationServer):

@@ -213,3 +213,22 @@ def test_idle_tls_clients_do_not_stall_a_tls_node(tmp_path: Path, study: list[Pa
         started = time.monotonic()
         assert node.terminate(timeout=60) == 0
         assert time.monotonic() - started < 15
+
+
+def test_sigterm_bounded_with_an_established_association_held_open(tmp_path: Path) -> None:
+    """An association that negotiated and then just sits there does not hold SIGTERM beyond
+    shutdown_timeout_seconds (3 s here; the network timeout, 60 s, never comes into it)."""
+    from pynetdicom import AE
+
+    with _node(tmp_path) as node:
+        ae = AE(ae_title="HOLDER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+        assert assoc.is_established
+        try:
+            started = time.monotonic()
+            assert node.terminate(timeout=60) == 0
+            assert time.monotonic() - started < 3 + 10
+        finally:
+            assoc.abort()
+    assert '"reason": "shutdown"' in node.log_path.read_text()

@@ -21,6 +21,8 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -47,6 +49,7 @@ class Connection:
     assoc: Any = None
     closed_reason: str | None = None
     counted: bool = field(default=False)
+    busy: int = 0  # C-STORE/C-ECHO handlers running: the peer is waiting for us, not idle
 
 
 TlsFailure = Callable[[str, str], None]  # (peer, reason)
@@ -109,6 +112,18 @@ class ConnectionGuard:
         with self._lock:
             return next((c for c in self._conns if c.assoc is assoc), None)
 
+    @contextmanager
+    def busy(self, assoc: Any) -> Iterator[None]:
+        """While a request of ``assoc`` is being handled its silence is ours: no idle timeout."""
+        conn = self.find(assoc)
+        if conn is not None:
+            conn.busy += 1
+        try:
+            yield
+        finally:
+            if conn is not None:
+                conn.busy -= 1
+
     def close(self, conn: Connection, reason: str) -> None:
         """Shut the connection's socket down (wakes a blocked ``recv``); counted and logged once."""
         if conn.closed_reason is None:
@@ -155,7 +170,7 @@ class ConnectionGuard:
                 if not rejected and now - conn.opened > self.negotiation_seconds:
                     # a peer that closed before negotiating (a port probe) is no attack: not counted
                     self.close(conn, "closed_by_peer" if _peer_closed(conn.sock) else "negotiation_timeout")
-            elif assoc is not None and assoc.dul.idle_timer_expired():
+            elif assoc is not None and not conn.busy and assoc.dul.idle_timer_expired():
                 self.close(conn, "idle_timeout")
 
     def _watch(self) -> None:

@@ -130,9 +130,10 @@ def test_slow_loris_and_silent_clients_do_not_stall_a_sender(tmp_path: Path, stu
         statuses, seconds = _served(study, node.port)
         assert statuses == [0]
         assert seconds < SERVED_WITHIN_S, f"valid sender took {seconds:.1f} s"
-        # the slow-loris connections are cut by the negotiation budget (4 s), not served for ever
-        wait_until(lambda: len(clients.closed_by_node) == 12, timeout=15, what="slow-loris connections closed")
-        assert max(clients.closed_by_node) < 4 + 3
+        # the slow-loris connections are cut by the negotiation budget (4 s); their A-ASSOCIATE-RQ would take
+        # 262 s to dribble in (the margin is for a loaded CI machine)
+        wait_until(lambda: len(clients.closed_by_node) == 12, timeout=40, what="slow-loris connections closed")
+        assert max(clients.closed_by_node) < 4 + 30
         # new hostile clients, then SIGTERM: bounded by shutdown_timeout (3 s), not by the clients
         clients.slow_loris(12, every=1.0)
         clients.idle(8)

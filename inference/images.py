@@ -27,6 +27,7 @@ LATERAL = ("LATERAL", "LL", "RL")
 PERCENTILES = (0.5, 99.5)
 CHUNK_PIXELS = 1 << 22  # pixels converted to floating point at a time (32 MB as float64)
 SAMPLE_PIXELS = 1 << 24  # above this (4096 x 4096) the percentile window comes from a strided sample
+SAMPLE_TARGET = 1 << 22  # of about this many pixels
 
 _VIEW_POSITION = {"PA": "PA", "AP": "AP", "LL": "LL", "RL": "RL", "LATERAL": "LATERAL", "LAT": "LATERAL",
                   "LLD": "LL", "RLD": "RL"}
@@ -138,7 +139,7 @@ def _grey_to_uint8(ds: Dataset, raw: np.ndarray) -> np.ndarray:
         window = (_first(ds.WindowCenter), _first(ds.WindowWidth), function)
     lo = hi = 0.0
     if voi is None and window is None:
-        step = max(1, int(np.ceil(np.sqrt(raw.size / SAMPLE_PIXELS))))
+        step = 1 if raw.size <= SAMPLE_PIXELS else int(np.ceil(np.sqrt(raw.size / SAMPLE_TARGET)))
         sample = apply_modality_lut(raw[::step, ::step] if raw.ndim == 2 else raw, ds).astype(np.float64)
         lo, hi = (float(v) for v in np.percentile(sample, PERCENTILES))
         del sample

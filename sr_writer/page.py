@@ -127,6 +127,7 @@ class Faces:
 
 CHUNK_PIXELS = 1 << 22  # pixels converted to floating point at a time (32 MB as float64)
 SAMPLE_PIXELS = 1 << 24  # above this (4096 x 4096) the display window comes from a strided sample
+SAMPLE_TARGET = 1 << 22  # of about this many pixels
 
 
 def to_rgb8(ds: Dataset, frame: int = 1, size: tuple[int, int] | None = None) -> Image.Image:
@@ -152,7 +153,7 @@ def to_rgb8(ds: Dataset, frame: int = 1, size: tuple[int, int] | None = None) ->
             data = apply_voi_lut(data, ds)
         return data.astype(np.float64)
 
-    step = max(1, int(np.ceil(np.sqrt(pixels.size / SAMPLE_PIXELS))))
+    step = 1 if pixels.size <= SAMPLE_PIXELS else int(np.ceil(np.sqrt(pixels.size / SAMPLE_TARGET)))
     sample = display_values(pixels[::step, ::step])
     lo, hi = float(np.percentile(sample, 0.5)), float(np.percentile(sample, 99.5))
     del sample

@@ -84,11 +84,42 @@ class NodeSection(_Model):
         return [_ae_title(v) for v in values]
 
 
+SUPPORTED_DATABASES = ("sqlite", "postgresql")
+
+
+def check_database_url(url: str) -> str:
+    """``url`` when SQLAlchemy parses it, names a supported database and its driver is installed."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ValueError(f"not a database URL ({exc})") from None
+    if parsed.get_backend_name() not in SUPPORTED_DATABASES:
+        raise ValueError(f"database {parsed.get_backend_name()!r} is not supported (use one of "
+                         f"{', '.join(SUPPORTED_DATABASES)})")
+    try:
+        parsed.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise ValueError(f"unknown database driver {parsed.drivername!r}") from None
+    except ImportError as exc:
+        raise ValueError(f"database driver {parsed.drivername!r} is not installed ({exc.name})") from None
+    if parsed.get_backend_name() == "postgresql" and not parsed.database:
+        raise ValueError("PostgreSQL URL names no database")
+    return url
+
+
 class StorageSection(_Model):
     data_dir: Path = Path("./var")
     database_url: str | None = None
     retention_days: float = Field(7, ge=0)
     fsync: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        return check_database_url(value) if value else value
 
 
 class StudySection(_Model):
@@ -190,6 +221,16 @@ class LoggingSection(_Model):
     file: Path | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("file")
+    @classmethod
+    def _directory_exists(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            if value.is_dir():
+                raise ValueError(f"{value} is a directory, not a file")
+            if not value.absolute().parent.is_dir():
+                raise ValueError(f"directory {value.absolute().parent} does not exist")
+        return value
 
 
 class OutputSection(_Model):

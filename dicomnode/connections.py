@@ -16,10 +16,13 @@ same for everything at shutdown, which bounds SIGTERM.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -46,6 +49,7 @@ class Connection:
     assoc: Any = None
     closed_reason: str | None = None
     counted: bool = field(default=False)
+    busy: int = 0  # C-STORE/C-ECHO handlers running: the peer is waiting for us, not idle
 
 
 TlsFailure = Callable[[str, str], None]  # (peer, reason)
@@ -108,6 +112,18 @@ class ConnectionGuard:
         with self._lock:
             return next((c for c in self._conns if c.assoc is assoc), None)
 
+    @contextmanager
+    def busy(self, assoc: Any) -> Iterator[None]:
+        """While a request of ``assoc`` is being handled its silence is ours: no idle timeout."""
+        conn = self.find(assoc)
+        if conn is not None:
+            conn.busy += 1
+        try:
+            yield
+        finally:
+            if conn is not None:
+                conn.busy -= 1
+
     def close(self, conn: Connection, reason: str) -> None:
         """Shut the connection's socket down (wakes a blocked ``recv``); counted and logged once."""
         if conn.closed_reason is None:
@@ -119,7 +135,7 @@ class ConnectionGuard:
             pass
 
     def count(self, conn: Connection, reason: str) -> None:
-        if conn.counted:
+        if conn.counted or reason == "closed_by_peer":
             return
         conn.counted = True
         metrics.associations_aborted.labels(reason=reason).inc()
@@ -152,8 +168,9 @@ class ConnectionGuard:
             elif conn.phase == "negotiating":
                 rejected = assoc is not None and assoc.is_rejected
                 if not rejected and now - conn.opened > self.negotiation_seconds:
-                    self.close(conn, "negotiation_timeout")
-            elif assoc is not None and assoc.dul.idle_timer_expired():
+                    # a peer that closed before negotiating (a port probe) is no attack: not counted
+                    self.close(conn, "closed_by_peer" if _peer_closed(conn.sock) else "negotiation_timeout")
+            elif assoc is not None and not conn.busy and assoc.dul.idle_timer_expired():
                 self.close(conn, "idle_timeout")
 
     def _watch(self) -> None:
@@ -162,6 +179,19 @@ class ConnectionGuard:
                 self.sweep()
             except Exception:  # noqa: BLE001 - the watchdog must keep running
                 LOG.exception("connection sweep failed")
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """True when the peer has closed the TCP connection (EOF waiting), without consuming any data."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:  # never wait here: Python's recv polls for the socket's whole timeout first
+            return False
+        return socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError, TimeoutError):
+        return False
+    except (OSError, ValueError):
+        return True
 
 
 class GuardedServer(ThreadedAssociationServer):

@@ -458,7 +458,8 @@ class Listener:
         request = event.request
         started = time.perf_counter()
         try:
-            status, outcome, header = self._store(Path(event.dataset_path), request, calling)
+            with self.guard.busy(event.assoc):
+                status, outcome, header = self._store(Path(event.dataset_path), request, calling)
         except Rejected as rej:
             metrics.instances_rejected.labels(reason=f"0x{rej.status:04X}").inc()
             audit_now(self.session_factory, "instance.rejected", calling_aet=calling, peer=peer,

@@ -150,6 +150,7 @@ class Node:
         server = health.server_from_config(
             self.config, database=health.database_check(self.engine), model_required=self.worker is not None
             and self.config.processing.processor == "reasoning",
+            soft=health.delivery_check(session_factory) if self.config.destinations else None,
         )
         if server is not None:
             self.status_server = server.start()

@@ -39,6 +39,12 @@ SR_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.3
 PAGE_ENCODINGS = {"rle": RLELossless, "explicit": ExplicitVRLittleEndian}
 
 
+# Images are shrunk to this longest side before the model's processor sees them. Above every processor's pixel
+# budget (Qwen2.5-VL's default 12.8 MP is ~3584 px square), so ordinary radiographs reach the model unchanged,
+# while a 10,000-px image no longer goes to the processor (which copies it as floats on every turn) at full size.
+MODEL_IMAGE_MAX_SIDE = 4096
+
+
 def output_options(config: NodeConfig, demo: bool = False) -> OutputOptions:
     """Series numbers and descriptions of the result objects, from ``config.output``."""
     prefix = config.output.series_description_prefix
@@ -160,7 +166,8 @@ class ReasoningProcessor:
         started = time.perf_counter()
         with self._model_lock:
             record = run_flow(self.model, current, prior, self.stages,
-                              max_new_tokens=self.config.reasoning.max_new_tokens, seed=self.config.reasoning.seed)
+                              max_new_tokens=self.config.reasoning.max_new_tokens, seed=self.config.reasoning.seed,
+                              max_side=MODEL_IMAGE_MAX_SIDE)
         metrics.observe_model("study", time.perf_counter() - started)
         for stage in record.stages:
             metrics.observe_stage(stage.key, stage.seconds)

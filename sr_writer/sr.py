@@ -44,6 +44,7 @@ from highdicom.sr import (
     TrackingIdentifier,
 )
 from pydicom.dataset import Dataset
+from pydicom.valuerep import DA
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
@@ -245,6 +246,23 @@ def _imaging_measurements(sr: Dataset) -> Dataset:
     raise ValueError("the SR has no Imaging Measurements container")
 
 
+def drop_invalid_patient_dates(datasets: Sequence[Dataset]) -> list[str]:
+    """Blank a PatientBirthDate that is not a valid DA in these (in-memory) source datasets, so a defect inherited
+    from the source header never withholds the result. Returns what was dropped, by name only (never the value:
+    it is patient data)."""
+    dropped = []
+    for ds in datasets:
+        value = str(ds.get("PatientBirthDate", "") or "").strip()
+        if not value:
+            continue
+        try:
+            DA(value)
+        except (ValueError, TypeError):
+            ds.PatientBirthDate = ""
+            dropped.append("PatientBirthDate (invalid date)")
+    return dropped
+
+
 def build_sr(
     record: ReasoningRecord,
     current: Sequence[Dataset],
@@ -314,6 +332,7 @@ def build_sr(
         contribution_datetime=now,
         contribution_description=f"Processing Algorithm: {prov.summary(p)}"[:64],
     )
+    drop_invalid_patient_dates([*current, *prior])
     sr = Comprehensive3DSR(
         evidence=[*current, *prior],
         content=report,

@@ -23,10 +23,26 @@ def _load(path: str) -> NodeConfig | None:
         return None
 
 
+def _database_error(command: str, config: NodeConfig, exc: Exception) -> int:
+    """One clear line (no traceback, no password) for a database that cannot be used; exit code 1."""
+    from sqlalchemy.engine import make_url
+
+    from dicomnode.db.engine import error_summary
+
+    try:
+        where = make_url(config.database_url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - validated at load; keep the message whatever happens
+        where = "the configured database"
+    print(f"{command}: database error on {where}: {error_summary(exc)}", file=sys.stderr)
+    return 1
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
+    from sqlalchemy.exc import SQLAlchemyError
+
     from dicomnode.logs import setup_logging
     from dicomnode.node import Node
 
@@ -36,7 +52,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "processing.processor is passthrough: studies are received and stored but NOT processed; no results "
             "are produced or sent")
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` dumps every thread's stack
-    return Node(config, role=args.role).run_until_signal()
+    try:
+        return Node(config, role=args.role).run_until_signal()
+    except SQLAlchemyError as exc:
+        return _database_error("serve", config, exc)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -100,7 +119,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    summary = status_summary(_session_factory(config))
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        summary = status_summary(_session_factory(config))
+    except SQLAlchemyError as exc:
+        return _database_error("status", config, exc)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -122,11 +146,15 @@ def cmd_retry(args: argparse.Namespace) -> int:
     except ImportError:
         print("retry: the worker module is not available in this build", file=sys.stderr)
         return 1
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         result = retry_job(_session_factory(config), args.job)
     except (LookupError, ValueError) as exc:
         print(f"retry: {exc}", file=sys.stderr)
         return 1
+    except SQLAlchemyError as exc:
+        return _database_error("retry", config, exc)
     print(f"job {args.job}: {result if result is not None else 're-queued'}")
     return 0
 

@@ -86,3 +86,31 @@ def test_failed_database_write_keeps_patient_data_out_of_logs_and_audit(
     above_debug = [r for r in caplog.records if r.levelno > logging.DEBUG]
     logged = "\n".join(r.getMessage() + str(getattr(r, "fields", "")) + str(r.exc_text or "") for r in above_debug)
     assert LONG_PID[:20] not in logged and LONG_ACC[:12] not in logged
+
+
+def test_invalid_birth_date_neither_withholds_the_result_nor_reaches_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """An impossible PatientBirthDate in the source is dropped from the SR (the result is still made), and the
+    value is quoted in no log record above DEBUG."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sr"))
+    from records import make_record
+
+    from dicomnode.logs import setup_logging
+    from dicomnode.synthetic import make_study
+    from sr_writer import build_result_objects
+
+    study = make_study(StudySpec(views=("PA",), rows=64, columns=64, patient_birth_date="19601301"))
+    pydicom_logger = logging.getLogger("pydicom")
+    level = pydicom_logger.level
+    try:
+        setup_logging("INFO", json_lines=True)
+        caplog.clear()
+        caplog.set_level(logging.INFO)
+        result = build_result_objects(make_record(study, positive=("edema",)), study)
+    finally:
+        pydicom_logger.setLevel(level)
+    assert result.sr.PatientBirthDate == ""
+    assert result.sr.PatientID == study[0].PatientID
+    above_debug = [r for r in caplog.records if r.levelno > logging.DEBUG]
+    assert not [r for r in above_debug if "19601301" in r.getMessage() + str(getattr(r, "fields", ""))]

@@ -47,6 +47,7 @@ def output_options(config: NodeConfig, demo: bool = False) -> OutputOptions:
         sr_series_description=f"{prefix} report (unverified)"[:64],
         sc_series_description=f"{prefix} page (unverified)"[:64],
         page_transfer_syntax=PAGE_ENCODINGS[config.output.page_encoding],
+        sr_sop_class=config.output.sr_sop_class,
     )
 
 

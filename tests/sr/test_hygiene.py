@@ -3,7 +3,6 @@ value, and the results built from such a source are dciodvfy-clean (except the i
 from __future__ import annotations
 
 import copy
-import logging
 import warnings
 
 import pytest
@@ -129,7 +128,7 @@ def test_repairs_of_a_study_are_listed_once(source: Dataset) -> None:
     assert len(current) == 2 and prior == [] and [str(r) for r in repairs].count(str(repairs[0])) == 1
 
 
-def test_dirty_study_gives_valid_results_and_keeps_its_uid(caplog: pytest.LogCaptureFixture) -> None:
+def test_dirty_study_gives_valid_results_and_keeps_its_uid() -> None:
     current = make_study(small_spec())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(dcmtk orthanc postgresql fonts-dejavu-core fonts-droid-fallback openssl)
+debs=(dcmtk orthanc postgresql fonts-dejavu-core fonts-droid-fallback openssl
+      libpixelmed-java default-jre-headless)  # PixelMed DicomSRValidator (SR tests)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -197,8 +197,9 @@ def test_ohif_draws_sr_boxes_labelled_with_findings_and_shows_pages(
             page.locator('[data-cy="trackedMeasurements-btn"]').click()
             panel = page.get_by_text(f"Measurements ({len(viewer_study.boxes)})")
             panel.wait_for()
-            for label in viewer_study.boxes:
-                page.get_by_text(label, exact=True).first.wait_for()
+            titles = [t.strip() for t in page.locator('[data-cy="data-row-title"]').all_inner_texts()]
+            print("Measurements panel:", titles)
+            assert sorted(titles) == sorted(viewer_study.boxes), f"measurements are not labelled by finding: {titles}"
             page.wait_for_timeout(500)
             page.screenshot(path=artefacts / "3-tracked-with-panel.png")
             print(f"screenshot: {artefacts / '3-tracked-with-panel.png'}")

@@ -179,6 +179,9 @@ class OutputSection(_Model):
     # Render and encode the SC pages in this many helper processes while the worker builds the SR (each ~150 MB;
     # 0 = in the worker, one step after the other).
     page_processes: int = Field(default=2, ge=0, le=8)
+    # SR SOP class: "comprehensive3d" (Comprehensive 3D SR, what OHIF reads) or "comprehensive" (Comprehensive SR,
+    # for Orthanc Stone's viewer and PACS that do not know 3D SR).
+    sr_sop_class: Literal["comprehensive3d", "comprehensive"] = "comprehensive3d"
 
 
 class NodeConfig(_Model):

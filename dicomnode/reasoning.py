@@ -47,6 +47,7 @@ def output_options(config: NodeConfig, demo: bool = False) -> OutputOptions:
         sr_series_description=f"{prefix} report (unverified)"[:64],
         sc_series_description=f"{prefix} page (unverified)"[:64],
         page_transfer_syntax=PAGE_ENCODINGS[config.output.page_encoding],
+        sr_sop_class=config.output.sr_sop_class,
     )
 
 
@@ -178,6 +179,9 @@ class ReasoningProcessor:
                                            _publisher(study))
         finally:
             shutil.rmtree(prior_dir, ignore_errors=True)  # the prior stays in the PACS; our copy is transient
+        for repair in objects.repairs:  # keywords and actions only: no patient data at INFO
+            log.info("reasoning: job %s: source header %s", study.job_id, repair)
+        record.provenance.header_repairs = list(objects.repairs)
         log.debug("reasoning: job %s: result objects %s", study.job_id,
                   {k: round(v, 3) for k, v in objects.seconds.items()})
         encoded = objects.encoded

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from inference.record import ReasoningRecord
+from sr_writer.hygiene import clean_sources, describe, invalid_reference_uids
 from sr_writer.options import OutputOptions
 from sr_writer.page import render_some_pages
 from sr_writer.sc import build_page_datasets, page_pixels
@@ -43,15 +44,17 @@ class ResultObjects:
     encoded: dict[str, bytes] = field(default_factory=dict)  # SOP Instance UID -> Part-10 bytes (as validated)
     seconds: dict[str, float] = field(default_factory=dict)  # sr, pages (and the pages' render/build/check)
     page_executor_lost: bool = False  # a page process died: some pages were made here instead
+    repairs: list[str] = field(default_factory=list)  # header hygiene: what was done to copied attributes (no values)
 
     @property
     def datasets(self) -> list[Dataset]:
         return [self.sr, *self.pages]
 
 
-def _encode_and_check(ds: Dataset, what: str, validate: bool) -> tuple[bytes, ValidationReport | None]:
+def _encode_and_check(ds: Dataset, what: str, validate: bool,
+                      inherited: frozenset[str] = frozenset()) -> tuple[bytes, ValidationReport | None]:
     data = tree_part10_bytes(ds)  # pydicom's bytes (an SR quickly; a page goes to pydicom whole)
-    return data, ensure_valid_bytes(data, what) if validate else None
+    return data, ensure_valid_bytes(data, what, inherited) if validate else None
 
 
 def make_pages(
@@ -95,9 +98,10 @@ def make_some_pages(
     pages = build_page_datasets(record, pixels, current, options, series_uid=series_uid, first_number=first,
                                 total=total, made_at=made_at)
     built = time.perf_counter()
+    inherited = invalid_reference_uids(current)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="page-check") as pool:
         done = list(pool.map(lambda page: _encode_and_check(page, f"SC page {page.InstanceNumber}",
-                                                            options.validate), pages))
+                                                            options.validate, inherited), pages))
     seconds = {"render": rendered - started, "encode": encoded - rendered, "build": built - encoded,
                "check": time.perf_counter() - built}
     objects = PageObjects(pages, [data for data, _ in done], [report for _, report in done],
@@ -123,7 +127,8 @@ def make_sr(
     task: bytes travel between processes faster than a pickled dataset of thousands of elements)."""
     options = options or OutputOptions()
     started = time.perf_counter()
-    data, report = _encode_and_check(build_sr(record, current, prior, options, predecessor), "SR", options.validate)
+    data, report = _encode_and_check(build_sr(record, current, prior, options, predecessor), "SR", options.validate,
+                                     invalid_reference_uids([*current, *prior]))
     return data, report, time.perf_counter() - started
 
 
@@ -138,6 +143,9 @@ def build_result_objects(
 ) -> ResultObjects:
     """The SR and the SC reasoning pages of ``record``; each validated (``ExportRefused`` when one fails).
 
+    The sources pass ``sr_writer.hygiene`` first: what the results copy from them is checked and repaired on copies
+    (``repairs`` lists what was done); a defect nothing can repair raises ``UnrepairableHeader`` naming it.
+
     With ``page_executor`` (a pool of page processes) everything is made there: the SR (built, encoded, validated;
     it comes back as bytes and is read here) and the pages in ``PAGE_TASKS`` (rendered, encoded, built, validated),
     so the work spreads over the cores and this process stays free to store and send what is ready. A task lost with
@@ -149,10 +157,12 @@ def build_result_objects(
     the order they are finished: a caller can store and send each while the others are still being made.
     """
     options = options or OutputOptions()
-    current, prior = list(current), list(prior)
     started = time.perf_counter()
+    (current, prior), repairs = clean_sources(current, prior)  # checked copies; the sources stay as they are
     if page_executor is None:
-        return _build_here(record, current, prior, options, predecessor, on_ready, started)
+        result = _build_here(record, current, prior, options, predecessor, on_ready, started)
+        result.repairs = describe(repairs)
+        return result
     series_uid, made_at = generate_uid(), dt.datetime.now(dt.timezone.utc)
     futures: dict[Future[Any], int] = {}  # -> SR_TASK or the index of its page task in PAGE_TASKS
     lost = False
@@ -188,8 +198,10 @@ def build_result_objects(
             _announce(on_ready, made[index][0].pages, made[index][0].encoded)
     sr_data, sr_report, sr_seconds = sr_made
     pages = _joined_pages([made[index] for index in range(len(PAGE_TASKS))])
-    return _result(sr, sr_data, sr_report, pages,
-                   {"sr": sr_seconds, "all": time.perf_counter() - started, **pages.seconds}, lost)
+    result = _result(sr, sr_data, sr_report, pages,
+                     {"sr": sr_seconds, "all": time.perf_counter() - started, **pages.seconds}, lost)
+    result.repairs = describe(repairs)
+    return result
 
 
 SR_TASK = -1
@@ -201,7 +213,8 @@ def _build_here(record: ReasoningRecord, current: list[Dataset], prior: list[Dat
         sr = build_sr(record, current, prior, options, predecessor)
         sr_data = tree_part10_bytes(sr)
         sr_check: Future[ValidationReport] | None = (
-            pool.submit(ensure_valid_bytes, sr_data, "SR") if options.validate else None)
+            pool.submit(ensure_valid_bytes, sr_data, "SR", invalid_reference_uids([*current, *prior]))
+            if options.validate else None)
         sr_built = time.perf_counter()
         pages = make_pages(record, current, prior, options)
         sr_report = sr_check.result() if sr_check is not None else None  # a refusal raises ExportRefused

@@ -109,7 +109,10 @@ def test_sr_header_same_patient_and_study_new_series(case) -> None:
     incomplete = bool(record.unparsed_questions) or any(s.status is StageStatus.FAILED for s in record.stages)
     assert sr.CompletionFlag == ("PARTIAL" if incomplete else "COMPLETE")
     assert sr.SeriesDescription.startswith("DEMO ")
-    assert sr.ContentSequence and sr.ConceptNameCodeSequence[0].CodeMeaning.startswith("DEMO")
+    # title DCM 126000 for demo output too (viewers show TID 1500 measurements only under it); DEMO is said in the
+    # series description (above) and a root comment (test_sr_stage_containers)
+    assert sr.ContentSequence and sr.ConceptNameCodeSequence[0].CodeValue == "126000"
+    assert sr.SeriesDate and sr.SeriesTime and (sr.SeriesDate, sr.SeriesTime) == (sr.ContentDate, sr.ContentTime)
     evidence = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
                 for s in sr.CurrentRequestedProcedureEvidenceSequence for i in s.ReferencedSeriesSequence}
     assert evidence == {ds.SOPInstanceUID for ds in current}
@@ -140,27 +143,32 @@ def test_sr_algorithm_identification(case) -> None:
 
 
 def test_sr_findings_and_boxes_read_back(case) -> None:
-    _, record, current, _, _, _, out = case
+    _, record, current, _, _, sr, out = case
     doc = hd.sr.srread(out / "sr.dcm")
     table = load_table()
-    groups = doc.content.get_image_measurement_groups()
-    assert len(groups) == len(record.findings) == len(FINDING_LABELS)
-    coded_presence: dict[str, str] = {}
-    for group in groups:
-        for evaluation in group.get_qualitative_evaluations():
-            coded_presence[evaluation.name.value] = evaluation.value.value
+    items = _walk(sr.ContentSequence)
+    assert not [i for i in items if _name(i) == ("DCM", "121071") and i.ValueType == "TEXT"]  # no TEXT "Finding"
+    # every checklist finding, coded, in Qualitative Evaluations (UMLS C0034375), with its presence
+    evaluations = [i for i in sr.ContentSequence if _name(i) == ("UMLS", "C0034375")]
+    assert len(evaluations) == 1 and evaluations[0].ValueType == "CONTAINER"
+    coded = {_name(i): i for i in evaluations[0].ContentSequence if i.ValueType == "CODE"}
+    assert len(coded) == len(record.findings) == len(FINDING_LABELS)
     for finding in record.findings:
         entry = table.findings[finding.key]
-        if entry.code is not None:
-            assert coded_presence[entry.code.value] == table.presence[finding.presence.value].value, finding.key
-    texts = [str(i.TextValue) for i in _walk(doc.ContentSequence) if i.ValueType == "TEXT"]
-    for finding in record.findings:
-        if table.findings[finding.key].code is None:
-            assert any(t.startswith(f"{finding.label}: {finding.presence.value}") for t in texts), finding.key
+        item = coded[(entry.code.scheme_designator, entry.code.value)]
+        assert item.ConceptCodeSequence[0].CodeValue == table.presence[finding.presence.value].value, finding.key
+        sites = [c.ConceptCodeSequence[0].CodeValue for c in item.get("ContentSequence", [])
+                 if _name(c) == ("SCT", "363698007")]
+        assert sites == ([entry.site.value] if entry.site else []), finding.key
 
+    # Imaging Measurements holds box groups only, each with a SCOORD: none there without a box
     rois = doc.content.get_planar_roi_measurement_groups()
+    measurements = [i for i in sr.ContentSequence if _name(i) == ("DCM", "126010")]
     expected = [b for f in record.findings for b in f.boxes] + 3 * [None]  # + heart, right and left lung
     assert len(rois) == len(expected)
+    assert len(measurements) == 1
+    for group in measurements[0].ContentSequence:
+        assert any(i.ValueType == "SCOORD" for i in _walk(group.ContentSequence)), "every group has geometry"
     frontal = current[0]
     for roi, box in zip(rois, expected):
         region = roi.roi
@@ -177,9 +185,12 @@ def test_sr_findings_and_boxes_read_back(case) -> None:
             finding = next(f for f in record.findings if box in f.boxes)
             assert finding.label in str(roi.tracking_identifier)
             code = table.findings[finding.key].code
-            assert roi.finding_type.value == (code.value if code else "404684003")
+            assert (roi.finding_type.scheme_designator, roi.finding_type.value) == (code.scheme_designator,
+                                                                                  code.value)
+            assert roi.finding_type.meaning == code.meaning  # what a viewer labels the box with
         else:
             assert roi.finding_sites, "anatomy box carries its finding site"
+            assert roi.finding_type.value == "404684003"
 
 
 def test_sr_stage_containers(case) -> None:
@@ -315,7 +326,9 @@ def test_edge_records_still_give_valid_objects(variant: str) -> None:
         assert str(prior[0].SOPInstanceUID) in refs
     if variant == "stage2_failed_no_findings":
         texts = [str(i.TextValue) for i in _walk(result.sr.ContentSequence) if i.ValueType == "TEXT"]
-        assert "Findings: none reported" in texts and not scoords
+        assert "The record holds no checklist findings." in texts and not scoords
+        names = [_name(i) for i in result.sr.ContentSequence]
+        assert ("UMLS", "C0034375") in names and ("DCM", "126010") not in names  # no group without geometry
 
 
 @pytest.mark.parametrize("charset,name", [("ISO_IR 100", "Müller^Jürgen"),

@@ -36,6 +36,7 @@ class ConsoleLog:
     page_errors: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # every console line, for the artefacts
 
     def attach(self, page: Any) -> "ConsoleLog":
         page.on("pageerror", lambda error: self.page_errors.append(str(error)))
@@ -43,6 +44,7 @@ class ConsoleLog:
         return self
 
     def _on_console(self, message: Any) -> None:
+        self.lines.append(f"{message.type}: {message.text}")
         if message.type == "error":
             self.console_errors.append(message.text)
         elif message.type == "warning":

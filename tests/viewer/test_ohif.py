@@ -87,6 +87,28 @@ def _band(shape: tuple[int, ...], box: tuple[int, int, int, int], tol: int) -> n
     return outer & ~inner
 
 
+_COUNT_ANNOTATIONS = """new Set([...document.querySelectorAll('[data-cy="viewport-pane"] svg [data-annotation-uid]')]
+    .map(e => e.getAttribute('data-annotation-uid'))).size"""
+
+
+def _wait_for_annotations(page: Any, count: int, what: str, timeout_ms: int = 60_000) -> None:
+    """Until the viewport's SVG layer holds ``count`` annotations (drawing lags the prompt on a busy machine)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(f"n => ({_COUNT_ANNOTATIONS}) >= n", arg=count, timeout=timeout_ms)
+    except PlaywrightTimeout:
+        drawn = page.evaluate(f"() => {_COUNT_ANNOTATIONS}")
+        raise AssertionError(f"{what}: OHIF drew {drawn} of {count} annotations in {timeout_ms / 1000:.0f} s")
+
+
+def _pointer_to_image_foot(page: Any) -> None:
+    """Move the mouse into the viewport, near its bottom edge (no box lies there), in a few steps."""
+    box = _viewport_canvas(page).bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.95, steps=5)
+    page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.96, steps=5)
+
+
 def _svg_text(page: Any) -> list[dict[str, float | str]]:
     """Every SVG text the viewport's annotation layer draws, with its box relative to the canvas."""
     return page.evaluate("""() => {
@@ -147,6 +169,7 @@ def test_ohif_draws_sr_boxes_labelled_with_findings_and_shows_pages(
     from playwright.sync_api import sync_playwright
 
     timings: dict[str, float] = {}
+    rerendered = False
     started = time.perf_counter()
     with sync_playwright() as playwright:
         browser = launch(playwright)
@@ -159,6 +182,11 @@ def test_ohif_draws_sr_boxes_labelled_with_findings_and_shows_pages(
             page.goto(ohif.viewer_url(viewer_study.study_instance_uid))
             page.get_by_text("Skip all").click()  # OHIF's first-visit tour
             page.locator('[data-cy="viewport-overlay-top-left"]', has_text="CHEST PA").wait_for()
+            # let the study finish loading (every thumbnail drawn, no request pending) before the reader acts
+            page.wait_for_function(
+                """n => [...document.querySelectorAll('[data-cy="study-browser-thumbnail"] img')]
+                        .filter(img => img.complete && img.naturalWidth > 0).length >= n""", arg=3)
+            page.wait_for_load_state("networkidle")
             plain = _stable_screenshot(page, artefacts / "1-study-pa.png")
             page.screenshot(path=artefacts / "1-study-page.png")
             timings["study open"] = time.perf_counter() - started
@@ -177,7 +205,24 @@ def test_ohif_draws_sr_boxes_labelled_with_findings_and_shows_pages(
                 page.screenshot(path=artefacts / "2-sr-not-measurements.png")
                 pytest.fail("OHIF did not open the SR as measurements (no tracking prompt); see "
                             f"{artefacts / '2-sr-not-measurements.png'}; console: {log.problems}")
-            sr_view = _stable_screenshot(page, artefacts / "2-sr-viewport.png")
+            # As a reader does, move the pointer onto the image (away from the boxes). On a slow machine the SR
+            # viewport may add its annotations after its last render; cornerstone draws them on the next one.
+            _pointer_to_image_foot(page)
+            try:
+                try:
+                    _wait_for_annotations(page, len(viewer_study.boxes), "SR viewport", timeout_ms=15_000)
+                except AssertionError as undrawn:
+                    # Seen on the loaded 2-core machine, about one run in two: OHIF 3.13.2 adds the SR's annotations
+                    # (console: "Measurement is preview, skipping...") after the viewport's last render and draws
+                    # them at the next one. A window resize renders again, as any change of the reader's window does.
+                    print(f"{undrawn}; re-rendering the viewport by resizing the window")
+                    rerendered = True
+                    page.set_viewport_size({"width": VIEWPORT["width"] - 40, "height": VIEWPORT["height"]})
+                    page.wait_for_timeout(500)
+                    page.set_viewport_size(VIEWPORT)
+                    _wait_for_annotations(page, len(viewer_study.boxes), "SR viewport after a re-render")
+            finally:
+                sr_view = _stable_screenshot(page, artefacts / "2-sr-viewport.png")
             page.screenshot(path=artefacts / "2-sr-page.png")
             sr_texts = _svg_text(page)
             timings["SR viewport"] = time.perf_counter() - t
@@ -189,6 +234,7 @@ def test_ohif_draws_sr_boxes_labelled_with_findings_and_shows_pages(
             t = time.perf_counter()
             page.get_by_role("button", name="Yes").click()
             prompt.wait_for(state="hidden")
+            _wait_for_annotations(page, len(viewer_study.boxes), "tracked measurements")
             tracked = _stable_screenshot(page, artefacts / "3-tracked.png")
             tracked_texts = _svg_text(page)
             coverage_tracked = _assert_boxes_drawn(tracked, ("yellow", "green"), viewer_study, tracked_texts,
@@ -221,9 +267,12 @@ def test_ohif_draws_sr_boxes_labelled_with_findings_and_shows_pages(
             assert sc_view.std() > 20 and likeness > 0.8, f"SC page not shown as rendered (correlation {likeness:.2f})"
         finally:
             browser.close()
+            (artefacts / "console.log").write_text("\n".join(log.lines + [f"pageerror: {e}" for e in log.page_errors]))
+            print(f"console log: {artefacts / 'console.log'}")
 
     timings["total"] = time.perf_counter() - started
     print("coverage SR viewport:", coverage_sr, "tracked:", coverage_tracked, f"SC likeness {likeness:.3f}")
+    print("SR boxes needed a re-render to appear:", rerendered)
     print("timings (s):", {k: round(v, 1) for k, v in timings.items()})
     print(f"console: {len(log.page_errors)} page errors, {len(log.console_errors)} console errors, "
           f"{len(log.warnings)} warnings")

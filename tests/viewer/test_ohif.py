@@ -5,6 +5,9 @@ boxes on the referenced image), answer "Yes" to tracking (OHIF hydrates the SR i
 Measurements panel by their coded Finding), then open the reasoning pages. The test checks what is drawn: box
 outlines in the annotation colour where the record puts them and nowhere else, the findings' names in the panel,
 the SC page's pixels in the viewport, and no page error in the console. Screenshots stay in ``out/viewer/``.
+
+OHIF 3.13.2's SR viewport writes beside a TID 1410 box only its NUM measurements and its Finding Site (SCT
+363698007), never its Finding: a box without anatomy shows an empty label there until tracking lists it by finding.
 """
 from __future__ import annotations
 

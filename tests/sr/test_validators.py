@@ -170,7 +170,8 @@ def test_stone_check_catches_highdicoms_source_name(written) -> None:
     if sop_class != "comprehensive":
         pytest.skip("the Stone rules apply to the comprehensive option")
     ds = pydicom.dcmread(path)
-    image = next(i for i in _walk(ds.ContentSequence) if i.ValueType == "IMAGE" and i.RelationshipType == "SELECTED FROM")
+    image = next(i for i in _walk(ds.ContentSequence)
+                 if i.ValueType == "IMAGE" and i.RelationshipType == "SELECTED FROM")
     image.ConceptNameCodeSequence[0].CodeValue = "260753009"
     image.ConceptNameCodeSequence[0].CodingSchemeDesignator = "SCT"
     with pytest.raises(AssertionError, match="Original Source"):

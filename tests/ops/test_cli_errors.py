@@ -16,7 +16,8 @@ CXR_NODE = str(Path(sys.executable).with_name("cxr-node"))
 
 def _config(tmp_path: Path, **storage_or_logging: dict[str, object]) -> Path:
     data: dict[str, object] = {"node": {"host": "127.0.0.1", "port": free_port()},
-                               "storage": {"data_dir": str(tmp_path / "var")}}
+                               "storage": {"data_dir": str(tmp_path / "var")},
+                               "processing": {"processor": "passthrough"}}  # no model needed for these errors
     for section, values in storage_or_logging.items():
         data.setdefault(section, {}).update(values)  # type: ignore[union-attr]
     path = tmp_path / "node.yaml"

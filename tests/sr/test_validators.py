@@ -164,11 +164,10 @@ def test_stone_reads_the_comprehensive_option(written) -> None:
     assert {str(d.SOPInstanceUID) for d in current} <= evidence
 
 
+@pytest.mark.parametrize("written", ["comprehensive"], indirect=True)  # the option the Stone rules apply to
 def test_stone_check_catches_highdicoms_source_name(written) -> None:
     """The Stone check can fail: an SR with highdicom's 'Source' name is refused."""
-    sop_class, *_, path = written
-    if sop_class != "comprehensive":
-        pytest.skip("the Stone rules apply to the comprehensive option")
+    *_, path = written
     ds = pydicom.dcmread(path)
     image = next(i for i in _walk(ds.ContentSequence)
                  if i.ValueType == "IMAGE" and i.RelationshipType == "SELECTED FROM")

@@ -23,7 +23,7 @@ from dicomnode.db import Delivery, Instance, Job, Study, make_engine, make_sessi
 from dicomnode.db.models import utcnow
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.demo import NODE_AET, demo_config
-from dicomnode.peers.dcmtk import _require
+from dicomnode.peers.dcmtk import _require, acknowledged
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port, wait_for_port
 from dicomnode.synthetic import StudySpec, write_study
@@ -31,18 +31,6 @@ from dicomnode.uids import result_uids
 
 CXR_NODE = str(Path(sys.executable).with_name("cxr-node"))
 HERE = Path(__file__).resolve().parent  # on the node's PYTHONPATH: failing_processor
-
-
-def acknowledged(output: str) -> list[str]:
-    """SOP Instance UIDs (file stems) storescu -v got a success response for."""
-    acked, current = [], None
-    for line in output.splitlines():
-        if "Sending file:" in line:
-            current = Path(line.split("Sending file:", 1)[1].strip()).stem
-        elif "Received Store Response (Success" in line and current:
-            acked.append(current)
-            current = None
-    return acked
 
 
 def descendants(pid: int) -> list[int]:
@@ -270,15 +258,6 @@ class CrashSite:
     def assert_one_result_set_each(self) -> None:
         lost, duplicated = self.result_set_problems()
         assert not lost and not duplicated, lost + duplicated
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def jitter(rng: random.Random, most: float) -> None:

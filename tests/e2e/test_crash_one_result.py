@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from .crash_support import CrashSite, Sent, jitter, wait_until
+from .conftest import wait_until
+from .crash_support import CrashSite, Sent, jitter
 from dicomnode.db.states import DeliveryState, JobState
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # 10 restarts of a model-loading node per phase
@@ -73,7 +74,7 @@ def _run_phase(phase: str, site: CrashSite, reached: Callable[[Sent], object], h
     while hits < KILLS and kills < 2 * KILLS:
         study = site.new_study(views)
         sender = site.send(study)
-        found = wait_until(lambda: reached(study), timeout=180, what="the phase")
+        found = wait_until(lambda: reached(study), timeout=180, what="the phase", interval=0.02)
         jitter(rng, most_jitter)
         kills += 1
         # the modality resends the study whose transfer failed as soon as the node is back

@@ -14,7 +14,8 @@ from dicomnode.db.states import JobState
 from dicomnode.demo import NODE_AET
 from dicomnode.uids import result_uids
 
-from .crash_support import CXR_NODE, CrashSite, wait_until
+from .conftest import wait_until
+from .crash_support import CXR_NODE, CrashSite
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from sr_writer.codes import load_table
 from sr_writer.provenance import device_uid
 from sr_writer.tree_bytes import tree_part10_bytes
 from sr_writer.validate import part10_bytes
-from tests.sr.conftest import small_spec
+from tests.sr.conftest import content_items, small_spec
 from tests.sr.records import FINDING_LABELS, make_provenance, make_record
 
 MANY = ("pneumothorax", "consolidation", "pleural_effusion", "cardiac_pacemaker", "lung_opacity")
@@ -35,14 +35,6 @@ CASES = {
 def _save_and_read(ds: Dataset, path: Path) -> Dataset:
     ds.save_as(path, enforce_file_format=True)
     return pydicom.dcmread(path)
-
-
-def _walk(items) -> list[Dataset]:
-    out = []
-    for item in items:
-        out.append(item)
-        out += _walk(item.get("ContentSequence", []))
-    return out
 
 
 def _name(item: Dataset) -> tuple[str, str]:
@@ -134,7 +126,7 @@ def test_sr_algorithm_identification(case) -> None:
     assert equipment.Manufacturer == OutputOptions().manufacturer
     assert equipment.ManufacturerModelName.startswith(record.provenance.model_name)
     assert equipment.DeviceSerialNumber == device_uid(record.provenance)
-    items = _walk(sr.ContentSequence)
+    items = content_items(sr.ContentSequence)
     uids = [i.UID for i in items if i.ValueType == "UIDREF" and _name(i) == ("DCM", "121012")]
     assert uids == [device_uid(record.provenance)]  # Device Observer UID
     texts = [str(i.TextValue) for i in items if i.ValueType == "TEXT"]
@@ -146,7 +138,7 @@ def test_sr_findings_and_boxes_read_back(case) -> None:
     _, record, current, _, _, sr, out = case
     doc = hd.sr.srread(out / "sr.dcm")
     table = load_table()
-    items = _walk(sr.ContentSequence)
+    items = content_items(sr.ContentSequence)
     assert not [i for i in items if _name(i) == ("DCM", "121071") and i.ValueType == "TEXT"]  # no TEXT "Finding"
     # every checklist finding, coded, in Qualitative Evaluations (UMLS C0034375), with its presence
     evaluations = [i for i in sr.ContentSequence if _name(i) == ("UMLS", "C0034375")]
@@ -168,7 +160,7 @@ def test_sr_findings_and_boxes_read_back(case) -> None:
     assert len(rois) == len(expected)
     assert len(measurements) == 1
     for group in measurements[0].ContentSequence:
-        assert any(i.ValueType == "SCOORD" for i in _walk(group.ContentSequence)), "every group has geometry"
+        assert any(i.ValueType == "SCOORD" for i in content_items(group.ContentSequence)), "every group has geometry"
     frontal = current[0]
     for roi, box in zip(rois, expected):
         region = roi.roi
@@ -223,7 +215,7 @@ def test_sr_stage_containers(case) -> None:
 def test_text_round_trips_unchanged(case) -> None:
     name, record, current, _, result, sr, _ = case
     assert str(sr.PatientName) == str(current[0].PatientName)
-    texts = {str(i.TextValue) for i in _walk(sr.ContentSequence) if i.ValueType == "TEXT"}
+    texts = {str(i.TextValue) for i in content_items(sr.ContentSequence) if i.ValueType == "TEXT"}
     answers = {q.raw_answer.rstrip() for s in record.stages for q in s.questions}
     assert answers <= texts  # every answer, byte for byte after decoding (no "?" substitution)
     if name in ("chinese", "greek_failed"):
@@ -289,7 +281,7 @@ def test_record_with_box_on_missing_image_still_builds(study: list[Dataset]) -> 
     data["images"][0]["sop_instance_uid"] = "1.2.3.4.5"  # the frontal image is not among the sources
     record = ReasoningRecord.model_validate(data)
     result = build_result_objects(record, study)
-    doc_rois = [i for i in _walk(result.sr.ContentSequence) if i.ValueType == "SCOORD"]
+    doc_rois = [i for i in content_items(result.sr.ContentSequence) if i.ValueType == "SCOORD"]
     assert doc_rois == []
     assert result.pages and validate(result.sr).errors == []
     assert Presence.PRESENT in {f.presence for f in record.findings}
@@ -320,12 +312,12 @@ def test_edge_records_still_give_valid_objects(variant: str) -> None:
         report = validate(ds)
         assert report.errors == [] and report.unexpected_warnings == [], report.output
     assert result.sr.CompletionFlag == ("PARTIAL" if variant == "stage2_failed_no_findings" else "COMPLETE")
-    scoords = [i for i in _walk(result.sr.ContentSequence) if i.ValueType == "SCOORD"]
+    scoords = [i for i in content_items(result.sr.ContentSequence) if i.ValueType == "SCOORD"]
     refs = [i.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in scoords]
     if variant == "box_on_prior":
         assert str(prior[0].SOPInstanceUID) in refs
     if variant == "stage2_failed_no_findings":
-        texts = [str(i.TextValue) for i in _walk(result.sr.ContentSequence) if i.ValueType == "TEXT"]
+        texts = [str(i.TextValue) for i in content_items(result.sr.ContentSequence) if i.ValueType == "TEXT"]
         assert "The record holds no checklist findings." in texts and not scoords
         names = [_name(i) for i in result.sr.ContentSequence]
         assert ("UMLS", "C0034375") in names and ("DCM", "126010") not in names  # no group without geometry
@@ -351,7 +343,7 @@ def test_control_characters_in_model_text_are_dropped(study: list[Dataset]) -> N
     question["raw_answer"] = "Adequate\x00 inspiration\x07,\x1b no rotation \ufffd."
     record = ReasoningRecord.model_validate(data)
     result = build_result_objects(record, study)  # validated: dciodvfy would flag control characters
-    texts = [str(i.TextValue) for i in _walk(result.sr.ContentSequence) if i.ValueType == "TEXT"]
+    texts = [str(i.TextValue) for i in content_items(result.sr.ContentSequence) if i.ValueType == "TEXT"]
     assert "Adequate inspiration, no rotation ?." in texts
 
 

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 
 from dicomnode.synthetic import make_study, prior_spec
 from sr_writer import OutputOptions, build_result_objects, validate
-from tests.sr.conftest import small_spec
+from tests.sr.conftest import content_items, small_spec
 from tests.sr.records import make_record
 
 PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")  # Debian libpixelmed-java (scripts/bootstrap.sh)
@@ -86,14 +86,6 @@ def test_dciodvfy_finds_no_error(written) -> None:
     assert str(pydicom.dcmread(path).SOPClassUID) == SOP_CLASSES[sop_class]
 
 
-def _walk(items) -> list[Dataset]:
-    out = []
-    for item in items:
-        out.append(item)
-        out += _walk(item.get("ContentSequence", []))
-    return out
-
-
 def _code(item: Dataset, attribute: str = "ConceptNameCodeSequence") -> tuple[str, str]:
     code = item[attribute][0]
     return str(code.CodingSchemeDesignator), str(code.CodeValue)
@@ -149,7 +141,7 @@ def test_stone_reads_the_comprehensive_option(written) -> None:
         with pytest.raises(AssertionError, match="Comprehensive SR only"):
             stone_regions(ds)
         # the 3D SR keeps highdicom's SCT 260753009 "Source" that OHIF reads
-        names = {_code(c) for c in _walk(ds.ContentSequence) if c.ValueType == "IMAGE"
+        names = {_code(c) for c in content_items(ds.ContentSequence) if c.ValueType == "IMAGE"
                  and c.RelationshipType == "SELECTED FROM"}
         assert names == {("SCT", "260753009")}
         return
@@ -169,7 +161,7 @@ def test_stone_check_catches_highdicoms_source_name(written) -> None:
     """The Stone check can fail: an SR with highdicom's 'Source' name is refused."""
     *_, path = written
     ds = pydicom.dcmread(path)
-    image = next(i for i in _walk(ds.ContentSequence)
+    image = next(i for i in content_items(ds.ContentSequence)
                  if i.ValueType == "IMAGE" and i.RelationshipType == "SELECTED FROM")
     image.ConceptNameCodeSequence[0].CodeValue = "260753009"
     image.ConceptNameCodeSequence[0].CodingSchemeDesignator = "SCT"

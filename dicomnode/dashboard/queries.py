@@ -236,6 +236,34 @@ def destination_names(session_factory: Factory, config: NodeConfig) -> list[str]
     return [*[d.name for d in config.destinations], *sorted(seen - {d.name for d in config.destinations})]
 
 
+class _HeaderCache:
+    """Patient names already read, by instance file (a stored file never changes): least recently used dropped."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self.size = size
+        self._names: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            if key in self._names:
+                self._names.move_to_end(key)
+                return self._names[key]
+        return None
+
+    def put(self, key: str, name: str) -> None:
+        with self._lock:
+            self._names[key] = name
+            while len(self._names) > self.size:
+                self._names.popitem(last=False)
+
+
+_PATIENT_NAMES = _HeaderCache()
+
+
 def patient_names(session_factory: Factory, data_dir: Path, study_ids: list[int]) -> dict[int, str]:
     """Patient name of each study, read from the header of its first stored instance (the database keeps none).
     Only for an authenticated admin; studies whose files retention removed get none."""
@@ -249,11 +277,16 @@ def patient_names(session_factory: Factory, data_dir: Path, study_ids: list[int]
         paths = s.execute(select(Instance.study_id, Instance.path).join(first, Instance.id == first.c.id)).all()
     names: dict[int, str] = {}
     for study_id, path in paths:
-        try:
-            ds = pydicom.dcmread(data_dir / path, stop_before_pixels=True, specific_tags=["PatientName"])
-            names[study_id] = str(ds.get("PatientName", "") or "")
-        except (OSError, ValueError, pydicom.errors.InvalidDicomError):
-            continue
+        key = str(data_dir / path)
+        name = _PATIENT_NAMES.get(key)
+        if name is None:
+            try:
+                ds = pydicom.dcmread(key, stop_before_pixels=True, specific_tags=["PatientName"])
+            except (OSError, ValueError, pydicom.errors.InvalidDicomError):
+                continue
+            name = str(ds.get("PatientName", "") or "")
+            _PATIENT_NAMES.put(key, name)
+        names[study_id] = name
     return names
 
 
@@ -286,13 +319,17 @@ def result_files(data_dir: Path, study_uid: str, job_id: int) -> Path:
 
 
 def page_files(data_dir: Path, study_uid: str, job_id: int) -> list[Page]:
-    directory = result_files(data_dir, study_uid, job_id)
+    """The job's SC reasoning pages (``sc-<SOP Instance UID>.dcm``), numbered by their Instance Number."""
+    import pydicom
+
     pages = []
-    for path in directory.glob("sc-*.dcm"):
-        suffix = path.stem.split("-", 1)[1]
-        if suffix.isdigit():
-            pages.append(Page(job_id, int(suffix), path))
-    return sorted(pages, key=lambda p: p.number)
+    for path in result_files(data_dir, study_uid, job_id).glob("sc-*.dcm"):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["InstanceNumber"])
+            pages.append(Page(job_id, int(header.get("InstanceNumber") or 0), path))
+        except (OSError, ValueError, pydicom.errors.InvalidDicomError):
+            continue
+    return sorted(pages, key=lambda p: (p.number, p.file.name))
 
 
 def study_detail(session_factory: Factory, config: NodeConfig, study_uid: str) -> StudyDetail | None:

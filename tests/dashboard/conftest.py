@@ -78,7 +78,8 @@ class Client:
 
 
 def csrf_of(html: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', html) or re.search(r'name="csrf-token" content="([^"]+)"', html)
+    found = (re.search(r'name="csrf_token" value="([^"]+)"', html)
+             or re.search(r'name="csrf-token" content="([^"]+)"', html))
     assert found, "no CSRF token in the page"
     return found.group(1)
 

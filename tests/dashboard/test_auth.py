@@ -133,7 +133,8 @@ def test_start_up_refuses_a_missing_token(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_users_file_with_basic_auth(tmp_path: Path) -> None:
     made = subprocess.run([CXR_NODE, "dashboard", "hash-password", "admin", "--stdin"],
-                          input="correct horse battery\n", capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          input="correct horse battery\n", capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert made.returncode == 0, made.stderr
     assert "correct horse" not in made.stdout
     users = tmp_path / "users"

@@ -64,7 +64,8 @@ def test_filters(db) -> None:
 
 def test_failures_grouped_by_reason(db) -> None:
     jobs, dead = queries.failures(db)
-    assert sorted((g.reason, len(g.items)) for g in jobs) == [("(no error recorded)", 1), ("processing failed: boom", 1)]
+    assert sorted((g.reason, len(g.items)) for g in jobs) == [("(no error recorded)", 1),
+                                                              ("processing failed: boom", 1)]
     assert [(g.reason, len(g.items)) for g in dead] == [("pacs: association refused", 2), ("archive: timeout", 1)]
 
 

@@ -13,6 +13,7 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 
 from dicomnode.config import NodeConfig, config_from_dict
+from dicomnode.dashboard.auth import SESSION_COOKIE as SESSION_COOKIE_NAME  # noqa: F401 - for the tests
 from dicomnode.node import Node
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +22,6 @@ if str(ROOT) not in sys.path:  # so that ``tests.viewer.browser`` imports (``tes
 ARTEFACTS = ROOT / "out" / "dashboard"  # git-ignored; screenshots stay here after the run
 TOKEN_ENV = "CXR_TEST_DASHBOARD_TOKEN"
 TOKEN = "test-token-0123456789-abcdef"
-from dicomnode.dashboard.auth import SESSION_COOKIE as SESSION_COOKIE_NAME  # noqa: E402
 
 
 @dataclass

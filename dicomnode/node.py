@@ -78,14 +78,15 @@ class Node:
         self.session_factory = make_session_factory(self.engine)
         self._started = True
         try:
-            # the listener first: a sender whose transfer a crash cut off can resend while the model loads
+            # the dashboard first: the admin sees the node while the model loads
+            if self.role == "dashboard" or (self.role == "all" and cfg.dashboard.enabled):
+                self._start_dashboard()
+            # then the listener: a sender whose transfer a crash cut off can resend while the model loads
             if self.role in ("all", "listener"):
                 self._start_listener()
             if self.role in ("all", "worker"):
                 self._start_worker()
             self._start_status_server()
-            if self.role == "dashboard" or (self.role == "all" and cfg.dashboard.enabled):
-                self._start_dashboard()
         except BaseException:
             self.stop()
             raise

@@ -176,6 +176,7 @@ def test_serve_receives_a_study_with_storescu(venv: Path, empty_dir: Path) -> No
         import urllib.request
 
         dashboard = f"http://127.0.0.1:{dashboard_port}"
+        assert wait_for_port(dashboard_port, timeout=60), (site / "serve.log").read_text()[-3000:]
         with urllib.request.urlopen(f"{dashboard}/studies", timeout=60) as page:
             assert b"RECEIVING" in page.read()
         with urllib.request.urlopen(f"{dashboard}/static/style.css", timeout=60) as css:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -398,6 +399,19 @@ class FailureGroup:
     items: list[dict[str, Any]]
 
 
+_UID_IN_TEXT = re.compile(r"\b\d+(?:\.\d+){3,}\b")
+DEAD_LETTERED = "delivery dead-lettered"
+
+
+def reason_key(error: str | None) -> str:
+    """What failures are grouped by: the first line with UIDs blanked out; a job failed by its dead-lettered
+    deliveries groups as one reason (the deliveries themselves are grouped by destination and error)."""
+    line = first_line(error, 300)
+    if line.startswith(DEAD_LETTERED):
+        return f"{DEAD_LETTERED} (see the dead letters above)"
+    return _UID_IN_TEXT.sub("<UID>", line) or "(no error recorded)"
+
+
 def failures(session_factory: Factory) -> tuple[list[FailureGroup], list[FailureGroup]]:
     """(failed jobs grouped by error, dead-lettered deliveries grouped by destination and last error)."""
     with session_factory() as s:
@@ -411,11 +425,11 @@ def failures(session_factory: Factory) -> tuple[list[FailureGroup], list[Failure
                          .where(Delivery.state == DeliveryState.DEAD.value).order_by(Delivery.id.desc())).all()
     job_groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for job_id, generation, error, updated, uid in jobs:
-        job_groups[first_line(error) or "(no error recorded)"].append(
+        job_groups[reason_key(error)].append(
             {"job": job_id, "generation": generation, "error": error, "at": updated, "study": uid})
     dead_groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in dead:
-        dead_groups[f"{row.destination}: {first_line(row.last_error) or '(no error recorded)'}"].append(
+        dead_groups[f"{row.destination}: {reason_key(row.last_error)}"].append(
             {"delivery": row.id, "job": row.job_id, "destination": row.destination, "kind": row.object_kind,
              "attempts": row.attempts, "error": row.last_error, "status": row.last_status,
              "study": row.study_instance_uid})

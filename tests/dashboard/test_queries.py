@@ -33,7 +33,8 @@ def db(tmp_path: Path):
                         last_received_at=at))
             s.flush()
             s.add(Job(id=n, study_id=n, generation=1, state=state, updated_at=at,
-                      error="processing failed: boom" if state == "FAILED" and n == 3 else None))
+                      error={2: f"delivery dead-lettered: pacs {uid}.9.0: association refused",
+                             3: f"processing failed: boom in {uid}"}.get(n)))
             s.flush()
             for k, (dest, dstate, error) in enumerate(deliveries):
                 s.add(Delivery(job_id=n, destination=dest, object_kind=("sr", "sc")[k % 2],
@@ -64,8 +65,8 @@ def test_filters(db) -> None:
 
 def test_failures_grouped_by_reason(db) -> None:
     jobs, dead = queries.failures(db)
-    assert sorted((g.reason, len(g.items)) for g in jobs) == [("(no error recorded)", 1),
-                                                              ("processing failed: boom", 1)]
+    assert sorted((g.reason, len(g.items)) for g in jobs) == [
+        ("delivery dead-lettered (see the dead letters above)", 1), ("processing failed: boom in <UID>", 1)]
     assert [(g.reason, len(g.items)) for g in dead] == [("pacs: association refused", 2), ("archive: timeout", 1)]
 
 

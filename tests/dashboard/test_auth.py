@@ -169,3 +169,35 @@ def test_secrets_and_sessions_are_never_logged(tmp_path: Path, token_env: str,
     assert "logged in" in text  # the log does say what happened
     for secret in (TOKEN, session_id, csrf, "wrong-guess-0123456789"):
         assert secret not in text
+
+
+def test_serve_role_dashboard(tmp_path: Path) -> None:
+    """`cxr-node serve --role dashboard`: only the dashboard, from the node's database; stops on SIGTERM."""
+    import signal
+    import urllib.request
+
+    from dicomnode.peers.ports import free_port, wait_for_port
+
+    port = free_port()
+    config = dashboard_config(tmp_path / "node", {"type": "token", "token_env": TOKEN_ENV})
+    config.dashboard.port = port
+    config.logging.json_ = False
+    yaml_path = tmp_path / "node.yaml"
+    yaml_path.write_text(config.model_dump_json(by_alias=True))
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([CXR_NODE, "serve", "--config", str(yaml_path), "--role", "dashboard"],
+                                  stdout=out, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT), TOKEN_ENV: TOKEN})
+    try:
+        assert wait_for_port(port, timeout=60), log.read_text()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            page = response.read().decode()
+        assert "not in this process" in page  # no listener in this role
+        assert "<td>dashboard</td>" in page  # the node processes, from the audit trail
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    assert server.returncode == 0, log.read_text()
+    assert TOKEN not in log.read_text()

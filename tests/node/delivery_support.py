@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,9 +22,7 @@ from dicomnode.spool import Spool
 
 T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
-PROCESSORS = "cxr_test_processors"
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+PROCESSORS = "cxr_test_processors"  # tests/node is on pytest's pythonpath
 
 
 def destination(name: str, ae: str, port: int, objects: Sequence[str] = ("sr", "sc"), max_attempts: int = 3,

@@ -91,10 +91,7 @@ def test_failed_database_write_keeps_patient_data_out_of_logs_and_audit(
 def test_invalid_birth_date_neither_withholds_the_result_nor_reaches_logs(caplog: pytest.LogCaptureFixture) -> None:
     """An impossible PatientBirthDate in the source is dropped from the SR (the result is still made), and the
     value is quoted in no log record above DEBUG."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sr"))
-    from records import make_record
+    from tests.sr.records import make_record
 
     from dicomnode.logs import setup_logging
     from dicomnode.synthetic import make_study

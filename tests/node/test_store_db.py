@@ -141,7 +141,7 @@ def test_concurrent_first_instances_of_one_study(db_url: str) -> None:
 
 def test_claims_are_atomic(db_url: str) -> None:
     """The worker's claim (SKIP LOCKED on PostgreSQL, conditional UPDATE on SQLite) hands each job out once."""
-    from dicomnode.worker import claim_job
+    from dicomnode.jobs import claim_job
 
     upgrade_database(db_url)
     engine = make_engine(db_url)

@@ -26,7 +26,7 @@ import yaml
 from dicomnode.datadir import DataDir
 from dicomnode.peers.dcmtk import StoreSCP
 from dicomnode.peers.ports import free_port, wait_for_port
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 NODE_AET = "CXRNODE"
 CXR_NODE = str(Path(sys.executable).with_name("cxr-node"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +18,8 @@ from dicomnode.db.ingest import InstanceRecord, record_instance
 from dicomnode.db.models import Delivery, Job, Study, utcnow
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.spool import Spool
+
+import ingest_support
 
 T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
@@ -102,12 +103,5 @@ def deliveries(session_factory: sessionmaker[Session], job_id: int | None = None
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 90.0, interval: float = 0.2, what: str = "") -> T:
-    """Poll ``predicate`` until truthy; return its value, or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
-        time.sleep(interval)
+    """:func:`ingest_support.wait_until` with the longer defaults of processing and delivery."""
+    return ingest_support.wait_until(predicate, timeout, interval, what)

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from dicomnode.db.models import AuditEvent
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 from ingest_support import Db, make_config, node_with_db, store
 
@@ -94,7 +94,7 @@ def test_invalid_birth_date_neither_withholds_the_result_nor_reaches_logs(caplog
     from tests.sr.records import make_record
 
     from dicomnode.logs import setup_logging
-    from dicomnode.synthetic import make_study
+    from dicomnode.demo.synthetic import make_study
     from sr_writer import build_result_objects
 
     study = make_study(StudySpec(views=("PA",), rows=64, columns=64, patient_birth_date="19601301"))

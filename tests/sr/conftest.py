@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomnode.synthetic import StudySpec, make_study, prior_spec
+from dicomnode.demo.synthetic import StudySpec, make_study, prior_spec
 
 
 def small_spec(**kw) -> StudySpec:

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 
 from dicomnode.peers.ohif import OhifServer
 from dicomnode.peers.orthanc import OrthancServer
-from dicomnode.synthetic import StudySpec, make_study
+from dicomnode.demo.synthetic import StudySpec, make_study
 from sr_writer import build_result_objects
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -26,7 +26,7 @@ from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.ohif import OhifServer, find_ohif_dist
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 A C-STORE is answered 0x0000 only after the file is fsynced, renamed into the spool, its directory fsynced *and*
 its database row committed. Received datasets go to a temp file (``STORE_RECV_CHUNKED_DATASET``, set with
-:func:`dicomnode.association.configure_pynetdicom`) in the spool's temp directory and are moved into place, never held whole in memory; only header tags are parsed.
+:func:`dicomnode.association.configure_pynetdicom`) in the spool's temp directory and are moved into place, never
+held whole in memory; only header tags are parsed.
 
 The C-STORE statuses and the header check are :mod:`dicomnode.received`'s (reason always logged and audited).
 

@@ -276,7 +276,8 @@ def lookup_prior(
                 if modalities & set(_modalities(config)):
                     return PriorLookup(candidate, f"prior study {candidate.study_instance_uid} of "
                                                   f"{candidate.study_date or 'unknown date'}")
-        return PriorLookup(None, "no prior: PACS has no earlier " + "/".join(_modalities(config)) + " study of the patient")
+        wanted = "/".join(_modalities(config))
+        return PriorLookup(None, f"no prior: PACS has no earlier {wanted} study of the patient")
     except _PriorsError as exc:
         return PriorLookup(None, f"no prior: {exc}")
     except Exception as exc:  # never let the PACS break a study's reasoning

@@ -14,7 +14,7 @@ from dicomnode import synthetic
 from dicomnode.db import make_engine, make_session_factory, upgrade_database
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
-from dicomnode.peers.postgres import PostgresServer
+from tests.postgres_server import PostgresServer
 
 
 @dataclass

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from dicomnode import synthetic
+from dicomnode.demo import synthetic
 from dicomnode.peers.dcmtk import StoreSCP, echoscu, storescu
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port, port_open

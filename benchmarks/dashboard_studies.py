@@ -22,16 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import insert
 
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
-
-from dicomnode.config import config_from_dict  # noqa: E402
-from dicomnode.dashboard import DashboardServer  # noqa: E402
-from dicomnode.db import make_session_factory, upgrade_database  # noqa: E402
-from dicomnode.db.models import AuditEvent, Delivery, Instance, Job, Study  # noqa: E402
+from dicomnode.config import config_from_dict
+from dicomnode.dashboard import DashboardServer
+from dicomnode.db import make_session_factory, upgrade_database
+from dicomnode.db.models import AuditEvent, Delivery, Instance, Job, Study
 
 TOKEN = "benchmark-token-0123456789"
 STATES = ["DELIVERED"] * 80 + ["FAILED"] * 6 + ["RESULTS_READY"] * 4 + ["QUEUED"] * 4 + ["RECEIVING"] * 3 + \

@@ -2,13 +2,12 @@
 and the loops use) and leaves an audit row naming the dashboard user."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit import audit
 from dicomnode.config import NodeConfig
+from dicomnode.datadir import DataDir
 from dicomnode.db.models import Delivery, Job, Study, utcnow
 from dicomnode.db.states import DeliveryState, JobState
 
@@ -21,7 +20,7 @@ class ActionError(ValueError):
 
 def retry(session_factory: Factory, job_id: int, user: str) -> str:
     """``cxr-node retry``: dead-lettered deliveries back to PENDING, or a FAILED job re-queued."""
-    from dicomnode.worker import retry_job
+    from dicomnode.jobs import retry_job
 
     try:
         done = retry_job(session_factory, job_id)
@@ -54,7 +53,7 @@ def resend(session_factory: Factory, config: NodeConfig, job_id: int, destinatio
     """Send the results of job ``job_id`` to ``destination`` again: its rows there go back to PENDING (SENT ones
     too: the admin asks for a new copy, the PACS keeps one per SOP Instance UID); a destination that never had
     them gets new rows for the object kinds it takes."""
-    from dicomnode.worker import set_job_state
+    from dicomnode.jobs import set_job_state
 
     target = next((d for d in config.destinations if d.name == destination), None)
     if target is None:
@@ -96,5 +95,5 @@ def resend(session_factory: Factory, config: NodeConfig, job_id: int, destinatio
     return f"{len(mine) + added} objects queued for {destination}"
 
 
-def data_dir_of(config: NodeConfig) -> Path:
-    return Path(config.storage.data_dir).resolve()
+def data_dir_of(config: NodeConfig) -> DataDir:
+    return DataDir(config.storage.data_dir)

@@ -15,6 +15,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import NodeConfig
+from dicomnode.datadir import DataDir
 from dicomnode.db.models import AuditEvent, Delivery, Instance, Job, Study, utcnow
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.uids import is_valid_uid
@@ -132,7 +133,7 @@ def processing_jobs(session_factory: Factory) -> list[dict[str, Any]]:
 
 def overview(session_factory: Factory, config: NodeConfig, live: dict[str, Any] | None) -> dict[str, Any]:
     from dicomnode.cli.node_commands import status_summary
-    from dicomnode.health import free_disk_mb
+    from dicomnode.datadir import free_disk_mb
 
     summary = status_summary(session_factory)
     try:
@@ -265,7 +266,7 @@ class _HeaderCache:
 _PATIENT_NAMES = _HeaderCache()
 
 
-def patient_names(session_factory: Factory, data_dir: Path, study_ids: list[int]) -> dict[int, str]:
+def patient_names(session_factory: Factory, data_dir: DataDir, study_ids: list[int]) -> dict[int, str]:
     """Patient name of each study, read from the header of its first stored instance (the database keeps none).
     Only for an authenticated admin; studies whose files retention removed get none."""
     import pydicom
@@ -278,7 +279,7 @@ def patient_names(session_factory: Factory, data_dir: Path, study_ids: list[int]
         paths = s.execute(select(Instance.study_id, Instance.path).join(first, Instance.id == first.c.id)).all()
     names: dict[int, str] = {}
     for study_id, path in paths:
-        key = str(data_dir / path)
+        key = str(data_dir.absolute(path))
         name = _PATIENT_NAMES.get(key)
         if name is None:
             try:
@@ -313,18 +314,12 @@ class StudyDetail:
     destinations: list[str]
 
 
-def result_files(data_dir: Path, study_uid: str, job_id: int) -> Path:
-    from dicomnode.worker import results_dir
-
-    return results_dir(data_dir, study_uid, job_id)
-
-
-def page_files(data_dir: Path, study_uid: str, job_id: int) -> list[Page]:
+def page_files(data_dir: DataDir, study_uid: str, job_id: int) -> list[Page]:
     """The job's SC reasoning pages (``sc-<SOP Instance UID>.dcm``), numbered by their Instance Number."""
     import pydicom
 
     pages = []
-    for path in result_files(data_dir, study_uid, job_id).glob("sc-*.dcm"):
+    for path in data_dir.results(study_uid, job_id).glob("sc-*.dcm"):
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["InstanceNumber"])
             pages.append(Page(job_id, int(header.get("InstanceNumber") or 0), path))
@@ -338,7 +333,7 @@ def study_detail(session_factory: Factory, config: NodeConfig, study_uid: str) -
 
     if not is_valid_uid(study_uid):
         return None
-    data_dir = Path(config.storage.data_dir).resolve()
+    data_dir = DataDir(config.storage.data_dir)
     with session_factory() as s:
         study = s.scalar(select(Study).where(Study.study_instance_uid == study_uid))
         if study is None:
@@ -361,11 +356,11 @@ def study_detail(session_factory: Factory, config: NodeConfig, study_uid: str) -
     for job in reversed(jobs):  # the newest job that wrote results
         if job.record_path:
             try:
-                record = ReasoningRecord.load(data_dir / job.record_path)
+                record = ReasoningRecord.load(data_dir.absolute(job.record_path))
             except (OSError, ValueError):
                 record = None
         pages = page_files(data_dir, study_uid, job.id)
-        sr_files = sorted(result_files(data_dir, study_uid, job.id).glob("sr-*.dcm"))
+        sr_files = sorted(data_dir.results(study_uid, job.id).glob("sr-*.dcm"))
         if record is not None or pages:
             record_job = job.id
             break

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import http.client
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,6 @@ from dicomnode.dashboard.auth import SESSION_COOKIE as SESSION_COOKIE_NAME  # no
 from dicomnode.node import Node
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # so that ``tests.viewer.browser`` imports (``tests`` is a namespace package)
-    sys.path.insert(0, str(ROOT))
 ARTEFACTS = ROOT / "out" / "dashboard"  # git-ignored; screenshots stay here after the run
 TOKEN_ENV = "CXR_TEST_DASHBOARD_TOKEN"
 TOKEN = "test-token-0123456789-abcdef"

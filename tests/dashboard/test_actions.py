@@ -9,7 +9,7 @@ from sqlalchemy import select
 from dicomnode.db.models import AuditEvent, Study
 from dicomnode.node import Node
 from dicomnode.peers.dcmtk import storescu
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 from .conftest import TOKEN, TOKEN_ENV, Client, csrf_of, dashboard_config
 

@@ -18,11 +18,11 @@ import pytest
 from PIL import Image
 
 from dicomnode.config import NodeConfig, config_from_dict
-from dicomnode.demo import results_of_study
+from dicomnode.demo.run import results_of_study
 from dicomnode.node import Node
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.orthanc import OrthancServer
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 from tests.viewer.browser import ConsoleLog, launch
 
 from .conftest import TOKEN, TOKEN_ENV

@@ -8,8 +8,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.audit import audit
 from dicomnode.config import NodeConfig
 from dicomnode.datadir import DataDir
-from dicomnode.db.models import Delivery, Job, Study, utcnow
-from dicomnode.db.states import DeliveryState, JobState
+from dicomnode.db.models import Study, utcnow
+from dicomnode.db.states import JobState
 
 Factory = sessionmaker[Session]
 
@@ -50,49 +50,20 @@ def force_complete(session_factory: Factory, study_uid: str, user: str) -> str:
 
 
 def resend(session_factory: Factory, config: NodeConfig, job_id: int, destination: str, user: str) -> str:
-    """Send the results of job ``job_id`` to ``destination`` again: its rows there go back to PENDING (SENT ones
-    too: the admin asks for a new copy, the PACS keeps one per SOP Instance UID); a destination that never had
-    them gets new rows for the object kinds it takes."""
-    from dicomnode.jobs import set_job_state
+    """Send the results of job ``job_id`` to ``destination`` again (:func:`dicomnode.jobs.resend_job`), the
+    object kinds that destination takes."""
+    from dicomnode.jobs import resend_job
 
     target = next((d for d in config.destinations if d.name == destination), None)
     if target is None:
         raise ActionError(f"destination {destination!r} is not configured")
-    now = utcnow()
+    try:
+        done = resend_job(session_factory, job_id, destination, list(target.objects))
+    except ValueError as exc:
+        raise ActionError(str(exc)) from None
     with session_factory.begin() as session:
-        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-        if job is None:
-            raise ActionError(f"job {job_id} does not exist")
-        if job.state not in (JobState.RESULTS_READY.value, JobState.DELIVERED.value, JobState.FAILED.value):
-            raise ActionError(f"job {job_id} is {job.state}: it has no results to send")
-        rows = list(session.scalars(select(Delivery).where(Delivery.job_id == job_id)))
-        if not rows:
-            raise ActionError(f"job {job_id} has no result objects")
-        mine = [r for r in rows if r.destination == destination]
-        for row in mine:
-            row.state = DeliveryState.PENDING.value
-            row.attempts = 0
-            row.next_attempt_at = now
-            row.last_error = None
-            row.sent_at = None
-        known = {r.sop_instance_uid for r in mine}
-        added = 0
-        for row in rows:  # objects queued for other destinations only
-            if row.sop_instance_uid in known or row.object_kind not in target.objects:
-                continue
-            known.add(row.sop_instance_uid)
-            session.add(Delivery(job_id=job_id, destination=destination, object_kind=row.object_kind,
-                                 sop_instance_uid=row.sop_instance_uid, sop_class_uid=row.sop_class_uid,
-                                 path=row.path, state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=now))
-            added += 1
-        if not mine and not added:
-            raise ActionError(f"destination {destination} takes none of this job's objects")
-        if job.state != JobState.RESULTS_READY.value:
-            set_job_state(session, job, JobState.RESULTS_READY)
-        study_uid = session.scalar(select(Study.study_instance_uid).where(Study.id == job.study_id))
-        audit(session, "dashboard.resend", study_instance_uid=study_uid, job_id=job_id, destination=destination,
-              user=user, reset=len(mine), added=added)
-    return f"{len(mine) + added} objects queued for {destination}"
+        audit(session, "dashboard.resend", job_id=job_id, destination=destination, user=user, result=done)
+    return done
 
 
 def data_dir_of(config: NodeConfig) -> DataDir:

@@ -1,7 +1,6 @@
 """Actions and what is shown, through the real listener (DCMTK storescu -> node), without a browser."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from sqlalchemy import select
@@ -10,6 +9,7 @@ from dicomnode.db.models import AuditEvent, Study
 from dicomnode.node import Node
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.demo.synthetic import StudySpec, write_study
+from ingest_support import wait_until
 
 from .conftest import TOKEN, TOKEN_ENV, Client, csrf_of, dashboard_config
 
@@ -41,10 +41,9 @@ def test_force_complete_a_receiving_study(tmp_path: Path, token_env: str) -> Non
         assert page.body.count('class="selected"') == 2  # PA + lateral received and selected
         done = client.post(f"/studies/{uid}/complete", {"csrf_token": csrf_of(page.body), "back": f"/studies/{uid}"})
         assert done.status == 303 and "completed%3A%20QUEUED" in done.headers["location"]
-        deadline = time.monotonic() + 60  # the passthrough worker takes it from the queue
-        while _state(node, uid) in ("QUEUED", "PROCESSING") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _state(node, uid) not in ("RECEIVING", "QUEUED", "PROCESSING")
+        # the passthrough worker takes it from the queue
+        wait_until(lambda: _state(node, uid) not in ("RECEIVING", "QUEUED", "PROCESSING"), timeout=60,
+                   what="the completed study to be processed")
         again = client.post(f"/studies/{uid}/complete", {"csrf_token": csrf_of(page.body)})
         assert "not%20done" in again.headers["location"]
         with node.session_factory() as s:

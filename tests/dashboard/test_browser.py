@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from dicomnode.node import Node
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.demo.synthetic import StudySpec, write_study
+from ingest_support import wait_until
 from tests.viewer.browser import ConsoleLog, launch
 
 from .conftest import TOKEN, TOKEN_ENV
@@ -36,16 +36,6 @@ class DownSite:
     node: Node
     config: NodeConfig
     spec: StudySpec
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +75,7 @@ def _reload_until(page: Any, check: Callable[[], Any], timeout: float, what: str
     def attempt() -> Any:
         page.reload()
         return check()
-    return _wait(attempt, timeout, what, interval=1.0)
+    return wait_until(attempt, timeout=timeout, interval=1.0, what=what)
 
 
 def _drawn(png: bytes) -> np.ndarray:

@@ -257,25 +257,26 @@ def test_heartbeat_while_processing(data_dir, database_url, session_factory, stu
     assert len(beats) >= 3  # updated_at moved on several times while the job was processed
 
 
-def test_published_object_is_stored_and_queued_before_processing_ends(data_dir, database_url, session_factory,
-                                                                        study_factory, orthanc):
+def test_each_object_is_stored_and_queued_before_processing_ends(data_dir, database_url, session_factory,
+                                                                   study_factory, orthanc):
     config = delivery_config(data_dir, database_url, [orthanc_destination(orthanc)],
                              processor=f"{PROCESSORS}:publishing")
     job_id = ingest_files(config, session_factory, study_factory().files)
-    queued_while_processing: list[tuple[str, str]] = []
+    queued_while_processing: list[list[tuple[str, str]]] = []
     worker = _worker(config, session_factory)
-    publish = worker._publish
+    store = worker._store
 
-    def watching_publish(*args, **kwargs):  # type: ignore[no-untyped-def]
-        publish(*args, **kwargs)
+    def watching_store(*args, **kwargs):  # type: ignore[no-untyped-def]
+        store(*args, **kwargs)
         assert job(session_factory, job_id).state == JobState.PROCESSING.value
-        queued_while_processing.extend((r.object_kind, r.state) for r in deliveries(session_factory, job_id))
+        queued_while_processing.append(sorted((r.object_kind, r.state) for r in deliveries(session_factory, job_id)))
 
-    worker._publish = watching_publish
+    worker._store = watching_store
     assert worker.run_once()
-    assert queued_while_processing == [("sr", DeliveryState.PENDING.value)]
+    assert queued_while_processing == [[("sr", DeliveryState.PENDING.value)],  # queued before the SC was made
+                                       [("sc", DeliveryState.PENDING.value), ("sr", DeliveryState.PENDING.value)]]
     rows = deliveries(session_factory, job_id)
-    assert sorted(r.object_kind for r in rows) == ["sc", "sr"]  # the SR returned again is not queued twice
+    assert sorted(r.object_kind for r in rows) == ["sc", "sr"]  # each queued once
     assert len({r.sop_instance_uid for r in rows}) == 2
     assert job(session_factory, job_id).state == JobState.RESULTS_READY.value
     assert Deliverer(config, session_factory).run_once() == 2

@@ -30,7 +30,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -216,19 +216,34 @@ def requeue_processing(session_factory: sessionmaker[Session], stale_seconds: fl
             select(Job.id, Job.claimed_by, Job.updated_at).where(Job.state == JobState.PROCESSING.value)
         ).all()
         ids = [job_id for job_id, claimed_by, beat in rows if worker_is_gone(claimed_by, beat, now, stale_seconds)]
-        if not ids:
-            return []
-        session.execute(
-            update(Job).where(Job.id.in_(ids), Job.state == JobState.PROCESSING.value)
-            .values(state=JobState.QUEUED.value, claimed_by=None, claimed_at=None, queued_at=now, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        for job_id in ids:
-            job = session.get(Job, job_id, populate_existing=True)
-            if job is not None:
-                mirror_onto_study(session, job)
-            audit(session, "job.requeued", job_id=job_id, reason="its worker is gone (crashed or no heartbeat)")
+        _requeue(session, ids, now, "its worker is gone (crashed or no heartbeat)")
     return ids
+
+
+def release_held_jobs(session_factory: sessionmaker[Session], worker_ids: Collection[str], reason: str) -> list[int]:
+    """Put the PROCESSING jobs held by ``worker_ids`` back to QUEUED (a worker stopping before its job finished:
+    another worker, or this one after a restart, runs it again; its result UIDs stay the same). Their ids."""
+    now = utcnow()
+    with session_factory.begin() as session:
+        ids = list(session.scalars(select(Job.id).where(Job.state == JobState.PROCESSING.value,
+                                                        Job.claimed_by.in_(list(worker_ids)))))
+        _requeue(session, ids, now, reason)
+    return ids
+
+
+def _requeue(session: Session, ids: list[int], now: dt.datetime, reason: str) -> None:
+    if not ids:
+        return
+    session.execute(
+        update(Job).where(Job.id.in_(ids), Job.state == JobState.PROCESSING.value)
+        .values(state=JobState.QUEUED.value, claimed_by=None, claimed_at=None, queued_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    for job_id in ids:
+        job = session.get(Job, job_id, populate_existing=True)
+        if job is not None:
+            mirror_onto_study(session, job)
+        audit(session, "job.requeued", job_id=job_id, reason=reason)
 
 
 def retry_job(session_factory: sessionmaker[Session], job_id: int) -> str:

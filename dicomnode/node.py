@@ -11,6 +11,7 @@ import importlib
 import logging
 import signal
 import threading
+import time
 from typing import Any, Literal
 
 from sqlalchemy import func, select
@@ -193,17 +194,23 @@ class Node:
         if not self._started:
             return
         self._started = False
+        budget = self.config.node.shutdown_timeout_seconds if timeout is None else timeout
+        deadline = time.monotonic() + budget  # for associations and the job in flight together
+
+        def left() -> float:
+            return max(1.0, deadline - time.monotonic())
+
         if self.dashboard is not None:
             self.dashboard.stop()
         if self.listener is not None:
-            self.listener.stop(timeout=timeout)
+            self.listener.stop(timeout=budget)
             self.listener.spool.release_temp()
         if self.completion is not None:
             self.completion.stop(wait=True)
         for part in (self.worker, self.deliverer, self.retention):
             if part is not None:
                 try:
-                    part.stop()
+                    part.stop(timeout=left())
                 except Exception:  # noqa: BLE001 - keep stopping the rest
                     LOG.exception("stopping %s failed", type(part).__name__)
         if self.status_server is not None:

@@ -22,7 +22,7 @@ from dicomnode.config import NodeConfig
 from dicomnode.db.models import Delivery, Instance, Job, utcnow
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.jobs import (STALE_SECONDS, ClaimedJob, JobLost, claim_job, default_worker_id, heartbeat, held_job,
-                            requeue_processing, set_job_state, settle_job)
+                            release_held_jobs, requeue_processing, set_job_state, settle_job)
 from dicomnode.processing import Processor, ResultObject, ResultRecord, StudyInput
 from dicomnode.datadir import DataDir, remove_partial_files, write_durably
 from dicomnode.uids import is_valid_uid
@@ -89,6 +89,7 @@ class Worker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._worker_ids: list[str] = []  # of the threads started
 
     # -- one job ---------------------------------------------------------------------------------------------
     def run_once(self, worker_id: str | None = None) -> bool:
@@ -202,6 +203,7 @@ class Worker:
         self._stop.clear()
         for index in range(self.config.processing.workers):
             worker_id = self.worker_id if index == 0 else f"{self.worker_id}.{index}"
+            self._worker_ids.append(worker_id)
             thread = threading.Thread(target=self._loop, args=(worker_id,), name=f"worker-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -228,12 +230,19 @@ class Worker:
         self._wake.set()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop polling; the job in flight finishes first."""
+        """Stop polling; the job in flight may finish within ``timeout`` s (None: however long it takes). A job still
+        running then is put back to QUEUED and left to its (daemon) thread, which can no longer store anything for it:
+        the node stops in bounded time and the job runs again later, with the same result UIDs."""
         self._stop.set()
         self._wake.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         self._threads = [t for t in self._threads if t.is_alive()]
+        if self._threads:
+            ids = release_held_jobs(self.session_factory, self._worker_ids,
+                                    "the node stopped before the job finished")
+            LOG.warning("stopped with a job in progress; re-queued", extra={"fields": {"jobs": ids}})
         close = getattr(self.processor, "close", None)
         if callable(close) and not self._threads:  # a processor's own resources (e.g. a page process)
             close()

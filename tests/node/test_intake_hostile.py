@@ -264,3 +264,51 @@ def test_dribbling_inside_an_established_association_is_aborted(tmp_path: Path, 
         assert statuses == [0] and seconds < SERVED_WITHIN_S
         node.terminate(timeout=60)
     assert '"reason": "idle_timeout"' in node.log_path.read_text()
+
+
+def test_sigterm_while_a_study_is_processed_is_bounded_and_the_job_runs_again(tmp_path: Path,
+                                                                             study: list[Path]) -> None:
+    """SIGTERM while a job is processing (the test processor takes 600 s): the node stops within
+    shutdown_timeout_seconds (3 s) plus a margin, the job goes back to QUEUED with the reason, and after a restart it
+    runs again and finishes (one process call per run, the same job)."""
+    from cxr_test_processors import CALLS_LOG, read_calls
+
+    data = config_dict(tmp_path / "var", node={"shutdown_timeout_seconds": 3},
+                       processing={"processor": "cxr_test_processors:sc", "poll_seconds": 0.2})
+    config_path = write_config(tmp_path / "node.yaml", data)
+    var = tmp_path / "var"
+    here = str(Path(__file__).parent)  # the test processors
+    slow = NodeProcess(config_path, data["node"]["port"], role="all",
+                       env={"CXR_TEST_PROCESS_SECONDS": "600", "PYTHONPATH": here})
+    with slow as node:
+        assert _served(study, node.port)[0] == [0]
+        wait_until(lambda: (var / CALLS_LOG).exists(), timeout=60, what="the job being processed")
+        started = time.monotonic()
+        assert node.terminate(timeout=60) == 0
+        assert time.monotonic() - started < 3 + 10
+    db = Db(f"sqlite:///{var / 'cxr-node.sqlite'}")
+    try:
+        requeued = _audits(db, "job.requeued")
+        assert [r.detail["reason"] for r in requeued] == ["the node stopped before the job finished"]
+        with db.session_factory() as s:
+            from dicomnode.db.models import Job
+
+            [job] = list(s.scalars(select(Job)))
+            assert job.state == "QUEUED" and job.claimed_by is None
+    finally:
+        db.close()
+    with NodeProcess(config_path, data["node"]["port"], role="all", log_path=tmp_path / "again.log",
+                     env={"PYTHONPATH": here}) as node:
+        def finished() -> bool:
+            check = Db(f"sqlite:///{var / 'cxr-node.sqlite'}")
+            try:
+                with check.session_factory() as s:
+                    from dicomnode.db.models import Job
+
+                    return [j.state for j in s.scalars(select(Job))] == ["DELIVERED"]
+            finally:
+                check.close()
+        wait_until(finished, timeout=60, what="the re-queued job run again")
+        node.terminate(timeout=60)
+    calls = read_calls(var)
+    assert len(calls) == 2 and calls[0][0] == calls[1][0]  # the same job, once per run

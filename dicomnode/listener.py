@@ -51,6 +51,7 @@ from dicomnode.db.ingest import InstanceRecord, IngestOutcome, fit_to_columns, i
 from dicomnode.db.engine import error_summary
 from dicomnode.db.models import utcnow
 from dicomnode.logs import log_event
+from dicomnode.loop_guard import written_by_node
 from dicomnode.selection import InstanceFacts, skip_reason
 from dicomnode.spool import Spool, SpoolError
 from dicomnode.uids import clean_uid
@@ -488,6 +489,7 @@ class Listener:
         header = parse_header(path, request.AffectedSOPInstanceUID, request.AffectedSOPClassUID)
         with self.session_factory() as session:
             duplicate = instance_exists(session, header.sop_uid)
+            own_object = not duplicate and written_by_node(session, header.sop_uid)
         if duplicate:
             audit_now(self.session_factory, "instance.duplicate", calling_aet=calling,
                       study_instance_uid=header.study_uid, sop_instance_uid=header.sop_uid)
@@ -497,8 +499,8 @@ class Listener:
             size = self.spool.store_file(path, relative)
         except SpoolError as exc:
             raise Rejected(STATUS_OUT_OF_RESOURCES, str(exc)) from None
-        reason = skip_reason(InstanceFacts(header.modality, header.body_part, header.has_pixel_data),
-                             self.config.study)
+        reason = skip_reason(InstanceFacts(header.modality, header.body_part, header.has_pixel_data,
+                                           header.sop_class_uid, own_object), self.config.study)
         rec = InstanceRecord(
             study_uid=header.study_uid, series_uid=header.series_uid, sop_uid=header.sop_uid,
             sop_class_uid=header.sop_class_uid, transfer_syntax_uid=header.transfer_syntax_uid,

@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode import metrics
 from dicomnode.audit import audit, audit_now
+from dicomnode.commitment import STORAGE_COMMITMENT_PUSH, event_report_handler
 from dicomnode.config import NodeConfig, TLSConfig
 from dicomnode.connections import ConnectionGuard, GuardedHandler, GuardedServer
 from dicomnode.db.ingest import InstanceRecord, IngestOutcome, fit_to_columns, instance_exists, record_instance
@@ -327,6 +328,8 @@ class Listener:
         for cx in AllStoragePresentationContexts:
             self.ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
         self.ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
+        # Storage Commitment reports (N-EVENT-REPORT) from destinations, on an association they open
+        self.ae.add_supported_context(STORAGE_COMMITMENT_PUSH, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     @property
@@ -342,6 +345,7 @@ class Listener:
         handlers = [
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_C_ECHO, self._handle_echo),
+            (evt.EVT_N_EVENT_REPORT, event_report_handler(self.session_factory)),
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_CONN_CLOSE, self._handle_closed),

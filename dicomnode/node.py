@@ -56,6 +56,7 @@ class Node:
         self.worker: Any = None
         self.deliverer: Any = None
         self.retention: Any = None
+        self.committer: Any = None
         self.status_server: Any = None
         self._stop_requested = threading.Event()
         self._started = False
@@ -136,6 +137,10 @@ class Node:
                                  on_results=self.deliverer.wake)
         self.worker.start()
         self.deliverer.start()
+        from dicomnode.commitment import Committer
+
+        self.committer = Committer(self.config, self.session_factory)
+        self.committer.start()
         self.retention = Retention(self.config, self.session_factory)
         self.retention.start()
 
@@ -166,7 +171,7 @@ class Node:
             self.listener.spool.release_temp()
         if self.completion is not None:
             self.completion.stop(wait=True)
-        for part in (self.worker, self.deliverer, self.retention):
+        for part in (self.worker, self.deliverer, self.committer, self.retention):
             if part is not None:
                 try:
                     part.stop()

@@ -88,8 +88,11 @@ def _session_factory(config: NodeConfig) -> Any:
     return make_session_factory(config.database_url)
 
 
-def status_summary(session_factory: Any) -> dict[str, Any]:
-    """Counts of studies, jobs and deliveries by state, plus the latest failures."""
+def status_summary(session_factory: Any, commitment_destinations: list[str] | None = None) -> dict[str, Any]:
+    """Counts of studies, jobs and deliveries by state, the latest failures, and per Storage Commitment
+    destination the objects committed / pending commitment / timed out."""
+    from dicomnode.commitment import commitment_summary
+
     from sqlalchemy import func, select
 
     from dicomnode.db import Delivery, Instance, Job, Study
@@ -112,6 +115,7 @@ def status_summary(session_factory: Any) -> dict[str, Any]:
             "queue_depth": int(s.scalar(select(func.count()).select_from(Job)
                                         .where(Job.state == JobState.QUEUED.value)) or 0),
             "failed_jobs": [{"job": j, "study": u, "generation": g, "error": e} for j, u, g, e in failed],
+            "commitment": commitment_summary(s, commitment_destinations or []),
         }
 
 
@@ -122,7 +126,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        summary = status_summary(_session_factory(config))
+        from dicomnode.commitment import commitment_destinations
+
+        summary = status_summary(_session_factory(config), commitment_destinations(config))
     except SQLAlchemyError as exc:
         return _database_error("status", config, exc)
     if args.json:
@@ -132,6 +138,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for key in ("studies", "jobs", "deliveries"):
         counts = ", ".join(f"{k}={v}" for k, v in sorted(summary[key].items())) or "none"
         print(f"{key}: {counts}")
+    for name, c in sorted(summary["commitment"].items()):
+        print(f"commitment {name}: committed={c['committed']}, pending commitment={c['pending_commitment']}"
+              + (f", timed out={c['timed_out']}" if c["timed_out"] else ""))
     for f in summary["failed_jobs"]:
         print(f"FAILED job {f['job']} study {f['study']} gen {f['generation']}: {f['error']}")
     return 0

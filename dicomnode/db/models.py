@@ -141,6 +141,12 @@ class Delivery(Base):
     last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Storage Commitment (dicomnode.commitment): the open request's Transaction UID and when it was sent, when the
+    # peer reported the object committed, and how many requests went unanswered
+    commit_transaction_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    commit_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    committed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    commit_timeouts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class AuditEvent(Base):

@@ -124,6 +124,9 @@ class StorageSection(_Model):
 
 class StudySection(_Model):
     quiet_seconds: float = Field(10, gt=0)
+    # what completes a study: quiet (quiet_seconds of silence), mpps (only a COMPLETED/DISCONTINUED Modality
+    # Performed Procedure Step sent to the node; no timer), mpps_or_quiet (whichever comes first)
+    completion: Literal["quiet", "mpps", "mpps_or_quiet"] = "quiet"
     modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"])
     body_parts: list[str] = Field(default_factory=lambda: ["CHEST", "THORAX", ""])
 

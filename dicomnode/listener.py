@@ -307,6 +307,7 @@ class Listener:
         self.on_stored = on_stored  # called in the association's thread (a pynetdicom Association is a Thread)
         self.on_closed = on_closed  # called with the association when its connection closes (completion hold)
         self._server: Any = None
+        self.extra_handlers: list[tuple[Any, Callable[..., Any]]] = []  # e.g. the MPPS SCP's, set before start()
         self._closed = False
         self._disk_checked = 0.0
         self._disk_low = False
@@ -350,6 +351,7 @@ class Listener:
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_CONN_CLOSE, self._handle_closed),
             (evt.EVT_ABORTED, self._handle_aborted),
+            *self.extra_handlers,
         ]
         server = self.ae.make_server(
             (self.config.node.host, self.config.node.port), evt_handlers=handlers,

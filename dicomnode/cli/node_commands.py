@@ -64,6 +64,16 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.file}: OK (AE {config.node.ae_title} port {config.node.port}, "
           f"{len(config.destinations)} destination(s), processor {config.processing.processor})")
+    print(f"study completion: {config.study.completion}"
+          + (" (MPPS only: no quiet timer)" if config.study.completion == "mpps" else ""))
+    for d in config.destinations:
+        if d.type == "dicomweb":
+            secret = {"basic": f", password from ${d.auth.password_env}", "bearer": f", token from ${d.auth.token_env}"}
+            where = f"dicomweb STOW-RS {d.url}, auth {d.auth.type}{secret.get(d.auth.type, '')}"
+        else:
+            where = f"dimse {d.ae_title}@{d.host}:{d.port}" + (
+                f", storage commitment (timeout {d.commitment_timeout_seconds:g} s)" if d.storage_commitment else "")
+        print(f"destination {d.name}: {where}; objects {','.join(d.objects)}")
     return 0
 
 

@@ -126,6 +126,7 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("destination", "sop_instance_uid", name="uq_deliveries_destination_sop"),
         Index("ix_deliveries_state_next", "state", "next_attempt_at"),
+        Index("ix_deliveries_sop_instance_uid", "sop_instance_uid"),  # loop guard: "did this node write it?"
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

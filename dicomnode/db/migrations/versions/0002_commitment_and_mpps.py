@@ -1,4 +1,5 @@
-"""storage commitment columns on deliveries; performed procedure steps (MPPS)
+"""storage commitment columns on deliveries, index on their SOP Instance UID (loop guard); performed procedure
+steps (MPPS)
 
 Revision ID: 0002
 Revises: 0001
@@ -39,11 +40,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('commit_timeouts', sa.Integer(), server_default='0', nullable=False))
         batch_op.create_index(batch_op.f('ix_deliveries_commit_transaction_uid'), ['commit_transaction_uid'],
                               unique=False)
+        batch_op.create_index('ix_deliveries_sop_instance_uid', ['sop_instance_uid'], unique=False)
 
 
 def downgrade() -> None:
     op.drop_table('performed_procedure_steps')
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
+        batch_op.drop_index('ix_deliveries_sop_instance_uid')
         batch_op.drop_index(batch_op.f('ix_deliveries_commit_transaction_uid'))
         batch_op.drop_column('commit_timeouts')
         batch_op.drop_column('committed_at')

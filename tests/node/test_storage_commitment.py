@@ -25,7 +25,7 @@ from dicomnode.processing import make_processor
 from dicomnode.retention import purge_expired
 from dicomnode.synthetic import StudySpec, write_study
 from dicomnode.worker import Worker
-from ingest_support import CXR_NODE, NODE_AET, Db, config_dict, running_node, wait_until, write_config
+from ingest_support import CXR_NODE, NODE_AET, Db, config_dict, running_node, store, wait_until, write_config
 from dicomnode.config import config_from_dict
 
 
@@ -149,3 +149,20 @@ def _status(tmp_path: Path, data: dict, as_json: bool = True):  # type: ignore[n
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout) if as_json else result.stdout
+
+
+def test_running_node_commits_on_its_own(tmp_path: Path) -> None:
+    """The whole node (listener, worker, delivery, committer threads): a study in, its results committed."""
+    data, orthanc = _setup(tmp_path)
+    data["study"] = {"quiet_seconds": 0.5}
+    config = config_from_dict(data, environ={})
+    files = write_study(tmp_path / "in", StudySpec(views=("PA",), rows=64, columns=52))
+    with orthanc, running_node(config, role="all") as node:
+        db = Db(config.database_url)
+        try:
+            assert store(files, node.port).statuses == [0]
+            wait_until(lambda: [r.state for r in deliveries(db.session_factory)] == [DeliveryState.COMMITTED.value] * 2,
+                       timeout=120, what="results delivered and committed")
+            assert sorted(orthanc.sop_instance_uids()) == sorted(r.sop_instance_uid for r in deliveries(db.session_factory))
+        finally:
+            db.close()

@@ -4,7 +4,8 @@ After an object is delivered (Delivery SENT), :class:`Committer` asks the destin
 (Request Storage Commitment, action type 1) per batch with a new Transaction UID, recorded before it is sent. The
 destination answers with an N-EVENT-REPORT on a new association to the node's listener (or on the same
 association); :func:`record_report` then marks the objects COMMITTED, or re-queues the failed ones (Delivery
-PENDING: sent again, counted against the destination's ``retry.max_attempts``, then asked again).
+PENDING: sent again, counted against the destination's ``retry.max_attempts``, then asked again; a DELIVERED job
+goes back to RESULTS_READY and is settled again, FAILED if the object is dead-lettered).
 
 A report that does not come within ``commitment_timeout_seconds`` counts ``cxrnode_commitment_timeouts_total``,
 is recorded on the row (``commit_timeouts``, shown by ``cxr-node status``) and the objects are asked for again
@@ -31,9 +32,10 @@ from dicomnode import metrics
 from dicomnode.audit import audit
 from dicomnode.config import Destination, NodeConfig
 from dicomnode.db.models import Delivery, Job, utcnow
-from dicomnode.db.states import DeliveryState
+from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.logs import log_event
 from dicomnode.scu import Peer, ScuError, _application_entity, _associate, _close
+from dicomnode.worker import set_job_state
 
 LOG = logging.getLogger("dicomnode.commitment")
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
@@ -99,6 +101,9 @@ def record_report(session_factory: sessionmaker[Session], transaction_uid: str, 
                 row.last_status = reason
                 row.last_error = f"storage commitment failed: {failure_text(reason)}; re-queued"
                 commitment_failures.labels(destination=row.destination).inc()
+                job = session.get(Job, row.job_id, with_for_update=True)
+                if job is not None and job.state == JobState.DELIVERED.value:  # settled again once re-sent
+                    set_job_state(session, job, JobState.RESULTS_READY)
                 audit(session, "delivery.commit_failed", level=logging.WARNING, destination=row.destination,
                       reason=failure_text(reason), transaction=transaction_uid, **common)
                 n_failed += 1

@@ -55,6 +55,13 @@ def _deliver(config, db: Db, tmp_path: Path) -> int:  # type: ignore[no-untyped-
     return job_id
 
 
+def _study_of(db: Db, job_id: int) -> str:
+    from dicomnode.db.models import Job, Study
+
+    with db.session_factory() as s:
+        return s.scalar(select(Study.study_instance_uid).join(Job, Job.study_id == Study.id).where(Job.id == job_id))
+
+
 def _states(db: Db, job_id: int) -> list[str]:
     return sorted(r.state for r in deliveries(db.session_factory, job_id))
 
@@ -105,7 +112,9 @@ def test_instance_the_pacs_lacks_is_requeued_then_committed(tmp_path: Path) -> N
             assert requeued.last_status == 0x0112 and "0x0112 (no such object instance)" in requeued.last_error
             assert requeued.commit_transaction_uid is None
             assert _sample("cxrnode_commitment_failures_total") == failures_before + 1
+            assert db.jobs(_study_of(db, job_id))[0].state == JobState.RESULTS_READY.value  # not delivered now
             assert Deliverer(config, db.session_factory).run_once() == 1  # sent again ...
+            assert db.jobs(_study_of(db, job_id))[0].state == JobState.DELIVERED.value
             assert Committer(config, db.session_factory).run_once() == 1  # ... and asked again
             wait_until(lambda: _states(db, job_id) == [DeliveryState.COMMITTED.value] * 2, what="both committed")
             assert next(r for r in deliveries(db.session_factory, job_id) if r.id == lost.id).attempts == 2

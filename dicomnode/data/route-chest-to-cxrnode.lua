@@ -53,20 +53,8 @@ local DERIVED_MODALITIES = { SR = true, KO = true, PR = true }
 
 -- SR (Key Object Selection included), Secondary Capture and Presentation State SOP classes
 local function isDerivedClass(sopClass)
-  sopClass = trim(sopClass)
   return startsWith(sopClass, '1.2.840.10008.5.1.4.1.1.88.') or startsWith(sopClass, '1.2.840.10008.5.1.4.1.1.11.')
       or sopClass == '1.2.840.10008.5.1.4.1.1.7' or startsWith(sopClass, '1.2.840.10008.5.1.4.1.1.7.')
-end
-
-local function sopClassOf(instanceId, names)
-  if not names['SopClassUid'] then
-    return ''
-  end
-  local ok, answer = pcall(RestApiGet, '/instances/' .. instanceId .. '/metadata/SopClassUid')
-  if ok and answer ~= nil then
-    return answer
-  end
-  return ''
 end
 
 local function metadataNames(instanceId)
@@ -80,11 +68,12 @@ local function metadataNames(instanceId)
   return names
 end
 
-local function remoteAet(instanceId, names)
-  if not names['RemoteAET'] then
+-- One metadata value of an instance (trimmed), '' when it has none
+local function metadataValue(instanceId, names, name)
+  if not names[name] then
     return ''
   end
-  local ok, answer = pcall(RestApiGet, '/instances/' .. instanceId .. '/metadata/RemoteAET')
+  local ok, answer = pcall(RestApiGet, '/instances/' .. instanceId .. '/metadata/' .. name)
   if ok and answer ~= nil then
     return trim(answer)
   end
@@ -115,7 +104,8 @@ local function instancesToForward(studyId)
       for _, instanceId in ipairs(series['Instances']) do
         local names = metadataNames(instanceId)
         if not names[FORWARDED_METADATA] and not forwardedInMemory[instanceId]
-            and remoteAet(instanceId, names) ~= nodeAet and not isDerivedClass(sopClassOf(instanceId, names)) then
+            and metadataValue(instanceId, names, 'RemoteAET') ~= nodeAet
+            and not isDerivedClass(metadataValue(instanceId, names, 'SopClassUid')) then
           table.insert(selected, instanceId)
         end
       end

@@ -34,7 +34,7 @@ from dicomnode.dicomweb import make_client, stow_study  # noqa: E402
 from dicomnode.peers.orthanc import OrthancServer  # noqa: E402
 from dicomnode.peers.ports import free_port  # noqa: E402
 from dicomnode.scu import Peer, store_files  # noqa: E402
-from dicomnode.synthetic import StudySpec, make_study  # noqa: E402
+from dicomnode.demo.synthetic import StudySpec, make_study  # noqa: E402
 from sr_writer.api import build_result_objects  # noqa: E402
 from tests.sr.records import make_record  # noqa: E402
 

@@ -34,8 +34,8 @@ from dicomnode.config import Destination, NodeConfig
 from dicomnode.db.models import Delivery, Job, utcnow
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.logs import log_event
-from dicomnode.scu import Peer, ScuError, _application_entity, _associate, _close
-from dicomnode.worker import set_job_state
+from dicomnode.association import Peer, ScuError, associate, close, requestor_ae
+from dicomnode.jobs import set_job_state
 
 LOG = logging.getLogger("dicomnode.commitment")
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
@@ -155,16 +155,16 @@ def commitment_request(transaction_uid: str, objects: Iterable[tuple[str, str]])
 def request_commitment(peer: Peer, transaction_uid: str, objects: list[tuple[str, str]],
                        on_report: Callable[[Any], tuple[int, Dataset | None]] | None = None) -> int:
     """Send one N-ACTION; returns its status. ScuError when there is no association or no answer."""
-    ae = _application_entity(peer)
+    ae = requestor_ae(peer)
     ae.add_requested_context(STORAGE_COMMITMENT_PUSH)
-    assoc = _associate(ae, peer)
+    assoc = associate(ae, peer)
     if on_report is not None:  # a report on this same association
         assoc.bind(evt.EVT_N_EVENT_REPORT, on_report)
     try:
         status, _reply = assoc.send_n_action(commitment_request(transaction_uid, objects), REQUEST_COMMITMENT,
                                              STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE)
     finally:
-        _close(assoc)
+        close(assoc)
     if "Status" not in status:
         raise ScuError(f"{peer}: no N-ACTION response")
     return int(status.Status)

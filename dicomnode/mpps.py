@@ -28,9 +28,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit import audit
 from dicomnode.completion import complete_study
-from dicomnode.db.ingest import newest_job
 from dicomnode.db.models import Instance, Job, PerformedProcedureStep, Study, utcnow
 from dicomnode.db.states import JobState
+from dicomnode.jobs import newest_job, set_job_state
 from dicomnode.logs import log_event
 
 LOG = logging.getLogger("dicomnode.mpps")
@@ -197,22 +197,21 @@ class MppsService:
     def _skip(self, session: Session, step: PerformedProcedureStep, study: Study | None, now: dt.datetime) -> int:
         reason = f"procedure step discontinued with no images (MPPS): {step.reason or 'no reason given'}"
         if study is None:
-            study = Study(study_instance_uid=step.study_instance_uid, state=JobState.SKIPPED.value,
-                          state_reason=reason, first_received_at=now, last_received_at=now, instance_count=0,
-                          selected_count=0, generation=1)
+            study = Study(study_instance_uid=step.study_instance_uid, state=JobState.RECEIVING.value,
+                          first_received_at=now, last_received_at=now, instance_count=0, selected_count=0,
+                          generation=1)
             session.add(study)
             session.flush()
-            job = Job(study_id=study.id, generation=1, state=JobState.SKIPPED.value, error=reason, attempts=0,
-                      created_at=now, updated_at=now, finished_at=now)
+            job = Job(study_id=study.id, generation=1, state=JobState.RECEIVING.value, attempts=0, created_at=now,
+                      updated_at=now)
             session.add(job)
             session.flush()
+            set_job_state(session, job, JobState.SKIPPED, reason, now=now)
         else:
             job = newest_job(session, study.id, for_update=True)
             if job is None or job.state != JobState.RECEIVING.value or study.selected_count > 0:
                 return 0  # images of it did arrive: the quiet timer (or a later step) completes it
-            job.state = study.state = JobState.SKIPPED.value
-            job.error = study.state_reason = reason
-            job.finished_at = job.updated_at = now
+            set_job_state(session, job, JobState.SKIPPED, reason, now=now)
         audit(session, "job.skipped", study_instance_uid=study.study_instance_uid, job_id=job.id,
               generation=job.generation, reason=reason, mpps=step.sop_instance_uid)
         return 1

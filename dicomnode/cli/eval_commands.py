@@ -118,15 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             model = _load_model(args, args.quantization)
-            runs = preds.run_model(
-                model,
-                studies,
-                args.images,
-                free=args.free,
-                max_new_tokens=args.max_new_tokens,
-                max_questions=args.max_questions,
-                show_progress=not args.no_progress,
-            )
+            runs = preds.run_model(model, studies, args.images, **_run_options(args))
         except (OSError, ValueError, ModelLoadError) as exc:
             return _fail(str(exc))
         meta.update(
@@ -160,6 +152,12 @@ def _model_meta(model: Any) -> dict[str, Any]:
     return model_info(model)
 
 
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """How the model answers, the same for one model and for a quantization comparison."""
+    return {"free": args.free, "max_new_tokens": args.max_new_tokens, "max_questions": args.max_questions,
+            "show_progress": not args.no_progress}
+
+
 def _seconds_per_study(runs: dict[str, Any]) -> float:
     return sum(r.seconds for r in runs.values()) / len(runs) if runs else 0.0
 
@@ -173,15 +171,7 @@ def _compare(args: argparse.Namespace, studies: list[Any], meta: dict[str, Any],
         return _fail(f"--compare-quantization takes two of {', '.join(QUANTIZATIONS)}, e.g. none,nf4")
     try:
         comparison = quantization.compare_quantization(
-            lambda q: _load_model(args, q),
-            settings,
-            studies,
-            args.images,
-            free=args.free,
-            max_new_tokens=args.max_new_tokens,
-            max_questions=args.max_questions,
-            show_progress=not args.no_progress,
-        )
+            lambda q: _load_model(args, q), settings, studies, args.images, **_run_options(args))
     except (OSError, ValueError, ModelLoadError) as exc:
         return _fail(str(exc))
     quantization.print_comparison(comparison, console)

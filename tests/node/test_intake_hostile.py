@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from dicomnode.db.models import AuditEvent
 from dicomnode.peers.dcmtk import echoscu
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 from ingest_support import NODE_AET, Db, NodeProcess, config_dict, store, wait_until, write_config
 from test_tls import _tls_args, pki  # noqa: F401 - the module-scoped PKI fixture

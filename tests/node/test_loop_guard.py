@@ -17,7 +17,7 @@ from delivery_support import PROCESSORS, deliveries, orthanc_destination
 from cxr_test_processors import read_calls
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.loop_guard import derived_object_kind, loop_skip_reason
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 from ingest_support import Db, make_config, running_node, store, wait_until
 
 SMALL = {"rows": 64, "columns": 52}

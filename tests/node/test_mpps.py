@@ -18,7 +18,7 @@ from pynetdicom import AE
 
 from dicomnode.db.states import JobState
 from dicomnode.mpps import MPPS_SOP_CLASS
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 from ingest_support import NODE_AET, Db, make_config, running_node, store, wait_until
 
 SMALL = {"rows": 64, "columns": 52}

@@ -23,7 +23,7 @@ from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
 from dicomnode.processing import make_processor
 from dicomnode.retention import purge_expired
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.worker import Worker
 from ingest_support import CXR_NODE, NODE_AET, Db, config_dict, running_node, store, wait_until, write_config
 from dicomnode.config import config_from_dict

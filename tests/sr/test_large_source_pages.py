@@ -20,7 +20,7 @@ SCRIPT = r"""
 import json, multiprocessing, sys
 from concurrent.futures import ProcessPoolExecutor, wait
 from pathlib import Path
-from dicomnode.synthetic import StudySpec, make_study
+from dicomnode.demo.synthetic import StudySpec, make_study
 from sr_writer import build_result_objects
 from sr_writer.api import warm_up
 from tests.sr.records import make_record

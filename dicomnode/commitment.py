@@ -43,6 +43,7 @@ STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # the well-known SOP Ins
 REQUEST_COMMITMENT = 1  # N-ACTION Action Type ID
 EVENT_ALL_COMMITTED, EVENT_FAILURES = 1, 2  # N-EVENT-REPORT Event Type IDs
 BATCH = 100
+SAME_ASSOCIATION_WAIT_SECONDS = 0.5  # how long the N-ACTION association stays open for a report sent on it
 STATUS_SUCCESS = 0x0000
 STATUS_NO_SUCH_SOP_CLASS = 0x0118
 STATUS_INVALID_ARGUMENT = 0x0115
@@ -153,16 +154,29 @@ def commitment_request(transaction_uid: str, objects: Iterable[tuple[str, str]])
 
 
 def request_commitment(peer: Peer, transaction_uid: str, objects: list[tuple[str, str]],
-                       on_report: Callable[[Any], tuple[int, Dataset | None]] | None = None) -> int:
-    """Send one N-ACTION; returns its status. ScuError when there is no association or no answer."""
+                       on_report: Callable[[Any], tuple[int, Dataset | None]] | None = None,
+                       report_wait: float = SAME_ASSOCIATION_WAIT_SECONDS) -> int:
+    """Send one N-ACTION; returns its status. ScuError when there is no association or no answer.
+
+    With ``on_report`` the association stays open up to ``report_wait`` seconds after a successful N-ACTION, for a
+    peer that sends its N-EVENT-REPORT on the same association (most, Orthanc included, open a new one)."""
     ae = requestor_ae(peer)
     ae.add_requested_context(STORAGE_COMMITMENT_PUSH)
     assoc = associate(ae, peer)
-    if on_report is not None:  # a report on this same association
-        assoc.bind(evt.EVT_N_EVENT_REPORT, on_report)
+    reported = threading.Event()
+    if on_report is not None:
+        def handle(event: Any) -> tuple[int, Dataset | None]:
+            try:
+                return on_report(event)
+            finally:
+                reported.set()
+
+        assoc.bind(evt.EVT_N_EVENT_REPORT, handle)
     try:
         status, _reply = assoc.send_n_action(commitment_request(transaction_uid, objects), REQUEST_COMMITMENT,
                                              STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE)
+        if on_report is not None and status.get("Status") == STATUS_SUCCESS and report_wait > 0:
+            reported.wait(report_wait)
     finally:
         close(assoc)
     if "Status" not in status:

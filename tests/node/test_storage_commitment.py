@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 from sqlalchemy import select
@@ -51,7 +53,8 @@ def _deliver(config, db: Db, tmp_path: Path) -> int:  # type: ignore[no-untyped-
     while worker.run_once():
         pass
     assert Deliverer(config, db.session_factory).run_once() == 2
-    assert {r.state for r in deliveries(db.session_factory, job_id)} == {DeliveryState.SENT.value}
+    assert {r.state for r in deliveries(db.session_factory, job_id)} == {DeliveryState.SENT.value}, \
+        [r.last_error for r in deliveries(db.session_factory, job_id)]
     return job_id
 
 
@@ -175,3 +178,54 @@ def test_running_node_commits_on_its_own(tmp_path: Path) -> None:
             assert sorted(orthanc.sop_instance_uids()) == sorted(r.sop_instance_uid for r in deliveries(db.session_factory))
         finally:
             db.close()
+
+
+def test_report_on_the_same_association(tmp_path: Path) -> None:
+    """A commitment SCP that answers on the N-ACTION's own association (pynetdicom as the PACS; Orthanc always
+    opens a new one): the report is applied without the node's listener."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+    from pydicom import Dataset
+
+    from dicomnode.commitment import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH
+    from dicomnode.listener import TRANSFER_SYNTAXES
+
+    def on_action(event):  # type: ignore[no-untyped-def]
+        info = event.action_information
+        report = Dataset()
+        report.TransactionUID, report.ReferencedSOPSequence = info.TransactionUID, info.ReferencedSOPSequence
+
+        def send() -> None:  # after the N-ACTION response, on the same association
+            time.sleep(0.05)
+            event.assoc.send_n_event_report(report, 1, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE)
+
+        threading.Thread(target=send, daemon=True).start()
+        return 0x0000, None
+
+    pacs = AE(ae_title="PYPACS")
+    for context in AllStoragePresentationContexts:
+        pacs.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)  # the node's own preference
+    pacs.add_supported_context(StorageCommitmentPushModel)
+    port = free_port()
+    server = pacs.start_server(("127.0.0.1", port), block=False, evt_handlers=[
+        (evt.EVT_C_STORE, lambda event: 0x0000), (evt.EVT_N_ACTION, on_action)])
+    try:
+        data = config_dict(tmp_path / "data", processing={"processor": f"{PROCESSORS}:sr_and_sc",
+                                                            "poll_seconds": 0.2})
+        data["destinations"] = [{"name": "pacs", "ae_title": "PYPACS", "host": "127.0.0.1", "port": port,
+                                 "storage_commitment": True, "retry": {"max_attempts": 3, "initial_seconds": 0.2}}]
+        config = config_from_dict(data, environ={})
+        config.storage.data_dir.mkdir(parents=True)
+        db = Db(config.database_url)
+        try:
+            from dicomnode.db import upgrade_database
+
+            upgrade_database(db.engine)
+            job_id = _deliver(config, db, tmp_path)  # no listener runs: only the same association can report
+            assert Committer(config, db.session_factory).run_once() == 2
+            wait_until(lambda: _states(db, job_id) == [DeliveryState.COMMITTED.value] * 2, timeout=10,
+                       what="committed through the same association")
+        finally:
+            db.close()
+    finally:
+        server.shutdown()

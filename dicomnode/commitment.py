@@ -155,11 +155,12 @@ def commitment_request(transaction_uid: str, objects: Iterable[tuple[str, str]])
 
 def request_commitment(peer: Peer, transaction_uid: str, objects: list[tuple[str, str]],
                        on_report: Callable[[Any], tuple[int, Dataset | None]] | None = None,
-                       report_wait: float = SAME_ASSOCIATION_WAIT_SECONDS) -> int:
+                       report_wait: float | None = None) -> int:
     """Send one N-ACTION; returns its status. ScuError when there is no association or no answer.
 
     With ``on_report`` the association stays open up to ``report_wait`` seconds after a successful N-ACTION, for a
     peer that sends its N-EVENT-REPORT on the same association (most, Orthanc included, open a new one)."""
+    report_wait = SAME_ASSOCIATION_WAIT_SECONDS if report_wait is None else report_wait
     ae = requestor_ae(peer)
     ae.add_requested_context(STORAGE_COMMITMENT_PUSH)
     assoc = associate(ae, peer)

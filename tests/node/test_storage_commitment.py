@@ -180,9 +180,12 @@ def test_running_node_commits_on_its_own(tmp_path: Path) -> None:
             db.close()
 
 
-def test_report_on_the_same_association(tmp_path: Path) -> None:
+def test_report_on_the_same_association(tmp_path: Path, monkeypatch) -> None:
     """A commitment SCP that answers on the N-ACTION's own association (pynetdicom as the PACS; Orthanc always
     opens a new one): the report is applied without the node's listener."""
+    from dicomnode import commitment
+
+    monkeypatch.setattr(commitment, "SAME_ASSOCIATION_WAIT_SECONDS", 10.0)  # a loaded test machine: ends at the report
     from pynetdicom import AE, AllStoragePresentationContexts, evt
     from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
     from pydicom import Dataset

@@ -57,6 +57,7 @@ class Peer:
     @classmethod
     def from_destination(cls, destination: "Destination", calling_aet: str, association_timeout: float = 30.0
                          ) -> "Peer":
+        assert destination.ae_title and destination.host and destination.port, "a DIMSE destination"
         return cls(destination.ae_title, destination.host, destination.port,
                    destination.calling_aet or calling_aet, destination.tls,
                    connect_timeout=min(10.0, association_timeout), acse_timeout=association_timeout)

@@ -126,6 +126,9 @@ class StorageSection(_Model):
 
 class StudySection(_Model):
     quiet_seconds: float = Field(10, gt=0)
+    # what completes a study: quiet (quiet_seconds of silence), mpps (only a COMPLETED/DISCONTINUED Modality
+    # Performed Procedure Step sent to the node; no timer), mpps_or_quiet (whichever comes first)
+    completion: Literal["quiet", "mpps", "mpps_or_quiet"] = "quiet"
     modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"])
     body_parts: list[str] = Field(default_factory=lambda: ["CHEST", "THORAX", ""])
 
@@ -141,11 +144,34 @@ class RetryConfig(_Model):
     max_seconds: float = Field(600, gt=0)
 
 
+class DicomwebAuth(_Model):
+    """How the node authenticates to a DICOMweb server; secrets come from environment variables, never the file."""
+
+    type: Literal["none", "basic", "bearer"] = "none"
+    username: str | None = None
+    password_env: str | None = None  # name of the environment variable holding the password (basic)
+    token_env: str | None = None  # name of the environment variable holding the token (bearer)
+
+    @model_validator(mode="after")
+    def _needs_secrets(self) -> "DicomwebAuth":
+        needed = {"none": (), "basic": ("username", "password_env"), "bearer": ("token_env",)}[self.type]
+        missing = [key for key in needed if not getattr(self, key)]
+        if missing:
+            raise ValueError(f"auth type {self.type} needs {', '.join(missing)}")
+        for key in ("password_env", "token_env"):
+            name = getattr(self, key)
+            if key in needed and not os.environ.get(name or ""):
+                raise ValueError(f"{key}: environment variable {name} is not set (it holds the secret)")
+        return self
+
+
 class Destination(_Model):
     name: str
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
+    # dimse: C-STORE to ae_title@host:port; dicomweb: STOW-RS to url
+    type: Literal["dimse", "dicomweb"] = "dimse"
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
     objects: list[Literal["sr", "sc"]] = Field(default_factory=lambda: ["sr", "sc"])
     retry: RetryConfig = Field(default_factory=RetryConfig)
     tls: TLSConfig | None = None
@@ -153,11 +179,32 @@ class Destination(_Model):
     # at most this many associations to this destination at once: objects that are ready while another is being
     # sent go on a second association instead of waiting (1: one object after the other)
     associations: int = Field(2, ge=1, le=8)
+    # DICOMweb (type: dicomweb): the service root (STOW-RS posts to {url}/studies/{study}), auth, request timeout
+    url: str | None = None
+    auth: DicomwebAuth = Field(default_factory=DicomwebAuth)
+    timeout_seconds: float = Field(60, gt=0)
+    # Storage Commitment (type: dimse): after delivery ask the peer to commit (N-ACTION, push model); files are kept
+    # until it reports them committed; no report within commitment_timeout_seconds: re-asked, metric, status
+    storage_commitment: bool = False
+    commitment_timeout_seconds: float = Field(300, gt=0)
 
     @field_validator("ae_title")
     @classmethod
-    def _check_ae(cls, value: str) -> str:
-        return _ae_title(value)
+    def _check_ae(cls, value: str | None) -> str | None:
+        return _ae_title(value) if value is not None else None
+
+    @model_validator(mode="after")
+    def _needs_its_address(self) -> "Destination":
+        if self.type == "dimse":
+            missing = [key for key in ("ae_title", "host", "port") if getattr(self, key) is None]
+            if missing:
+                raise ValueError(f"a dimse destination needs ae_title, host and port: {', '.join(missing)} missing")
+        else:
+            if not self.url or not self.url.startswith(("http://", "https://")):
+                raise ValueError("a dicomweb destination needs url: the DICOMweb root, http:// or https://")
+            if self.storage_commitment:
+                raise ValueError("storage_commitment is DIMSE only (a STOW-RS response already says what was stored)")
+        return self
 
 
 PASSTHROUGH = "passthrough"  # the processor that produces nothing: only ever explicit, warned about at start-up

@@ -21,7 +21,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode import metrics
+from dicomnode import dicomweb, metrics
 from dicomnode.association import Peer, ScuError, configure_pynetdicom
 from dicomnode.audit import audit
 from dicomnode.config import Destination, NodeConfig, RetryConfig
@@ -136,9 +136,15 @@ class Deliverer:
         if destination is None:
             self._record(None, rows, [None] * len(rows), f"destination {name!r} is not configured")
             return
-        peer = Peer.from_destination(destination, self.config.node.ae_title, self.association_timeout)
         try:
-            outcomes: list[StoreOutcome | None] = list(store_files(peer, [self.data_dir / r.path for r in rows]))
+            outcomes: list[StoreOutcome | None]
+            if destination.type == "dicomweb":
+                studies = self._study_uids(rows)
+                outcomes = list(dicomweb.store_files(
+                    destination, [(studies[r.job_id], self.data_dir / r.path) for r in rows]))
+            else:
+                peer = Peer.from_destination(destination, self.config.node.ae_title, self.association_timeout)
+                outcomes = list(store_files(peer, [self.data_dir / r.path for r in rows]))
             error = None
         except ScuError as exc:
             outcomes, error = [None] * len(rows), str(exc)
@@ -146,6 +152,12 @@ class Deliverer:
             LOG.exception("delivery to %s failed", name)
             outcomes, error = [None] * len(rows), f"{type(exc).__name__}: {exc}"
         self._record(destination, rows, outcomes, error)
+
+    def _study_uids(self, rows: list[DueRow]) -> dict[int, str]:
+        """job id -> Study Instance UID of the study the job reasoned on."""
+        with self.session_factory() as session:
+            return dict(session.execute(select(Job.id, Study.study_instance_uid).join(Study, Job.study_id == Study.id)
+                                        .where(Job.id.in_({r.job_id for r in rows}))).all())
 
     def _record(self, destination: Destination | None, rows: list[DueRow], outcomes: list[StoreOutcome | None],
                 error: str | None) -> None:
@@ -173,7 +185,7 @@ class Deliverer:
                 delivery.last_error = reason[:2000]
                 metrics.record_delivery(delivery.destination, ok=False)
                 retry = destination.retry if destination else None
-                if retry is None or delivery.attempts >= retry.max_attempts:
+                if retry is None or delivery.attempts >= retry.max_attempts or (outcome and outcome.permanent):
                     delivery.state = DeliveryState.DEAD.value
                     audit(session, "delivery.dead", level=logging.WARNING, error=reason[:500],
                           status=delivery.last_status, **common)

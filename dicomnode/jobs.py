@@ -6,6 +6,8 @@ is always its newest job's (:func:`mirror_onto_study`)::
 
     RECEIVING --quiet period over, an instance selected (completion)--------------> QUEUED
     RECEIVING --quiet period over, nothing selected (completion)-------------------> SKIPPED
+    RECEIVING --its MPPS COMPLETED and the listed instances stored (mpps)-----------> QUEUED
+    RECEIVING --its MPPS DISCONTINUED without images (mpps)------------------------> SKIPPED
     QUEUED ----claim_job (one worker wins)------------------------------------------> PROCESSING
     PROCESSING --heartbeat() refreshes updated_at while the processor runs
     PROCESSING --processor failed---------------------------------------------------> FAILED
@@ -14,6 +16,7 @@ is always its newest job's (:func:`mirror_onto_study`)::
     PROCESSING --its worker is gone (requeue_processing)----------------------------> QUEUED
     RESULTS_READY --settle_job: every delivery SENT---------------------------------> DELIVERED
     RESULTS_READY --settle_job: some delivery DEAD---------------------------------> FAILED
+    DELIVERED --a destination reports an object not committed (commitment)----------> RESULTS_READY
     FAILED --retry_job, processing had failed---------------------------------------> QUEUED
     FAILED/DELIVERED --retry_job, dead deliveries back to PENDING-------------------> RESULTS_READY
     FAILED/DELIVERED --resend_job, one destination's rows back to PENDING (or new)--> RESULTS_READY

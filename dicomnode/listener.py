@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode import metrics
 from dicomnode.association import configure_pynetdicom, make_ae, server_ssl_context
 from dicomnode.audit import audit, audit_now
+from dicomnode.commitment import STORAGE_COMMITMENT_PUSH, event_report_handler
 from dicomnode.config import NodeConfig
 from dicomnode.datadir import disk_free_ok
 from dicomnode.connections import ConnectionGuard, GuardedHandler, GuardedServer
@@ -38,6 +39,7 @@ from dicomnode.db.ingest import InstanceRecord, IngestOutcome, fit_to_columns, i
 from dicomnode.db.engine import error_summary
 from dicomnode.db.models import utcnow
 from dicomnode.logs import log_event
+from dicomnode.loop_guard import written_by_node
 from dicomnode.received import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, ParsedHeader, Rejected, parse_header
 from dicomnode.selection import InstanceFacts, skip_reason
 from dicomnode.spool import Spool, SpoolError
@@ -98,6 +100,7 @@ class Listener:
         self.on_stored = on_stored  # called in the association's thread (a pynetdicom Association is a Thread)
         self.on_closed = on_closed  # called with the association when its connection closes (completion hold)
         self._server: Any = None
+        self.extra_handlers: list[tuple[Any, Callable[..., Any]]] = []  # e.g. the MPPS SCP's, set before start()
         self._closed = False
         self._disk_checked = 0.0
         self._disk_low = False
@@ -117,6 +120,8 @@ class Listener:
         for cx in AllStoragePresentationContexts:
             self.ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
         self.ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
+        # Storage Commitment reports (N-EVENT-REPORT) from destinations, on an association they open
+        self.ae.add_supported_context(STORAGE_COMMITMENT_PUSH, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     @property
@@ -131,10 +136,12 @@ class Listener:
         handlers = [
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_C_ECHO, self._handle_echo),
+            (evt.EVT_N_EVENT_REPORT, event_report_handler(self.session_factory)),
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_CONN_CLOSE, self._handle_closed),
             (evt.EVT_ABORTED, self._handle_aborted),
+            *self.extra_handlers,
         ]
         server = self.ae.make_server(
             (self.config.node.host, self.config.node.port), evt_handlers=handlers,
@@ -274,6 +281,7 @@ class Listener:
         header = parse_header(path, request.AffectedSOPInstanceUID, request.AffectedSOPClassUID)
         with self.session_factory() as session:
             duplicate = instance_exists(session, header.sop_uid)
+            own_object = not duplicate and written_by_node(session, header.sop_uid)
         if duplicate:
             audit_now(self.session_factory, "instance.duplicate", calling_aet=calling,
                       study_instance_uid=header.study_uid, sop_instance_uid=header.sop_uid)
@@ -283,8 +291,8 @@ class Listener:
             size = self.spool.store_file(path, relative)
         except SpoolError as exc:
             raise Rejected(STATUS_OUT_OF_RESOURCES, str(exc)) from None
-        reason = skip_reason(InstanceFacts(header.modality, header.body_part, header.has_pixel_data),
-                             self.config.study)
+        reason = skip_reason(InstanceFacts(header.modality, header.body_part, header.has_pixel_data,
+                                           header.sop_class_uid, own_object), self.config.study)
         rec = InstanceRecord(**header.header_fields(), path=relative, size_bytes=size, skip_reason=reason,
                              calling_aet=calling)
         rec, cut = fit_to_columns(rec)

@@ -60,6 +60,8 @@ class Node:
         self.worker: Any = None
         self.deliverer: Any = None
         self.retention: Any = None
+        self.committer: Any = None
+        self.mpps: Any = None
         self.status_server: Any = None
         self.dashboard: Any = None
         self._stop_requested = threading.Event()
@@ -110,18 +112,42 @@ class Node:
             log_event(LOG, logging.WARNING, "another process receives into this spool; its temp files are kept")
         self.listener = Listener(self.config, self.session_factory, spool, on_stored=self._on_stored,
                                  on_closed=self.completion.release)
+        self._start_mpps()
         self.listener.start()
         # after the listener accepts: a study left partial by a crash waits a full quiet period from now
-        rearmed = self.completion.rearm_all(not_before=utcnow())
+        rearmed = self.completion.rearm_all(not_before=utcnow()) if self._quiet_timer else 0
         if rearmed:
             log_event(LOG, logging.INFO, "completion deadlines re-armed", studies=rearmed)
+
+    @property
+    def _quiet_timer(self) -> bool:
+        return self.config.study.completion != "mpps"
+
+    def _start_mpps(self) -> None:
+        """MPPS SCP on the listener when study.completion uses MPPS (dicomnode.mpps)."""
+        mode = self.config.study.completion
+        if mode == "quiet":
+            return
+        from dicomnode.mpps import MPPS_SOP_CLASS, MppsService
+
+        assert self.listener is not None and self.session_factory is not None
+        self.mpps = MppsService(self.session_factory, on_complete=self._wake_worker,
+                                poll_seconds=self.config.processing.poll_seconds)
+        self.listener.ae.add_supported_context(MPPS_SOP_CLASS)
+        self.listener.extra_handlers.extend(self.mpps.handlers())
+        self.mpps.start()
+        if mode == "mpps":
+            log_event(LOG, logging.WARNING, "study.completion is mpps: a study is completed only by its Modality "
+                      "Performed Procedure Step (COMPLETED/DISCONTINUED); the quiet timer is off")
 
     def _wake_worker(self) -> None:
         if self.worker is not None:  # role "all": start on the queued study now rather than at the next poll
             self.worker.wake()
 
     def _on_stored(self, outcome: IngestOutcome) -> None:
-        if outcome.receiving and self.completion is not None:
+        if self.mpps is not None:
+            self.mpps.poke()
+        if outcome.receiving and self.completion is not None and self._quiet_timer:
             # runs in the association's thread: the study stays open while that association is
             self.completion.hold(outcome.study_id, threading.current_thread())
             self.completion.touch(outcome.study_id, outcome.last_received_at)
@@ -145,6 +171,10 @@ class Node:
                                  on_results=self.deliverer.wake)
         self.worker.start()
         self.deliverer.start()
+        from dicomnode.commitment import Committer
+
+        self.committer = Committer(self.config, self.session_factory)
+        self.committer.start()
         self.retention = Retention(self.config, self.session_factory)
         self.retention.start()
 
@@ -207,7 +237,9 @@ class Node:
             self.listener.spool.release_temp()
         if self.completion is not None:
             self.completion.stop(wait=True)
-        for part in (self.worker, self.deliverer, self.retention):
+        if self.mpps is not None:
+            self.mpps.stop()
+        for part in (self.worker, self.deliverer, self.committer, self.retention):
             if part is not None:
                 try:
                     part.stop(timeout=left())

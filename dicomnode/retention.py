@@ -4,7 +4,8 @@ Every file: the received instances (spool), the results (SR, pages, ``record.jso
 any prior-study copy left in ``priors/<job>`` (normally removed when its job ends; a crash can leave one).
 
 A study qualifies only when its newest job is DELIVERED (every result acknowledged by every destination) or
-SKIPPED (nothing to deliver), and that job finished more than ``retention_days`` ago. Studies still receiving,
+SKIPPED (nothing to deliver), and that job finished more than ``retention_days`` ago, and every delivery of it to
+a destination with ``storage_commitment`` is COMMITTED. Studies still receiving,
 queued, processing, waiting for delivery or FAILED keep their files. Rows stay (the audit trail and the instance
 list, marked not selected with skip_reason "file removed by retention" so that a study re-opened by a late instance
 is processed from the files still there); one ``retention.purged`` audit event per study records what was removed.
@@ -21,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit import audit
+from dicomnode.commitment import commitment_destinations, uncommitted_deliveries
 from dicomnode.config import NodeConfig
 from dicomnode.datadir import SPOOL_DIR, DataDir
 from dicomnode.db.models import Instance, Job, Study, utcnow
@@ -93,12 +95,15 @@ def purge_expired(config: NodeConfig, session_factory: sessionmaker[Session],
     dirs = DataDir(config.storage.data_dir)
     spool_root = dirs.spool
     report = RetentionReport()
+    committing = commitment_destinations(config)
     with session_factory() as session:
         candidates = expired_studies(session, cutoff)
     for study_id, study_uid in candidates:
         with session_factory.begin() as session:
             # re-check under the transaction: a late instance may have opened a new generation meanwhile
             if (study_id, study_uid) not in expired_studies(session, cutoff):
+                continue
+            if uncommitted_deliveries(session, study_id, committing):  # the destination's copy is not safe yet
                 continue
             files = removed_bytes = 0
             for instance in session.scalars(select(Instance).where(Instance.study_id == study_id)):

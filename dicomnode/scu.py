@@ -33,6 +33,7 @@ class StoreOutcome:
     sop_instance_uid: str | None
     status: int | None
     error: str | None = None
+    permanent: bool = False  # refused for good (DICOMweb 4xx): dead-lettered without further tries
 
     @property
     def stored(self) -> bool:

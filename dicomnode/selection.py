@@ -1,9 +1,11 @@
-"""Which received instances go to reasoning: configured modalities and body parts, image with pixel data."""
+"""Which received instances go to reasoning: never a derived object or the node's own (:mod:`dicomnode.loop_guard`),
+then configured modalities and body parts, image with pixel data."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from dicomnode.config import StudySection
+from dicomnode.loop_guard import loop_skip_reason
 
 
 @dataclass(frozen=True)
@@ -13,10 +15,15 @@ class InstanceFacts:
     modality: str
     body_part: str
     has_pixel_data: bool
+    sop_class_uid: str = ""
+    written_by_node: bool = False  # one of this node's own result objects
 
 
 def skip_reason(facts: InstanceFacts, rules: StudySection) -> str | None:
     """None when the instance is selected, else a short human-readable reason."""
+    loop = loop_skip_reason(facts.sop_class_uid, facts.modality, facts.written_by_node)
+    if loop is not None:
+        return loop
     modality = facts.modality.strip().upper()
     if modality not in rules.modalities:
         return f"modality {modality or '(none)'} not in {','.join(rules.modalities)}"

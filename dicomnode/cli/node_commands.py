@@ -69,6 +69,16 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.file}: OK (AE {config.node.ae_title} port {config.node.port}, "
           f"{len(config.destinations)} destination(s), processor {config.processing.processor})")
+    print(f"study completion: {config.study.completion}"
+          + (" (MPPS only: no quiet timer)" if config.study.completion == "mpps" else ""))
+    for d in config.destinations:
+        if d.type == "dicomweb":
+            secret = {"basic": f", password from ${d.auth.password_env}", "bearer": f", token from ${d.auth.token_env}"}
+            where = f"dicomweb STOW-RS {d.url}, auth {d.auth.type}{secret.get(d.auth.type, '')}"
+        else:
+            where = f"dimse {d.ae_title}@{d.host}:{d.port}" + (
+                f", storage commitment (timeout {d.commitment_timeout_seconds:g} s)" if d.storage_commitment else "")
+        print(f"destination {d.name}: {where}; objects {','.join(d.objects)}")
     return 0
 
 
@@ -93,8 +103,11 @@ def _session_factory(config: NodeConfig) -> Any:
     return make_session_factory(config.database_url)
 
 
-def status_summary(session_factory: Any) -> dict[str, Any]:
-    """Counts of studies, jobs and deliveries by state, plus the latest failures."""
+def status_summary(session_factory: Any, commitment_destinations: list[str] | None = None) -> dict[str, Any]:
+    """Counts of studies, jobs and deliveries by state, the latest failures, and per Storage Commitment
+    destination the objects committed / pending commitment / timed out."""
+    from dicomnode.commitment import commitment_summary
+
     from sqlalchemy import func, select
 
     from dicomnode.db import Delivery, Instance, Job, Study
@@ -117,6 +130,7 @@ def status_summary(session_factory: Any) -> dict[str, Any]:
             "queue_depth": int(s.scalar(select(func.count()).select_from(Job)
                                         .where(Job.state == JobState.QUEUED.value)) or 0),
             "failed_jobs": [{"job": j, "study": u, "generation": g, "error": e} for j, u, g, e in failed],
+            "commitment": commitment_summary(s, commitment_destinations or []),
         }
 
 
@@ -127,7 +141,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        summary = status_summary(_session_factory(config))
+        from dicomnode.commitment import commitment_destinations
+
+        summary = status_summary(_session_factory(config), commitment_destinations(config))
     except SQLAlchemyError as exc:
         return _database_error("status", config, exc)
     if args.json:
@@ -137,6 +153,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for key in ("studies", "jobs", "deliveries"):
         counts = ", ".join(f"{k}={v}" for k, v in sorted(summary[key].items())) or "none"
         print(f"{key}: {counts}")
+    for name, c in sorted(summary["commitment"].items()):
+        print(f"commitment {name}: committed={c['committed']}, pending commitment={c['pending_commitment']}"
+              + (f", timed out={c['timed_out']}" if c["timed_out"] else ""))
     for f in summary["failed_jobs"]:
         print(f"FAILED job {f['job']} study {f['study']} gen {f['generation']}: {f['error']}")
     return 0

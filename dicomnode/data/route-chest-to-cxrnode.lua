@@ -8,6 +8,8 @@
 -- description starting with "AI CXR reasoning") are never forwarded; each forwarded instance is marked with the
 -- metadata "CxrNodeForwarded" (declare it in "UserMetadata"; without it, marks are kept in memory until Orthanc
 -- restarts), so a study that changes again (our results arriving, a late image) only forwards new images.
+-- Derived objects are never forwarded, whatever CXR_NODE_MODALITIES says: series of modality SR, KO or PR and
+-- instances whose SOP class is a Structured Report, Key Object Selection, Secondary Capture or Presentation State.
 --
 -- Parameters: set these globals in a Lua script listed BEFORE this one in "LuaScripts", or as environment
 -- variables of the Orthanc process; defaults in brackets.
@@ -47,6 +49,14 @@ local function startsWith(s, prefix)
   return prefix ~= '' and string.sub(s, 1, string.len(prefix)) == prefix
 end
 
+local DERIVED_MODALITIES = { SR = true, KO = true, PR = true }
+
+-- SR (Key Object Selection included), Secondary Capture and Presentation State SOP classes
+local function isDerivedClass(sopClass)
+  return startsWith(sopClass, '1.2.840.10008.5.1.4.1.1.88.') or startsWith(sopClass, '1.2.840.10008.5.1.4.1.1.11.')
+      or sopClass == '1.2.840.10008.5.1.4.1.1.7' or startsWith(sopClass, '1.2.840.10008.5.1.4.1.1.7.')
+end
+
 local function metadataNames(instanceId)
   local ok, answer = pcall(RestApiGet, '/instances/' .. instanceId .. '/metadata')
   local names = {}
@@ -58,11 +68,12 @@ local function metadataNames(instanceId)
   return names
 end
 
-local function remoteAet(instanceId, names)
-  if not names['RemoteAET'] then
+-- One metadata value of an instance (trimmed), '' when it has none
+local function metadataValue(instanceId, names, name)
+  if not names[name] then
     return ''
   end
-  local ok, answer = pcall(RestApiGet, '/instances/' .. instanceId .. '/metadata/RemoteAET')
+  local ok, answer = pcall(RestApiGet, '/instances/' .. instanceId .. '/metadata/' .. name)
   if ok and answer ~= nil then
     return trim(answer)
   end
@@ -88,11 +99,13 @@ local function instancesToForward(studyId)
     local modality = string.upper(trim(tags['Modality']))
     local bodyPart = string.upper(trim(tags['BodyPartExamined']))
     local description = trim(tags['SeriesDescription'])
-    if modalities[modality] and bodyParts[bodyPart] and not startsWith(description, ourPrefix) then
+    if modalities[modality] and not DERIVED_MODALITIES[modality] and bodyParts[bodyPart]
+        and not startsWith(description, ourPrefix) then
       for _, instanceId in ipairs(series['Instances']) do
         local names = metadataNames(instanceId)
         if not names[FORWARDED_METADATA] and not forwardedInMemory[instanceId]
-            and remoteAet(instanceId, names) ~= nodeAet then
+            and metadataValue(instanceId, names, 'RemoteAET') ~= nodeAet
+            and not isDerivedClass(metadataValue(instanceId, names, 'SopClassUid')) then
           table.insert(selected, instanceId)
         end
       end

@@ -126,6 +126,7 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("destination", "sop_instance_uid", name="uq_deliveries_destination_sop"),
         Index("ix_deliveries_state_next", "state", "next_attempt_at"),
+        Index("ix_deliveries_sop_instance_uid", "sop_instance_uid"),  # loop guard: "did this node write it?"
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -141,6 +142,30 @@ class Delivery(Base):
     last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Storage Commitment (dicomnode.commitment): the open request's Transaction UID and when it was sent, when the
+    # peer reported the object committed, and how many requests went unanswered
+    commit_transaction_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    commit_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    committed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    commit_timeouts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class PerformedProcedureStep(Base):
+    """A Modality Performed Procedure Step the node was sent (MPPS SCP, dicomnode.mpps)."""
+
+    __tablename__ = "performed_procedure_steps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16))  # IN PROGRESS, COMPLETED, DISCONTINUED
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    instance_uids: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # the images it lists
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # discontinuation reason
+    calling_aet: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # when the study was queued (or skipped) because of this step; NULL while it waits for listed instances
+    acted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class AuditEvent(Base):

@@ -17,6 +17,7 @@ class JobState(str, enum.Enum):
 class DeliveryState(str, enum.Enum):
     PENDING = "PENDING"
     SENT = "SENT"
+    COMMITTED = "COMMITTED"  # sent, and the destination reported it committed (Storage Commitment)
     DEAD = "DEAD"
 
 

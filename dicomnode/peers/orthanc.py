@@ -1,6 +1,7 @@
 """An Orthanc PACS on loopback with its own JSON config, for tests, benchmarks and the demo."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -52,7 +53,8 @@ class OrthancServer:
     """Runs ``Orthanc`` with storage in ``workdir``; ``restart()`` keeps storage and ports.
 
     ``modalities`` maps a name to (AE title, host, port) for Orthanc's DicomModalities. ``dicomweb`` loads the
-    DICOMweb plugin (``/dicom-web/`` and WADO-URI ``/wado`` on the HTTP port).
+    DICOMweb plugin (``/dicom-web/`` and WADO-URI ``/wado`` on the HTTP port). ``http_user`` (user, password)
+    turns on HTTP basic authentication.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class OrthancServer:
         stable_age: int = 60,
         extra_config: Mapping[str, Any] | None = None,
         dicomweb: bool = False,
+        http_user: tuple[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.aet = aet
@@ -76,6 +79,7 @@ class OrthancServer:
         self.stable_age = stable_age
         self.extra_config = dict(extra_config or {})
         self.dicomweb = dicomweb
+        self.http_user = http_user  # (user, password): HTTP basic authentication required, REST calls use it
         self._process: subprocess.Popen[bytes] | None = None
         self._log_handle: Any = None
 
@@ -116,6 +120,8 @@ class OrthancServer:
         }
         if self.dicomweb:
             config.update(dicomweb_config(dicomweb_plugin_path()))
+        if self.http_user:
+            config.update({"AuthenticationEnabled": True, "RegisteredUsers": {self.http_user[0]: self.http_user[1]}})
         config.update(self.extra_config)
         return config
 
@@ -192,6 +198,9 @@ class OrthancServer:
         else:
             data = json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
+        if self.http_user:
+            token = base64.b64encode(f"{self.http_user[0]}:{self.http_user[1]}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.read()

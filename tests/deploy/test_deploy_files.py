@@ -143,6 +143,11 @@ def test_dcm4chee_examples_parse() -> None:
     assert exporter["dcmURI"] == "dicom:CXRNODE" and export_rule["dcmExporterID"] == [exporter["dcmExporterID"]]
     assert "Modality=CR|DX" in export_rule["dcmProperty"]
     assert "SendingApplicationEntityTitle!=CXRNODE" in export_rule["dcmProperty"]
+    # no loop: the Modality condition (a regular expression, matched whole) takes no derived object's modality,
+    # whoever sent it (the node's SR and OT pages, a workstation's KO or PR)
+    [modality_rule] = [p.split("=", 1)[1] for p in export_rule["dcmProperty"] if p.startswith("Modality=")]
+    assert [m for m in ("SR", "OT", "KO", "PR", "DOC") if re.fullmatch(modality_rule, m)] == []
+    assert re.fullmatch(modality_rule, "CR") and re.fullmatch(modality_rule, "DX")
     ldif = (DEPLOY / "dcm4chee" / "cxrnode-export.ldif").read_text()
     entries = [e for e in re.split(r"\n\s*\n", ldif) if re.search(r"^dn: ", e, flags=re.M)]
     classes = [re.search(r"^objectClass: (\S+)", e, flags=re.M).group(1) for e in entries]  # type: ignore[union-attr]

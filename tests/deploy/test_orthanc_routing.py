@@ -4,6 +4,7 @@ Real Orthanc with the rule loaded; DCMTK storescp stands in for the node; DCMTK 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,16 +45,17 @@ def _received_uids(scp: StoreSCP) -> list[str]:
     return uids
 
 
-def _result_object(directory: Path, study: StudySpec, modality: str) -> Path:
+def _result_object(directory: Path, study: StudySpec, modality: str, sop_class: str | None = None,
+                   description: str = "AI CXR reasoning") -> Path:
     """A stand-in for the node's SR (modality SR) or Secondary Capture page (modality OT) in ``study``."""
     ds = Dataset()
-    sop_class = "1.2.840.10008.5.1.4.1.1.88.11" if modality == "SR" else "1.2.840.10008.5.1.4.1.1.7"
+    sop_class = sop_class or ("1.2.840.10008.5.1.4.1.1.88.11" if modality == "SR" else "1.2.840.10008.5.1.4.1.1.7")
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study.study_instance_uid, generate_uid()
     ds.PatientID, ds.PatientName, ds.StudyDate = study.patient_id, study.patient_name, study.study_date
-    ds.Modality, ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = modality, "AI CXR reasoning", 9901, 1
+    ds.Modality, ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = modality, description, 9901, 1
     ds.BodyPartExamined = "CHEST"
-    if modality == "SR":
+    if sop_class.startswith("1.2.840.10008.5.1.4.1.1.88."):
         ds.ValueType, ds.CompletionFlag, ds.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
     else:
         ds.ConversionType, ds.SamplesPerPixel, ds.PhotometricInterpretation = "WSD", 1, "MONOCHROME2"
@@ -70,8 +72,14 @@ def _result_object(directory: Path, study: StudySpec, modality: str) -> Path:
 
 @pytest.fixture
 def routing(tmp_path: Path):
+    with _routing(tmp_path) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def _routing(tmp_path: Path, extra_lua: str = ""):
     preamble = tmp_path / "params.lua"
-    preamble.write_text(f"CXR_NODE_MODALITY = '{MODALITY}'\nCXR_NODE_AET = '{NODE_AET}'\n")
+    preamble.write_text(f"CXR_NODE_MODALITY = '{MODALITY}'\nCXR_NODE_AET = '{NODE_AET}'\n{extra_lua}")
     with StoreSCP(tmp_path / "node-received", aet=NODE_AET) as scp:
         orthanc = OrthancServer(
             tmp_path / "orthanc",
@@ -133,3 +141,24 @@ def test_late_image_forwards_only_the_new_instance(routing) -> None:
     # the mark survives an Orthanc restart: it is stored as instance metadata, not only in the Lua state
     for instance in routing.orthanc.instances_of_study(spec.study_instance_uid):
         assert "CxrNodeForwarded" in routing.orthanc.rest_get(f"/instances/{instance['ID']}/metadata")
+
+
+def test_derived_objects_never_forwarded_whatever_the_modalities(tmp_path: Path) -> None:
+    """Even with SR/OT/PR/CR configured, SR, SC and PR objects from another sender, without the node's series
+    description, are not forwarded: the rule refuses derived objects by modality and SOP class."""
+    with _routing(tmp_path, "CXR_NODE_MODALITIES = 'CR,DX,OT,SR,PR'\n") as routing:
+        small = dict(rows=64, columns=52)
+        spec = StudySpec(**small)
+        images = write_study(routing.dir / "chest", spec)
+        derived = [_result_object(routing.dir, spec, "SR", description="Radiologist report"),
+                   _result_object(routing.dir, spec, "OT", description="Screenshot"),
+                   _result_object(routing.dir, spec, "CR", sop_class="1.2.840.10008.5.1.4.1.1.7",
+                                  description="Screenshot"),
+                   _result_object(routing.dir, spec, "PR", sop_class="1.2.840.10008.5.1.4.1.1.11.1",
+                                  description="Annotations")]
+        _send(routing, images + derived, calling_aet="WORKSTATION")
+        got = _poll(lambda: _uids(images) <= set(_received_uids(routing.scp)) and _received_uids(routing.scp),
+                    what="chest images forwarded")
+        time.sleep(1.0)  # one forward per stable study: anything else would have come with the images
+        assert sorted(_received_uids(routing.scp)) == sorted(_uids(images)) == sorted(got)
+        assert len(routing.orthanc.sop_instance_uids(spec.study_instance_uid)) == len(images) + 4

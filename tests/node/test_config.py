@@ -1,10 +1,13 @@
 """Config loading: the example file, error paths, environment overrides, `cxr-node config check`."""
 from __future__ import annotations
 
+import itertools
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dicomnode.config import ConfigError, config_from_dict, load_config
 
@@ -31,6 +34,16 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     for section in ("node", "storage", "study", "processing", "model", "reasoning", "metrics", "logging", "output"):
         for key in keys(getattr(config, section)):
             assert f" {key}:" in text or f"\n{key}:" in text, f"{section}.{key} missing in the example"
+    # destinations: the DIMSE one, and the commented-out DICOMweb one, which is valid once uncommented
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("  # - name:"))
+    block = [ln.replace("  #", "  ", 1) for ln in itertools.takewhile(lambda ln: ln.startswith("  #"), lines[start:])]
+    web = config_from_dict({"processing": {"processor": "passthrough"},
+                            "destinations": yaml.safe_load("\n".join(block))}, environ={}).destinations[0]
+    assert (config.destinations[0].type, web.type) == ("dimse", "dicomweb")
+    for model, where in ((config.destinations[0], "destinations"), (web, "destinations"), (web.auth, "auth")):
+        for key in keys(model):
+            assert f" {key}:" in text, f"{where}.{key} missing in the example"
 
 
 def test_defaults_and_sqlite_url(tmp_path: Path) -> None:
@@ -88,6 +101,27 @@ def test_config_check_cli(tmp_path: Path) -> None:
     ok = subprocess.run([CXR_NODE, "config", "check", str(EXAMPLE)], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stdout
+    assert "study completion: quiet" in ok.stdout and "destination pacs: dimse ORTHANC@127.0.0.1:4242" in ok.stdout
+    integration = tmp_path / "integration.yaml"
+    integration.write_text(yaml.safe_dump({
+        "processing": {"processor": "passthrough"}, "study": {"completion": "mpps"},
+        "destinations": [
+            {"name": "pacs", "ae_title": "PACS", "host": "h", "port": 104, "storage_commitment": True,
+             "commitment_timeout_seconds": 90},
+            {"name": "web", "type": "dicomweb", "url": "https://pacs.example/dicom-web",
+             "auth": {"type": "bearer", "token_env": "CXR_TEST_TOKEN"}}]}))
+    env = {**os.environ, "CXR_TEST_TOKEN": "t"}
+    checked = subprocess.run([CXR_NODE, "config", "check", str(integration)], capture_output=True, text=True,
+                             timeout=120, env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert "study completion: mpps (MPPS only: no quiet timer)" in checked.stdout
+    assert "destination pacs: dimse PACS@h:104, storage commitment (timeout 90 s)" in checked.stdout
+    assert "destination web: dicomweb STOW-RS https://pacs.example/dicom-web, auth bearer, token from " \
+           "$CXR_TEST_TOKEN" in checked.stdout
+    env.pop("CXR_TEST_TOKEN")
+    unset = subprocess.run([CXR_NODE, "config", "check", str(integration)], capture_output=True, text=True,
+                           timeout=120, env=env)
+    assert unset.returncode == 1 and "environment variable CXR_TEST_TOKEN is not set" in unset.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("node:\n  max_associations: 0\nstorage:\n  datadir: x\n")
     result = subprocess.run([CXR_NODE, "config", "check", str(bad)], capture_output=True, text=True, timeout=120)

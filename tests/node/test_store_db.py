@@ -24,7 +24,7 @@ from dicomnode.demo.synthetic import StudySpec, write_study
 from ingest_support import NODE_AET, Db, make_config, running_node, store, wait_until
 
 SMALL = {"rows": 128, "columns": 104}
-TABLES = {"studies", "instances", "jobs", "deliveries", "audit_events", "alembic_version"}
+TABLES = {"studies", "instances", "jobs", "deliveries", "audit_events", "performed_procedure_steps", "alembic_version"}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_migrations_create_schema_idempotently(db_url: str) -> None:
     engine = make_engine(db_url)
     try:
         assert TABLES <= set(inspect(engine).get_table_names())
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == "0002"
     finally:
         engine.dispose()
 

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dicomnode.demo.synthetic import StudySpec, make_study, prior_spec  # noqa: E402
-from sr_writer.page import render_pages  # noqa: E402
-from sr_writer.sc import build_pages  # noqa: E402
-from sr_writer.sr import build_sr  # noqa: E402
-from sr_writer.validate import validate  # noqa: E402
-from tests.sr.records import make_record  # noqa: E402
+from dicomnode.demo.synthetic import StudySpec, make_study, prior_spec
+from sr_writer.page import render_pages
+from sr_writer.sc import build_pages
+from sr_writer.sr import build_sr
+from sr_writer.validate import validate
+from dicomnode.demo.records import make_record
 
 CASES = {
     "1 finding": dict(positive=("pneumothorax",)),

@@ -17,27 +17,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pydicom.uid import generate_uid
+from pynetdicom import AE, evt
 
-from pydicom.uid import generate_uid  # noqa: E402
-from pynetdicom import AE, evt  # noqa: E402
-
-from dicomnode.association import Peer  # noqa: E402
-from dicomnode.commitment import STORAGE_COMMITMENT_PUSH, request_commitment  # noqa: E402
-from dicomnode.config import Destination  # noqa: E402
-from dicomnode.demo.synthetic import StudySpec, make_study  # noqa: E402
-from dicomnode.dicomweb import make_client, stow_study  # noqa: E402
-from dicomnode.peers.orthanc import OrthancServer  # noqa: E402
-from dicomnode.peers.ports import free_port  # noqa: E402
-from dicomnode.scu import store_files  # noqa: E402
-from sr_writer.api import build_result_objects  # noqa: E402
-from tests.sr.records import make_record  # noqa: E402
+from dicomnode.association import Peer
+from dicomnode.commitment import STORAGE_COMMITMENT_PUSH, request_commitment
+from dicomnode.config import Destination
+from dicomnode.demo.synthetic import StudySpec, make_study
+from dicomnode.dicomweb import make_client, stow_study
+from dicomnode.peers.orthanc import OrthancServer
+from dicomnode.peers.ports import free_port
+from dicomnode.scu import store_files
+from sr_writer.api import build_result_objects
+from dicomnode.demo.records import make_record
 
 NODE_AET = "CXRNODE"
 

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.completion import complete_study
+from ingest_support import config_dict
 from dicomnode.config import NodeConfig, config_from_dict
 from dicomnode.db.ingest import InstanceRecord, record_instance
 from dicomnode.db.models import Delivery, Job, Study, utcnow
@@ -38,13 +39,9 @@ def orthanc_destination(orthanc: OrthancServer, name: str = "pacs", **kwargs: An
 
 def delivery_config(data_dir: Path, database_url: str, destinations: Sequence[dict[str, Any]] = (),
                     processor: str = f"{PROCESSORS}:sc", **sections: dict[str, Any]) -> NodeConfig:
-    data: dict[str, Any] = {
-        "node": {"ae_title": "CXRNODE", "host": "127.0.0.1", "port": 0, "min_free_disk_mb": 1},
-        "storage": {"data_dir": str(data_dir), "database_url": database_url, "retention_days": 7},
-        "study": {"quiet_seconds": 1.0},
-        "destinations": list(destinations),
-        "processing": {"processor": processor, "poll_seconds": 0.2},
-    }
+    """``ingest_support.config_dict``'s loopback node (port 0: not listening) with destinations and a processor."""
+    data = config_dict(data_dir, database_url, node={"port": 0}, storage={"retention_days": 7},
+                       destinations=list(destinations), processing={"processor": processor})
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
     return config_from_dict(data, environ={})

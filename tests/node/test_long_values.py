@@ -91,7 +91,7 @@ def test_failed_database_write_keeps_patient_data_out_of_logs_and_audit(
 def test_invalid_birth_date_neither_withholds_the_result_nor_reaches_logs(caplog: pytest.LogCaptureFixture) -> None:
     """An impossible PatientBirthDate in the source is dropped from the SR (the result is still made), and the
     value is quoted in no log record above DEBUG."""
-    from tests.sr.records import make_record
+    from dicomnode.demo.records import make_record
 
     from dicomnode.logs import setup_logging
     from dicomnode.demo.synthetic import make_study

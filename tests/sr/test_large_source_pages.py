@@ -23,7 +23,7 @@ from pathlib import Path
 from dicomnode.demo.synthetic import StudySpec, make_study
 from sr_writer import build_result_objects
 from sr_writer.api import warm_up
-from tests.sr.records import make_record
+from dicomnode.demo.records import make_record
 
 
 def peak_rss(pid="self"):  # VmHWM, bytes

@@ -13,7 +13,7 @@ from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.demo.synthetic import make_study, prior_spec
 from sr_writer import build_result_objects
 from tests.sr.conftest import small_spec
-from tests.sr.records import make_record
+from dicomnode.demo.records import make_record
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from sr_writer.fonts import Face, FontMissing, fallback_path
 from sr_writer.options import OutputOptions
 from sr_writer.page import BOX_COLOURS, PageRenderer, render_pages, wrap
-from tests.sr.records import make_record
+from dicomnode.demo.records import make_record
 
 
 @pytest.fixture(scope="module")

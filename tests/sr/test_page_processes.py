@@ -10,7 +10,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from sr_writer import build_result_objects, make_result_objects
-from tests.sr.records import make_record
+from dicomnode.demo.records import make_record
 
 
 def test_page_processes_make_the_same_pages(study: list[Dataset], prior_study: list[Dataset]) -> None:

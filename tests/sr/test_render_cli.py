@@ -9,7 +9,7 @@ from PIL import Image
 from dicomnode.cli import main
 from dicomnode.demo.synthetic import prior_spec, write_study
 from tests.sr.conftest import small_spec
-from tests.sr.records import make_record
+from dicomnode.demo.records import make_record
 
 
 def test_render_writes_sr_pages_and_pngs(tmp_path: Path, capsys) -> None:

@@ -18,7 +18,7 @@ from sr_writer.provenance import device_uid
 from sr_writer.tree_bytes import tree_part10_bytes
 from sr_writer.validate import part10_bytes
 from tests.sr.conftest import content_items, small_spec
-from tests.sr.records import FINDING_LABELS, make_provenance, make_record
+from dicomnode.demo.records import FINDING_LABELS, make_provenance, make_record
 
 MANY = ("pneumothorax", "consolidation", "pleural_effusion", "cardiac_pacemaker", "lung_opacity")
 

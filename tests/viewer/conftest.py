@@ -16,7 +16,7 @@ from dicomnode.demo.synthetic import StudySpec, make_study
 from sr_writer import build_result_objects
 
 ROOT = Path(__file__).resolve().parents[2]
-from tests.sr.records import make_record
+from dicomnode.demo.records import make_record
 
 ARTEFACTS = ROOT / "out" / "viewer"  # git-ignored; screenshots stay here after the run
 POSITIVE = ("pneumothorax", "pleural_effusion")

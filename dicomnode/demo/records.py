@@ -1,4 +1,4 @@
-"""Hand-made reasoning records for tests (shared: other packages' tests may reuse ``make_record``).
+"""Hand-made reasoning records for synthetic studies: what tests, benchmarks and demos use where no model runs.
 
 ``make_record(current, prior, positive=...)`` builds a full 8-stage record for real source datasets (e.g. from
 ``dicomnode.demo.synthetic.make_study``), with boxes in the source images' pixel coordinates.

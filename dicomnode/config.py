@@ -153,6 +153,7 @@ class ReasoningSection(_Model):
     max_new_tokens: int = Field(256, ge=1)
     seed: int = 0
     priors: PriorsConfig = Field(default_factory=PriorsConfig)
+    constrain_closed_answers: bool = True  # yes/no, choices and boxes decoded under their grammar
 
 
 class MetricsSection(_Model):

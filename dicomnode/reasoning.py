@@ -92,6 +92,9 @@ class ReasoningProcessor:
             metrics.observe_model("load", time.perf_counter() - started)
         self.model = model
         metrics.set_model_loaded(True)
+        if not config.reasoning.constrain_closed_answers:
+            log.warning("reasoning.constrain_closed_answers is false: closed answers are NOT constrained at decoding "
+                        "and may not parse")
         self.stages = stages or load_stages(config.reasoning.stages_file)
         self.options = output_options(config)
         self._model_lock = threading.Lock()  # one conversation at a time: the model holds its prefix cache
@@ -157,7 +160,8 @@ class ReasoningProcessor:
         started = time.perf_counter()
         with self._model_lock:
             record = run_flow(self.model, current, prior, self.stages,
-                              max_new_tokens=self.config.reasoning.max_new_tokens, seed=self.config.reasoning.seed)
+                              max_new_tokens=self.config.reasoning.max_new_tokens, seed=self.config.reasoning.seed,
+                              constrain=self.config.reasoning.constrain_closed_answers)
         metrics.observe_model("study", time.perf_counter() - started)
         for stage in record.stages:
             metrics.observe_stage(stage.key, stage.seconds)

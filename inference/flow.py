@@ -17,7 +17,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from inference.chat import IMAGE_PLACEHOLDER, ChatModel, Generation, Turn
+from inference.chat import IMAGE_PLACEHOLDER, ChatModel, EngineUnavailable, Generation, Turn
+from inference.constraints import AnswerConstraint, constraint_for
 from inference.images import ModelImage, prepare_images
 from inference.parsing import ImageGeometry, option_label, parse_answer
 from inference.record import (
@@ -81,6 +82,7 @@ class _State:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     generated_tokens: int = 0
+    constrain: bool = True  # closed answers constrained at decoding
 
     @property
     def positive_keys(self) -> list[str]:
@@ -188,15 +190,28 @@ def _apply(book: StageBook, question: QuestionDef, item: FindingDef | AnatomyDef
         state.report.impression = parsed.text if parsed.ok else raw.strip()
 
 
+def _constraint(model: ChatModel, question: QuestionDef, item: FindingDef | AnatomyDef | None,
+                state: _State) -> AnswerConstraint | None:
+    """The decoding constraint of a closed question (boxes sized to the first image as the model sees it)."""
+    first = state.geometry[0] if state.geometry else None
+    size = (first.model_width, first.model_height) if first and first.model_width and first.model_height else None
+    target = item.term if item is not None else ""
+    return constraint_for(question.qtype, question.options, model.box_convention, size, target)
+
+
 def _ask(model: ChatModel, book: StageBook, stage: StageDef, question: QuestionDef,
          item: FindingDef | AnatomyDef | None, state: _State, current: Sequence[ModelImage],
          prior: Sequence[ModelImage], override: int | Mapping[QType, int] | None) -> tuple[QuestionResult, str | None]:
     qid = question.id + (f":{item.key}" if item is not None else "")
     turn, text, shows_current, shows_prior = _question_turn(book, stage, question, item, state, current, prior)
     budget = _budget(book, question, override)
+    constraint = _constraint(model, question, item, state) if state.constrain else None
     start = time.perf_counter()
     try:
-        generation = model.answer(list(state.history), turn, budget)
+        generation = (model.answer(list(state.history), turn, budget, constraint) if constraint is not None
+                      else model.answer(list(state.history), turn, budget))
+    except EngineUnavailable:
+        raise  # the engine is down: the whole study is retried later
     except Exception as exc:  # noqa: BLE001 - a model failure fails the stage, not the study
         log.exception("model failed on question %s", qid)
         error = f"model error: {type(exc).__name__}: {exc}"
@@ -289,6 +304,7 @@ def run_flow_images(
     *,
     max_new_tokens: int | Mapping[QType, int] | None = None,
     seed: int = 0,
+    constrain: bool = True,
 ) -> ReasoningRecord:
     """Run the flow on prepared images (current study first, frontal first). See :func:`run_flow`."""
     if not current:
@@ -301,7 +317,8 @@ def run_flow_images(
     _seed(seed)
     all_images = [*current, *prior]
     refs = [m.ref(i) for i, m in enumerate(all_images)]
-    state = _State(geometry=[ImageGeometry(i, m.columns, m.rows) for i, m in enumerate(all_images)])
+    state = _State(geometry=[ImageGeometry(i, m.columns, m.rows) for i, m in enumerate(all_images)],
+                   constrain=constrain)
     stage_results = [_run_stage(model, book, n, state, current, prior, max_new_tokens) for n in CANONICAL_STAGES]
     fields = _provenance_fields(model, provenance)
     fields.update(seed=seed, started_at=started, finished_at=_now(), seconds=round(time.perf_counter() - wall, 4),
@@ -328,15 +345,18 @@ def run_flow(
     max_new_tokens: int | Mapping[QType, int] | None = None,
     seed: int = 0,
     max_side: int | None = None,
+    constrain: bool = True,
 ) -> ReasoningRecord:
     """Walk the stages for one study (and optionally its prior) and return the reasoning record.
 
     ``provenance``: a ``Provenance``, an object with ``provenance_fields()`` (the engine's ``ModelInfo``), a mapping,
     or None to use ``model.info``. ``max_new_tokens``: an int caps every question's budget; a mapping sets budgets
     per qtype; None uses the stage book. ``max_side`` shrinks images before the model sees them (boxes still map
-    to source pixels). Raises ``inference.images.ImageError`` when a study has no usable image.
+    to source pixels). ``constrain``: closed answers (yes/no, choices, boxes) are decoded under their grammar
+    (``inference.constraints``); False lets the model write freely (for comparison).
+    Raises ``inference.images.ImageError`` when a study has no usable image.
     """
     current_images = prepare_images(current, "current", max_side)
     prior_images = prepare_images(prior, "prior", max_side) if prior else []
     return run_flow_images(model, current_images, prior_images, stages, provenance,
-                           max_new_tokens=max_new_tokens, seed=seed)
+                           max_new_tokens=max_new_tokens, seed=seed, constrain=constrain)

@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--radar", type=Path, metavar="PNG", help="write a radar chart of stage scores")
     p.add_argument("--save-predictions", type=Path, metavar="OUT", help="write the raw answers (re-scorable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-constrain", action="store_true",
+                   help="let the model write closed answers freely (default: decoded under their grammar)")
     p.set_defaults(func=run)
 
 
@@ -109,12 +111,14 @@ def run(args: argparse.Namespace) -> int:
                 max_new_tokens=args.max_new_tokens,
                 max_questions=args.max_questions,
                 show_progress=not args.no_progress,
+                constrain=not args.no_constrain,
             )
         except (OSError, ValueError, ModelLoadError) as exc:
             return _fail(str(exc))
         meta.update(
             source="model",
             mode="free" if args.free else "teacher_forced",
+            constrained=not args.no_constrain,
             model=_model_meta(model),
             seconds_per_study=_seconds_per_study(runs),
         )

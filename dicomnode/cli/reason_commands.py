@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-side", type=int, metavar="PX", help="shrink images to at most PX on their longer side")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prompt for every question")
+    p.add_argument("--no-constrain", action="store_true",
+                   help="let the model write closed answers freely (default: decoded under their grammar)")
     p.set_defaults(func=run)
 
 
@@ -142,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         record = run_flow(model, current, prior, book, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                          max_side=args.max_side)
+                          max_side=args.max_side, constrain=not args.no_constrain)
     except ImageError as exc:
         print(f"cxr-node reason: error: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ from typing import Any
 from PIL import Image
 
 from inference.chat import BoxConvention, ChatModel, Turn
+from inference.constraints import AnswerConstraint, constraint_for
 from inference.evaluation.dataset import EvalItem, EvalStudy
 from inference.parsing import ImageGeometry, parse_answer
 from inference.record import ParsedAnswer, QType, ReasoningRecord
@@ -216,6 +217,12 @@ def max_new_tokens_for(qtype: QType, cap: int | None) -> int:
     return min(value, cap) if cap else value
 
 
+def _constraint(model: ChatModel, item: EvalItem, sizes: Sequence[tuple[int, int]]) -> AnswerConstraint | None:
+    """The item's decoding constraint; boxes sized to the item's image as the model last saw it."""
+    size = sizes[item.image_index] if 0 <= item.image_index < len(sizes) else None
+    return constraint_for(item.qtype, item.options, model.box_convention, size, item.target or "")
+
+
 ProgressHook = Callable[[EvalStudy, int], None]  # (study, items done in it) after each answer
 
 
@@ -228,8 +235,12 @@ def run_study(
     max_new_tokens: int | None = None,
     max_questions: int | None = None,
     on_answer: ProgressHook | None = None,
+    constrain: bool = True,
 ) -> StudyRun:
-    """Ask the study's questions in order as one conversation (teacher-forced unless ``free``)."""
+    """Ask the study's questions in order as one conversation (teacher-forced unless ``free``).
+
+    ``constrain``: closed answers are decoded under their grammar (``inference.constraints``), as the node does.
+    """
     start = time.perf_counter()
     reset = getattr(model, "reset_cache", None)  # a new conversation: free the previous study's cache
     if callable(reset):
@@ -237,15 +248,21 @@ def run_study(
     history: list[Turn] = []
     run = StudyRun(study.key)
     next_image = 0
+    sizes: tuple[tuple[int, int], ...] = ()
     items = study.items[:max_questions] if max_questions else study.items
     for item in items:
         n = item.n_images
         turn_images = tuple(images[next_image : next_image + n])
         next_image += n
         question = Turn("user", item.question, turn_images)
-        gen = model.answer(history, question, max_new_tokens_for(item.qtype, max_new_tokens))
+        budget = max_new_tokens_for(item.qtype, max_new_tokens)
+        constraint = _constraint(model, item, sizes) if constrain else None
+        if constraint is not None:
+            gen = model.answer(history, question, budget, constraint)
+        else:
+            gen = model.answer(history, question, budget)
         seen = images[:next_image]
-        sizes = gen.model_image_sizes
+        sizes = gen.model_image_sizes or sizes
         geometry = [
             ImageGeometry(
                 index=i,
@@ -286,6 +303,7 @@ def run_model(
     max_questions: int | None = None,
     show_progress: bool = True,
     label: str = "model",
+    constrain: bool = True,
 ) -> dict[str, StudyRun]:
     """Run ``model`` over ``studies`` with a rich progress bar (on stderr); returns runs by study key."""
     from rich.console import Console
@@ -313,6 +331,7 @@ def run_model(
                 max_new_tokens=max_new_tokens,
                 max_questions=max_questions,
                 on_answer=lambda _s, _n: progress.advance(task),
+                constrain=constrain,
             )
     return runs
 

@@ -65,7 +65,8 @@ class Steered:
     def answer_wrapper(self) -> str | None:
         return self.model.answer_wrapper
 
-    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int) -> Generation:
+    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int,
+               constraint: object = None) -> Generation:
         generation = self.model.answer(history, question, max_new_tokens)
         if any(f"evidence of {t} in the main study" in question.text for t in self.terms):
             self.steered += 1

@@ -77,11 +77,22 @@ def latest_predecessor_sr(paths: Sequence[Path]) -> Dataset | None:
     return found
 
 
+def connect_engine(config: NodeConfig):
+    """The remote ChatModel of ``model.backend: openai`` (checks /v1/models; EngineUnavailable when down)."""
+    from inference.model.remote import connect
+
+    m = config.model
+    return connect(m.url or "", name=m.name, api_key_env=m.api_key_env, timeout_seconds=m.timeout_seconds,
+                   profile=m.profile, seed=config.reasoning.seed, min_pixels=m.min_pixels, max_pixels=m.max_pixels)
+
+
 class ReasoningProcessor:
     """Runs the reasoning flow and writes the result objects for one study at a time."""
 
     def __init__(self, config: NodeConfig, model=None, stages: StageBook | None = None) -> None:
         self.config = config
+        if model is None and config.model.backend == "openai":
+            model = connect_engine(config)
         if model is None:
             if config.model.path is None:
                 raise ValueError("model.path: the reasoning processor needs a local model directory")

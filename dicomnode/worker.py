@@ -35,6 +35,7 @@ from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.processing import ProcessingResult, Processor, ResultObject, StudyInput
 from dicomnode.spool import fsync_dir
 from dicomnode.uids import is_valid_uid
+from inference.chat import EngineUnavailable
 from sr_writer.validate import part10_bytes
 
 LOG = logging.getLogger("dicomnode.worker")
@@ -48,6 +49,9 @@ class ClaimedJob:
     study_id: int
     study_instance_uid: str
     generation: int
+
+
+ENGINE_BACKOFF_MAX = 60.0  # seconds a worker waits at most after the serving engine was unavailable
 
 
 def default_worker_id(index: int = 0) -> str:
@@ -232,11 +236,17 @@ class Worker:
             study.publish = lambda obj: self._publish(claimed, worker_id, directory, obj, published)
             with self._heartbeat(claimed, worker_id):
                 result = self.processor.process(study)
+            if metrics.engine_state() is not None:
+                metrics.set_engine_state(True, "up")
+                self._engine_backoff = 0.0
             rest = ProcessingResult([o for o in result.objects if str(o.dataset.SOPInstanceUID) not in published],
                                     result.record_json)
             written = [*published.values(), *write_results(directory, rest, self.config.storage.fsync)]
         except JobLost:
             return  # another worker has the job now; what was published before stays queued
+        except EngineUnavailable as exc:  # the serving engine is down: retry later, the study is not at fault
+            self._requeue_engine_down(claimed, worker_id, f"serving engine unavailable: {exc}")
+            return
         except Exception as exc:  # noqa: BLE001 - any processor failure fails the job, never the worker
             LOG.exception("job failed", extra={"fields": {"job_id": claimed.job_id}})
             error = f"{type(exc).__name__}: {exc}"
@@ -291,6 +301,22 @@ class Worker:
             LOG.warning("job no longer held; result discarded", extra={"fields": {"job_id": claimed.job_id}})
             return None
         return job
+
+    def _requeue_engine_down(self, claimed: ClaimedJob, worker_id: str, error: str) -> None:
+        """Back to QUEUED (not FAILED); this worker waits (doubling, at most ENGINE_BACKOFF_MAX s) before its next
+        claim."""
+        metrics.set_engine_state(False, error[:300])
+        self._engine_backoff = min(ENGINE_BACKOFF_MAX, max(1.0, 2 * getattr(self, "_engine_backoff", 0.0)))
+        LOG.warning("serving engine unavailable; job re-queued", extra={"fields": {
+            "job_id": claimed.job_id, "retry_in_s": self._engine_backoff}})
+        with self.session_factory.begin() as session:
+            job = self._held_job(session, claimed, worker_id)
+            if job is None:
+                return
+            set_job_state(session, job, JobState.QUEUED, error)
+            job.claimed_by = None
+            audit(session, "job.requeued", level=logging.WARNING, study_instance_uid=claimed.study_instance_uid,
+                  job_id=job.id, error=error[:500])
 
     def _finish_failed(self, claimed: ClaimedJob, worker_id: str, error: str) -> None:
         with self.session_factory.begin() as session:
@@ -365,7 +391,10 @@ class Worker:
             except Exception:  # noqa: BLE001 - database hiccup: log and poll again
                 LOG.exception("worker pass failed")
                 busy = False
-            if not busy:
+            backoff = getattr(self, "_engine_backoff", 0.0)
+            if backoff and busy:
+                self._stop.wait(backoff)  # the engine was down: wait before claiming again
+            elif not busy:
                 self._wake.wait(self.config.processing.poll_seconds)
                 self._wake.clear()
 

@@ -48,6 +48,7 @@ class Generation:
     seconds: float
     # For RESIZED_PIXELS boxes: (width, height) of each image as the model saw it, in conversation order.
     model_image_sizes: tuple[tuple[int, int], ...] = field(default=())
+    token_ids: tuple[int, ...] = ()  # the answer's token ids where the backend reports them (parity tests)
 
 
 class ChatModel(Protocol):

@@ -28,3 +28,8 @@ if [ ! -e "$stamp" ]; then
   "$VENV/bin/pip" install -q -e ".[test]"
   touch "$stamp"
 fi
+
+# The vLLM CPU engine for the remote-backend tests (own venv, cached by a stamp). CXR_SKIP_VLLM=1 skips it.
+if [ "${CXR_SKIP_VLLM:-0}" != "1" ]; then
+  scripts/vllm_venv.sh
+fi

@@ -101,6 +101,7 @@ class LoadedModel:
         self.device = torch.device(info.device)
         self._state: _PrefixState | None = None
         self.last_prompt_logits: torch.Tensor | None = None
+        self.last_prompt_ids: list[int] = []
         self._lock = threading.Lock()  # one conversation at a time: the prefix cache is per model
         self._image_token_id = self._find_image_token_id()
         self._eos = self._eos_ids()
@@ -160,6 +161,7 @@ class LoadedModel:
                          logits_to_keep=1, **model_kwargs)
         cache = out.past_key_values
         self.last_prompt_logits = out.logits[0, -1].float().cpu()  # next-token logits after the prompt (tests)
+        self.last_prompt_ids = ids
         decoder = _Decoder(self, constraint, max_new_tokens)
         generated = [decoder.pick(out.logits[0, -1])]
         while decoder.more(generated):
@@ -177,7 +179,8 @@ class LoadedModel:
         text = self.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
         return Generation(text=text, prompt_tokens=len(ids) - reuse, cached_tokens=reuse,
                           generated_tokens=len(generated), seconds=time.perf_counter() - start,
-                          model_image_sizes=self._model_image_sizes(inputs, len(images)))
+                          model_image_sizes=self._model_image_sizes(inputs, len(images)),
+                          token_ids=tuple(text_ids))
 
     def token_texts(self) -> list[str]:
         """Each vocabulary id decoded alone ("" for special tokens and partial UTF-8); built once, on first use."""

@@ -1,0 +1,35 @@
+"""Start vLLM's OpenAI-compatible server with the project's image-only Qwen-VL processors registered.
+
+Run with the vLLM venv's python (``.cache/vllm-venv``; ``scripts/vllm_venv.sh`` builds it); arguments go to
+``vllm.entrypoints.openai.api_server``. That venv has no torchvision, so the stock Qwen-VL processors cannot be
+built there: ``inference/model/processors.py`` is loaded from this checkout by file path (the ``inference``
+package itself needs the node's dependencies) and registered before vLLM loads the model. The engine core runs
+in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the registration applies to it too.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import runpy
+import sys
+from pathlib import Path
+
+PROCESSORS = Path(__file__).resolve().parents[1] / "inference" / "model" / "processors.py"
+
+
+def main() -> None:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    spec = importlib.util.spec_from_file_location("cxr_image_only_processors", PROCESSORS)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    module.register_image_only_processors()
+    sys.argv = ["vllm.entrypoints.openai.api_server", *sys.argv[1:]]
+    runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

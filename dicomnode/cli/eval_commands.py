@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", type=Path, help="CXRTrek-format JSON (list of studies)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, metavar="DIR", help="local model directory to run")
+    source.add_argument("--engine", metavar="URL",
+                        help="an OpenAI-compatible engine (vLLM) to run instead, e.g. http://127.0.0.1:8000/v1")
     source.add_argument(
         "--predictions",
         type=Path,
@@ -48,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--radar", type=Path, metavar="PNG", help="write a radar chart of stage scores")
     p.add_argument("--save-predictions", type=Path, metavar="OUT", help="write the raw answers (re-scorable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--engine-model", metavar="NAME", help="served model id (default: the engine's first)")
+    p.add_argument("--engine-profile", default="qwen2_5_vl", help="model profile of the served model")
+    p.add_argument("--engine-max-pixels", type=int, default=448 * 448, help="image grid bound (model.max_pixels)")
     p.add_argument("--no-constrain", action="store_true",
                    help="let the model write closed answers freely (default: decoded under their grammar)")
     p.set_defaults(func=run)
@@ -59,6 +64,11 @@ def _fail(message: str) -> int:
 
 
 def _load_model(args: argparse.Namespace, quantization: str) -> Any:
+    if getattr(args, "engine", None):
+        from inference.model.remote import connect
+
+        return connect(args.engine, name=args.engine_model, profile=args.engine_profile,
+                       max_pixels=args.engine_max_pixels)
     from inference.model import load_chat_model
 
     return load_chat_model(str(args.model), quantization=quantization, device=args.device)
@@ -73,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from inference.evaluation.dataset import DatasetError, load_dataset
     from inference.evaluation.scoring import score_dataset
 
-    if args.model and not args.images:
-        return _fail("--model needs --images DIR")
+    if (args.model or args.engine) and not args.images:
+        return _fail("--model/--engine needs --images DIR")
     if args.compare_quantization and not args.model:
         return _fail("--compare-quantization needs --model")
     if args.limit is not None and args.limit < 1:
@@ -113,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                 show_progress=not args.no_progress,
                 constrain=not args.no_constrain,
             )
-        except (OSError, ValueError, ModelLoadError) as exc:
+        except (OSError, ValueError, RuntimeError, ModelLoadError) as exc:
             return _fail(str(exc))
         meta.update(
             source="model",

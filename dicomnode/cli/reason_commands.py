@@ -20,7 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "not verified by a physician.",
     )
     p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="DICOM files (or directories) of the study")
-    p.add_argument("--model", type=Path, required=True, metavar="DIR", help="local model directory")
+    backend = p.add_mutually_exclusive_group(required=True)
+    backend.add_argument("--model", type=Path, metavar="DIR", help="local model directory")
+    backend.add_argument("--engine", metavar="URL", help="an OpenAI-compatible engine (vLLM), e.g. http://host:8000/v1")
+    p.add_argument("--engine-model", metavar="NAME", help="served model id (default: the engine's first)")
     p.add_argument("--prior", type=Path, nargs="*", default=[], metavar="FILE", help="DICOM files of a prior study")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the reasoning record as JSON ('-': stdout only)")
     p.add_argument("--quantization", default="nf4", choices=("nf4", "fp4", "int8", "none"),
@@ -137,10 +140,15 @@ def run(args: argparse.Namespace) -> int:
     from inference.model import ModelLoadError, load_chat_model
 
     try:
-        model = load_chat_model(args.model, quantization=args.quantization, device=args.device,
-                                profile=args.profile, cache="none" if args.no_cache else "prefix", seed=args.seed)
-    except (ModelLoadError, OSError, ValueError) as exc:
-        print(f"cxr-node reason: error: cannot load model {args.model}: {exc}", file=sys.stderr)
+        if args.engine:
+            from inference.model.remote import connect
+
+            model = connect(args.engine, name=args.engine_model, profile=args.profile or "qwen2_5_vl", seed=args.seed)
+        else:
+            model = load_chat_model(args.model, quantization=args.quantization, device=args.device,
+                                    profile=args.profile, cache="none" if args.no_cache else "prefix", seed=args.seed)
+    except (ModelLoadError, OSError, ValueError, RuntimeError) as exc:
+        print(f"cxr-node reason: error: cannot load model {args.model or args.engine}: {exc}", file=sys.stderr)
         return 2
     try:
         record = run_flow(model, current, prior, book, max_new_tokens=args.max_new_tokens, seed=args.seed,

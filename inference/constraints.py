@@ -64,7 +64,7 @@ class AnswerConstraint:
         """vLLM's ``structured_outputs`` request field."""
         if self.choices:
             return {"choice": list(self.choices)}
-        return {"regex": self.pattern}
+        return {"regex": self.pattern.replace("(?:", "(")}  # plain groups: the engine's regex dialects all take them
 
 
 def _labels(options: Sequence[str]) -> list[str]:

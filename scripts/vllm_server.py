@@ -17,6 +17,19 @@ from pathlib import Path
 PROCESSORS = Path(__file__).resolve().parents[1] / "inference" / "model" / "processors.py"
 
 
+def _image_only_from_pretrained(module) -> None:  # type: ignore[no-untyped-def]
+    """vLLM loads Qwen-VL processors by class (``Qwen2_5_VLProcessor.from_pretrained``), not through
+    ``AutoProcessor``: route those calls to the image-only subclasses."""
+    for stock, image_only in ((module.Qwen2_5_VLProcessor, module.Qwen2_5_VLImageOnlyProcessor),
+                              (module.Qwen2VLProcessor, module.Qwen2VLImageOnlyProcessor)):
+        original = stock.from_pretrained.__func__
+
+        def from_pretrained(cls, *args, _stock=stock, _image_only=image_only, _original=original, **kwargs):
+            return _original(_image_only if cls is _stock else cls, *args, **kwargs)
+
+        stock.from_pretrained = classmethod(from_pretrained)
+
+
 def main() -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -27,6 +40,8 @@ def main() -> None:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     module.register_image_only_processors()
+    if not module.torchvision_available():
+        _image_only_from_pretrained(module)
     sys.argv = ["vllm.entrypoints.openai.api_server", *sys.argv[1:]]
     runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__")
 

@@ -7,6 +7,7 @@ carries on with the next job.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import shutil
@@ -108,7 +109,9 @@ class ReasoningProcessor:
                         "and may not parse")
         self.stages = stages or load_stages(config.reasoning.stages_file)
         self.options = output_options(config)
-        self._model_lock = threading.Lock()  # one conversation at a time: the model holds its prefix cache
+        # One conversation at a time with an in-process model (it holds its prefix cache); a serving engine takes
+        # several studies at once (processing.workers > 1), each study's turns still in order.
+        self._model_lock = contextlib.nullcontext() if getattr(model, "concurrent", False) else threading.Lock()
         self._pages_lock = threading.Lock()
         self._pages: ProcessPoolExecutor | None = None
         if config.output.page_processes:

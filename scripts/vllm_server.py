@@ -17,6 +17,13 @@ from pathlib import Path
 PROCESSORS = Path(__file__).resolve().parents[1] / "inference" / "model" / "processors.py"
 
 
+class _NoVideo:
+    """Stands in for the video processor an image-only processor lacks."""
+
+    class valid_kwargs:  # noqa: N801 - the attribute name vLLM reads
+        pass
+
+
 def _image_only_from_pretrained(module) -> None:  # type: ignore[no-untyped-def]
     """vLLM loads Qwen-VL processors by class (``Qwen2_5_VLProcessor.from_pretrained``), not through
     ``AutoProcessor``: route those calls to the image-only subclasses."""
@@ -25,7 +32,10 @@ def _image_only_from_pretrained(module) -> None:  # type: ignore[no-untyped-def]
         original = stock.from_pretrained.__func__
 
         def from_pretrained(cls, *args, _stock=stock, _image_only=image_only, _original=original, **kwargs):
-            return _original(_image_only if cls is _stock else cls, *args, **kwargs)
+            processor = _original(_image_only if cls is _stock else cls, *args, **kwargs)
+            if not hasattr(processor, "video_processor"):
+                processor.video_processor = _NoVideo()  # vLLM reads its kwargs; videos are never sent
+            return processor
 
         stock.from_pretrained = classmethod(from_pretrained)
 
@@ -42,7 +52,10 @@ def main() -> None:
     module.register_image_only_processors()
     if not module.torchvision_available():
         _image_only_from_pretrained(module)
-    sys.argv = ["vllm.entrypoints.openai.api_server", *sys.argv[1:]]
+    args = sys.argv[1:]
+    if not module.torchvision_available() and "--limit-mm-per-prompt" not in args:
+        args += ["--limit-mm-per-prompt", '{"video": 0}']  # no video processor here
+    sys.argv = ["vllm.entrypoints.openai.api_server", *args]
     runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__")
 
 

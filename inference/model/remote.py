@@ -80,6 +80,8 @@ def image_part(image: Image.Image) -> dict[str, Any]:
 class RemoteChatModel:
     """Implements ``inference.chat.ChatModel`` against an OpenAI-compatible ``/v1`` endpoint."""
 
+    concurrent = True  # one instance may serve several studies at once from several threads
+
     def __init__(self, url: str, profile: ModelProfile, *, name: str | None = None, api_key: str | None = None,
                  timeout_seconds: float = 120.0, image_factor: int = 28, min_pixels: int = 56 * 56,
                  max_pixels: int = 448 * 448, seed: int = 0, demo_model: bool = False,

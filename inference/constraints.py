@@ -26,9 +26,10 @@ from inference.chat import BoxConvention
 from inference.parsing import option_body, option_label
 from inference.record import QType
 
-__all__ = ["AnswerConstraint", "constraint_for", "int_upto_pattern", "MAX_BOXES"]
+__all__ = ["GRACE_TOKENS", "AnswerConstraint", "constraint_for", "int_upto_pattern", "MAX_BOXES"]
 
 MAX_BOXES = 4  # boxes one detection answer may hold
+GRACE_TOKENS = 48  # tokens a constrained answer may take past its budget to finish its grammar
 YES_NO_HEAD = r"(?:Yes|No)\."
 
 
@@ -59,6 +60,10 @@ class AnswerConstraint:
     def free(self, text: str) -> bool:
         """The head is written: from here on nothing is constrained."""
         return bool(self.head) and self.compiled.match(text) is not None
+
+    def max_tokens(self, budget: int) -> int:
+        """A hard token limit that lets the grammar finish (a free-tail constraint keeps its budget)."""
+        return budget if self.head else budget + GRACE_TOKENS
 
     def structured_outputs(self) -> dict[str, Any]:
         """vLLM's ``structured_outputs`` request field."""

@@ -24,6 +24,8 @@ def main() -> None:
     args = sys.argv[1:]
     if importlib.util.find_spec("torchvision") is None and "--limit-mm-per-prompt" not in args:
         args += ["--limit-mm-per-prompt", '{"video": 0}']
+    if "--enable-prompt-tokens-details" not in args:
+        args.append("--enable-prompt-tokens-details")  # usage reports cached (prefix-cache) prompt tokens
     sys.argv = ["vllm.entrypoints.openai.api_server", *args]
     runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__")
 

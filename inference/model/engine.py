@@ -22,12 +22,11 @@ from PIL import Image
 from transformers import DynamicCache
 
 from inference.chat import IMAGE_PLACEHOLDER, BoxConvention, Generation, Turn
-from inference.constraints import AnswerConstraint
+from inference.constraints import GRACE_TOKENS, AnswerConstraint
 from inference.model.profiles import ModelProfile
 
 log = logging.getLogger(__name__)
 CACHE_MODES: tuple[str, ...] = ("prefix", "none")
-CONSTRAINT_GRACE_TOKENS = 48  # extra tokens a constrained answer may take past its budget to finish its grammar
 
 
 @dataclass(frozen=True)
@@ -364,7 +363,7 @@ class _Decoder:
 
     Unconstrained: the argmax, until an end token or the budget. Constrained: the most likely token whose text
     keeps the answer viable under the constraint (partial regex match); an end token only once the answer is
-    complete. A constrained answer still incomplete at its budget may take ``CONSTRAINT_GRACE_TOKENS`` more, and
+    complete. A constrained answer still incomplete at its budget may take ``GRACE_TOKENS`` more, and
     then prefers tokens that complete it; a complete one ends at its budget. After a yes/no head the rest is free.
     """
 
@@ -387,7 +386,7 @@ class _Decoder:
             return True
         if self._free() or self.constraint is None or self.constraint.complete(self.text):
             return False
-        return len(generated) < self.budget + CONSTRAINT_GRACE_TOKENS
+        return len(generated) < self.budget + GRACE_TOKENS
 
     def pick(self, logits: torch.Tensor) -> int:
         if self._free():

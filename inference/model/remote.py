@@ -128,6 +128,7 @@ class RemoteChatModel:
             body["return_token_ids"] = True
         if constraint is not None:
             body["structured_outputs"] = constraint.structured_outputs()
+            body["max_tokens"] = constraint.max_tokens(max_new_tokens)  # the grammar may finish past the budget
         response = self._post("/chat/completions", body)
         self.last_response = response
         choice = response["choices"][0]

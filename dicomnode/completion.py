@@ -1,9 +1,13 @@
-"""Per-study completion: a study is complete ``quiet_seconds`` after its last instance (apscheduler timers).
+"""Per-study completion: a study is complete once its sender has been silent for ``quiet_seconds`` (apscheduler
+timers).
 
-At the deadline the newest RECEIVING job becomes QUEUED, or SKIPPED with a reason when no instance of the study is
-selected. Start-up recovery: RECEIVING studies get their deadline re-armed from ``last_received_at``
-(:meth:`CompletionScheduler.rearm_all`); jobs left in PROCESSING by a crashed worker go back to QUEUED
-(:func:`requeue_processing`).
+Silence is the sender's: while an association that stored an instance of the study is still open, the study stays
+open however long the node takes between commits (:meth:`CompletionScheduler.hold`); when it closes, the quiet
+period starts from then (:meth:`CompletionScheduler.release`). At the deadline the newest RECEIVING job becomes
+QUEUED, or SKIPPED with a reason when no instance of the study is selected. Start-up recovery: RECEIVING studies
+wait a full quiet period from when the listener accepts again, so a modality that resends after the node came
+back lands in the same generation (:meth:`CompletionScheduler.rearm_all`); jobs left in PROCESSING by a crashed
+worker go back to QUEUED (:func:`requeue_processing`).
 """
 from __future__ import annotations
 
@@ -128,6 +132,7 @@ class CompletionScheduler:
         self.on_complete = on_complete  # called when a study was queued (or skipped): wakes an in-process worker
         self.scheduler = BackgroundScheduler(timezone=dt.timezone.utc, job_defaults={"misfire_grace_time": None})
         self._armed: set[int] = set()
+        self._holders: dict[int, set[threading.Thread]] = {}  # study id -> open associations that sent to it
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -158,8 +163,44 @@ class CompletionScheduler:
                 return
         self.arm(study_id, last_received_at)
 
-    def rearm_all(self) -> int:
-        """Arm every study whose newest job is RECEIVING (start-up); return how many."""
+    def hold(self, study_id: int, association: threading.Thread) -> None:
+        """``association`` (still open) stored an instance of ``study_id``: the study is not complete before the
+        association has closed (:meth:`release`) and then been silent for ``quiet_seconds``."""
+        with self._lock:
+            self._holders.setdefault(study_id, set()).add(association)
+
+    def release(self, association: threading.Thread) -> None:
+        """``association`` closed (released, aborted or dropped): each study it held waits ``quiet_seconds`` from
+        now."""
+        now = utcnow()
+        with self._lock:
+            released = [study_id for study_id, holders in self._holders.items() if association in holders]
+            for study_id in released:
+                self._holders[study_id].discard(association)
+                if not self._holders[study_id]:
+                    del self._holders[study_id]
+        for study_id in released:
+            self.arm(study_id, now)
+
+    def _held(self, study_id: int) -> bool:
+        """Whether an open association still holds ``study_id`` (a holder whose thread has ended, without a close
+        event, lets go)."""
+        with self._lock:
+            holders = self._holders.get(study_id)
+            if not holders:
+                return False
+            holders -= {a for a in holders if not a.is_alive()}
+            if not holders:
+                del self._holders[study_id]
+                return False
+            return True
+
+    def rearm_all(self, not_before: dt.datetime | None = None) -> int:
+        """Arm every study whose newest job is RECEIVING (start-up); return how many.
+
+        Each waits a full quiet period from ``not_before`` (call it once the listener accepts: a partial study
+        left by a crash must give its sender the time to send the rest, or to resend it, before it is completed)."""
+        not_before = not_before or utcnow()
         with self.session_factory() as session:
             rows = session.execute(
                 select(Study.id, Study.last_received_at)
@@ -167,7 +208,7 @@ class CompletionScheduler:
                 .where(Job.state == JobState.RECEIVING.value)
             ).all()
         for study_id, last in rows:
-            self.arm(study_id, last)
+            self.arm(study_id, max(last, not_before))
         return len(rows)
 
     def check_now(self, study_id: int) -> dt.datetime | None:
@@ -178,6 +219,9 @@ class CompletionScheduler:
     def _fire(self, study_id: int) -> None:
         with self._lock:
             self._armed.discard(study_id)
+        if self._held(study_id):  # its sender is still connected: look again later (release re-arms at once)
+            self.arm(study_id, utcnow())
+            return
         try:
             later = self.check_now(study_id)
         except Exception:  # noqa: BLE001 - retry shortly rather than lose the study

@@ -61,6 +61,17 @@ class NodeSection(_Model):
     max_associations: int = Field(10, ge=1)
     tls: TLSConfig = Field(default_factory=TLSConfig)
     min_free_disk_mb: int = Field(1024, ge=0)
+    # A-ASSOCIATE-RQ with another called AE title than ae_title is rejected (called-AE-title-not-recognized)
+    check_called_aet: bool = True
+    # ARTIM: a connection must have sent its A-ASSOCIATE-RQ this long after the TCP connect (TLS included);
+    # connections still negotiating never count against max_associations
+    acse_timeout_seconds: float = Field(30, gt=0)
+    tls_handshake_timeout_seconds: float = Field(10, gt=0)
+    # an established association with no complete PDU for this long is aborted; also bounds every recv/send
+    network_timeout_seconds: float = Field(60, gt=0)
+    dimse_timeout_seconds: float = Field(60, gt=0)
+    # SIGTERM: in-flight associations get this long to finish, then they are aborted
+    shutdown_timeout_seconds: float = Field(30, ge=0)
 
     @field_validator("ae_title")
     @classmethod
@@ -73,11 +84,42 @@ class NodeSection(_Model):
         return [_ae_title(v) for v in values]
 
 
+SUPPORTED_DATABASES = ("sqlite", "postgresql")
+
+
+def check_database_url(url: str) -> str:
+    """``url`` when SQLAlchemy parses it, names a supported database and its driver is installed."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ValueError(f"not a database URL ({exc})") from None
+    if parsed.get_backend_name() not in SUPPORTED_DATABASES:
+        raise ValueError(f"database {parsed.get_backend_name()!r} is not supported (use one of "
+                         f"{', '.join(SUPPORTED_DATABASES)})")
+    try:
+        parsed.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise ValueError(f"unknown database driver {parsed.drivername!r}") from None
+    except ImportError as exc:
+        raise ValueError(f"database driver {parsed.drivername!r} is not installed ({exc.name})") from None
+    if parsed.get_backend_name() == "postgresql" and not parsed.database:
+        raise ValueError("PostgreSQL URL names no database")
+    return url
+
+
 class StorageSection(_Model):
     data_dir: Path = Path("./var")
     database_url: str | None = None
     retention_days: float = Field(7, ge=0)
     fsync: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        return check_database_url(value) if value else value
 
 
 class StudySection(_Model):
@@ -116,8 +158,12 @@ class Destination(_Model):
         return _ae_title(value)
 
 
+PASSTHROUGH = "passthrough"  # the processor that produces nothing: only ever explicit, warned about at start-up
+REASONING = "reasoning"
+
+
 class ProcessingSection(_Model):
-    processor: str = "passthrough"
+    processor: str = REASONING
     workers: int = Field(1, ge=1)
     poll_seconds: float = Field(1.0, gt=0)
 
@@ -157,6 +203,14 @@ class PriorsConfig(_Model):
     modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"])
 
     @model_validator(mode="after")
+    def _enabled_needs_a_pacs(self) -> "PriorsConfig":
+        missing = [key for key in ("host", "port", "query_aet") if self.enabled and not getattr(self, key)]
+        if missing:
+            raise ValueError(f"enabled priors need host, port and query_aet (the PACS AE title): "
+                             f"{', '.join(missing)} missing")
+        return self
+
+    @model_validator(mode="after")
     def _move_needs_its_own_ae(self) -> "PriorsConfig":
         if self.enabled and self.retrieve == "move" and not (self.move_aet and self.move_port):
             raise ValueError("retrieve: move needs move_aet and move_port (a receiving AE of its own)")
@@ -169,6 +223,7 @@ class ReasoningSection(_Model):
     seed: int = 0
     priors: PriorsConfig = Field(default_factory=PriorsConfig)
     constrain_closed_answers: bool = True  # yes/no, choices and boxes decoded under their grammar
+    parallel_within_stage: bool = False  # independent questions of a stage asked together (blind to each other)
 
 
 class MetricsSection(_Model):
@@ -184,6 +239,16 @@ class LoggingSection(_Model):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    @field_validator("file")
+    @classmethod
+    def _directory_exists(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            if value.is_dir():
+                raise ValueError(f"{value} is a directory, not a file")
+            if not value.absolute().parent.is_dir():
+                raise ValueError(f"directory {value.absolute().parent} does not exist")
+        return value
+
 
 class OutputSection(_Model):
     series_number_sr: int = 9901
@@ -195,6 +260,9 @@ class OutputSection(_Model):
     # Render and encode the SC pages in this many helper processes while the worker builds the SR (each ~150 MB;
     # 0 = in the worker, one step after the other).
     page_processes: int = Field(default=2, ge=0, le=8)
+    # SR SOP class: "comprehensive3d" (Comprehensive 3D SR, what OHIF reads) or "comprehensive" (Comprehensive SR,
+    # for Orthanc Stone's viewer and PACS that do not know 3D SR).
+    sr_sop_class: Literal["comprehensive3d", "comprehensive"] = "comprehensive3d"
 
 
 class NodeConfig(_Model):
@@ -210,10 +278,17 @@ class NodeConfig(_Model):
     output: OutputSection = Field(default_factory=OutputSection)
 
     @model_validator(mode="after")
+    def _reasoning_needs_a_model(self) -> "NodeConfig":
+        if self.processing.processor == REASONING and self.model.path is None:
+            raise ValueError("model.path: required when processing.processor is reasoning (the default): set the "
+                             "local model directory, or processing.processor: passthrough to produce no results")
+        return self
+
+    @model_validator(mode="after")
     def _unique_destinations(self) -> "NodeConfig":
         names = [d.name for d in self.destinations]
         if len(names) != len(set(names)):
-            raise ValueError("destination names must be unique")
+            raise ValueError("destinations: names must be unique")
         return self
 
     @property
@@ -231,6 +306,11 @@ def _format_errors(exc: ValidationError) -> list[str]:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        if err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            if loc == "(root)":  # cross-section checks name their key themselves
+                lines.append(msg)
+                continue
         lines.append(f"{loc}: {msg}")
     return lines
 

@@ -3,6 +3,7 @@
 ``run_demo`` builds the untrained demo model (once), starts Orthanc and the node (SQLite, embedded defaults),
 sends a synthetic PA + lateral chest study *to Orthanc* with DCMTK storescu, lets Orthanc's routing rule forward it
 to the node, waits for the SR and the SC reasoning page to arrive back in Orthanc and returns where to look.
+With ``viewer=True`` Orthanc also serves DICOMweb and OHIF (``dicomnode.peers.ohif``) shows the study.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from PIL import Image
 from dicomnode.config import NodeConfig, config_from_dict
 from dicomnode.node import Node, study_counts
 from dicomnode.peers.dcmtk import storescu
+from dicomnode.peers.ohif import OhifServer, find_ohif_dist
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
 from dicomnode.synthetic import StudySpec, write_study
@@ -34,7 +37,7 @@ SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
 def routing_rule_path() -> Path:
     """The Orthanc Lua rule that forwards stable CR/DX chest studies to the node (shipped with the package)."""
-    return Path(__file__).with_name("data") / ROUTING_RULE
+    return Path(str(resources.files("dicomnode.data").joinpath(ROUTING_RULE)))
 
 
 @dataclass
@@ -48,6 +51,7 @@ class DemoResult:
     sc_files: list[Path] = field(default_factory=list)
     record_json: Path | None = None
     study_instance_uid: str = ""
+    viewer_url: str = ""  # OHIF, open on the study (only with viewer=True)
     seconds: float = 0.0
 
 
@@ -119,9 +123,15 @@ def results_of_study(orthanc: OrthancServer, study_uid: str) -> tuple[list[dict]
 
 
 def run_demo(workdir: Path, timeout: float = 900.0, keep_running: bool = False,
-             say: Callable[[str], None] = print) -> DemoResult:
-    """Run the whole demo in ``workdir`` (its orthanc/ and node/ folders are recreated; the model is kept)."""
+             say: Callable[[str], None] = print, viewer: bool = False,
+             ohif_dist: Path | None = None) -> DemoResult:
+    """Run the whole demo in ``workdir`` (its orthanc/ and node/ folders are recreated; the model is kept).
+
+    ``viewer``: Orthanc loads its DICOMweb plugin and OHIF is served on loopback in front of it; ``viewer_url``
+    opens the study. The viewer is up only while the demo runs, so use it with ``keep_running``.
+    """
     started = time.perf_counter()
+    dist = find_ohif_dist(ohif_dist) if viewer else None  # fail before the long part when OHIF is missing
     workdir = workdir.resolve()
     for sub in ("orthanc", "node", "study", "out"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
@@ -134,7 +144,7 @@ def run_demo(workdir: Path, timeout: float = 900.0, keep_running: bool = False,
     node_port = free_port()
     orthanc = OrthancServer(workdir / "orthanc", aet=PACS_AET, stable_age=2,
                             modalities={NODE_AET: (NODE_AET, "127.0.0.1", node_port)},
-                            lua_scripts=[routing_rule_path()])
+                            lua_scripts=[routing_rule_path()], dicomweb=viewer)
     config = demo_config(workdir, model_dir, node_port, orthanc)
     say(f"Starting Orthanc (PACS) on DICOM port {orthanc.dicom_port}, HTTP {orthanc.url} ...")
     with orthanc:
@@ -185,14 +195,21 @@ def run_demo(workdir: Path, timeout: float = 900.0, keep_running: bool = False,
             for i, page in enumerate(pages, start=1):  # Orthanc's own rendering of the page, as a viewer sees it
                 (out_dir / f"orthanc-preview-{i}.png").write_bytes(
                     orthanc.rest_get_bytes(f"/instances/{page['ID']}/preview"))
-            if keep_running:
-                _print_result(result, say)
-                say("Orthanc and the node keep running; press Ctrl-C to stop.")
-                try:
-                    while True:
-                        time.sleep(3600)
-                except KeyboardInterrupt:
-                    pass
+            ohif = OhifServer(orthanc.url, dist=dist).start() if viewer else None
+            try:
+                if ohif is not None:
+                    result.viewer_url = ohif.viewer_url(spec.study_instance_uid)
+                if keep_running:
+                    _print_result(result, say)
+                    say("Orthanc and the node keep running; press Ctrl-C to stop.")
+                    try:
+                        while True:
+                            time.sleep(3600)
+                    except KeyboardInterrupt:
+                        pass
+            finally:
+                if ohif is not None:
+                    ohif.stop()
     return result
 
 
@@ -213,6 +230,10 @@ def _print_result(result: DemoResult, say: Callable[[str], None]) -> None:
         say(f"  page PNG:             {png}")
     if result.record_json:
         say(f"  reasoning record:     {result.record_json}")
+    if result.viewer_url:
+        say(f"  OHIF viewer:          {result.viewer_url}")
+        say("    (double-click the SR in the study browser for the boxes, answer Yes to list them by finding;")
+        say("     double-click the reasoning pages to read them)")
     say(f"  total time:           {result.seconds:.1f} s")
 
 

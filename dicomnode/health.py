@@ -59,6 +59,34 @@ def database_check(engine: Any) -> Callable[[], None]:
     return check
 
 
+def delivery_check(session_factory: Any) -> Callable[[], dict[str, "Check"]]:
+    """Soft checks of result delivery, read from the database: ``dead_letters`` (deliveries given up, DEAD) and
+    ``destination:NAME`` (the newest attempted delivery to NAME failed and waits for a retry: it is down)."""
+    from sqlalchemy import func, select
+
+    from dicomnode.db.models import Delivery
+    from dicomnode.db.states import DeliveryState
+
+    def check() -> dict[str, Check]:
+        out: dict[str, Check] = {}
+        with session_factory() as session:
+            dead = session.scalar(select(func.count()).where(Delivery.state == DeliveryState.DEAD.value)) or 0
+            newest = (select(Delivery.destination, func.max(Delivery.id).label("id")).where(Delivery.attempts > 0)
+                      .group_by(Delivery.destination).subquery())
+            rows = session.execute(select(Delivery.destination, Delivery.state, Delivery.last_error)
+                                   .join(newest, Delivery.id == newest.c.id)).all()
+        out["dead_letters"] = (Check(False, f"{dead} deliveries dead-lettered (see cxr-node status; cxr-node retry)")
+                               if dead else Check(True, "none"))
+        for destination, state, error in rows:
+            down = state == DeliveryState.PENDING.value and error
+            out[f"destination:{destination}"] = (
+                Check(False, f"down: last attempt failed: {str(error).splitlines()[0][:200]}") if down
+                else Check(True, "last attempt succeeded" if state == DeliveryState.SENT.value else str(state).lower()))
+        return out
+
+    return check
+
+
 @dataclass
 class Check:
     ok: bool
@@ -82,6 +110,16 @@ class HealthChecks:
     database: Callable[[], object] | None = None
     model_required: bool = True
     model_loaded: Callable[[], bool] = field(default=metrics.is_model_loaded)
+    # soft checks: a failing one makes the status "degraded" (HTTP 200), not "unhealthy" (HTTP 503)
+    soft: Callable[[], dict[str, Check]] | None = None
+
+    def run_soft(self) -> dict[str, Check]:
+        if self.soft is None:
+            return {}
+        try:
+            return self.soft()
+        except Exception as exc:  # noqa: BLE001 - a broken soft check degrades, it does not fail the node
+            return {"deliveries": Check(False, f"cannot read delivery state: {type(exc).__name__}")}
 
     def run(self) -> dict[str, Check]:
         checks: dict[str, Check] = {}
@@ -103,10 +141,13 @@ class HealthChecks:
         return checks
 
     def report(self) -> tuple[bool, dict[str, Any]]:
-        """``(healthy, json_body)``."""
+        """``(healthy, json_body)``; status ``ok``, ``degraded`` (a soft check failed) or ``unhealthy``."""
         checks = self.run()
         healthy = all(c.ok for c in checks.values())
-        return healthy, {"status": "ok" if healthy else "unhealthy", "checks": {k: c.as_dict() for k, c in checks.items()}}
+        soft = self.run_soft() if healthy else {}
+        status = "unhealthy" if not healthy else ("degraded" if not all(c.ok for c in soft.values()) else "ok")
+        body = {"status": status, "checks": {k: c.as_dict() for k, c in {**checks, **soft}.items()}}
+        return healthy, body
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -188,7 +229,8 @@ class StatusServer:
 
 
 def server_from_config(
-    config: Any, database: Callable[[], object] | None = None, model_required: bool = True
+    config: Any, database: Callable[[], object] | None = None, model_required: bool = True,
+    soft: Callable[[], dict[str, Check]] | None = None,
 ) -> StatusServer | None:
     """A (not yet started) ``StatusServer`` for a ``NodeConfig``; None when ``metrics.enabled`` is false."""
     if not config.metrics.enabled:
@@ -198,5 +240,6 @@ def server_from_config(
         min_free_mb=float(config.node.min_free_disk_mb),
         database=database,
         model_required=model_required,
+        soft=soft,
     )
     return StatusServer(checks, host=config.metrics.host, port=config.metrics.port)

@@ -16,9 +16,11 @@ C-STORE statuses returned (reason always logged and audited):
 ======  =====================================================================================
 
 Associations are rejected (A-ASSOCIATE-RJ) when the calling AE title is not in ``node.allowed_calling_aets``
-(permanent, calling-AE-not-recognised), or transiently (local-limit-exceeded) when ``max_associations`` are
+(permanent, calling-AE-title-not-recognized), when the called AE title is not ``node.ae_title`` and
+``node.check_called_aet`` is on (permanent, called-AE-title-not-recognized), or transiently (local-limit-exceeded) when ``max_associations`` are
 active or free disk in data_dir is below ``node.min_free_disk_mb``. With TLS enabled only TLS connections are
-served; ``require_client_cert`` demands a client certificate signed by ``ca``.
+served; ``require_client_cert`` demands a client certificate signed by ``ca``. Connections that are silent, slow
+or stuck in a TLS handshake are ended by :mod:`dicomnode.connections` and never hold a ``max_associations`` slot.
 """
 from __future__ import annotations
 
@@ -44,7 +46,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode import metrics
 from dicomnode.audit import audit, audit_now
 from dicomnode.config import NodeConfig, TLSConfig
-from dicomnode.db.ingest import InstanceRecord, IngestOutcome, instance_exists, record_instance
+from dicomnode.connections import ConnectionGuard, GuardedHandler, GuardedServer
+from dicomnode.db.ingest import InstanceRecord, IngestOutcome, fit_to_columns, instance_exists, record_instance
+from dicomnode.db.engine import error_summary
 from dicomnode.db.models import utcnow
 from dicomnode.logs import log_event
 from dicomnode.selection import InstanceFacts, skip_reason
@@ -174,13 +178,22 @@ def _expected_native_length(ds: Any) -> int | None:
 
 
 class _NodeAE(ApplicationEntity):
-    """An AE that refuses new associations (local limit) while ``refuse`` says so (low disk)."""
+    """An AE that refuses new associations (local limit) while ``refuse`` says so (low disk), and whose limit counts
+    established associations only.
+
+    pynetdicom rejects a request when its acceptor threads, itself included, outnumber ``maximum_associations``;
+    threads of connections that have not negotiated (silent or slow clients) would use up the limit. So the limit
+    reported is raised by the number of acceptors still negotiating, the asking one excepted.
+    """
 
     refuse: Callable[[], bool] = staticmethod(lambda: False)  # type: ignore[assignment]
 
     @property  # type: ignore[override]
     def maximum_associations(self) -> int:
-        return 0 if self.refuse() else self._maximum_associations
+        if self.refuse():
+            return 0
+        negotiating = sum(1 for a in self.active_associations if a.is_acceptor and not a.is_established)
+        return self._maximum_associations + max(0, negotiating - 1)
 
     @maximum_associations.setter
     def maximum_associations(self, value: int) -> None:
@@ -284,11 +297,13 @@ class Listener:
         session_factory: sessionmaker[Session],
         spool: Spool,
         on_stored: Callable[[IngestOutcome], None] | None = None,
+        on_closed: Callable[[Any], None] | None = None,
     ):
         self.config = config
         self.session_factory = session_factory
         self.spool = spool
-        self.on_stored = on_stored
+        self.on_stored = on_stored  # called in the association's thread (a pynetdicom Association is a Thread)
+        self.on_closed = on_closed  # called with the association when its connection closes (completion hold)
         self._server: Any = None
         self._closed = False
         self._disk_checked = 0.0
@@ -298,10 +313,16 @@ class Listener:
         self.ae.maximum_associations = config.node.max_associations
         self.ae.maximum_pdu_size = 0
         self.ae.require_calling_aet = list(config.node.allowed_calling_aets)
-        self.ae.require_called_aet = False
-        self.ae.network_timeout = 120
-        self.ae.dimse_timeout = 120
-        self.ae.acse_timeout = 30
+        self.ae.require_called_aet = config.node.check_called_aet
+        self.ae.network_timeout = config.node.network_timeout_seconds
+        self.ae.dimse_timeout = config.node.dimse_timeout_seconds
+        self.ae.acse_timeout = config.node.acse_timeout_seconds  # also the ARTIM timer
+        self.guard = ConnectionGuard(
+            negotiation_seconds=config.node.acse_timeout_seconds,
+            tls_handshake_seconds=config.node.tls_handshake_timeout_seconds,
+            network_timeout_seconds=config.node.network_timeout_seconds,
+            on_tls_failure=self._tls_failed,
+        )
         for cx in AllStoragePresentationContexts:
             self.ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
         self.ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
@@ -322,10 +343,21 @@ class Listener:
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_REJECTED, self._handle_rejected),
+            (evt.EVT_CONN_CLOSE, self._handle_closed),
+            (evt.EVT_ABORTED, self._handle_aborted),
         ]
-        self._server = self.ae.start_server(
-            (self.config.node.host, self.config.node.port), block=False, evt_handlers=handlers, ssl_context=ssl_ctx
+        server = self.ae.make_server(
+            (self.config.node.host, self.config.node.port), evt_handlers=handlers,
+            server_class=GuardedServer, request_handler=GuardedHandler,
         )
+        server.guard = self.guard
+        server.tls_context = ssl_ctx
+        self.ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, name="cxr-dicom-accept", daemon=True).start()
+        self._server = server
+        self.guard.start()
+        if not self.config.node.check_called_aet:
+            log_event(LOG, logging.WARNING, "called AE title check is off: associations to any AE title accepted")
         log_event(LOG, logging.INFO, "listener started", ae_title=self.config.node.ae_title,
                   host=self.config.node.host, port=self.port, tls=self.config.node.tls.enabled)
 
@@ -339,17 +371,24 @@ class Listener:
         """Established incoming associations (a bare TCP connect that never negotiates does not count)."""
         return len([a for a in self.ae.active_associations if a.is_acceptor and a.is_established])
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Stop accepting, let in-flight associations finish (up to ``timeout`` s), then abort the rest."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, let established associations finish (up to ``timeout`` s, default
+        ``node.shutdown_timeout_seconds``), then abort the rest. Returns in bounded time whatever clients do."""
         if self._server is None:
             return
+        timeout = self.config.node.shutdown_timeout_seconds if timeout is None else timeout
         self.stop_accepting()
+        self.guard.close_all("shutdown", phases=("tls", "negotiating"))  # nothing in flight there
         deadline = time.monotonic() + timeout
         while self.active_associations() and time.monotonic() < deadline:
             time.sleep(0.05)
-        self.ae.shutdown()
+        left = self.guard.close_all("shutdown")  # wakes every blocked recv: pynetdicom's aborts can finish
+        stopper = threading.Thread(target=self.ae.shutdown, name="cxr-listener-shutdown", daemon=True)
+        stopper.start()
+        stopper.join(timeout=10)
+        self.guard.stop()
         self._server = None
-        log_event(LOG, logging.INFO, "listener stopped", ae_title=self.config.node.ae_title)
+        log_event(LOG, logging.INFO, "listener stopped", ae_title=self.config.node.ae_title, aborted=left or None)
 
     # --- checks ----------------------------------------------------------------------------------------------
     def _low_disk(self) -> bool:
@@ -376,16 +415,40 @@ class Listener:
 
     def _handle_rejected(self, event: Any) -> None:
         calling, peer = self._peer(event)
-        allowed = self.config.node.allowed_calling_aets
-        if allowed and calling not in allowed:
+        rj = event.assoc.acceptor.primitive
+        source, diagnostic = (getattr(rj, "result_source", None), getattr(rj, "diagnostic", None))
+        if (source, diagnostic) == (0x01, 0x03):
             reason = "calling AE title not allowed"
+        elif (source, diagnostic) == (0x01, 0x07):
+            reason = "called AE title not recognized"
         elif self._disk_low:
             reason = "low free disk space"
-        else:
+        elif (source, diagnostic) == (0x03, 0x02):
             reason = "too many associations"
+        else:
+            reason = f"rejected (source {source}, diagnostic {diagnostic})"
+        requested = event.assoc.requestor.primitive
+        called = str(getattr(requested, "called_ae_title", "") or "").strip() or self.config.node.ae_title
         metrics.associations_rejected.labels(reason=reason).inc()
         audit_now(self.session_factory, "association.rejected", calling_aet=calling,
-                  called_aet=self.config.node.ae_title, peer=peer, level=logging.WARNING, reason=reason)
+                  called_aet=called, peer=peer, level=logging.WARNING, reason=reason)
+
+    def _handle_aborted(self, event: Any) -> None:
+        """Count pynetdicom's own idle aborts (the guard counts the connections it ends itself)."""
+        conn = self.guard.find(event.assoc)
+        if conn is not None and getattr(event.assoc, "_sent_abort", False) and event.assoc.dul.idle_timer_expired():
+            self.guard.count(conn, "idle_timeout")
+
+    def _tls_failed(self, peer: str, reason: str) -> None:
+        audit_now(self.session_factory, "tls.handshake_failed", called_aet=self.config.node.ae_title, peer=peer,
+                  level=logging.WARNING, reason=reason)
+
+    def _handle_closed(self, event: Any) -> None:
+        if self.on_closed is not None:
+            try:
+                self.on_closed(event.assoc)
+            except Exception:  # noqa: BLE001 - a study without its release still completes (thread-ended check)
+                LOG.exception("on_closed callback failed")
 
     def _handle_echo(self, event: Any) -> int:
         return STATUS_SUCCESS
@@ -395,7 +458,8 @@ class Listener:
         request = event.request
         started = time.perf_counter()
         try:
-            status, outcome, header = self._store(Path(event.dataset_path), request, calling)
+            with self.guard.busy(event.assoc):
+                status, outcome, header = self._store(Path(event.dataset_path), request, calling)
         except Rejected as rej:
             metrics.instances_rejected.labels(reason=f"0x{rej.status:04X}").inc()
             audit_now(self.session_factory, "instance.rejected", calling_aet=calling, peer=peer,
@@ -403,10 +467,11 @@ class Listener:
                       status=f"0x{rej.status:04X}", reason=rej.reason)
             return rej.status
         except Exception as exc:  # noqa: BLE001 - never crash the association; answer out-of-resources
-            LOG.exception("store failed", extra={"fields": {"calling_aet": calling}})
+            # the exception text may quote header values (patient data): the full trace at DEBUG only
+            LOG.debug("store failed", exc_info=True)
             metrics.instances_rejected.labels(reason="0xA700").inc()
             audit_now(self.session_factory, "instance.store_failed", calling_aet=calling, peer=peer,
-                      level=logging.ERROR, status="0xA700", reason=f"{type(exc).__name__}: {exc}")
+                      level=logging.ERROR, status="0xA700", reason=error_summary(exc))
             return STATUS_OUT_OF_RESOURCES
         metrics.instances_received.inc()
         if outcome is not None and self.on_stored is not None:
@@ -442,12 +507,17 @@ class Listener:
             accession_number=header.accession_number, path=relative, size_bytes=size, skip_reason=reason,
             calling_aet=calling,
         )
-        outcome = self._commit(rec, calling)
+        rec, cut = fit_to_columns(rec)
+        if cut:  # recorded with the stored instance (field names and lengths, never the values)
+            log_event(LOG, logging.WARNING, "header values longer than the database allows were truncated",
+                      sop_instance_uid=header.sop_uid, truncated=cut)
+        outcome = self._commit(rec, calling, truncated=cut or None)
         if outcome is None:
             return STATUS_SUCCESS, None, header
         return STATUS_SUCCESS, outcome, header
 
-    def _commit(self, rec: InstanceRecord, calling: str) -> IngestOutcome | None:
+    def _commit(self, rec: InstanceRecord, calling: str, truncated: dict[str, int] | None = None,
+                ) -> IngestOutcome | None:
         """Commit the instance row; None when a concurrent association stored the same SOP Instance first."""
         last_exc: Exception | None = None
         for _attempt in range(3):
@@ -459,7 +529,7 @@ class Listener:
                         sop_instance_uid=rec.sop_uid, job_id=outcome.job_id, generation=outcome.generation,
                         modality=rec.modality, selected=rec.skip_reason is None, skip_reason=rec.skip_reason,
                         size_bytes=rec.size_bytes, new_study=outcome.new_study or None,
-                        reopened=outcome.reopened or None,
+                        reopened=outcome.reopened or None, truncated=truncated,
                     )
                 return outcome
             except IntegrityError as exc:  # concurrent first instance of a study, or duplicate SOP instance
@@ -468,5 +538,5 @@ class Listener:
                     if instance_exists(session, rec.sop_uid):
                         return None
             except OperationalError as exc:
-                raise Rejected(STATUS_OUT_OF_RESOURCES, f"database unavailable: {exc.orig!r}") from None
-        raise Rejected(STATUS_OUT_OF_RESOURCES, f"database write failed: {last_exc}")
+                raise Rejected(STATUS_OUT_OF_RESOURCES, f"database unavailable: {error_summary(exc)}") from None
+        raise Rejected(STATUS_OUT_OF_RESOURCES, f"database write failed: {error_summary(last_exc)}")

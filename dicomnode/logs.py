@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,11 @@ def setup_logging(level: str = "INFO", json_lines: bool = True, file: Path | Non
     root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    if root.level > logging.DEBUG:
+        # pydicom's value-validation messages quote the value ("Invalid value for VR DA: '19601301'"), which may be
+        # patient data (birth date, ID, name): only at DEBUG, and not as warnings on stderr either
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.valuerep")
 
 
 def log_event(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:

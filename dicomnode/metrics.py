@@ -45,6 +45,14 @@ associations_rejected = Counter(
     f"{PREFIX}_associations_rejected", "Associations refused, by reason (calling_aet, low_disk, ...).", ["reason"],
     registry=REGISTRY,
 )
+associations_aborted = Counter(
+    f"{PREFIX}_associations_aborted",
+    "Incoming connections the node ended, by reason (negotiation_timeout, idle_timeout, tls_handshake_timeout, "
+    "too_many_pending, shutdown).", ["reason"], registry=REGISTRY,
+)
+tls_failures = Counter(
+    f"{PREFIX}_tls_failures", "Incoming connections whose TLS handshake failed or never came.", registry=REGISTRY,
+)
 stage_seconds = Histogram(
     f"{PREFIX}_stage_seconds", "Duration of one reasoning stage of one study.", ["stage"],
     buckets=_STAGE_BUCKETS, registry=REGISTRY,

@@ -21,7 +21,7 @@ from dicomnode.config import NodeConfig
 from dicomnode.db.engine import make_engine, make_session_factory, presize_sqlite_wal
 from dicomnode.db.ingest import IngestOutcome
 from dicomnode.db.migrate import upgrade_database
-from dicomnode.db.models import Study
+from dicomnode.db.models import Study, utcnow
 from dicomnode.listener import Listener
 from dicomnode.logs import log_event
 from dicomnode.spool import Spool
@@ -76,10 +76,11 @@ class Node:
         self.session_factory = make_session_factory(self.engine)
         self._started = True
         try:
-            if self.role in ("all", "worker"):
-                self._start_worker()
+            # the listener first: a sender whose transfer a crash cut off can resend while the model loads
             if self.role in ("all", "listener"):
                 self._start_listener()
+            if self.role in ("all", "worker"):
+                self._start_worker()
             self._start_status_server()
         except BaseException:
             self.stop()
@@ -92,12 +93,19 @@ class Node:
         self.completion = CompletionScheduler(self.session_factory, self.config.study.quiet_seconds,
                                               on_complete=self._wake_worker)
         self.completion.start()
-        rearmed = self.completion.rearm_all()
+        spool = Spool(self.config.storage.data_dir, fsync=self.config.storage.fsync)
+        removed = spool.clean_temp()
+        if removed:
+            log_event(LOG, logging.WARNING, "partial transfers left by an earlier run removed", files=removed)
+        elif removed is None:
+            log_event(LOG, logging.WARNING, "another process receives into this spool; its temp files are kept")
+        self.listener = Listener(self.config, self.session_factory, spool, on_stored=self._on_stored,
+                                 on_closed=self.completion.release)
+        self.listener.start()
+        # after the listener accepts: a study left partial by a crash waits a full quiet period from now
+        rearmed = self.completion.rearm_all(not_before=utcnow())
         if rearmed:
             log_event(LOG, logging.INFO, "completion deadlines re-armed", studies=rearmed)
-        spool = Spool(self.config.storage.data_dir, fsync=self.config.storage.fsync)
-        self.listener = Listener(self.config, self.session_factory, spool, on_stored=self._on_stored)
-        self.listener.start()
 
     def _wake_worker(self) -> None:
         if self.worker is not None:  # role "all": start on the queued study now rather than at the next poll
@@ -105,6 +113,8 @@ class Node:
 
     def _on_stored(self, outcome: IngestOutcome) -> None:
         if outcome.receiving and self.completion is not None:
+            # runs in the association's thread: the study stays open while that association is
+            self.completion.hold(outcome.study_id, threading.current_thread())
             self.completion.touch(outcome.study_id, outcome.last_received_at)
 
     def _start_worker(self) -> None:
@@ -140,17 +150,20 @@ class Node:
         server = health.server_from_config(
             self.config, database=health.database_check(self.engine), model_required=self.worker is not None
             and self.config.processing.processor == "reasoning",
+            soft=health.delivery_check(session_factory) if self.config.destinations else None,
         )
         if server is not None:
             self.status_server = server.start()
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Stop accepting associations, finish in-flight transfers and jobs, then release resources."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting associations, finish in-flight transfers (up to ``timeout`` s, default
+        ``node.shutdown_timeout_seconds``) and jobs, then release resources."""
         if not self._started:
             return
         self._started = False
         if self.listener is not None:
             self.listener.stop(timeout=timeout)
+            self.listener.spool.release_temp()
         if self.completion is not None:
             self.completion.stop(wait=True)
         for part in (self.worker, self.deliverer, self.retention):

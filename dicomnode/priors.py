@@ -10,9 +10,8 @@ listener (the PACS sends routed studies to that one), e.g. ``CXRNODE_QR``. Prior
 A PACS that is down, refuses, or has no prior never raises: the caller gets None / [] and the reason is logged
 (``lookup_prior`` / ``retrieve`` also return it). Patient IDs are never logged.
 
-Settings are read from a ``reasoning.priors`` config object: ``query_aet``, ``host``, ``port``, ``calling_aet``
-and, when present, ``retrieve`` ("get" | "move"), ``move_aet``, ``move_port``, ``timeout_seconds``,
-``modalities``.
+Settings come from the typed ``reasoning.priors`` section (``dicomnode.config.PriorsConfig``), which refuses an
+enabled section without host, port or query AE when the config loads.
 """
 from __future__ import annotations
 
@@ -55,12 +54,13 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from dicomnode.config import PriorsConfig
 from dicomnode.uids import clean_uid
 
 log = logging.getLogger(__name__)
 
+PRIORS_DIR = "priors"  # data_dir/priors/<job id>: a retrieved prior, held only while its job runs
 DEFAULT_MODALITIES: tuple[str, ...] = ("CR", "DX")
-DEFAULT_TIMEOUT_S = 30.0
 STORAGE_CLASSES: tuple[str, ...] = (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -121,25 +121,21 @@ class _PriorsError(Exception):
     """A reason to give up, already phrased for the log."""
 
 
-def _settings(config: Any) -> _Settings:
-    get = lambda name, default=None: getattr(config, name, default)  # noqa: E731
-    missing = [name for name in ("query_aet", "host", "port") if not get(name)]
-    if missing:
+def _settings(config: PriorsConfig) -> _Settings:
+    given = {"query_aet": config.query_aet, "host": config.host, "port": config.port}
+    missing = [name for name, value in given.items() if not value]
+    if missing:  # only possible for a disabled section used directly: config loading refuses an enabled one
         raise _PriorsError(f"priors not configured: {', '.join(missing)} missing")
-    calling = get("calling_aet") or "CXRNODE"
-    mode = str(get("retrieve", "get") or "get").lower()
-    if mode not in ("get", "move"):
-        raise _PriorsError(f"priors.retrieve must be 'get' or 'move', not {mode!r}")
     return _Settings(
-        query_aet=str(get("query_aet")),
-        host=str(get("host")),
-        port=int(get("port")),
-        calling_aet=str(calling),
-        retrieve=mode,
-        move_aet=str(get("move_aet") or ""),
-        move_port=get("move_port"),
-        timeout=float(get("timeout_seconds", DEFAULT_TIMEOUT_S) or DEFAULT_TIMEOUT_S),
-        modalities=tuple(m.upper() for m in (get("modalities") or DEFAULT_MODALITIES)),
+        query_aet=str(config.query_aet),
+        host=str(config.host),
+        port=int(config.port or 0),
+        calling_aet=config.calling_aet or "CXRNODE",
+        retrieve=config.retrieve,
+        move_aet=config.move_aet or "",
+        move_port=config.move_port,
+        timeout=float(config.timeout_seconds),
+        modalities=tuple(m.upper() for m in (config.modalities or DEFAULT_MODALITIES)),
     )
 
 
@@ -303,7 +299,7 @@ def _candidates(
 
 
 def lookup_prior(
-    config: Any,
+    config: PriorsConfig,
     patient_id: str,
     current_study_uid: str,
     current_study_date: str,
@@ -344,7 +340,7 @@ class PriorFetch:
 
 
 def fetch_prior(
-    config_priors: Any,
+    config_priors: PriorsConfig,
     patient_id: str,
     current_study_uid: str,
     current_study_date: str,
@@ -352,7 +348,7 @@ def fetch_prior(
     current_study_time: str | None = None,
 ) -> PriorFetch:
     """Find and retrieve the prior in one call (what the reasoning worker needs); never raises, logs the outcome."""
-    if not getattr(config_priors, "enabled", True):
+    if not config_priors.enabled:
         return PriorFetch(None, [], "no prior: priors disabled")
     found = lookup_prior(config_priors, patient_id, current_study_uid, current_study_date, current_study_time)
     if found.prior is None:
@@ -365,7 +361,7 @@ def fetch_prior(
 
 
 def find_prior_study(
-    config_priors: Any,
+    config_priors: PriorsConfig,
     patient_id: str,
     current_study_uid: str,
     current_study_date: str,
@@ -496,7 +492,7 @@ def _move(s: _Settings, study_uid: str, receiver: _Receiver) -> None:
         server.shutdown()
 
 
-def retrieve(config_priors: Any, study_uid: str, dest_dir: str | Path) -> RetrieveResult:
+def retrieve(config_priors: PriorsConfig, study_uid: str, dest_dir: str | Path) -> RetrieveResult:
     """Fetch the CR/DX images of ``study_uid`` into ``dest_dir``; files and, when empty, the reason."""
     dest = Path(dest_dir)
     uid = clean_uid(study_uid)
@@ -519,7 +515,7 @@ def retrieve(config_priors: Any, study_uid: str, dest_dir: str | Path) -> Retrie
     return RetrieveResult(files, f"retrieved {len(files)} instance(s) with C-{s.retrieve.upper()}")
 
 
-def retrieve_study(config_priors: Any, study_uid: str, dest_dir: str | Path) -> list[Path]:
+def retrieve_study(config_priors: PriorsConfig, study_uid: str, dest_dir: str | Path) -> list[Path]:
     """The retrieved files (``<SOPInstanceUID>.dcm`` in ``dest_dir``); [] with a logged reason on failure."""
     result = retrieve(config_priors, study_uid, dest_dir)
     if result.files:

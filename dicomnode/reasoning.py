@@ -22,21 +22,28 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from dicomnode import metrics
+from dicomnode.children import page_process_start
 from dicomnode.config import NodeConfig
-from dicomnode.priors import fetch_prior
+from dicomnode.priors import PRIORS_DIR, fetch_prior
 from dicomnode.processing import ObjectKind, ProcessingResult, ResultObject, StudyInput
+from dicomnode.uids import result_uids
 from inference.flow import run_flow
 from inference.model.loading import load_chat_model
 from inference.record import ReasoningRecord
 from inference.stages import StageBook, load_stages
-from sr_writer import OutputOptions, ResultObjects, build_result_objects
+from sr_writer import OutputOptions, ResultObjects, ResultUids, build_result_objects
 from sr_writer.api import ReadyCallback, warm_up
 
 log = logging.getLogger(__name__)
 
 SR_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.22")
-PRIORS_DIR = "priors"
 PAGE_ENCODINGS = {"rle": RLELossless, "explicit": ExplicitVRLittleEndian}
+
+
+# Images are shrunk to this longest side before the model's processor sees them. Above every processor's pixel
+# budget (Qwen2.5-VL's default 12.8 MP is ~3584 px square), so ordinary radiographs reach the model unchanged,
+# while a 10,000-px image no longer goes to the processor (which copies it as floats on every turn) at full size.
+MODEL_IMAGE_MAX_SIDE = 4096
 
 
 def output_options(config: NodeConfig, demo: bool = False) -> OutputOptions:
@@ -48,6 +55,7 @@ def output_options(config: NodeConfig, demo: bool = False) -> OutputOptions:
         sr_series_description=f"{prefix} report (unverified)"[:64],
         sc_series_description=f"{prefix} page (unverified)"[:64],
         page_transfer_syntax=PAGE_ENCODINGS[config.output.page_encoding],
+        sr_sop_class=config.output.sr_sop_class,
     )
 
 
@@ -125,8 +133,9 @@ class ReasoningProcessor:
         with self._pages_lock:
             if self._pages is None:
                 # spawn, never fork: a forked copy of a process running torch threads can deadlock
+                # each watches its parent: a node killed with SIGKILL leaves no page process behind
                 self._pages = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=warm_up)
+                                                  initializer=page_process_start)
                 # one submit starts one process; the task itself is a no-op once the initializer has run
                 started = [self._pages.submit(warm_up) for _ in range(workers)]
                 if wait:
@@ -138,9 +147,10 @@ class ReasoningProcessor:
             return self._pages
 
     def _result_objects(self, record: ReasoningRecord, current: list[Dataset], prior: list[Dataset],
-                        predecessor: Dataset | None, on_ready: ReadyCallback | None) -> ResultObjects:
+                        predecessor: Dataset | None, on_ready: ReadyCallback | None,
+                        uids: ResultUids | None = None) -> ResultObjects:
         executor = self._page_executor()
-        objects = build_result_objects(record, current, prior, self.options, predecessor, executor, on_ready)
+        objects = build_result_objects(record, current, prior, self.options, predecessor, executor, on_ready, uids)
         if objects.page_executor_lost:  # a page process died (e.g. killed): start new ones next time
             log.warning("reasoning: page process lost; some of this study's pages were made in the worker")
             with self._pages_lock:
@@ -175,7 +185,8 @@ class ReasoningProcessor:
         with self._model_lock:
             record = run_flow(self.model, current, prior, self.stages,
                               max_new_tokens=self.config.reasoning.max_new_tokens, seed=self.config.reasoning.seed,
-                              constrain=self.config.reasoning.constrain_closed_answers)
+                              constrain=self.config.reasoning.constrain_closed_answers,
+                              max_side=MODEL_IMAGE_MAX_SIDE)
         metrics.observe_model("study", time.perf_counter() - started)
         for stage in record.stages:
             metrics.observe_stage(stage.key, stage.seconds)
@@ -192,10 +203,14 @@ class ReasoningProcessor:
         try:
             prior = self._prior(current[0], study.job_id)
             record = self.reason(current, prior)
+            uids = result_uids(study.study_instance_uid, study.generation, self.config.node.ae_title)
             objects = self._result_objects(record, current, prior, latest_predecessor_sr(study.predecessor_results),
-                                           _publisher(study))
+                                           _publisher(study), uids)
         finally:
             shutil.rmtree(prior_dir, ignore_errors=True)  # the prior stays in the PACS; our copy is transient
+        for repair in objects.repairs:  # keywords and actions only: no patient data at INFO
+            log.info("reasoning: job %s: source header %s", study.job_id, repair)
+        record.provenance.header_repairs = list(objects.repairs)
         log.debug("reasoning: job %s: result objects %s", study.job_id,
                   {k: round(v, 3) for k, v in objects.seconds.items()})
         encoded = objects.encoded

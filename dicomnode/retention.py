@@ -1,4 +1,7 @@
-"""Retention: remove spool files of finished studies once ``storage.retention_days`` have passed.
+"""Retention: remove every file of a finished study once ``storage.retention_days`` have passed.
+
+Every file: the received instances (spool), the results (SR, pages, ``record.json`` under ``results/<study>``) and
+any prior-study copy left in ``priors/<job>`` (normally removed when its job ends; a crash can leave one).
 
 A study qualifies only when its newest job is DELIVERED (every result acknowledged by every destination) or
 SKIPPED (nothing to deliver), and that job finished more than ``retention_days`` ago. Studies still receiving,
@@ -21,6 +24,9 @@ from dicomnode.audit import audit
 from dicomnode.config import NodeConfig
 from dicomnode.db.models import Instance, Job, Study, utcnow
 from dicomnode.db.states import JobState
+from dicomnode.priors import PRIORS_DIR
+from dicomnode.uids import is_valid_uid
+from dicomnode.worker import RESULTS_DIR
 
 LOG = logging.getLogger("dicomnode.retention")
 PURGEABLE = (JobState.DELIVERED.value, JobState.SKIPPED.value)
@@ -46,6 +52,31 @@ def expired_studies(session: Session, cutoff: dt.datetime) -> list[tuple[int, st
     return [(r.id, r.study_instance_uid) for r in rows]
 
 
+def _unlink(path: Path) -> int | None:
+    """Delete one file; its size, or None when it was already gone."""
+    try:
+        size = path.lstat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    return size
+
+
+def _remove_tree(directory: Path) -> tuple[int, int]:
+    """Delete every file under ``directory`` and the directory itself; (files, bytes) removed."""
+    if not directory.is_dir():
+        return 0, 0
+    files = removed_bytes = 0
+    for path in sorted(directory.rglob("*"), reverse=True):  # children before their directories
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        elif (size := _unlink(path)) is not None:
+            files += 1
+            removed_bytes += size
+    directory.rmdir()
+    return files, removed_bytes
+
+
 def _remove_empty_dirs(directory: Path, stop: Path) -> None:
     while directory != stop and stop in directory.parents:
         try:
@@ -57,7 +88,7 @@ def _remove_empty_dirs(directory: Path, stop: Path) -> None:
 
 def purge_expired(config: NodeConfig, session_factory: sessionmaker[Session],
                   now: dt.datetime | None = None) -> RetentionReport:
-    """Delete the spool files of expired studies; return what was removed."""
+    """Delete the spool, result and prior-cache files of expired studies; return what was removed."""
     now = now or utcnow()
     cutoff = now - dt.timedelta(days=config.storage.retention_days)
     data_dir = Path(config.storage.data_dir).resolve()
@@ -81,14 +112,20 @@ def purge_expired(config: NodeConfig, session_factory: sessionmaker[Session],
                 path = (data_dir / relative).resolve()
                 if spool_root not in path.parents:
                     continue
-                try:
-                    size = path.stat().st_size
-                    path.unlink()
-                except FileNotFoundError:
+                size = _unlink(path)
+                if size is None:
                     continue
                 files += 1
                 removed_bytes += size
                 _remove_empty_dirs(path.parent, spool_root)
+            job_ids = session.scalars(select(Job.id).where(Job.study_id == study_id)).all()
+            trees = [data_dir / PRIORS_DIR / str(job_id) for job_id in job_ids]
+            if is_valid_uid(study_uid):  # never join an odd UID into a path that gets deleted
+                trees.append(data_dir / RESULTS_DIR / study_uid)
+            for tree in trees:
+                tree_files, tree_bytes = _remove_tree(tree)
+                files += tree_files
+                removed_bytes += tree_bytes
             if files:
                 audit(session, "retention.purged", study_instance_uid=study_uid, files=files,
                       bytes=removed_bytes, retention_days=config.storage.retention_days)

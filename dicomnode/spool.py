@@ -5,6 +5,7 @@ database row; only then may the instance be acknowledged. Files are never delete
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import uuid
@@ -14,6 +15,7 @@ from dicomnode.uids import is_valid_uid
 
 SPOOL_DIR = "spool"
 TMP_DIR = ".tmp"
+TMP_LOCK = ".tmp.lock"  # in the spool root, held (flock) by the process that receives into it; see clean_temp
 
 
 class SpoolError(OSError):
@@ -29,10 +31,37 @@ class Spool:
         self.tmp = self.root / TMP_DIR
         self.fsync = fsync
         self._known_dirs: set[Path] = set()
+        self._lock_fd: int | None = None
 
     def prepare(self) -> None:
         """Create the spool and temp directories."""
         self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def clean_temp(self) -> int | None:
+        """Start-up: take the spool's temp lock and delete what an earlier process left in the temp directory
+        (partial transfers of a node that was killed); returns how many files, or None when another live process
+        holds the lock (it receives into this spool: its temp files are in use). The lock is kept until
+        :meth:`release_temp`, or until this process ends."""
+        self.prepare()
+        if self._lock_fd is None:
+            fd = os.open(self.root / TMP_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            self._lock_fd = fd
+        removed = 0
+        for entry in self.tmp.iterdir():
+            if entry.is_file():
+                entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def release_temp(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         """The spool path of an instance relative to data_dir; every UID must pass the UID grammar."""

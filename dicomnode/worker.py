@@ -155,13 +155,26 @@ def dataset_bytes(dataset: Dataset) -> bytes:
 
 
 def write_result_object(directory: Path, obj: ResultObject, fsync: bool = True) -> Path:
-    """Write one result object durably as ``<kind>-<SOPInstanceUID>.dcm``; returns its path."""
+    """Write one result object durably as ``<kind>-<SOPInstanceUID>.dcm``; returns its path.
+
+    A file already there (an earlier run of this job wrote it, and may have sent it) is kept: result UIDs are the
+    same on every run of a job (:func:`dicomnode.uids.result_uids`), and what was published stays what is sent."""
     sop_uid = str(obj.dataset.SOPInstanceUID)
     if not is_valid_uid(sop_uid):
         raise ValueError(f"result object has invalid SOP Instance UID {sop_uid!r}")
     path = directory / f"{obj.kind}-{sop_uid}.dcm"
-    write_durably(path, obj.data if obj.data is not None else dataset_bytes(obj.dataset), fsync)
+    if not path.is_file():
+        write_durably(path, obj.data if obj.data is not None else dataset_bytes(obj.dataset), fsync)
     return path
+
+
+def remove_partial_files(directory: Path) -> int:
+    """Delete the temp files (``.*.part``) an interrupted :func:`write_durably` left in ``directory``."""
+    removed = 0
+    for leftover in directory.glob(".*.part") if directory.is_dir() else ():
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def write_results(directory: Path, result: ProcessingResult, fsync: bool = True) -> list[tuple[ResultObject, Path]]:
@@ -227,6 +240,7 @@ class Worker:
     def _run(self, claimed: ClaimedJob, worker_id: str) -> None:
         directory = results_dir(self.data_dir, claimed.study_instance_uid, claimed.job_id)
         published: dict[str, tuple[ResultObject, Path]] = {}  # SOP Instance UID -> object stored and queued early
+        remove_partial_files(directory)  # an earlier run of this job that crashed mid-write (the job is ours now)
         try:
             with self.session_factory() as session:
                 study = study_input(session, self.data_dir, claimed)
@@ -421,8 +435,9 @@ def requeue_stale_jobs(session_factory: sessionmaker[Session]) -> list[int]:
 
 def retry_job(session_factory: sessionmaker[Session], job_id: int) -> str:
     """Operator retry. A FAILED job with dead-lettered deliveries gets those rows back to PENDING (rows already
-    SENT stay SENT and are never re-sent); a FAILED job whose processing failed is re-queued for processing (objects
-    it published before the failure stay as they are; the new run makes a new set).
+    SENT stay SENT and are never re-sent); a FAILED job whose processing failed is re-queued for processing: the
+    new run makes the same result set (same UIDs), keeps the objects published before the failure and queues only
+    those that were never queued, so a delivered SR is not sent again and no second SR is made.
     Returns what was done; ValueError for an unknown job or one that is still in progress."""
     now = utcnow()
     with session_factory.begin() as session:

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 FRONTAL = ("PA", "AP")
 LATERAL = ("LATERAL", "LL", "RL")
 PERCENTILES = (0.5, 99.5)
+CHUNK_PIXELS = 1 << 22  # pixels converted to floating point at a time (32 MB as float64)
+SAMPLE_PIXELS = 1 << 24  # above this (4096 x 4096) the percentile window comes from a strided sample
+SAMPLE_TARGET = 1 << 22  # of about this many pixels
 
 _VIEW_POSITION = {"PA": "PA", "AP": "AP", "LL": "LL", "RL": "RL", "LATERAL": "LATERAL", "LAT": "LATERAL",
                   "LLD": "LL", "RLD": "RL"}
@@ -122,22 +125,42 @@ def _apply_lut(values: np.ndarray, item: Dataset) -> np.ndarray:
     return np.clip(lut[index] / top, 0, 1)
 
 
-def _grey_to_unit(ds: Dataset, raw: np.ndarray) -> np.ndarray:
-    """Modality LUT, then VOI LUT or window (or a percentile window), as floats in [0, 1], MONOCHROME2 sense."""
-    values = apply_modality_lut(raw, ds).astype(np.float64)
-    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-        unit = _apply_lut(values, ds.VOILUTSequence[0])
-    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+def _grey_to_uint8(ds: Dataset, raw: np.ndarray) -> np.ndarray:
+    """Modality LUT, then VOI LUT or window (or a percentile window), MONOCHROME2 sense, as 8-bit grey.
+
+    Works through the frame in blocks of rows, so the floating-point working copy stays a few tens of MB
+    whatever the image size: the decoded frame is the only full-size copy besides the 8-bit result. The percentile
+    window of a very large image (over ``SAMPLE_PIXELS``) is taken from an evenly strided sample of it.
+    """
+    voi = ds.VOILUTSequence[0] if "VOILUTSequence" in ds and len(ds.VOILUTSequence) else None
+    window = None
+    if voi is None and ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-        unit = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), function)
-    else:
-        lo, hi = np.percentile(values, PERCENTILES)
+        window = (_first(ds.WindowCenter), _first(ds.WindowWidth), function)
+    lo = hi = 0.0
+    if voi is None and window is None:
+        step = 1 if raw.size <= SAMPLE_PIXELS else int(np.ceil(np.sqrt(raw.size / SAMPLE_TARGET)))
+        sample = apply_modality_lut(raw[::step, ::step] if raw.ndim == 2 else raw, ds).astype(np.float64)
+        lo, hi = (float(v) for v in np.percentile(sample, PERCENTILES))
+        del sample
         if hi <= lo:
             hi = lo + 1.0
-        unit = np.clip((values - lo) / (hi - lo), 0, 1)
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        unit = 1.0 - unit
-    return unit
+    invert = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    out = np.empty(raw.shape, dtype=np.uint8)
+    width = int(np.prod(raw.shape[1:])) if raw.ndim > 1 else 1
+    rows = max(1, CHUNK_PIXELS // max(1, width))
+    for start in range(0, raw.shape[0], rows):
+        values = apply_modality_lut(raw[start:start + rows], ds).astype(np.float64)
+        if voi is not None:
+            unit = _apply_lut(values, voi)
+        elif window is not None:
+            unit = _window(values, *window)
+        else:
+            unit = np.clip((values - lo) / (hi - lo), 0, 1)
+        if invert:
+            unit = 1.0 - unit
+        out[start:start + rows] = (unit * 255.0 + 0.5).astype(np.uint8)
+    return out
 
 
 def to_pil(ds: Dataset, frame: int = 1, max_side: int | None = None) -> Image.Image:
@@ -158,8 +181,12 @@ def to_pil(ds: Dataset, frame: int = 1, max_side: int | None = None) -> Image.Im
             raise ImageError(f"instance {sop} has {frames} frames, not frame {frame}")
         pixels = pixels[frame - 1]
     if samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2"):
-        grey = (_grey_to_unit(ds, pixels) * 255.0 + 0.5).astype(np.uint8)
-        image = Image.fromarray(grey, mode="L").convert("RGB")
+        grey = Image.fromarray(_grey_to_uint8(ds, pixels), mode="L")
+        if max_side and max(grey.size) > max_side:  # shrink before RGB: 1 byte a pixel, same result
+            scale = max_side / max(grey.size)
+            grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))),
+                               Image.Resampling.BICUBIC)
+        image = grey.convert("RGB")
     elif samples == 3:
         arr = pixels.astype(np.float64)
         bits = int(ds.get("BitsStored", 8) or 8)

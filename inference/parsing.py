@@ -135,6 +135,23 @@ def _starts_with_words(text: str, prefix: str) -> bool:
     return text.startswith(prefix) and (len(text) == len(prefix) or not text[len(prefix)].isalnum())
 
 
+# A choice label where a choice starts: at the beginning, after a sentence or list separator, or after and/or;
+# followed by "." or ")" and a space (so "1.5 cm" or "type 2." inside a sentence are not labels).
+_CHOICE_LABEL = re.compile(r"(?:^|(?<=[.;,\[])\s*|(?<=\s)(?:and|or)\s+)\(?([A-Z]|\d{1,2})[.)](?=\s|$)")
+
+
+def _match_by_labels(text: str, labels: list[str]) -> list[int]:
+    """Choices named by their labels (``B. The effusion is considered as small; C. ...``): the letter decides.
+
+    Models and annotators paraphrase option text ("considered as" for "described as"); the label is what they
+    chose. Every label must be one of the options', else nothing is decided here.
+    """
+    found = [m.group(1) for m in _CHOICE_LABEL.finditer(text.strip())]
+    if not found or any(label not in labels for label in found):
+        return []
+    return list(dict.fromkeys(labels.index(label) for label in found))
+
+
 def _match_by_label_and_text(text: str, options: Sequence[str], labels: list[str]) -> list[int]:
     """Labels followed by their option's text, e.g. ``B. Lines. and C. Tubes.``."""
     bodies = [_norm(option_body(o)) for o in options]
@@ -208,6 +225,7 @@ def _match_by_similarity(text: str, options: Sequence[str]) -> list[int]:
 def _choose(text: str, options: Sequence[str]) -> tuple[list[int], str | None]:
     labels = _labels(options)
     for matcher in (
+        lambda: _match_by_labels(text, labels),
         lambda: _match_by_label_and_text(text, options, labels),
         lambda: _match_by_label_only(text, labels),
         lambda: _match_by_text(text, options),

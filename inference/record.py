@@ -139,6 +139,8 @@ class Provenance(_Model):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     generated_tokens: int = 0
+    # header hygiene (sr_writer.hygiene): what was done to attributes copied from the sources, by keyword, no values
+    header_repairs: list[str] = Field(default_factory=list)
 
 
 class ReasoningRecord(_Model):

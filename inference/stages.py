@@ -1,4 +1,4 @@
-"""The stage book: ``config/stages.yaml`` loaded and validated (pydantic), errors reported with their line.
+"""The stage book (package data ``inference/data/stages.yaml``) loaded and validated (pydantic), errors reported with their line.
 
 A hospital edits the YAML, never code. ``load_stages()`` refuses a malformed file with
 ``StageConfigError("<file>:<line>: <where>: <reason>")``.
@@ -6,6 +6,7 @@ A hospital edits the YAML, never code. ``load_stages()`` refuses a malformed fil
 from __future__ import annotations
 
 import string
+from importlib import resources
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from inference.record import QType
 
-DEFAULT_STAGES_PATH = Path(__file__).resolve().parents[1] / "config" / "stages.yaml"
+# The stage book shipped inside the package (config/stages.yaml in a clone is a link to it).
+DEFAULT_STAGES_PATH = Path(str(resources.files("inference.data").joinpath("stages.yaml")))
 
 # The eight CXRTrek stages: number -> (key, title). The record always carries all eight.
 CANONICAL_STAGES: dict[int, tuple[str, str]] = {
@@ -299,7 +301,7 @@ def parse_stages(text: str, source: str = "<stages>") -> StageBook:
 
 
 def load_stages(path: str | Path | None = None) -> StageBook:
-    """Load and validate a stage file (default: the repository's ``config/stages.yaml``)."""
+    """Load and validate a stage file (default: the one shipped in the package)."""
     path = Path(path) if path else DEFAULT_STAGES_PATH
     try:
         text = path.read_text(encoding="utf-8")

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything the node, its demo and its tests need on a fresh Debian machine:
-# Debian peers (DCMTK, Orthanc, PostgreSQL, fonts) and a virtual environment in .venv.
-# Idempotent: a second run only checks.
+# Debian peers (DCMTK, Orthanc with DICOMweb, PostgreSQL, fonts, Chromium), a virtual environment in .venv and
+# OHIF's prebuilt viewer (npm) in .cache/ohif/app. Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(dcmtk orthanc postgresql fonts-dejavu-core fonts-droid-fallback openssl)
+debs=(dcmtk orthanc orthanc-dicomweb postgresql fonts-dejavu-core fonts-droid-fallback openssl chromium
+      libpixelmed-java default-jre-headless)  # PixelMed DicomSRValidator (SR tests)
+command -v npm >/dev/null 2>&1 || debs+=(nodejs npm)  # only to fetch OHIF's dist below
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -27,6 +29,19 @@ if [ ! -e "$stamp" ]; then
   "$VENV/bin/pip" install -q "torch==2.13.0"
   "$VENV/bin/pip" install -q -e ".[test]"
   touch "$stamp"
+fi
+
+# OHIF Viewer for the viewer test and `cxr-node demo --viewer`: the prebuilt dist/ of npm's @ohif/app (no build,
+# no node_modules). Keep the version in step with dicomnode/peers/ohif.py (OHIF_VERSION).
+OHIF_VERSION=3.13.2
+OHIF_DIR=.cache/ohif/app
+if ! grep -qs "\"version\": \"$OHIF_VERSION\"" "$OHIF_DIR/package.json" || [ ! -f "$OHIF_DIR/dist/index.html" ]; then
+  echo "bootstrap: fetching OHIF $OHIF_VERSION (npm pack @ohif/app)"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack "@ohif/app@$OHIF_VERSION" --silent >/dev/null)
+  mkdir -p "$tmp/app" .cache/ohif
+  tar xzf "$tmp/ohif-app-$OHIF_VERSION.tgz" -C "$tmp/app" --strip-components=1 package/package.json package/dist
+  rm -rf "$OHIF_DIR" && mv "$tmp/app" "$OHIF_DIR" && rm -rf "$tmp"
 fi
 
 # The vLLM CPU engine for the remote-backend tests (own venv, cached by a stamp). CXR_SKIP_VLLM=1 skips it.

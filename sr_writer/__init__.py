@@ -2,7 +2,7 @@
 
 Pure core: a reasoning record and source datasets in, pydicom datasets out. Never imports ``dicomnode``.
 """
-from sr_writer.api import ResultObjects, build_result_objects
+from sr_writer.api import ResultObjects, ResultUids, build_result_objects
 from sr_writer.options import OutputOptions
 from sr_writer.validate import ExportRefused, ValidationReport, ensure_valid, validate
 
@@ -10,6 +10,7 @@ __all__ = [
     "ExportRefused",
     "OutputOptions",
     "ResultObjects",
+    "ResultUids",
     "ValidationReport",
     "build_result_objects",
     "ensure_valid",

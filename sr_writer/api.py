@@ -12,15 +12,50 @@ from typing import Any
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 from inference.record import ReasoningRecord
+from sr_writer.hygiene import clean_sources, describe, invalid_reference_uids
 from sr_writer.options import OutputOptions
 from sr_writer.page import render_some_pages
 from sr_writer.sc import build_page_datasets, page_pixels
 from sr_writer.sr import build_sr
 from sr_writer.tree_bytes import tree_part10_bytes
 from sr_writer.validate import ValidationReport, ensure_valid_bytes
+
+
+@dataclass(frozen=True)
+class ResultUids:
+    """The UIDs of one result set, chosen by the caller: each is derived from ``seed`` and the object's role (SR
+    series, SR instance, SC series, page N), so the same seed gives the same UIDs again. A caller that passes the
+    same seed for a re-run gets objects that replace the earlier ones in a PACS instead of adding to them."""
+
+    seed: str
+    root: str = PYDICOM_ROOT_UID
+
+    def uid(self, role: str) -> str:
+        return generate_uid(prefix=self.root, entropy_srcs=[self.seed, role])
+
+    @property
+    def sr_series(self) -> str:
+        return self.uid("sr-series")
+
+    @property
+    def sr_instance(self) -> str:
+        return self.uid("sr-instance")
+
+    @property
+    def sc_series(self) -> str:
+        return self.uid("sc-series")
+
+    def page(self, number: int) -> str:
+        return self.uid(f"sc-page-{number}")
+
+
+def _set_uids(ds: Dataset, series_uid: str, sop_uid: str) -> None:
+    ds.SeriesInstanceUID = series_uid
+    ds.SOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
 
 
 @dataclass
@@ -43,15 +78,17 @@ class ResultObjects:
     encoded: dict[str, bytes] = field(default_factory=dict)  # SOP Instance UID -> Part-10 bytes (as validated)
     seconds: dict[str, float] = field(default_factory=dict)  # sr, pages (and the pages' render/build/check)
     page_executor_lost: bool = False  # a page process died: some pages were made here instead
+    repairs: list[str] = field(default_factory=list)  # header hygiene: what was done to copied attributes (no values)
 
     @property
     def datasets(self) -> list[Dataset]:
         return [self.sr, *self.pages]
 
 
-def _encode_and_check(ds: Dataset, what: str, validate: bool) -> tuple[bytes, ValidationReport | None]:
+def _encode_and_check(ds: Dataset, what: str, validate: bool,
+                      inherited: frozenset[str] = frozenset()) -> tuple[bytes, ValidationReport | None]:
     data = tree_part10_bytes(ds)  # pydicom's bytes (an SR quickly; a page goes to pydicom whole)
-    return data, ensure_valid_bytes(data, what) if validate else None
+    return data, ensure_valid_bytes(data, what, inherited) if validate else None
 
 
 def make_pages(
@@ -59,9 +96,11 @@ def make_pages(
     current: Sequence[Dataset],
     prior: Sequence[Dataset] = (),
     options: OutputOptions | None = None,
+    uids: ResultUids | None = None,
 ) -> PageObjects:
     """Render the reasoning pages, build their SC datasets, encode and validate each (``ExportRefused`` on errors)."""
-    return make_some_pages(record, current, prior, options, None, keep_images=True)[0]
+    series_uid = uids.sc_series if uids is not None else None
+    return make_some_pages(record, current, prior, options, None, series_uid, keep_images=True, uids=uids)[0]
 
 
 # What each page-process task makes: single pages first, so each is ready (and can be sent) as soon as it is made,
@@ -80,11 +119,12 @@ def make_some_pages(
     series_uid: str | None = None,
     made_at: dt.datetime | None = None,
     keep_images: bool = False,
+    uids: ResultUids | None = None,
 ) -> tuple[PageObjects, int]:
     """The pages numbered in ``only`` (None: all) as validated SC objects, and the number of pages in all.
 
     What a page process does: picklable in and out, so pages of one study can be made by several processes (they
-    share ``series_uid`` and ``made_at``)."""
+    share ``series_uid`` and ``made_at``). With ``uids`` page N gets ``uids.page(N)``."""
     options = options or OutputOptions()
     started = time.perf_counter()
     images, total = render_some_pages(record, current, prior, options, only)
@@ -94,10 +134,14 @@ def make_some_pages(
     first = next((n for n in range(1, total + 1) if only is None or n in only), 1)  # number of the first page made
     pages = build_page_datasets(record, pixels, current, options, series_uid=series_uid, first_number=first,
                                 total=total, made_at=made_at)
+    if uids is not None:
+        for page in pages:
+            _set_uids(page, page.SeriesInstanceUID, uids.page(int(page.InstanceNumber)))
     built = time.perf_counter()
+    inherited = invalid_reference_uids(current)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="page-check") as pool:
         done = list(pool.map(lambda page: _encode_and_check(page, f"SC page {page.InstanceNumber}",
-                                                            options.validate), pages))
+                                                            options.validate, inherited), pages))
     seconds = {"render": rendered - started, "encode": encoded - rendered, "build": built - encoded,
                "check": time.perf_counter() - built}
     objects = PageObjects(pages, [data for data, _ in done], [report for _, report in done],
@@ -118,13 +162,23 @@ def make_sr(
     prior: Sequence[Dataset] = (),
     options: OutputOptions | None = None,
     predecessor: Dataset | None = None,
+    uids: ResultUids | None = None,
 ) -> tuple[bytes, ValidationReport | None, float]:
     """The SR of ``record`` as validated Part-10 bytes, dciodvfy's verdict and the seconds it took (a page-process
     task: bytes travel between processes faster than a pickled dataset of thousands of elements)."""
     options = options or OutputOptions()
     started = time.perf_counter()
-    data, report = _encode_and_check(build_sr(record, current, prior, options, predecessor), "SR", options.validate)
+    data, report = _encode_and_check(_sr(record, current, prior, options, predecessor, uids), "SR", options.validate,
+                                     invalid_reference_uids([*current, *prior]))
     return data, report, time.perf_counter() - started
+
+
+def _sr(record: ReasoningRecord, current: Sequence[Dataset], prior: Sequence[Dataset], options: OutputOptions,
+        predecessor: Dataset | None, uids: ResultUids | None) -> Dataset:
+    sr = build_sr(record, current, prior, options, predecessor)
+    if uids is not None:
+        _set_uids(sr, uids.sr_series, uids.sr_instance)
+    return sr
 
 
 def build_result_objects(
@@ -135,8 +189,12 @@ def build_result_objects(
     predecessor: Dataset | None = None,
     page_executor: Executor | None = None,
     on_ready: ReadyCallback | None = None,
+    uids: ResultUids | None = None,
 ) -> ResultObjects:
     """The SR and the SC reasoning pages of ``record``; each validated (``ExportRefused`` when one fails).
+
+    The sources pass ``sr_writer.hygiene`` first: what the results copy from them is checked and repaired on copies
+    (``repairs`` lists what was done); a defect nothing can repair raises ``UnrepairableHeader`` naming it.
 
     With ``page_executor`` (a pool of page processes) everything is made there: the SR (built, encoded, validated;
     it comes back as bytes and is read here) and the pages in ``PAGE_TASKS`` (rendered, encoded, built, validated),
@@ -147,20 +205,24 @@ def build_result_objects(
 
     ``on_ready(dataset, part10_bytes)`` is called in this thread for each object once it is validated and final, in
     the order they are finished: a caller can store and send each while the others are still being made.
+    ``uids`` (optional) names the UIDs of the set, so that making it again gives the same objects' identities.
     """
     options = options or OutputOptions()
-    current, prior = list(current), list(prior)
     started = time.perf_counter()
+    (current, prior), repairs = clean_sources(current, prior)  # checked copies; the sources stay as they are
     if page_executor is None:
-        return _build_here(record, current, prior, options, predecessor, on_ready, started)
-    series_uid, made_at = generate_uid(), dt.datetime.now(dt.timezone.utc)
+        result = _build_here(record, current, prior, options, predecessor, on_ready, started, uids)
+        result.repairs = describe(repairs)
+        return result
+    series_uid = uids.sc_series if uids is not None else generate_uid()
+    made_at = dt.datetime.now(dt.timezone.utc)
     futures: dict[Future[Any], int] = {}  # -> SR_TASK or the index of its page task in PAGE_TASKS
     lost = False
     try:
-        futures[page_executor.submit(make_sr, record, current, prior, options, predecessor)] = SR_TASK
+        futures[page_executor.submit(make_sr, record, current, prior, options, predecessor, uids)] = SR_TASK
         for index, part in enumerate(PAGE_TASKS):
             futures[page_executor.submit(make_some_pages, record, current, prior, options, part, series_uid,
-                                         made_at)] = index
+                                         made_at, uids=uids)] = index
     except BrokenExecutor:
         lost = True
     sr_made: tuple[bytes, ValidationReport | None, float] | None = None
@@ -179,31 +241,35 @@ def build_result_objects(
             made[futures[future]] = value
             _announce(on_ready, value[0].pages, value[0].encoded)
     if sr_made is None:  # lost with its process: made here
-        sr_made = make_sr(record, current, prior, options, predecessor)
+        sr_made = make_sr(record, current, prior, options, predecessor, uids)
         sr = dcmread(io.BytesIO(sr_made[0]))
         _announce(on_ready, [sr], [sr_made[0]])
     for index, part in enumerate(PAGE_TASKS):
         if index not in made:  # lost: made here, with the same series and time
-            made[index] = make_some_pages(record, current, prior, options, part, series_uid, made_at)
+            made[index] = make_some_pages(record, current, prior, options, part, series_uid, made_at, uids=uids)
             _announce(on_ready, made[index][0].pages, made[index][0].encoded)
     sr_data, sr_report, sr_seconds = sr_made
     pages = _joined_pages([made[index] for index in range(len(PAGE_TASKS))])
-    return _result(sr, sr_data, sr_report, pages,
-                   {"sr": sr_seconds, "all": time.perf_counter() - started, **pages.seconds}, lost)
+    result = _result(sr, sr_data, sr_report, pages,
+                     {"sr": sr_seconds, "all": time.perf_counter() - started, **pages.seconds}, lost)
+    result.repairs = describe(repairs)
+    return result
 
 
 SR_TASK = -1
 
 
 def _build_here(record: ReasoningRecord, current: list[Dataset], prior: list[Dataset], options: OutputOptions,
-                predecessor: Dataset | None, on_ready: ReadyCallback | None, started: float) -> ResultObjects:
+                predecessor: Dataset | None, on_ready: ReadyCallback | None, started: float,
+                uids: ResultUids | None = None) -> ResultObjects:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sr-check") as pool:
-        sr = build_sr(record, current, prior, options, predecessor)
+        sr = _sr(record, current, prior, options, predecessor, uids)
         sr_data = tree_part10_bytes(sr)
         sr_check: Future[ValidationReport] | None = (
-            pool.submit(ensure_valid_bytes, sr_data, "SR") if options.validate else None)
+            pool.submit(ensure_valid_bytes, sr_data, "SR", invalid_reference_uids([*current, *prior]))
+            if options.validate else None)
         sr_built = time.perf_counter()
-        pages = make_pages(record, current, prior, options)
+        pages = make_pages(record, current, prior, options, uids)
         sr_report = sr_check.result() if sr_check is not None else None  # a refusal raises ExportRefused
     _announce(on_ready, [sr], [sr_data])
     _announce(on_ready, pages.pages, pages.encoded)

@@ -1,11 +1,12 @@
-"""The finding-code mapping table (config/finding_codes.yaml): load, verify against pydicom, look up.
+"""The finding-code mapping table (package data ``sr_writer/data/finding_codes.yaml``): load, verify against pydicom, look up.
 
 Codes whose source is ``pydicom.sr.codedict codes.<SCHEME>.<Keyword>`` are checked against pydicom's dictionary
-when the table loads; a finding without a verified code has ``code: null`` and is written as text.
+when the table loads, and so is every finding site; other codes cite a published source. Every finding has a code.
 """
 from __future__ import annotations
 
 import re
+from importlib import resources
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -13,9 +14,11 @@ from typing import Any
 
 import yaml
 from highdicom.sr import CodedConcept
+from pydicom.sr._concepts_dict import concepts
 from pydicom.sr.codedict import codes
 
-TABLE_PATH = Path(__file__).resolve().parents[1] / "config" / "finding_codes.yaml"
+# The table shipped inside the package (config/finding_codes.yaml in a clone is a link to it).
+TABLE_PATH = Path(str(resources.files("sr_writer.data").joinpath("finding_codes.yaml")))
 _CODEDICT_SOURCE = re.compile(r"^pydicom\.sr\.codedict codes\.(\w+)\.(\w+)")
 
 
@@ -27,9 +30,10 @@ class CodeTableError(ValueError):
 class FindingCode:
     key: str
     label: str
-    code: CodedConcept | None  # None: no verified code, write as text
-    source: str  # where the code comes from, or why there is none
+    code: CodedConcept | None  # None: an unknown key (no entry in the table)
+    source: str  # where the code comes from
     laterality: CodedConcept | None = None
+    site: CodedConcept | None = None  # Finding Site that post-coordinates ``code`` (both from pydicom's dictionary)
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class CodeTable:
             return self.findings[key]
         if key in self.anatomy:
             return self.anatomy[key]
-        return FindingCode(key, key.replace("_", " ").capitalize(), None, "unknown key; written as text")
+        return FindingCode(key, key.replace("_", " ").capitalize(), None, "unknown key; no code")
 
     def stage_code(self, number: int, title: str) -> CodedConcept:
         return CodedConcept(f"STAGE-{number}", self.private_designator, f"Stage {number}: {title}"[:64])
@@ -68,16 +72,30 @@ def _concept(spec: dict[str, Any], source: str, where: str) -> CodedConcept:
     return CodedConcept(value, scheme, meaning)
 
 
+def _in_codedict(spec: dict[str, Any], where: str) -> CodedConcept:
+    """A concept that must be in pydicom's code dictionary under its scheme (any keyword)."""
+    scheme, value = str(spec["scheme"]), str(spec["value"])
+    if value not in _CODEDICT_VALUES.get(scheme, set()):
+        raise CodeTableError(f"{where}: {scheme} {value} is not in pydicom.sr.codedict")
+    return CodedConcept(value, scheme, str(spec["meaning"]))
+
+
+_CODEDICT_VALUES: dict[str, set[str]] = {
+    scheme: {value for entry in keywords.values() for value in entry} for scheme, keywords in concepts.items()
+}
+
+
 def _entry(key: str, spec: dict[str, Any], where: str) -> FindingCode:
-    source = str(spec.get("source") or spec.get("flag") or "")
-    if not source:
-        raise CodeTableError(f"{where}.{key}: every entry needs a source (or a flag when it has no code)")
-    code = _concept(spec["code"], source, f"{where}.{key}") if spec.get("code") else None
+    source = str(spec.get("source") or "")
+    if not source or not spec.get("code"):
+        raise CodeTableError(f"{where}.{key}: every entry needs a code and its source")
+    code = _concept(spec["code"], source, f"{where}.{key}")
     laterality = None
     if spec.get("laterality"):
         side = spec["laterality"]
         laterality = _concept(side, f"pydicom.sr.codedict codes.SCT.{side['meaning']}", f"{where}.{key}.laterality")
-    return FindingCode(key, str(spec["label"]), code, source, laterality)
+    site = _in_codedict(spec["site"], f"{where}.{key}.site") if spec.get("site") else None
+    return FindingCode(key, str(spec["label"]), code, source, laterality, site)
 
 
 def parse_table(data: dict[str, Any]) -> CodeTable:

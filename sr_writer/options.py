@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 PAGE_TRANSFER_SYNTAXES = (RLELossless, ExplicitVRLittleEndian)
+SR_SOP_CLASSES = ("comprehensive3d", "comprehensive")
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,16 @@ class OutputOptions:
     # Transfer syntax of the SC pages: RLE Lossless (about 10x smaller, decoded by every PACS and viewer) or
     # Explicit VR Little Endian (uncompressed). The SCU sends a page uncompressed to a peer that refuses RLE.
     page_transfer_syntax: str = RLELossless
+    # SR SOP class: Comprehensive 3D SR (.88.34), or Comprehensive SR (.88.33) for Orthanc Stone and older PACS
+    # (image references under a region then named DCM 111040 "Original Source", as Stone reads them)
+    sr_sop_class: str = "comprehensive3d"
     validate: bool = True  # run dciodvfy on every object; refuse to return one with errors
 
     def __post_init__(self) -> None:
         if self.page_transfer_syntax not in PAGE_TRANSFER_SYNTAXES:
             raise ValueError(f"page transfer syntax {self.page_transfer_syntax}: use one of {PAGE_TRANSFER_SYNTAXES}")
+        if self.sr_sop_class not in SR_SOP_CLASSES:
+            raise ValueError(f"SR SOP class {self.sr_sop_class}: use one of {SR_SOP_CLASSES}")
 
     def series_description(self, base: str, demo: bool) -> str:
         """``base``, prefixed with DEMO for demo-model output; at most 64 characters (LO)."""

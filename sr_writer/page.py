@@ -125,24 +125,50 @@ class Faces:
         self.title = Face.make(body + 12, bold=True)
 
 
-def to_rgb8(ds: Dataset, frame: int = 1) -> Image.Image:
-    """A grayscale source image as 8-bit RGB for display: modality and VOI LUT applied, MONOCHROME1 inverted."""
+CHUNK_PIXELS = 1 << 22  # pixels converted to floating point at a time (32 MB as float64)
+SAMPLE_PIXELS = 1 << 24  # above this (4096 x 4096) the display window comes from a strided sample
+SAMPLE_TARGET = 1 << 22  # of about this many pixels
+
+
+def to_rgb8(ds: Dataset, frame: int = 1, size: tuple[int, int] | None = None) -> Image.Image:
+    """A grayscale source image as 8-bit RGB for display: modality and VOI LUT applied, MONOCHROME1 inverted;
+    resized to ``size`` (LANCZOS) when given.
+
+    Grey images are converted in blocks of rows and resized while still 8-bit grey, so a very large source costs
+    its decoded frame plus one byte a pixel, not several floating-point copies.
+    """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     pixels = ds.pixel_array
     if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[frame - 1]
     if pixels.ndim == 3:  # colour source
-        return Image.fromarray(pixels.astype(np.uint8)).convert("RGB")
-    data = apply_modality_lut(pixels, ds)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        data = apply_voi_lut(data, ds)
-    data = data.astype(np.float64)
-    lo, hi = np.percentile(data, 0.5), np.percentile(data, 99.5)
-    scaled = np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1)
-    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        scaled = 1.0 - scaled
-    return Image.fromarray((scaled * 255).astype(np.uint8)).convert("RGB")
+        image = Image.fromarray(pixels.astype(np.uint8)).convert("RGB")
+        return image.resize(size, Image.Resampling.LANCZOS) if size else image
+    voi = "WindowCenter" in ds or "VOILUTSequence" in ds
+
+    def display_values(block: np.ndarray) -> np.ndarray:
+        data = apply_modality_lut(block, ds)
+        if voi:
+            data = apply_voi_lut(data, ds)
+        return data.astype(np.float64)
+
+    step = 1 if pixels.size <= SAMPLE_PIXELS else int(np.ceil(np.sqrt(pixels.size / SAMPLE_TARGET)))
+    sample = display_values(pixels[::step, ::step])
+    lo, hi = float(np.percentile(sample, 0.5)), float(np.percentile(sample, 99.5))
+    del sample
+    invert = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    grey = np.empty(pixels.shape, dtype=np.uint8)
+    rows = max(1, CHUNK_PIXELS // max(1, pixels.shape[1]))
+    for start in range(0, pixels.shape[0], rows):
+        scaled = np.clip((display_values(pixels[start:start + rows]) - lo) / max(hi - lo, 1e-6), 0, 1)
+        if invert:
+            scaled = 1.0 - scaled
+        grey[start:start + rows] = (scaled * 255).astype(np.uint8)
+    image = Image.fromarray(grey, mode="L")
+    if size:
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return image.convert("RGB")
 
 
 def _frontal_index(record: ReasoningRecord, sources: dict[str, Dataset]) -> int | None:
@@ -251,13 +277,13 @@ class PageRenderer:
             return top + f.body.line_height
         ref = self.record.images[index]
         source = self.sources[ref.sop_instance_uid]
-        image = to_rgb8(source, ref.frame)
         caption_lines, scale, size = self._panel_geometry(index, width, max_height)
+        image = to_rgb8(source, ref.frame, size)
         for text in caption_lines:
             f.small.draw(draw, (self.margin, top), text, MUTED)
             top += f.small.line_height
         top += 4
-        canvas.paste(image.resize(size, Image.Resampling.LANCZOS), (self.margin, top))
+        canvas.paste(image, (self.margin, top))
         overlay = ImageDraw.Draw(canvas)
         label_face = f.small
         placed: list[tuple[float, float, float, float]] = []

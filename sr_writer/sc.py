@@ -152,10 +152,8 @@ def _template(record: ReasoningRecord, size: tuple[int, int], current: Sequence[
         content_time=now.time().replace(microsecond=0),
     )
     sc.PatientOrientation = None  # type 2: present, empty
-    if ref.get("BodyPartExamined"):
-        sc.BodyPartExamined = ref.BodyPartExamined  # CHEST: unpaired, so Laterality (type 2C) stays absent
-    else:
-        sc.Laterality = None  # unknown body part: type 2C present, empty
+    sc.SeriesDate, sc.SeriesTime = sc.ContentDate, sc.ContentTime
+    _body_part(sc, ref)
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"
     sc.ConversionType = "WSD"  # workstation: rendered by software
@@ -163,6 +161,23 @@ def _template(record: ReasoningRecord, size: tuple[int, int], current: Sequence[
     sc.SourceImageSequence = [_source_item(ds) for ds in current]
     del sc.PixelData  # each page brings its own; copies of the template stay small
     return sc
+
+
+UNPAIRED_BODY_PARTS = ("CHEST",)  # body parts dciodvfy knows as unpaired: Laterality must then be absent
+
+
+def _body_part(sc: Dataset, ref: Dataset) -> None:
+    """Body Part Examined (type 3) and Laterality (type 2C, required for a paired or unknown body part).
+
+    CHEST is copied without Laterality. Any other body part (THORAX, which dciodvfy does not know, or a paired
+    part) is left out and Laterality is written: the source's R or L, else empty (a page shows both sides). Copying
+    THORAX without Laterality made dciodvfy refuse the pages of a THORAX study (issue 17)."""
+    body_part = str(ref.get("BodyPartExamined", "") or "").strip().upper()
+    if body_part in UNPAIRED_BODY_PARTS:
+        sc.BodyPartExamined = body_part
+        return
+    laterality = str(ref.get("Laterality", "") or "")
+    sc.Laterality = laterality if laterality in ("R", "L") else None
 
 
 def _source_item(ds: Dataset) -> Dataset:

@@ -1,12 +1,13 @@
-"""The Comprehensive 3D SR (TID 1500 Measurement Report) of one reasoning record.
+"""The SR (TID 1500 Measurement Report) of one reasoning record: Comprehensive 3D SR, or Comprehensive SR on request.
 
-Layout of the content tree (root: Imaging Measurement Report, or a DEMO title for demo models):
+Layout of the content tree (root: Imaging Measurement Report, DCM 126000, for demo models too):
 - observer context: device observer = the algorithm (UID from the weights hash; name, model, weights hash);
-- procedure reported: chest imaging; image library: the source images;
-- imaging measurements: one group (TID 1501) per checklist finding with a qualitative evaluation
-  <finding concept> = present | absent | uncertain (uncoded findings as text "Finding" = "<label>: <presence>"),
-  and one planar ROI group (TID 1410) per detection box, an image-region SCOORD on its source image, whose finding
-  type and tracking identifier name its finding;
+- procedure reported: XR (CID 100); image library: the source images;
+- imaging measurements (only when there are boxes): one planar ROI group (TID 1410) per detection box, an
+  image-region SCOORD on its source image; its Finding is the finding's code (what a viewer labels the box with),
+  its Finding Site the anatomy it was grounded on; the tracking identifier names the finding too;
+- qualitative evaluations (UMLS C0034375): <finding concept> = present | absent | uncertain for every checklist
+  finding (study level, no geometry);
 - comments: the unverified statement, the demo statement, an algorithm summary;
 - one container per stage with its status and a question/answer container per question; stage 8 also holds the
   report findings and impression.
@@ -24,8 +25,10 @@ from highdicom import ContributingEquipment
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
     AlgorithmIdentification,
+    CodeContentItem,
     CodedConcept,
     Comprehensive3DSR,
+    ComprehensiveSR,
     ContainerContentItem,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
@@ -119,22 +122,29 @@ def _observation_context(record: ReasoningRecord, options: OutputOptions) -> Obs
     )
 
 
-def _finding_group(finding: Finding, table: CodeTable, algorithm: AlgorithmIdentification) -> MeasurementsAndQualitativeEvaluations:
+def _qualitative_item(finding: Finding, table: CodeTable) -> CodeContentItem | TextContentItem:
+    """One study-level result: <finding concept> = present | absent | uncertain (TID 1500 Qualitative Evaluations).
+
+    A post-coordinated finding carries its Finding Site as a HAS CONCEPT MOD child. A key the table does not know
+    (none today) is written as text under the generic Clinical finding concept, never under DCM 121071."""
     entry = table.finding(finding.key)
     presence = table.presence[finding.presence.value]
-    tracking = TrackingIdentifier(uid=generate_uid(), identifier=f"Finding: {entry.label}"[:_MAX_TRACKING_ID])
-    if entry.code is not None:
-        return MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            finding_type=entry.code,
-            algorithm_id=algorithm,
-            qualitative_evaluations=[QualitativeEvaluation(name=entry.code, value=presence)],
-        )
-    group = MeasurementsAndQualitativeEvaluations(tracking_identifier=tracking, algorithm_id=algorithm)
-    group[0].ContentSequence.append(
-        _text(table.structure["finding_text"], f"{entry.label}: {finding.presence.value} (no verified code)")
-    )
-    return group
+    if entry.code is None:
+        return _text(table.structure["generic_finding"], f"{entry.label}: {finding.presence.value}")
+    item = CodeContentItem(name=entry.code, value=presence, relationship_type=CONTAINS)
+    if entry.site is not None:
+        item.ContentSequence = [CodeContentItem(name=codes.SCT.FindingSite, value=entry.site,
+                                                relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD)]
+    return item
+
+
+def _qualitative_evaluations(record: ReasoningRecord, table: CodeTable) -> ContainerContentItem:
+    """The Qualitative Evaluations container (UMLS C0034375): every checklist finding's presence, no geometry."""
+    container = _container(table.structure["qualitative_evaluations"])
+    container.ContentSequence.extend(_qualitative_item(f, table) for f in record.findings)
+    if not record.findings:
+        container.ContentSequence.append(_text(table.structure["comment"], "The record holds no checklist findings."))
+    return container
 
 
 def _region(box: Box, source: Dataset, frame: int) -> ImageRegion:
@@ -160,26 +170,26 @@ def _box_group(
     table: CodeTable,
     algorithm: AlgorithmIdentification,
 ) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-    key = finding.key if finding is not None else box.target
-    entry = table.finding(key)
-    tracking = TrackingIdentifier(uid=generate_uid(), identifier=f"Box {number}: {entry.label}"[:_MAX_TRACKING_ID])
-    kwargs: dict = {}
-    if key in table.anatomy:
-        sites = [FindingSite(anatomic_location=entry.code, laterality=entry.laterality)] if entry.code else None
-        kwargs["finding_sites"] = sites
+    """A TID 1410 planar ROI group: the finding as its coded Finding (what a viewer labels the box with), the
+    anatomy it was grounded on (or the finding's own site) as Finding Site."""
+    entry = table.finding(finding.key) if finding is not None else None
+    anatomy = table.anatomy.get(box.target)
+    label = entry.label if entry is not None else (anatomy.label if anatomy else table.finding(box.target).label)
+    tracking = TrackingIdentifier(uid=generate_uid(), identifier=f"Box {number}: {label}"[:_MAX_TRACKING_ID])
+    finding_type = entry.code if entry is not None and entry.code is not None else table.structure["generic_finding"]
+    if anatomy is not None:
+        sites = [FindingSite(anatomic_location=anatomy.code, laterality=anatomy.laterality)]
+    elif entry is not None and entry.site is not None:
+        sites = [FindingSite(anatomic_location=entry.site)]
     else:
-        kwargs["finding_type"] = entry.code or table.structure["generic_finding"]
-        if finding is not None and entry.code is not None:
-            kwargs["qualitative_evaluations"] = [
-                QualitativeEvaluation(name=entry.code, value=table.presence[finding.presence.value])
-            ]
-    group = PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking, referenced_region=_region(box, source, frame), algorithm_id=algorithm, **kwargs
+        sites = None
+    evaluations = None
+    if finding is not None and entry is not None and entry.code is not None:
+        evaluations = [QualitativeEvaluation(name=entry.code, value=table.presence[finding.presence.value])]
+    return PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking, referenced_region=_region(box, source, frame), algorithm_id=algorithm,
+        finding_type=finding_type, finding_sites=sites, qualitative_evaluations=evaluations,
     )
-    if entry.code is None:
-        presence = finding.presence.value if finding is not None else "grounded"
-        group[0].ContentSequence.append(_text(table.structure["finding_text"], f"{entry.label}: {presence}"))
-    return group
 
 
 def collect_boxes(record: ReasoningRecord) -> list[tuple[Box, Finding | None]]:
@@ -236,13 +246,25 @@ def _stage_container(stage: StageResult, record: ReasoningRecord, table: CodeTab
     return container
 
 
-def _imaging_measurements(sr: Dataset) -> Dataset:
-    """The Imaging Measurements container (DCM 126010) of a TID 1500 SR's root."""
+def _drop_imaging_measurements(root: Dataset) -> None:
+    """Take the Imaging Measurements container (DCM 126010) out of a TID 1500 root (when no group has geometry)."""
     wanted = codes.DCM.ImagingMeasurements.value
-    for item in sr.ContentSequence:
-        if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == wanted:
-            return item
-    raise ValueError("the SR has no Imaging Measurements container")
+    root.ContentSequence = [item for item in root.ContentSequence
+                            if not (item.ValueType == "CONTAINER"
+                                    and item.ConceptNameCodeSequence[0].CodeValue == wanted)]
+
+
+def _original_source_references(items: Sequence[Dataset], name: CodedConcept) -> None:
+    """Name every IMAGE that a SCOORD is SELECTED FROM ``name`` (DCM 111040 "Original Source", what Orthanc
+    Stone reads; highdicom writes SCT 260753009 "Source")."""
+    for item in items:
+        children = item.get("ContentSequence", [])
+        if item.ValueType == "SCOORD":
+            for child in children:
+                if child.ValueType == "IMAGE" and child.RelationshipType == "SELECTED FROM":
+                    child.ConceptNameCodeSequence = [name]
+        else:
+            _original_source_references(children, name)
 
 
 def build_sr(
@@ -262,7 +284,6 @@ def build_sr(
     sources = _source_index([*current, *prior])
     algorithm = _algorithm_id(record)
 
-    finding_groups: list = [_finding_group(f, table, algorithm) for f in record.findings]
     box_groups: list = []
     for box, finding in collect_boxes(record):
         ref = record.images[box.image_index] if 0 <= box.image_index < len(record.images) else None
@@ -270,29 +291,25 @@ def build_sr(
         if source is None:
             continue  # box on an image we were not given: it stays as text in the stage containers
         box_groups.append(_box_group(len(box_groups) + 1, box, finding, source, ref.frame, table, algorithm))
+    # highdicom wants one measurement group; without a box a placeholder satisfies it and the Imaging Measurements
+    # container is taken out again: every group there must have geometry (OHIF reads a SCOORD in each), and TID
+    # 1500 needs only one of Imaging Measurements and Qualitative Evaluations.
+    placeholder = [MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=generate_uid(), identifier="none"), algorithm_id=algorithm)]
 
-    if not finding_groups and not box_groups:  # TID 1500 needs one measurement group: say that none were reported
-        empty = MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(uid=generate_uid(), identifier="Findings: none reported"),
-            algorithm_id=algorithm,
-        )
-        empty[0].ContentSequence.append(_text(table.structure["comment"], "The record holds no checklist findings."))
-        finding_groups.append(empty)
-    # highdicom deep-copies the content tree and walks it for evidence when the SR is constructed. Finding groups
-    # reference no image, so they are given to it only when no box group is there to satisfy TID 1500; the rest
-    # are inserted after construction, ahead of the box groups, costing neither a copy nor a walk.
-    constructed = box_groups or finding_groups[:1]
-    deferred = finding_groups if box_groups else finding_groups[1:]
-
-    title = table.private["demo_title"] if p.demo_model else codes.DCM.ImagingMeasurementReport
+    # The document title is always DCM 126000 (viewers show TID 1500 measurements only under it); demo output is
+    # labelled in the series description, a comment and the algorithm identification.
     report = MeasurementReport(
         observation_context=_observation_context(record, options),
         procedure_reported=table.structure["procedure_reported"],
-        imaging_measurements=constructed,
-        title=title,
+        imaging_measurements=box_groups or placeholder,
+        title=codes.DCM.ImagingMeasurementReport,
         referenced_images=_library_images(current),
     )
     root = report[0]
+    if not box_groups:
+        _drop_imaging_measurements(root)
+    root.ContentSequence.append(_qualitative_evaluations(record, table))
     comment = table.structure["comment"]
     root.ContentSequence.append(_text(comment, UNVERIFIED_STATEMENT))
     if p.demo_model:
@@ -314,7 +331,8 @@ def build_sr(
         contribution_datetime=now,
         contribution_description=f"Processing Algorithm: {prov.summary(p)}"[:64],
     )
-    sr = Comprehensive3DSR(
+    sr_class = ComprehensiveSR if options.sr_sop_class == "comprehensive" else Comprehensive3DSR
+    sr = sr_class(
         evidence=[*current, *prior],
         content=report,
         series_instance_uid=generate_uid(),
@@ -341,11 +359,9 @@ def build_sr(
             )
         ],
     )
-    measurements = _imaging_measurements(sr)
-    position = 0 if box_groups else len(measurements.ContentSequence)
-    for group in reversed(deferred):
-        for item in reversed(group):
-            measurements.ContentSequence.insert(position, item)
+    if options.sr_sop_class == "comprehensive":
+        _original_source_references(sr.ContentSequence, table.structure["original_source"])
+    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
     # The stage containers (most of the tree) hold text only, no image references: appended after highdicom has
     # collected the evidence and copied the content, they add nothing to evidence and cost no second copy.
     for stage in sorted(record.stages, key=lambda s: s.number):

@@ -15,6 +15,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--workdir", type=Path, default=Path("var/demo"), help="working folder (default var/demo)")
     demo.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for results (default 900)")
     demo.add_argument("--keep-running", action="store_true", help="keep Orthanc and the node up until Ctrl-C")
+    demo.add_argument("--viewer", action="store_true",
+                      help="also serve the OHIF viewer against the demo's Orthanc (DICOMweb) and print the study's "
+                      "viewer URL; implies --keep-running")
+    demo.add_argument("--ohif-dist", type=Path, metavar="DIR",
+                      help="OHIF's prebuilt dist/ (default: $CXR_OHIF_DIST or .cache/ohif/app/dist from bootstrap)")
     demo.set_defaults(func=run_demo_command)
 
     run = subparsers.add_parser(
@@ -41,13 +46,14 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     print("CXR reasoning node demo. The demo model is UNTRAINED (random weights): every answer it gives is "
           "meaningless, and every output is marked DEMO and 'AI-generated, not verified'.", flush=True)
+    keep_running = args.keep_running or args.viewer  # the viewer is only up while the demo runs
     try:
-        result = run_demo(args.workdir, timeout=args.timeout, keep_running=args.keep_running,
-                          say=lambda text: print(text, flush=True))
+        result = run_demo(args.workdir, timeout=args.timeout, keep_running=keep_running,
+                          say=lambda text: print(text, flush=True), viewer=args.viewer, ohif_dist=args.ohif_dist)
     except (RuntimeError, TimeoutError, OSError) as exc:
         print(f"cxr-node demo: failed: {exc}", file=sys.stderr)
         return 1
-    if not args.keep_running:
+    if not keep_running:
         print_result(result, print)
         print("Orthanc and the node have been stopped; run with --keep-running to browse the URLs.")
     return 0

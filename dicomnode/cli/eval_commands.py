@@ -58,6 +58,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+EVAL_EXTRA = "cxr-reasoning-node[eval]"
+SCORING_MODULES = ("sacrebleu", "rouge_score")  # BLEU and ROUGE-L
+PLOT_MODULES = ("matplotlib",)  # --radar
+
+
+def missing_eval_modules(radar: bool) -> list[str]:
+    """The evaluation-only modules (the ``eval`` extra) that this run needs and that are not installed."""
+    import importlib.util
+
+    wanted = SCORING_MODULES + (PLOT_MODULES if radar else ())
+    return [name for name in wanted if importlib.util.find_spec(name) is None]
+
+
 def _fail(message: str) -> int:
     print(f"cxr-node eval: error: {message}", file=sys.stderr)
     return 2
@@ -83,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
     from inference.evaluation.dataset import DatasetError, load_dataset
     from inference.evaluation.scoring import score_dataset
 
+    missing = missing_eval_modules(radar=bool(args.radar))
+    if missing:
+        return _fail(f"evaluation needs the 'eval' extra ({', '.join(missing)} not installed): "
+                     f"pip install '{EVAL_EXTRA}'")
     if (args.model or args.engine) and not args.images:
         return _fail("--model/--engine needs --images DIR")
     if args.compare_quantization and not args.model:

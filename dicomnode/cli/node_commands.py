@@ -1,15 +1,16 @@
-"""Node commands: ``serve``, ``status``, ``retry``, ``config check``, ``echo``, ``send``."""
+"""Node commands: ``serve``, ``status``, ``retry``, ``config check``, ``config init``, ``echo``, ``send``."""
 from __future__ import annotations
 
 import argparse
 import faulthandler
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from dicomnode.config import ConfigError, NodeConfig, load_config
+from dicomnode.config import PASSTHROUGH, ConfigError, NodeConfig, load_config
 
 
 def _load(path: str) -> NodeConfig | None:
@@ -22,16 +23,39 @@ def _load(path: str) -> NodeConfig | None:
         return None
 
 
+def _database_error(command: str, config: NodeConfig, exc: Exception) -> int:
+    """One clear line (no traceback, no password) for a database that cannot be used; exit code 1."""
+    from sqlalchemy.engine import make_url
+
+    from dicomnode.db.engine import error_summary
+
+    try:
+        where = make_url(config.database_url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - validated at load; keep the message whatever happens
+        where = "the configured database"
+    print(f"{command}: database error on {where}: {error_summary(exc)}", file=sys.stderr)
+    return 1
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
+    from sqlalchemy.exc import SQLAlchemyError
+
     from dicomnode.logs import setup_logging
     from dicomnode.node import Node
 
     setup_logging(config.logging.level, config.logging.json_, config.logging.file)
+    if config.processing.processor == PASSTHROUGH:
+        logging.getLogger("dicomnode.serve").warning(
+            "processing.processor is passthrough: studies are received and stored but NOT processed; no results "
+            "are produced or sent")
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` dumps every thread's stack
-    return Node(config, role=args.role).run_until_signal()
+    try:
+        return Node(config, role=args.role).run_until_signal()
+    except SQLAlchemyError as exc:
+        return _database_error("serve", config, exc)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -40,6 +64,20 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.file}: OK (AE {config.node.ae_title} port {config.node.port}, "
           f"{len(config.destinations)} destination(s), processor {config.processing.processor})")
+    return 0
+
+
+def cmd_config_init(args: argparse.Namespace) -> int:
+    from dicomnode.site_config import InitError, write_site_config
+
+    try:
+        written = write_site_config(Path(args.dir), force=args.force)
+    except InitError as exc:
+        print(f"config init: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: edit them, then `cxr-node config check {written[0]}`")
     return 0
 
 
@@ -81,7 +119,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    summary = status_summary(_session_factory(config))
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        summary = status_summary(_session_factory(config))
+    except SQLAlchemyError as exc:
+        return _database_error("status", config, exc)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -103,11 +146,15 @@ def cmd_retry(args: argparse.Namespace) -> int:
     except ImportError:
         print("retry: the worker module is not available in this build", file=sys.stderr)
         return 1
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         result = retry_job(_session_factory(config), args.job)
     except (LookupError, ValueError) as exc:
         print(f"retry: {exc}", file=sys.stderr)
         return 1
+    except SQLAlchemyError as exc:
+        return _database_error("retry", config, exc)
     print(f"job {args.job}: {result if result is not None else 're-queued'}")
     return 0
 
@@ -175,6 +222,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     check = sub.add_parser("check", help="validate a config file; names the bad key and why")
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
+    init = sub.add_parser("init", help="write a commented starting config and the stage book into DIR to edit")
+    init.add_argument("dir", metavar="DIR")
+    init.add_argument("--force", action="store_true", help="overwrite files that exist")
+    init.set_defaults(func=cmd_config_init)
 
     p = subparsers.add_parser("echo", help="C-ECHO a peer")
     p.add_argument("peer", metavar="AE@HOST:PORT")

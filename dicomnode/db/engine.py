@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_S = 60.0
@@ -20,8 +21,24 @@ def is_sqlite(url: str | Engine) -> bool:
     return name == "sqlite"
 
 
+def error_summary(exc: BaseException | None) -> str:
+    """One line naming a database error without the SQL or its parameters (which may hold patient data)."""
+    if exc is None:
+        return "unknown error"
+    orig = getattr(exc, "orig", None)
+    inner = orig if isinstance(orig, BaseException) else exc
+    text = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
+    if isinstance(exc, SQLAlchemyError) and inner is exc:
+        text = text.split("[SQL:")[0].strip()
+    return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url``; SQLite files get their parent directory created and the pragmas above."""
+    """An engine for ``url``; SQLite files get their parent directory created and the pragmas above.
+
+    SQL parameters are left out of error messages and logs (``hide_parameters``): they may be patient data.
+    """
+    kwargs.setdefault("hide_parameters", True)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":

@@ -8,7 +8,7 @@ change the result.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, Integer, bindparam, insert, select, update
 from sqlalchemy.orm import Session
@@ -35,6 +35,34 @@ class InstanceRecord:
     size_bytes: int
     skip_reason: str | None
     calling_aet: str | None
+
+
+# InstanceRecord field -> the column it is stored in (the study's patient_id/accession_number have the same lengths)
+_RECORD_COLUMNS = {
+    "study_uid": Study.__table__.c.study_instance_uid, "series_uid": Instance.__table__.c.series_instance_uid,
+    "sop_uid": Instance.__table__.c.sop_instance_uid, "sop_class_uid": Instance.__table__.c.sop_class_uid,
+    "transfer_syntax_uid": Instance.__table__.c.transfer_syntax_uid, "modality": Instance.__table__.c.modality,
+    "body_part": Instance.__table__.c.body_part, "view_position": Instance.__table__.c.view_position,
+    "patient_id": Study.__table__.c.patient_id, "accession_number": Study.__table__.c.accession_number,
+    "calling_aet": Instance.__table__.c.calling_aet,
+}
+
+
+def fit_to_columns(rec: InstanceRecord) -> tuple[InstanceRecord, dict[str, int]]:
+    """``rec`` with every text value cut to its column's length (SQLite would store more, PostgreSQL refuses).
+
+    Returns the fitted record and ``{field: original length}`` of what was cut: names and lengths only, never the
+    values (they may be patient data).
+    """
+    cut: dict[str, int] = {}
+    changes: dict[str, str] = {}
+    for name, column in _RECORD_COLUMNS.items():
+        value = getattr(rec, name)
+        limit = getattr(column.type, "length", None)
+        if isinstance(value, str) and limit and len(value) > limit:
+            cut[name] = len(value)
+            changes[name] = value[:limit].rstrip() or value[:limit]
+    return (replace(rec, **changes) if changes else rec), cut
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,18 @@ def storescu(
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def acknowledged(output: str) -> list[str]:
+    """SOP Instance UIDs (file stems) that ``storescu -v`` got a success response for, from its output."""
+    acked, current = [], None
+    for line in output.splitlines():
+        if "Sending file:" in line:
+            current = Path(line.split("Sending file:", 1)[1].strip()).stem
+        elif "Received Store Response (Success" in line and current:
+            acked.append(current)
+            current = None
+    return acked
+
+
 def echoscu(
     ae: str,
     host: str,

@@ -15,16 +15,43 @@ from typing import Any
 from dicomnode.peers.ports import free_port
 
 ORTHANC_BINARY = os.environ.get("CXR_ORTHANC_BINARY", "Orthanc")
+DICOMWEB_PACKAGE = "orthanc-dicomweb"
+_DICOMWEB_PLUGIN_NAMES = ("libOrthancDicomWeb.so",)
 
 
 class OrthancError(RuntimeError):
     """Orthanc did not start or a REST call failed."""
 
 
+def dicomweb_plugin_path() -> Path:
+    """The DICOMweb plugin's shared library (``CXR_ORTHANC_DICOMWEB`` or the Debian package's file)."""
+    override = os.environ.get("CXR_ORTHANC_DICOMWEB")
+    if override:
+        return Path(override)
+    try:
+        listed = subprocess.run(["dpkg", "-L", DICOMWEB_PACKAGE], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        listed = ""
+    for line in listed.splitlines():
+        if Path(line).name in _DICOMWEB_PLUGIN_NAMES and Path(line).exists():
+            return Path(line)
+    raise OrthancError(f"Orthanc's DICOMweb plugin not found (Debian package '{DICOMWEB_PACKAGE}')")
+
+
+def dicomweb_config(plugin: Path) -> dict[str, Any]:
+    """Config keys that load the DICOMweb plugin: QIDO/WADO-RS/STOW under /dicom-web/, WADO-URI at /wado."""
+    return {
+        "Plugins": [str(plugin)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado",
+                     "Ssl": False, "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
+    }
+
+
 class OrthancServer:
     """Runs ``Orthanc`` with storage in ``workdir``; ``restart()`` keeps storage and ports.
 
-    ``modalities`` maps a name to (AE title, host, port) for Orthanc's DicomModalities.
+    ``modalities`` maps a name to (AE title, host, port) for Orthanc's DicomModalities. ``dicomweb`` loads the
+    DICOMweb plugin (``/dicom-web/`` and WADO-URI ``/wado`` on the HTTP port).
     """
 
     def __init__(
@@ -37,6 +64,7 @@ class OrthancServer:
         http_port: int | None = None,
         stable_age: int = 60,
         extra_config: Mapping[str, Any] | None = None,
+        dicomweb: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.aet = aet
@@ -46,6 +74,7 @@ class OrthancServer:
         self.http_port = http_port or free_port()
         self.stable_age = stable_age
         self.extra_config = dict(extra_config or {})
+        self.dicomweb = dicomweb
         self._process: subprocess.Popen[bytes] | None = None
         self._log_handle: Any = None
 
@@ -84,6 +113,8 @@ class OrthancServer:
             "StorageCompression": False,
             "DicomScpTimeout": 30,
         }
+        if self.dicomweb:
+            config.update(dicomweb_config(dicomweb_plugin_path()))
         config.update(self.extra_config)
         return config
 

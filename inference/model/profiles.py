@@ -1,7 +1,8 @@
-"""Model profiles (``config/model_profiles.yaml``): per-family chat, image, box and quantization conventions."""
+"""Model profiles (package data ``inference/data/model_profiles.yaml``): per-family chat, image, box and quantization conventions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import yaml
 
 from inference.chat import BoxConvention
 
-DEFAULT_PROFILES_PATH = Path(__file__).resolve().parents[2] / "config" / "model_profiles.yaml"
+DEFAULT_PROFILES_PATH = Path(str(resources.files("inference.data").joinpath("model_profiles.yaml")))
 CXRTREK_SYSTEM_PROMPT = ("You are a helpful radiology assistant to help radiologists analyze, interpret medical "
                          "images and answer clinical questions.")
 _WRAPPERS = (None, "think_answer")
@@ -67,7 +68,7 @@ def _profile(name: str, raw: dict[str, Any], default_prompt: str) -> ModelProfil
 
 
 def load_profiles(path: str | Path | None = None) -> dict[str, ModelProfile]:
-    """Read all profiles from the YAML file (default ``config/model_profiles.yaml``)."""
+    """Read all profiles from the YAML file (default: the one shipped in the package)."""
     p = Path(path) if path else DEFAULT_PROFILES_PATH
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))

@@ -128,6 +128,38 @@ def test_choice_formats(answer: str, options: list[str], expected: list[str]) ->
     assert parsed.choices == expected
 
 
+# From CXRTrek (held-out item and this demo set): the answer names option B by its letter but says "considered as"
+# where the option says "described as".
+EFFUSION_OPTIONS = ["A. Atelectasis is bilateral and slightly more extensive than on the previous image.",
+                    "B. The pleural effusion is described as small, with blunting of the right costophrenic angle.",
+                    "C. Unspecified."]
+PARAPHRASED_B = "B. The pleural effusion is considered as small, with blunting of the right costophrenic angle."
+
+
+@pytest.mark.parametrize(
+    ("answer", "qtype", "expected"),
+    [
+        (PARAPHRASED_B, QType.SINGLE_CHOICE, [EFFUSION_OPTIONS[1]]),
+        # multi-choice: A verbatim, B paraphrased -> both (text matching alone found only A: F1 0.67)
+        (f"{EFFUSION_OPTIONS[0]} {PARAPHRASED_B}", QType.MULTI_CHOICE, EFFUSION_OPTIONS[:2]),
+        (f"{EFFUSION_OPTIONS[0][:-1]}; {PARAPHRASED_B}", QType.MULTI_CHOICE, EFFUSION_OPTIONS[:2]),
+        # the letter decides even when the text is another option's
+        ("C. Atelectasis is bilateral and slightly more extensive than on the previous image.", QType.SINGLE_CHOICE,
+         [EFFUSION_OPTIONS[2]]),
+    ],
+)
+def test_letter_decides_over_paraphrased_text(answer: str, qtype: QType, expected: list[str]) -> None:
+    parsed = parse_answer(answer, qtype, EFFUSION_OPTIONS)
+    assert parsed.ok, parsed.error
+    assert parsed.choices == expected
+
+
+def test_labels_inside_sentences_are_not_choices() -> None:
+    options = ["1. Right pleura.", "2. Left pleura.", "3. Subarachnoid space."]
+    assert parse_answer("Left pleura, grade 2. Small.", QType.SINGLE_CHOICE, options).choices == ["2. Left pleura."]
+    assert parse_answer("Z. Something else.", QType.SINGLE_CHOICE, EFFUSION_OPTIONS).ok is False
+
+
 def test_think_answer_wrapper_and_justification() -> None:
     raw = "<think>Lungs look clear.\nNo pleural line.</think><answer>No. There is no pneumothorax.</answer>"
     parsed = parse_answer(raw, QType.YES_NO, wrapper="think_answer")

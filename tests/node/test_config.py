@@ -34,7 +34,8 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
 
 
 def test_defaults_and_sqlite_url(tmp_path: Path) -> None:
-    config = config_from_dict({"storage": {"data_dir": str(tmp_path)}}, environ={})
+    config = config_from_dict({"storage": {"data_dir": str(tmp_path)}, "model": {"path": "m"}}, environ={})
+    assert config.processing.processor == "reasoning"  # a configured model does the main job by default
     assert config.study.modalities == ["CR", "DX"]
     assert config.database_url == f"sqlite:///{tmp_path.resolve() / 'cxr-node.sqlite'}"
     assert config.storage.fsync is True
@@ -53,6 +54,8 @@ def test_defaults_and_sqlite_url(tmp_path: Path) -> None:
          "destinations.0.retry.max_attempts:"),
         ({"study": {"quiet_seconds": 0}}, "study.quiet_seconds:"),
         ({"extra_section": {}}, "extra_section: unknown key"),
+        ({"model": {"path": "m"}, "destinations": [{"name": "p", "ae_title": "X", "host": "h", "port": 1}] * 2},
+         "destinations: names must be unique"),
     ],
 )
 def test_errors_name_the_key_path(data: dict, expected: str) -> None:
@@ -69,7 +72,8 @@ def test_environment_overrides() -> None:
         "CXR_NODE__DESTINATIONS__0__PORT": "4243",
         "OTHER": "ignored",
     }
-    data = {"destinations": [{"name": "pacs", "ae_title": "ORTHANC", "host": "h", "port": 4242}]}
+    data = {"destinations": [{"name": "pacs", "ae_title": "ORTHANC", "host": "h", "port": 4242}],
+            "model": {"path": "m"}}
     config = config_from_dict(data, environ=env)
     assert config.database_url == "postgresql+psycopg://u:secret@db/cxr"
     assert config.node.port == 4000
@@ -98,11 +102,46 @@ def test_config_check_cli(tmp_path: Path) -> None:
 
 def test_priors_retrieve_modes() -> None:
     base = {"enabled": True, "query_aet": "PACS", "host": "127.0.0.1", "port": 104}
-    assert config_from_dict({"reasoning": {"priors": base}}).reasoning.priors.retrieve == "get"
+    assert config_from_dict({"model": {"path": "m"}, "reasoning": {"priors": base}}).reasoning.priors.retrieve == "get"
     with pytest.raises(ConfigError, match=r"reasoning\.priors: .*move needs move_aet and move_port"):
-        config_from_dict({"reasoning": {"priors": {**base, "retrieve": "move"}}})
-    moved = config_from_dict({"reasoning": {"priors": {**base, "retrieve": "move", "move_aet": "CXRPRIOR",
+        config_from_dict({"model": {"path": "m"}, "reasoning": {"priors": {**base, "retrieve": "move"}}})
+    moved = config_from_dict({"model": {"path": "m"}, "reasoning": {"priors": {**base, "retrieve": "move", "move_aet": "CXRPRIOR",
                                                        "move_port": 11113}}}).reasoning.priors
     assert (moved.move_aet, moved.move_port) == ("CXRPRIOR", 11113)
     with pytest.raises(ConfigError, match=r"reasoning\.priors\.retrieve"):
-        config_from_dict({"reasoning": {"priors": {**base, "retrieve": "ftp"}}})
+        config_from_dict({"model": {"path": "m"}, "reasoning": {"priors": {**base, "retrieve": "ftp"}}})
+
+
+def test_reasoning_without_a_model_is_refused_naming_the_key() -> None:
+    for data in ({}, {"processing": {"processor": "reasoning"}}):
+        with pytest.raises(ConfigError) as info:
+            config_from_dict(data, environ={})
+        assert [line.split(":")[0] for line in info.value.problems] == ["model.path"]
+    assert config_from_dict({"processing": {"processor": "passthrough"}}, environ={}).model.path is None
+
+
+@pytest.mark.parametrize(("priors", "missing"), [
+    ({"enabled": True}, "host, port, query_aet missing"),
+    ({"enabled": True, "host": "pacs", "query_aet": "PACS"}, "port missing"),
+    ({"enabled": True, "host": "pacs", "port": 104}, "query_aet missing"),
+])
+def test_enabled_priors_need_host_port_and_ae(priors: dict, missing: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"model": {"path": "m"}, "reasoning": {"priors": priors}}, environ={})
+    assert info.value.problems == [f"reasoning.priors: enabled priors need host, port and query_aet "
+                                   f"(the PACS AE title): {missing}"]
+    disabled = config_from_dict({"model": {"path": "m"}, "reasoning": {"priors": {**priors, "enabled": False}}},
+                                environ={})
+    assert disabled.reasoning.priors.enabled is False
+
+
+def test_config_check_refuses_missing_model_and_half_priors(tmp_path: Path) -> None:
+    no_model = tmp_path / "no-model.yaml"
+    no_model.write_text("node:\n  port: 11112\n")
+    result = subprocess.run([CXR_NODE, "config", "check", str(no_model)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "model.path: required when processing.processor is reasoning" in result.stderr
+    priors = tmp_path / "priors.yaml"
+    priors.write_text("model:\n  path: ./model\nreasoning:\n  priors: {enabled: true}\n")
+    result = subprocess.run([CXR_NODE, "config", "check", str(priors)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "reasoning.priors: enabled priors need host, port and query_aet" in result.stderr

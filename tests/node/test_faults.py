@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from delivery_support import HERE, PROCESSORS, delivery_config, orthanc_destination, wait_until
 from dicomnode.db import AuditEvent, Delivery, Instance, Job, Study, make_engine, make_session_factory
 from dicomnode.db.states import DeliveryState, JobState
+from dicomnode.peers.dcmtk import acknowledged
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
 from ingest_support import NodeProcess
@@ -80,18 +81,6 @@ def _storescu(files: list[Path], port: int) -> subprocess.Popen[str]:
                              *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _acknowledged(output: str) -> list[str]:
-    """SOP Instance UIDs (file stems) storescu got a success response for."""
-    acked, current = [], None
-    for line in output.splitlines():
-        if "Sending file:" in line:
-            current = Path(line.split("Sending file:", 1)[1].strip()).stem
-        elif "Received Store Response (Success" in line and current:
-            acked.append(current)
-            current = None
-    return acked
-
-
 def _kill9(node: NodeProcess) -> None:
     assert node.process is not None
     os.kill(node.process.pid, signal.SIGKILL)
@@ -111,7 +100,7 @@ def test_kill_during_transfer_loses_no_acknowledged_instance(tmp_path, data_dir,
         output, _ = sender.communicate(timeout=120)
     finally:
         node.kill()
-    acked = _acknowledged(output)
+    acked = acknowledged(output)
     # really killed mid-transfer (the 6th row may be committed before its 0x0000 left the node: acks can trail)
     assert 0 < len(acked) < len(files), output[-2000:]
 

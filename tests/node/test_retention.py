@@ -1,4 +1,5 @@
-"""Retention removes spool files of delivered (or skipped) studies after retention_days, never before delivery."""
+"""Retention removes every file of a delivered (or skipped) study after retention_days (spool, results, prior cache),
+never before delivery."""
 from __future__ import annotations
 
 import datetime as dt
@@ -42,20 +43,32 @@ def test_only_delivered_studies_past_retention_are_purged(data_dir, database_url
 
     ingest_files(config, session_factory, receiving.files, queue=False)
 
+    # a prior-study copy that a crashed job left behind belongs to the study too
+    leftover_prior = data_dir / "priors" / str(delivered_job) / "1.2.3.4.dcm"
+    leftover_prior.parent.mkdir(parents=True)
+    leftover_prior.write_bytes(b"prior")
+    results = data_dir / "results" / delivered.study_instance_uid
+    result_files = [p for p in results.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".dcm" for p in result_files)
+
     # before retention_days have passed: nothing goes
     assert purge_expired(config, session_factory, now=utcnow() + dt.timedelta(days=6)).files == 0
     assert len(_spool_files(data_dir, delivered.study_instance_uid)) == 2
 
     report = purge_expired(config, session_factory, now=utcnow() + dt.timedelta(days=400))
-    assert (report.studies, report.files) == (1, 2) and report.bytes > 0
+    expected_files = 2 + len(result_files) + 1  # spool + results + prior cache
+    assert (report.studies, report.files) == (1, expected_files) and report.bytes > 0
     assert _spool_files(data_dir, delivered.study_instance_uid) == []
     assert not (data_dir / "spool" / delivered.study_instance_uid).exists()  # empty directories removed
+    assert not results.exists()  # SR/pages/record of the study: gone with it
+    assert not leftover_prior.parent.exists()
     assert len(_spool_files(data_dir, waiting.study_instance_uid)) == 2  # not delivered yet: kept
+    assert list((data_dir / "results" / waiting.study_instance_uid).rglob("*.dcm"))  # its results too
     assert len(_spool_files(data_dir, receiving.study_instance_uid)) == 2  # still receiving: kept
-    assert list((data_dir / "results" / delivered.study_instance_uid).rglob("*.dcm"))  # results stay
     with session_factory() as session:
         events = list(session.scalars(select(AuditEvent).where(AuditEvent.kind == "retention.purged")))
-    assert [(e.study_instance_uid, e.detail["files"]) for e in events] == [(delivered.study_instance_uid, 2)]
+    assert [(e.study_instance_uid, e.detail["files"]) for e in events] == [(delivered.study_instance_uid,
+                                                                             expected_files)]
     # idempotent: a second pass finds nothing more
     assert purge_expired(config, session_factory, now=utcnow() + dt.timedelta(days=400)).files == 0
 

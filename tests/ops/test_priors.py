@@ -10,6 +10,7 @@ import pydicom
 import pynetdicom
 import pytest
 
+from dicomnode.config import PriorsConfig
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
@@ -68,9 +69,10 @@ def pacs(tmp_path_factory: pytest.TempPathFactory):
                               n_recent_cr=len(recent.views))
 
 
-def _config(pacs, **extra: object) -> SimpleNamespace:
-    return SimpleNamespace(enabled=True, query_aet=pacs.server.aet, host="127.0.0.1", port=pacs.server.dicom_port,
-                           calling_aet=NODE_AET, timeout_seconds=30, **extra)
+def _config(pacs, **extra: object) -> PriorsConfig:
+    settings: dict[str, object] = dict(enabled=True, query_aet=pacs.server.aet, host="127.0.0.1",
+                                       port=pacs.server.dicom_port, calling_aet=NODE_AET, timeout_seconds=30)
+    return PriorsConfig(**{**settings, **extra})
 
 
 def test_finds_most_recent_earlier_cr_dx_study(pacs) -> None:
@@ -125,8 +127,8 @@ def test_retrieve_keeps_compressed_transfer_syntax(pacs, tmp_path: Path) -> None
 
 def test_pacs_down(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="dicomnode.priors")
-    config = SimpleNamespace(enabled=True, query_aet="ORTHANC", host="127.0.0.1", port=free_port(),
-                             calling_aet=NODE_AET, timeout_seconds=10)
+    config = PriorsConfig(enabled=True, query_aet="ORTHANC", host="127.0.0.1", port=free_port(),
+                          calling_aet=NODE_AET, timeout_seconds=10)
     result = lookup_prior(config, PATIENT, "1.2.3.4", "20260301")
     assert result.prior is None and "unreachable" in result.reason
     assert find_prior_study(config, PATIENT, "1.2.3.4", "20260301") is None
@@ -136,8 +138,7 @@ def test_pacs_down(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_pacs_refuses_unknown_calling_ae(pacs, tmp_path: Path) -> None:
-    config = _config(pacs)
-    config.calling_aet = "STRANGER"  # not in Orthanc's DicomModalities: C-FIND / C-GET are refused
+    config = _config(pacs, calling_aet="STRANGER")  # not in Orthanc's DicomModalities: C-FIND / C-GET are refused
     result = lookup_prior(config, PATIENT, pacs.current.study_instance_uid, pacs.current.study_date)
     assert result.prior is None and "refused" in result.reason
     fetched = retrieve(config, pacs.recent.study_instance_uid, tmp_path / "y")
@@ -145,9 +146,9 @@ def test_pacs_refuses_unknown_calling_ae(pacs, tmp_path: Path) -> None:
 
 
 def test_misconfigured_is_a_reason_not_an_exception(tmp_path: Path) -> None:
-    result = lookup_prior(SimpleNamespace(enabled=True, query_aet=None, host=None, port=None), PATIENT, "1.2", "")
+    result = lookup_prior(PriorsConfig(), PATIENT, "1.2", "")  # a disabled, empty section used directly
     assert result.prior is None and "not configured" in result.reason
-    config = SimpleNamespace(query_aet="X", host="127.0.0.1", port=104, retrieve="move", move_port=None)
+    config = PriorsConfig(query_aet="X", host="127.0.0.1", port=104, retrieve="move", move_port=None)
     assert "move_port" in retrieve(config, "1.2.3", tmp_path).reason
 
 
@@ -157,13 +158,11 @@ def test_fetch_prior(pacs, tmp_path: Path) -> None:
     assert got.prior is not None and got.prior.study_instance_uid == pacs.recent.study_instance_uid
     assert len(got.files) == pacs.n_recent_cr and "retrieved 2 instance(s) with C-GET" in got.reason
 
-    disabled = _config(pacs)
-    disabled.enabled = False
+    disabled = _config(pacs, enabled=False)
     assert fetch_prior(disabled, PATIENT, cur.study_instance_uid, cur.study_date, tmp_path / "b").files == []
 
     # found, but the PACS refuses the C-GET: no usable prior, the reason says so, nothing is left behind
-    no_get = _config(pacs)
-    no_get.calling_aet = NOGET_AET
+    no_get = _config(pacs, calling_aet=NOGET_AET)
     refused = fetch_prior(no_get, PATIENT, cur.study_instance_uid, cur.study_date, tmp_path / "c")
     assert refused.prior is not None and refused.files == []
     assert refused.reason.startswith("not retrieved: ")

@@ -33,3 +33,12 @@ def study(spec: StudySpec) -> list[Dataset]:
 @pytest.fixture(scope="module")
 def prior_study(spec: StudySpec) -> list[Dataset]:
     return make_study(prior_spec(spec))
+
+
+def content_items(items) -> list[Dataset]:
+    """Every content item under ``items``, depth first (the items themselves included)."""
+    out = []
+    for item in items:
+        out.append(item)
+        out += content_items(item.get("ContentSequence", []))
+    return out

@@ -5,17 +5,28 @@ import pytest
 import yaml
 from pydicom.sr.codedict import codes
 
+from inference.stages import DEFAULT_STAGES_PATH
 from sr_writer.codes import TABLE_PATH, CodeTableError, load_table, parse_table
 from tests.sr.records import FINDING_LABELS
 
 
-def test_every_finding_key_is_mapped_with_a_source() -> None:
+def test_every_finding_key_is_mapped_to_a_code_with_a_source() -> None:
     table = load_table()
     assert set(table.findings) == set(FINDING_LABELS)
     for key, entry in table.findings.items():
-        assert entry.source, key
-        if entry.code is None:
-            assert "no verified code" in entry.source, key
+        assert entry.source and entry.code is not None, key
+        assert entry.code.scheme_designator in ("SCT", "DCM", "RADLEX"), key
+        if not entry.source.startswith("pydicom.sr.codedict"):
+            assert "http" in entry.source, f"{key}: a code not in pydicom's dictionary cites a published source"
+    assert table.structure["procedure_reported"] == codes.SCT.ImagingProcedure  # in CID 100
+    assert "finding_text" not in table.structure  # DCM 121071 is never a TEXT item's name
+
+
+def test_finding_sites_must_be_in_pydicoms_dictionary() -> None:
+    data = yaml.safe_load(TABLE_PATH.read_text(encoding="utf-8"))
+    data["findings"]["lung_lesion"]["site"]["value"] = "99999999"
+    with pytest.raises(CodeTableError, match="lung_lesion"):
+        parse_table(data)
 
 
 def test_codedict_sourced_codes_match_pydicom() -> None:
@@ -34,18 +45,19 @@ def test_a_code_that_differs_from_its_cited_codedict_entry_is_refused() -> None:
         parse_table(data)
 
 
-def test_an_entry_without_source_or_flag_is_refused() -> None:
+def test_an_entry_without_source_or_code_is_refused() -> None:
     data = yaml.safe_load(TABLE_PATH.read_text(encoding="utf-8"))
-    del data["findings"]["consolidation"]["flag"]
+    del data["findings"]["consolidation"]["source"]
     with pytest.raises(CodeTableError, match="consolidation"):
+        parse_table(data)
+    data = yaml.safe_load(TABLE_PATH.read_text(encoding="utf-8"))
+    data["findings"]["fracture"]["code"] = None
+    with pytest.raises(CodeTableError, match="fracture"):
         parse_table(data)
 
 
 def test_table_covers_the_stage_book_checklist_and_anatomy() -> None:
-    stages_path = TABLE_PATH.parent / "stages.yaml"
-    if not stages_path.exists():
-        pytest.skip("config/stages.yaml not present")
-    book = yaml.safe_load(stages_path.read_text(encoding="utf-8"))
+    book = yaml.safe_load(DEFAULT_STAGES_PATH.read_text(encoding="utf-8"))
     table = load_table()
     assert {f["key"] for f in book["findings"]} == set(table.findings)
     assert {a["key"] for a in book.get("anatomy", [])} <= set(table.anatomy)

@@ -17,7 +17,7 @@ from sr_writer.codes import load_table
 from sr_writer.provenance import device_uid
 from sr_writer.tree_bytes import tree_part10_bytes
 from sr_writer.validate import part10_bytes
-from tests.sr.conftest import small_spec
+from tests.sr.conftest import content_items, small_spec
 from tests.sr.records import FINDING_LABELS, make_provenance, make_record
 
 MANY = ("pneumothorax", "consolidation", "pleural_effusion", "cardiac_pacemaker", "lung_opacity")
@@ -35,14 +35,6 @@ CASES = {
 def _save_and_read(ds: Dataset, path: Path) -> Dataset:
     ds.save_as(path, enforce_file_format=True)
     return pydicom.dcmread(path)
-
-
-def _walk(items) -> list[Dataset]:
-    out = []
-    for item in items:
-        out.append(item)
-        out += _walk(item.get("ContentSequence", []))
-    return out
 
 
 def _name(item: Dataset) -> tuple[str, str]:
@@ -109,7 +101,10 @@ def test_sr_header_same_patient_and_study_new_series(case) -> None:
     incomplete = bool(record.unparsed_questions) or any(s.status is StageStatus.FAILED for s in record.stages)
     assert sr.CompletionFlag == ("PARTIAL" if incomplete else "COMPLETE")
     assert sr.SeriesDescription.startswith("DEMO ")
-    assert sr.ContentSequence and sr.ConceptNameCodeSequence[0].CodeMeaning.startswith("DEMO")
+    # title DCM 126000 for demo output too (viewers show TID 1500 measurements only under it); DEMO is said in the
+    # series description (above) and a root comment (test_sr_stage_containers)
+    assert sr.ContentSequence and sr.ConceptNameCodeSequence[0].CodeValue == "126000"
+    assert sr.SeriesDate and sr.SeriesTime and (sr.SeriesDate, sr.SeriesTime) == (sr.ContentDate, sr.ContentTime)
     evidence = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
                 for s in sr.CurrentRequestedProcedureEvidenceSequence for i in s.ReferencedSeriesSequence}
     assert evidence == {ds.SOPInstanceUID for ds in current}
@@ -131,7 +126,7 @@ def test_sr_algorithm_identification(case) -> None:
     assert equipment.Manufacturer == OutputOptions().manufacturer
     assert equipment.ManufacturerModelName.startswith(record.provenance.model_name)
     assert equipment.DeviceSerialNumber == device_uid(record.provenance)
-    items = _walk(sr.ContentSequence)
+    items = content_items(sr.ContentSequence)
     uids = [i.UID for i in items if i.ValueType == "UIDREF" and _name(i) == ("DCM", "121012")]
     assert uids == [device_uid(record.provenance)]  # Device Observer UID
     texts = [str(i.TextValue) for i in items if i.ValueType == "TEXT"]
@@ -140,27 +135,32 @@ def test_sr_algorithm_identification(case) -> None:
 
 
 def test_sr_findings_and_boxes_read_back(case) -> None:
-    _, record, current, _, _, _, out = case
+    _, record, current, _, _, sr, out = case
     doc = hd.sr.srread(out / "sr.dcm")
     table = load_table()
-    groups = doc.content.get_image_measurement_groups()
-    assert len(groups) == len(record.findings) == len(FINDING_LABELS)
-    coded_presence: dict[str, str] = {}
-    for group in groups:
-        for evaluation in group.get_qualitative_evaluations():
-            coded_presence[evaluation.name.value] = evaluation.value.value
+    items = content_items(sr.ContentSequence)
+    assert not [i for i in items if _name(i) == ("DCM", "121071") and i.ValueType == "TEXT"]  # no TEXT "Finding"
+    # every checklist finding, coded, in Qualitative Evaluations (UMLS C0034375), with its presence
+    evaluations = [i for i in sr.ContentSequence if _name(i) == ("UMLS", "C0034375")]
+    assert len(evaluations) == 1 and evaluations[0].ValueType == "CONTAINER"
+    coded = {_name(i): i for i in evaluations[0].ContentSequence if i.ValueType == "CODE"}
+    assert len(coded) == len(record.findings) == len(FINDING_LABELS)
     for finding in record.findings:
         entry = table.findings[finding.key]
-        if entry.code is not None:
-            assert coded_presence[entry.code.value] == table.presence[finding.presence.value].value, finding.key
-    texts = [str(i.TextValue) for i in _walk(doc.ContentSequence) if i.ValueType == "TEXT"]
-    for finding in record.findings:
-        if table.findings[finding.key].code is None:
-            assert any(t.startswith(f"{finding.label}: {finding.presence.value}") for t in texts), finding.key
+        item = coded[(entry.code.scheme_designator, entry.code.value)]
+        assert item.ConceptCodeSequence[0].CodeValue == table.presence[finding.presence.value].value, finding.key
+        sites = [c.ConceptCodeSequence[0].CodeValue for c in item.get("ContentSequence", [])
+                 if _name(c) == ("SCT", "363698007")]
+        assert sites == ([entry.site.value] if entry.site else []), finding.key
 
+    # Imaging Measurements holds box groups only, each with a SCOORD: none there without a box
     rois = doc.content.get_planar_roi_measurement_groups()
+    measurements = [i for i in sr.ContentSequence if _name(i) == ("DCM", "126010")]
     expected = [b for f in record.findings for b in f.boxes] + 3 * [None]  # + heart, right and left lung
     assert len(rois) == len(expected)
+    assert len(measurements) == 1
+    for group in measurements[0].ContentSequence:
+        assert any(i.ValueType == "SCOORD" for i in content_items(group.ContentSequence)), "every group has geometry"
     frontal = current[0]
     for roi, box in zip(rois, expected):
         region = roi.roi
@@ -177,9 +177,12 @@ def test_sr_findings_and_boxes_read_back(case) -> None:
             finding = next(f for f in record.findings if box in f.boxes)
             assert finding.label in str(roi.tracking_identifier)
             code = table.findings[finding.key].code
-            assert roi.finding_type.value == (code.value if code else "404684003")
+            assert (roi.finding_type.scheme_designator, roi.finding_type.value) == (code.scheme_designator,
+                                                                                  code.value)
+            assert roi.finding_type.meaning == code.meaning  # what a viewer labels the box with
         else:
             assert roi.finding_sites, "anatomy box carries its finding site"
+            assert roi.finding_type.value == "404684003"
 
 
 def test_sr_stage_containers(case) -> None:
@@ -212,7 +215,7 @@ def test_sr_stage_containers(case) -> None:
 def test_text_round_trips_unchanged(case) -> None:
     name, record, current, _, result, sr, _ = case
     assert str(sr.PatientName) == str(current[0].PatientName)
-    texts = {str(i.TextValue) for i in _walk(sr.ContentSequence) if i.ValueType == "TEXT"}
+    texts = {str(i.TextValue) for i in content_items(sr.ContentSequence) if i.ValueType == "TEXT"}
     answers = {q.raw_answer.rstrip() for s in record.stages for q in s.questions}
     assert answers <= texts  # every answer, byte for byte after decoding (no "?" substitution)
     if name in ("chinese", "greek_failed"):
@@ -278,7 +281,7 @@ def test_record_with_box_on_missing_image_still_builds(study: list[Dataset]) -> 
     data["images"][0]["sop_instance_uid"] = "1.2.3.4.5"  # the frontal image is not among the sources
     record = ReasoningRecord.model_validate(data)
     result = build_result_objects(record, study)
-    doc_rois = [i for i in _walk(result.sr.ContentSequence) if i.ValueType == "SCOORD"]
+    doc_rois = [i for i in content_items(result.sr.ContentSequence) if i.ValueType == "SCOORD"]
     assert doc_rois == []
     assert result.pages and validate(result.sr).errors == []
     assert Presence.PRESENT in {f.presence for f in record.findings}
@@ -309,13 +312,15 @@ def test_edge_records_still_give_valid_objects(variant: str) -> None:
         report = validate(ds)
         assert report.errors == [] and report.unexpected_warnings == [], report.output
     assert result.sr.CompletionFlag == ("PARTIAL" if variant == "stage2_failed_no_findings" else "COMPLETE")
-    scoords = [i for i in _walk(result.sr.ContentSequence) if i.ValueType == "SCOORD"]
+    scoords = [i for i in content_items(result.sr.ContentSequence) if i.ValueType == "SCOORD"]
     refs = [i.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in scoords]
     if variant == "box_on_prior":
         assert str(prior[0].SOPInstanceUID) in refs
     if variant == "stage2_failed_no_findings":
-        texts = [str(i.TextValue) for i in _walk(result.sr.ContentSequence) if i.ValueType == "TEXT"]
-        assert "Findings: none reported" in texts and not scoords
+        texts = [str(i.TextValue) for i in content_items(result.sr.ContentSequence) if i.ValueType == "TEXT"]
+        assert "The record holds no checklist findings." in texts and not scoords
+        names = [_name(i) for i in result.sr.ContentSequence]
+        assert ("UMLS", "C0034375") in names and ("DCM", "126010") not in names  # no group without geometry
 
 
 @pytest.mark.parametrize("charset,name", [("ISO_IR 100", "Müller^Jürgen"),
@@ -338,7 +343,7 @@ def test_control_characters_in_model_text_are_dropped(study: list[Dataset]) -> N
     question["raw_answer"] = "Adequate\x00 inspiration\x07,\x1b no rotation \ufffd."
     record = ReasoningRecord.model_validate(data)
     result = build_result_objects(record, study)  # validated: dciodvfy would flag control characters
-    texts = [str(i.TextValue) for i in _walk(result.sr.ContentSequence) if i.ValueType == "TEXT"]
+    texts = [str(i.TextValue) for i in content_items(result.sr.ContentSequence) if i.ValueType == "TEXT"]
     assert "Adequate inspiration, no rotation ?." in texts
 
 

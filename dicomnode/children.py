@@ -1,0 +1,34 @@
+"""Child processes that die with the node: a parent watchdog for spawned helpers (the page processes).
+
+A ``multiprocessing`` child of a node killed with SIGKILL would otherwise live on (re-parented to init), holding
+memory and, for a page process, the results of a study nobody waits for. ``prctl(PR_SET_PDEATHSIG)`` is not used:
+it fires when the *thread* that spawned the child ends, and page processes are spawned from whichever thread first
+needs them. The watchdog checks instead that the parent process is still the one that started the child.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+WATCH_SECONDS = 0.5
+
+
+def watch_parent(interval: float = WATCH_SECONDS) -> None:
+    """In a child: end this process (exit status 1) as soon as its parent has gone (``getppid`` changes)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            threading.Event().wait(interval)
+            if os.getppid() != parent:
+                os._exit(1)  # no clean-up: the parent that would take the results is gone
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def page_process_start() -> None:
+    """Initializer of a page process: the parent watchdog, then sr_writer's warm-up (fonts)."""
+    watch_parent()
+    from sr_writer.api import warm_up
+
+    warm_up()

@@ -1,0 +1,155 @@
+"""Header hygiene: each defect a real modality sends is repaired, emptied or dropped on a copy, recorded without its
+value, and the results built from such a source are dciodvfy-clean (except the inherited UIDs they must keep)."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from dicomnode.synthetic import make_study
+from sr_writer import build_result_objects, validate
+from sr_writer.hygiene import UnrepairableHeader, clean_source, clean_sources, invalid_reference_uids
+from tests.sr.conftest import small_spec
+from tests.sr.records import make_record
+
+
+def _raw(ds: Dataset, tag: int, vr: str, value: bytes) -> None:
+    ds._dict[Tag(tag)] = RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
+
+
+@pytest.fixture
+def source() -> Dataset:
+    return make_study(small_spec())[0]
+
+
+CASES = [
+    # (name, how to spoil the source, keyword, action, value in the copy (None: absent))
+    ("age", lambda ds: setattr(ds, "PatientAge", "75Y"), "PatientAge", "repaired", "075Y"),
+    ("age_lower", lambda ds: setattr(ds, "PatientAge", "7 y"), "PatientAge", "repaired", "007Y"),
+    ("age_words", lambda ds: setattr(ds, "PatientAge", "75 years"), "PatientAge", "dropped", None),
+    ("study_id", lambda ds: setattr(ds, "StudyID", "S" * 17), "StudyID", "emptied", ""),
+    ("accession", lambda ds: setattr(ds, "AccessionNumber", "A" * 20), "AccessionNumber", "emptied", ""),
+    ("identity", lambda ds: setattr(ds, "PatientIdentityRemoved", "YES"), "PatientIdentityRemoved", "dropped", None),
+    ("birth_date", lambda ds: setattr(ds, "PatientBirthDate", "19500231"), "PatientBirthDate", "emptied", ""),
+    ("birth_date_dashes", lambda ds: setattr(ds, "PatientBirthDate", "1950-02-28"), "PatientBirthDate", "repaired",
+     "19500228"),
+    ("no_id", lambda ds: delattr(ds, "PatientID"), "PatientID", "added empty", ""),
+    ("no_name", lambda ds: delattr(ds, "PatientName"), "PatientName", "added empty", ""),
+    ("no_date", lambda ds: delattr(ds, "StudyDate"), "StudyDate", "added empty", ""),
+    ("no_referrer", lambda ds: delattr(ds, "ReferringPhysicianName"), "ReferringPhysicianName", "added empty", ""),
+    ("time_colons", lambda ds: setattr(ds, "StudyTime", "07:05:09.5"), "StudyTime", "repaired", "070509.5"),
+    ("time_impossible", lambda ds: setattr(ds, "StudyTime", "256100"), "StudyTime", "emptied", ""),
+    ("name_control", lambda ds: setattr(ds, "PatientName", "Doe^Jo\x07hn"), "PatientName", "repaired", "Doe^John"),
+    ("name_too_long", lambda ds: setattr(ds, "PatientName", "D" * 65), "PatientName", "emptied", ""),
+    ("name_components", lambda ds: setattr(ds, "PatientName", "a^b^c^d^e^f"), "PatientName", "emptied", ""),
+    ("sex_lower", lambda ds: setattr(ds, "PatientSex", "m"), "PatientSex", "repaired", "M"),
+    ("sex_word", lambda ds: setattr(ds, "PatientSex", "Männlich"), "PatientSex", "emptied", ""),
+    ("weight", lambda ds: _raw(ds, 0x00101030, "DS", b"70kg"), "PatientWeight", "dropped", None),
+    ("description_long", lambda ds: setattr(ds, "StudyDescription", "x" * 70), "StudyDescription", "dropped", None),
+    ("id_two_values", lambda ds: setattr(ds, "PatientID", ["A", "B"]), "PatientID", "emptied", ""),
+]
+
+
+@pytest.mark.parametrize("name, spoil, keyword, action, value", CASES, ids=[c[0] for c in CASES])
+def test_each_defect_is_handled_on_a_copy(source: Dataset, name, spoil, keyword, action, value) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spoil(source)
+        before = copy.deepcopy(source)
+        cleaned, repairs = clean_source(source)
+    assert source == before, "the source instance is never modified"
+    done = [r for r in repairs if r.keyword == keyword]
+    assert [r.action for r in done] == [action], repairs
+    if value is None:
+        assert keyword not in cleaned
+    else:
+        assert str(cleaned[keyword].value if keyword != "PatientName" else cleaned.PatientName) == value
+    for repair in repairs:  # what goes to logs and provenance: keyword, action, reason, never the value
+        text = str(repair)
+        assert text.startswith(f"{repair.keyword}: {repair.action} (")
+        for secret in ("75Y", "19500231", "70kg", "Doe^", "Männlich", "S" * 17):
+            assert secret not in text
+
+
+def test_a_clean_source_needs_nothing(source: Dataset) -> None:
+    cleaned, repairs = clean_source(source)
+    assert repairs == []
+    assert cleaned == source
+
+
+def test_utf8_without_character_set_is_re_decoded(source: Dataset) -> None:
+    del source.SpecificCharacterSet
+    _raw(source, 0x00081030, "LO", "Thorax Übersicht ".encode())  # StudyDescription, UTF-8 bytes, no charset
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cleaned, repairs = clean_source(source)
+    assert cleaned.StudyDescription == "Thorax Übersicht"
+    assert [r.action for r in repairs if r.keyword == "StudyDescription"] == ["repaired"]
+
+
+def test_invalid_reference_uids_are_kept_and_listed(source: Dataset) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source.StudyInstanceUID = "1.2.840.0010.5.01"
+        source.SOPInstanceUID = "1.2." + "3" * 70
+        cleaned, repairs = clean_source(source)
+    assert cleaned.StudyInstanceUID == "1.2.840.0010.5.01"  # the study the PACS has
+    assert {r.keyword for r in repairs if r.action == "kept"} == {"StudyInstanceUID", "SOPInstanceUID"}
+    assert invalid_reference_uids([cleaned]) == {"1.2.840.0010.5.01", "1.2." + "3" * 70}
+
+
+def test_an_invalid_uid_in_a_type_3_sequence_drops_it(source: Dataset) -> None:
+    item = Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        item.ReferencedSOPInstanceUID = "1.2.03"
+    source.ReferencedStudySequence = [item]
+    cleaned, repairs = clean_source(source)
+    assert "ReferencedStudySequence" not in cleaned and "ReferencedStudySequence" in source
+    assert [r.action for r in repairs if r.keyword == "ReferencedStudySequence"] == ["dropped"]
+
+
+def test_no_study_uid_is_unrepairable_and_named(source: Dataset) -> None:
+    del source.StudyInstanceUID
+    with pytest.raises(UnrepairableHeader, match="StudyInstanceUID"):
+        clean_source(source)
+
+
+def test_repairs_of_a_study_are_listed_once(source: Dataset) -> None:
+    other = copy.deepcopy(source)
+    for ds in (source, other):
+        ds.PatientAge = "75Y"
+    (current, prior), repairs = clean_sources([source, other], [])
+    assert len(current) == 2 and prior == [] and [str(r) for r in repairs].count(str(repairs[0])) == 1
+
+
+def test_dirty_study_gives_valid_results_and_keeps_its_uid() -> None:
+    current = make_study(small_spec())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for ds in current:
+            ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.0012.7"
+            ds.PatientAge, ds.StudyID, ds.PatientIdentityRemoved = "75Y", "X" * 20, "YES"
+            ds.PatientBirthDate, ds.BodyPartExamined = "20230229", "THORAX"
+            for keyword in ("PatientID", "PatientName", "StudyDate"):
+                delattr(ds, keyword)
+        originals = copy.deepcopy(current)
+        record = make_record(current, positive=("pneumothorax",))
+        result = build_result_objects(record, current)  # validates every object: refuses on errors
+    assert current == originals
+    assert len(result.pages) >= 1, "a THORAX study gets its pages (issue 17)"
+    for ds in result.datasets:
+        assert ds.StudyInstanceUID == "1.2.826.0.1.3680043.8.498.0012.7"
+        assert not ds.PatientID and not str(ds.PatientName or "") and not ds.StudyDate  # present, empty (type 2)
+        assert all(k in ds for k in ("PatientID", "PatientName", "StudyDate"))
+        assert ds.get("PatientAge") in (None, "075Y") and "PatientIdentityRemoved" not in ds
+        report = validate(ds)
+        assert report.errors and all("0012" in e or "invalid data values" in e for e in report.errors)
+    accepted = [e for r in result.reports.values() for e in r.accepted]
+    assert accepted and all("1.2.826.0.1.3680043.8.498.0012.7" in e or "invalid data values" in e for e in accepted)
+    assert "PatientAge: repaired (age zero-padded to nnnX)" in result.repairs

@@ -1,4 +1,4 @@
-"""Start vLLM's OpenAI-compatible server for a local model directory, in the vLLM venv (``.cache/vllm-venv``).
+"""Start vLLM's OpenAI-compatible server for a local model directory, in the vLLM venv (scripts/vllm_venv.sh).
 
 Run with that venv's python (``scripts/vllm_venv.sh`` builds it); arguments go to
 ``vllm.entrypoints.openai.api_server``. The venv has no torchvision, so the stock Qwen-VL processors cannot be

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-# Session-scoped tiny demo models (tests/inference/model_fixtures.py), available to every test directory.
+# Session-scoped tiny demo models (tests/inference/model_fixtures.py) and the vLLM CPU engine
+# (tests/inference/engine_fixtures.py), available to every test directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "inference"))
-pytest_plugins = ("model_fixtures",)
+pytest_plugins = ("model_fixtures", "engine_fixtures")
 
 
 def _cuda_available() -> bool:

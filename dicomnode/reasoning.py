@@ -115,6 +115,9 @@ class ReasoningProcessor:
         if not config.reasoning.constrain_closed_answers:
             log.warning("reasoning.constrain_closed_answers is false: closed answers are NOT constrained at decoding "
                         "and may not parse")
+        if config.reasoning.parallel_within_stage:
+            log.info("reasoning.parallel_within_stage: a stage's independent questions are asked together and do not "
+                     "see each other's answers")
         self.stages = stages or load_stages(config.reasoning.stages_file)
         self.options = output_options(config)
         # One conversation at a time with an in-process model (it holds its prefix cache); a serving engine takes
@@ -186,6 +189,7 @@ class ReasoningProcessor:
             record = run_flow(self.model, current, prior, self.stages,
                               max_new_tokens=self.config.reasoning.max_new_tokens, seed=self.config.reasoning.seed,
                               constrain=self.config.reasoning.constrain_closed_answers,
+                              parallel_within_stage=self.config.reasoning.parallel_within_stage,
                               max_side=MODEL_IMAGE_MAX_SIDE)
         metrics.observe_model("study", time.perf_counter() - started)
         for stage in record.stages:

@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prompt for every question")
     p.add_argument("--no-constrain", action="store_true",
                    help="let the model write closed answers freely (default: decoded under their grammar)")
+    p.add_argument("--parallel-within-stage", action="store_true",
+                   help="ask a stage's independent questions together (blind to each other's answers)")
     p.set_defaults(func=run)
 
 
@@ -152,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         record = run_flow(model, current, prior, book, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                          max_side=args.max_side, constrain=not args.no_constrain)
+                          max_side=args.max_side, constrain=not args.no_constrain,
+                          parallel_within_stage=args.parallel_within_stage)
     except ImageError as exc:
         print(f"cxr-node reason: error: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -94,6 +95,9 @@ class RemoteChatModel:
         self.seed = seed
         self.return_token_ids = return_token_ids
         self.last_response: dict[str, Any] = {}
+        self._count_lock = threading.Lock()
+        self.in_flight = 0  # chat requests of this client waiting for the engine now
+        self.peak_in_flight = 0  # the most there were at once (studies and parallel questions batched by the engine)
         served = self._get("/models")
         ids = [m.get("id") for m in served.get("data", [])]
         roots = {m.get("id"): m.get("root") for m in served.get("data", [])}
@@ -129,7 +133,14 @@ class RemoteChatModel:
         if constraint is not None:
             body["structured_outputs"] = constraint.structured_outputs()
             body["max_tokens"] = constraint.max_tokens(max_new_tokens)  # the grammar may finish past the budget
-        response = self._post("/chat/completions", body)
+        with self._count_lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            response = self._post("/chat/completions", body)
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
         self.last_response = response
         choice = response["choices"][0]
         usage = response.get("usage") or {}

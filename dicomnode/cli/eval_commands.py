@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--engine-max-pixels", type=int, default=448 * 448, help="image grid bound (model.max_pixels)")
     p.add_argument("--no-constrain", action="store_true",
                    help="let the model write closed answers freely (default: decoded under their grammar)")
+    p.add_argument("--parallel-within-stage", action="store_true",
+                   help="also run with each stage's questions asked together (blind to each other's answers) and "
+                        "report its accuracy cost beside the sequential run")
     p.set_defaults(func=run)
 
 
@@ -102,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
                      f"pip install '{EVAL_EXTRA}'")
     if (args.model or args.engine) and not args.images:
         return _fail("--model/--engine needs --images DIR")
+    if args.parallel_within_stage and not (args.model or args.engine):
+        return _fail("--parallel-within-stage needs --model or --engine")
     if args.compare_quantization and not args.model:
         return _fail("--compare-quantization needs --model")
     if args.limit is not None and args.limit < 1:
@@ -128,20 +133,26 @@ def run(args: argparse.Namespace) -> int:
     else:
         from inference.model import ModelLoadError
 
+        modes = [False, True] if args.parallel_within_stage else [False]
+        by_mode: dict[str, Any] = {}
         try:
             model = _load_model(args, args.quantization)
-            runs = preds.run_model(
-                model,
-                studies,
-                args.images,
-                free=args.free,
-                max_new_tokens=args.max_new_tokens,
-                max_questions=args.max_questions,
-                show_progress=not args.no_progress,
-                constrain=not args.no_constrain,
-            )
+            for parallel in modes:
+                by_mode["parallel_within_stage" if parallel else "sequential"] = preds.run_model(
+                    model,
+                    studies,
+                    args.images,
+                    free=args.free,
+                    max_new_tokens=args.max_new_tokens,
+                    max_questions=args.max_questions,
+                    show_progress=not args.no_progress,
+                    label="parallel within stage" if parallel else "model",
+                    constrain=not args.no_constrain,
+                    parallel_within_stage=parallel,
+                )
         except (OSError, ValueError, RuntimeError, ModelLoadError) as exc:
             return _fail(str(exc))
+        runs = by_mode["sequential"]
         meta.update(
             source="model",
             mode="free" if args.free else "teacher_forced",
@@ -156,6 +167,12 @@ def run(args: argparse.Namespace) -> int:
     report.print_scores(scores, f"cxr-node eval: {meta['source']}", console)
     if _is_demo(meta):
         console.print("[yellow]DEMO model with random weights: these scores are meaningless.[/]")
+    if args.parallel_within_stage:
+        from inference.evaluation.parallel import compare_modes, print_comparison
+
+        comparison = compare_modes(studies, by_mode)
+        print_comparison(comparison, console)
+        meta["parallel_within_stage"] = comparison.to_dict()
     if args.json:
         report.write_json(args.json, report.scores_document(scores, **meta))
     if args.radar:

@@ -279,7 +279,7 @@ class NodeConfig(_Model):
 
     @model_validator(mode="after")
     def _reasoning_needs_a_model(self) -> "NodeConfig":
-        if self.processing.processor == REASONING and self.model.path is None:
+        if self.processing.processor == REASONING and self.model.backend == "transformers" and self.model.path is None:
             raise ValueError("model.path: required when processing.processor is reasoning (the default): set the "
                              "local model directory, or processing.processor: passthrough to produce no results")
         return self

@@ -175,7 +175,9 @@ class LoadedModel:
         else:
             self._state = None
         text_ids = [t for t in generated if t not in self._eos]
-        text = self.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+        # An answer cut by its budget inside a multi-byte character ends without the partial character (U+FFFD),
+        # as a serving engine's incremental detokenizer returns it: both backends keep the same history.
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=True).rstrip("\ufffd").strip()
         return Generation(text=text, prompt_tokens=len(ids) - reuse, cached_tokens=reuse,
                           generated_tokens=len(generated), seconds=time.perf_counter() - start,
                           model_image_sizes=self._model_image_sizes(inputs, len(images)),

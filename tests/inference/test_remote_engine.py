@@ -1,83 +1,26 @@
-"""The openai backend against a real vLLM CPU engine (``.cache/vllm-venv``, built by scripts/vllm_venv.sh from
-scripts/bootstrap.sh): a study reasoned end to end, token-id parity with the transformers backend, and constrained
-choices through ``structured_outputs``. The engine serves the head-size-32 demo model (CPU attention needs >= 32)."""
+"""The openai backend against a real vLLM CPU engine (the session's ``vllm_engine``, tests/inference/engine_fixtures.py,
+started once from the venv scripts/vllm_venv.sh builds): a study reasoned end to end, token-id parity with the
+transformers backend, and constrained choices through ``structured_outputs``. The engine serves the head-size-32
+demo model (CPU attention needs >= 32)."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from dicomnode.peers.ports import free_port
+from engine_fixtures import ENGINE_TEST_TIMEOUT
 from inference.chat import Turn
 from inference.constraints import constraint_for
 from inference.parsing import parse_answer
 from inference.record import QType
 
-ROOT = Path(__file__).resolve().parents[2]
-VENV_PYTHON = Path(os.environ.get("CXR_VLLM_VENV", ROOT / ".cache" / "vllm-venv")) / "bin" / "python"
-START_TIMEOUT = 900  # seconds; ~42 s on an idle 2-core machine, much longer under load
-
-pytestmark = [pytest.mark.timeout(1800),
-              pytest.mark.skipif(not VENV_PYTHON.exists(), reason="no vLLM venv: run scripts/vllm_venv.sh")]
-
-
-# An engine already running (started with this file's arguments on a demo model built with size="engine"):
-# CXR_VLLM_URL and CXR_VLLM_MODEL_DIR reuse it instead of starting one (saves minutes while developing).
-EXTERNAL_URL = os.environ.get("CXR_VLLM_URL")
-EXTERNAL_DIR = os.environ.get("CXR_VLLM_MODEL_DIR")
+pytestmark = pytest.mark.timeout(ENGINE_TEST_TIMEOUT)  # the first engine test waits for the engine to start
 
 
 @pytest.fixture(scope="module")
-def engine_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from inference.model.demo import build_demo_model
-
-    if EXTERNAL_URL and EXTERNAL_DIR:
-        return Path(EXTERNAL_DIR)
-    return build_demo_model(tmp_path_factory.mktemp("engine_model") / "demo", size="engine", seed=0)
-
-
-@pytest.fixture(scope="module")
-def vllm_url(engine_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    if EXTERNAL_URL and EXTERNAL_DIR:
-        yield EXTERNAL_URL
-        return
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": ""}
-    cmd = [str(VENV_PYTHON), str(ROOT / "scripts" / "vllm_server.py"), "--model", str(engine_model_dir),
-           "--enforce-eager", "--max-model-len", "4096", "--dtype", "float32", "--host", "127.0.0.1",
-           "--port", str(port), "--seed", "0"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(url + "/models", timeout=5) as r:
-                    if json.loads(r.read())["data"]:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM did not start in {START_TIMEOUT} s:\n{log.read_text()[-4000:]}")
-            time.sleep(2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def vllm_url(vllm_engine) -> str:
+    return vllm_engine.url
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +77,41 @@ def test_constrained_choices_via_structured_outputs(remote) -> None:
     multi = constraint_for(QType.MULTI_CHOICE, ["1. Diaphragm.", "2. Lungs."])
     answer = remote.answer(history, Turn("user", "Where? [ 1. Diaphragm; 2. Lungs ]."), 24, multi)
     assert parse_answer(answer.text, QType.MULTI_CHOICE, ["1. Diaphragm.", "2. Lungs."]).ok, answer.text
+
+
+def test_parallel_within_stage_goes_to_the_engine_together_and_matches_the_local_backend(
+        remote, engine_model_dir: Path) -> None:
+    """The engine gets a stage's questions at once; the transformers backend asks them one after the other after
+    the same history: with the same weights both give the same answers (unconstrained: pure decoding parity)."""
+    from dicomnode.synthetic import StudySpec, make_study
+    from inference.flow import run_flow
+    from inference.model import load_chat_model
+
+    study = make_study(StudySpec(views=("PA",), rows=256, columns=208))
+    remote.peak_in_flight = 0
+    theirs = run_flow(remote, study, max_new_tokens=6, parallel_within_stage=True, constrain=False)
+    assert remote.peak_in_flight > 1 and theirs.provenance.parallel_within_stage
+    local = load_chat_model(engine_model_dir, quantization="none", dtype="float32")
+    ours = run_flow(local, study, max_new_tokens=6, parallel_within_stage=True, constrain=False)
+    answers = [[(q.id, q.raw_answer) for q in s.questions] for s in ours.stages]
+    assert [[(q.id, q.raw_answer) for q in s.questions] for s in theirs.stages] == answers
+    assert theirs.provenance.cached_tokens > 0  # the wave's shared history came from the engine's prefix cache
+
+
+def test_two_studies_in_flight_keep_their_own_conversations(remote) -> None:
+    """processing.workers > 1 with the openai backend: studies share the engine, each conversation in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dicomnode.synthetic import StudySpec, make_study
+    from inference.flow import run_flow
+
+    studies = [make_study(StudySpec(views=("PA",), rows=256, columns=208, seed=seed)) for seed in (1, 2)]
+    remote.peak_in_flight = 0
+    with ThreadPoolExecutor(2) as pool:
+        records = list(pool.map(lambda s: run_flow(remote, s, max_new_tokens=6), studies))
+    assert remote.peak_in_flight == 2
+    for study, record in zip(studies, records):
+        assert record.study_instance_uid == study[0].StudyInstanceUID
+        closed = [q for s in record.stages for q in s.questions if q.qtype != QType.OPEN]
+        assert closed and all(q.parsed.ok for q in closed)
+        assert not any(s.status == "failed" for s in record.stages)

@@ -27,6 +27,7 @@ from dicomnode.config import NodeConfig
 from dicomnode.priors import PRIORS_DIR, fetch_prior
 from dicomnode.processing import ObjectKind, ProcessingResult, ResultObject, StudyInput
 from dicomnode.uids import result_uids
+from inference.chat import EngineUnavailable
 from inference.flow import run_flow
 from inference.model.loading import load_chat_model
 from inference.record import ReasoningRecord
@@ -100,9 +101,14 @@ class ReasoningProcessor:
 
     def __init__(self, config: NodeConfig, model=None, stages: StageBook | None = None) -> None:
         self.config = config
-        if model is None and config.model.backend == "openai":
-            model = connect_engine(config)
-        if model is None:
+        remote = model is None and config.model.backend == "openai"
+        if remote:
+            try:
+                model = connect_engine(config)
+            except EngineUnavailable as exc:  # the node starts anyway; studies wait in the queue for the engine
+                log.warning("serving engine not reachable at start-up (%s); connecting with the first study", exc)
+                metrics.set_engine_state(False, str(exc)[:300])
+        if model is None and not remote:
             if config.model.path is None:
                 raise ValueError("model.path: the reasoning processor needs a local model directory")
             started = time.perf_counter()
@@ -111,7 +117,7 @@ class ReasoningProcessor:
                                     seed=config.reasoning.seed)
             metrics.observe_model("load", time.perf_counter() - started)
         self.model = model
-        metrics.set_model_loaded(True)
+        metrics.set_model_loaded(model is not None)
         if not config.reasoning.constrain_closed_answers:
             log.warning("reasoning.constrain_closed_answers is false: closed answers are NOT constrained at decoding "
                         "and may not parse")
@@ -122,7 +128,9 @@ class ReasoningProcessor:
         self.options = output_options(config)
         # One conversation at a time with an in-process model (it holds its prefix cache); a serving engine takes
         # several studies at once (processing.workers > 1), each study's turns still in order.
-        self._model_lock = contextlib.nullcontext() if getattr(model, "concurrent", False) else threading.Lock()
+        self._model_lock = (contextlib.nullcontext() if remote or getattr(model, "concurrent", False)
+                            else threading.Lock())
+        self._connect_lock = threading.Lock()
         self._pages_lock = threading.Lock()
         self._pages: ProcessPoolExecutor | None = None
         if config.output.page_processes:
@@ -183,10 +191,19 @@ class ReasoningProcessor:
         log.info("reasoning: job %s: %s; %d prior image(s) usable", job_id, fetched.reason, len(datasets))
         return datasets
 
+    def _engine_model(self):
+        """The ChatModel; with an engine that was down at start-up, connect now (EngineUnavailable re-queues)."""
+        if self.model is None:
+            with self._connect_lock:
+                if self.model is None:
+                    self.model = connect_engine(self.config)
+                    metrics.set_model_loaded(True)
+        return self.model
+
     def reason(self, current: Sequence[Dataset], prior: Sequence[Dataset] = ()) -> ReasoningRecord:
         started = time.perf_counter()
         with self._model_lock:
-            record = run_flow(self.model, current, prior, self.stages,
+            record = run_flow(self._engine_model(), current, prior, self.stages,
                               max_new_tokens=self.config.reasoning.max_new_tokens, seed=self.config.reasoning.seed,
                               constrain=self.config.reasoning.constrain_closed_answers,
                               parallel_within_stage=self.config.reasoning.parallel_within_stage,

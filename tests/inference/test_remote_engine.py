@@ -115,3 +115,19 @@ def test_two_studies_in_flight_keep_their_own_conversations(remote) -> None:
         closed = [q for s in record.stages for q in s.questions if q.qtype != QType.OPEN]
         assert closed and all(q.parsed.ok for q in closed)
         assert not any(s.status == "failed" for s in record.stages)
+
+
+def test_the_venv_script_and_the_engine_helper_agree_on_version_and_place(monkeypatch, tmp_path: Path) -> None:
+    """bootstrap builds the venv where the tests and benchmarks look for it (outside the checkout)."""
+    import re
+
+    from dicomnode.peers.vllm import ROOT, VLLM_VERSION, vllm_venv
+
+    script = (ROOT / "scripts" / "vllm_venv.sh").read_text()
+    assert re.search(rf"^VERSION={re.escape(VLLM_VERSION)}$", script, flags=re.M)
+    assert "scripts/vllm_venv.sh" in (ROOT / "scripts" / "bootstrap.sh").read_text()
+    monkeypatch.delenv("CXR_VLLM_VENV", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert vllm_venv() == tmp_path / "cxr-node" / f"vllm-venv-{VLLM_VERSION}"
+    monkeypatch.setenv("CXR_VLLM_VENV", str(tmp_path / "elsewhere"))
+    assert vllm_venv() == tmp_path / "elsewhere"

@@ -110,3 +110,30 @@ def test_worker_requeues_job_when_engine_is_down(fake_engine, data_dir, sqlite_u
     assert job(factory, job_id).state == JobState.QUEUED.value and job(factory, job_id).attempts == 2
     metrics._engine_state.clear()
     engine.dispose()
+
+
+def test_node_starts_while_the_engine_is_down_and_connects_with_a_later_study(
+        fake_engine, data_dir, sqlite_url, study_factory) -> None:
+    from dicomnode.reasoning import ReasoningProcessor
+
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+    factory = make_session_factory(engine)
+    config = delivery_config(data_dir, sqlite_url, [], processor="passthrough")
+    down_url = f"http://127.0.0.1:{free_port()}/v1"
+    config = config.model_copy(update={"model": config.model.model_copy(
+        update={"backend": "openai", "url": down_url, "timeout_seconds": 2})})
+    processor = ReasoningProcessor(config)  # no engine yet: the processor starts without a model
+    state = metrics.engine_state()
+    assert processor.model is None and state is not None and state[0] is False
+    job_id = ingest_files(config, factory, study_factory().files)
+    worker = Worker(config, factory, processor, worker_id="w1")
+    assert worker.run_once() is True
+    assert job(factory, job_id).state == JobState.QUEUED.value  # re-queued, not FAILED
+    # the engine comes up (here: the fake, which answers 503 to chat requests): the next claim connects to it
+    processor.config = config.model_copy(update={"model": config.model.model_copy(update={"url": fake_engine})})
+    assert worker.run_once() is True
+    assert processor.model is not None and processor.model.info.model_name == "fake-vlm"
+    assert job(factory, job_id).state == JobState.QUEUED.value and job(factory, job_id).attempts == 2
+    metrics._engine_state.clear()
+    engine.dispose()

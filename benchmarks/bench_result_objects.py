@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dicomnode.synthetic import StudySpec, make_study, prior_spec  # noqa: E402
+from dicomnode.demo.synthetic import StudySpec, make_study, prior_spec  # noqa: E402
 from sr_writer.page import render_pages  # noqa: E402
 from sr_writer.sc import build_pages  # noqa: E402
 from sr_writer.sr import build_sr  # noqa: E402

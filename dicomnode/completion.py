@@ -6,28 +6,26 @@ open however long the node takes between commits (:meth:`CompletionScheduler.hol
 period starts from then (:meth:`CompletionScheduler.release`). At the deadline the newest RECEIVING job becomes
 QUEUED, or SKIPPED with a reason when no instance of the study is selected. Start-up recovery: RECEIVING studies
 wait a full quiet period from when the listener accepts again, so a modality that resends after the node came
-back lands in the same generation (:meth:`CompletionScheduler.rearm_all`); jobs left in PROCESSING by a crashed
-worker go back to QUEUED (:func:`requeue_processing`).
+back lands in the same generation (:meth:`CompletionScheduler.rearm_all`). Job state changes are
+:mod:`dicomnode.jobs`'s.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit import audit
-from dicomnode.db.ingest import newest_job
 from dicomnode.db.models import Instance, Job, Study, utcnow
 from dicomnode.db.states import JobState
+from dicomnode.jobs import newest_job, set_job_state
 from dicomnode.selection import study_skip_reason
 
 LOG = logging.getLogger("dicomnode.completion")
@@ -48,78 +46,21 @@ def complete_study(session: Session, study_id: int, quiet_seconds: float, now: d
     if deadline > now + dt.timedelta(milliseconds=5):
         return deadline
     if study.selected_count > 0:
-        job.state = study.state = JobState.QUEUED.value
         job.queued_at = now
-        study.state_reason = None
         reason = None
+        set_job_state(session, job, JobState.QUEUED, now=now)
     else:
         reasons = Counter(
             r or "unknown"
             for r in session.scalars(select(Instance.skip_reason).where(Instance.study_id == study.id))
         )
         reason = study_skip_reason(dict(reasons))
-        job.state = study.state = JobState.SKIPPED.value
-        job.error = study.state_reason = reason
-        job.finished_at = now
-    job.updated_at = now
+        set_job_state(session, job, JobState.SKIPPED, reason, now=now)
     audit(
         session, f"job.{job.state.lower()}", study_instance_uid=study.study_instance_uid, job_id=job.id,
         generation=job.generation, instances=study.instance_count, selected=study.selected_count, reason=reason,
     )
     return None
-
-
-HEARTBEAT_SECONDS = 10.0  # a worker refreshes jobs.updated_at this often while it processes a job
-STALE_SECONDS = 6 * HEARTBEAT_SECONDS  # a PROCESSING job without a heartbeat for this long has lost its worker
-
-
-def worker_is_gone(claimed_by: str | None, heartbeat: dt.datetime | None, now: dt.datetime,
-                   stale_seconds: float = STALE_SECONDS) -> bool:
-    """Whether the worker that claimed a job is gone: its process on this host has exited, its id is not one of
-    ours (``host:pid:index``), or its heartbeat is older than ``stale_seconds`` (crashed on another host)."""
-    if heartbeat is None or (now - heartbeat).total_seconds() > stale_seconds:
-        return True
-    host, _, rest = (claimed_by or "").partition(":")
-    pid_text = rest.partition(":")[0]
-    if not pid_text.isdigit():
-        return True
-    if host != socket.gethostname():
-        return False  # another host's live worker: only its heartbeat can tell
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def requeue_processing(session_factory: sessionmaker[Session], stale_seconds: float = STALE_SECONDS) -> list[int]:
-    """Put jobs whose worker is gone (crashed process, lost heartbeat) back to QUEUED; return their ids.
-
-    Jobs held by live workers (this host: the process exists; other hosts: a fresh heartbeat) are left alone, so
-    several worker processes may share one database and start or stop independently.
-    """
-    now = utcnow()
-    with session_factory.begin() as session:
-        rows = session.execute(
-            select(Job.id, Job.claimed_by, Job.updated_at).where(Job.state == JobState.PROCESSING.value)
-        ).all()
-        ids = [job_id for job_id, claimed_by, heartbeat in rows
-               if worker_is_gone(claimed_by, heartbeat, now, stale_seconds)]
-        if not ids:
-            return []
-        session.execute(
-            update(Job).where(Job.id.in_(ids), Job.state == JobState.PROCESSING.value)
-            .values(state=JobState.QUEUED.value, claimed_by=None, claimed_at=None, queued_at=now, updated_at=now)
-        )
-        for job_id in ids:
-            study_id = session.scalar(select(Job.study_id).where(Job.id == job_id))
-            newest = newest_job(session, study_id)
-            if newest is not None and newest.id == job_id:
-                session.execute(update(Study).where(Study.id == study_id).values(state=JobState.QUEUED.value))
-            audit(session, "job.requeued", job_id=job_id, reason="its worker is gone (crashed or no heartbeat)")
-    return ids
 
 
 class CompletionScheduler:

@@ -13,6 +13,8 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dicomnode.datadir import DataDir
+
 ENV_PREFIX = "CXR_NODE__"
 
 
@@ -296,7 +298,7 @@ class NodeConfig(_Model):
         """The effective SQLAlchemy URL (SQLite file in data_dir when unset)."""
         if self.storage.database_url:
             return self.storage.database_url
-        return f"sqlite:///{(self.storage.data_dir / 'cxr-node.sqlite').resolve()}"
+        return f"sqlite:///{DataDir(self.storage.data_dir).sqlite}"
 
 
 def _format_errors(exc: ValidationError) -> list[str]:

@@ -22,12 +22,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode import metrics
+from dicomnode.association import Peer, ScuError, configure_pynetdicom
 from dicomnode.audit import audit
 from dicomnode.config import Destination, NodeConfig, RetryConfig
 from dicomnode.db.models import Delivery, Job, Study, utcnow
 from dicomnode.db.states import DeliveryState, JobState
-from dicomnode.scu import Peer, ScuError, StoreOutcome, store_files
-from dicomnode.worker import settle_job
+from dicomnode.jobs import settle_job
+from dicomnode.scu import StoreOutcome, store_files
 
 LOG = logging.getLogger("dicomnode.delivery")
 LEASE_SECONDS = 30.0
@@ -56,6 +57,7 @@ class Deliverer:
     def __init__(self, config: NodeConfig, session_factory: sessionmaker[Session],
                  rng: Callable[[], float] = random.random, lease_seconds: float = LEASE_SECONDS,
                  association_timeout: float = 30.0) -> None:
+        configure_pynetdicom()  # send stored files unchanged
         self.config = config
         self.session_factory = session_factory
         self.rng = rng

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,34 +18,9 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from dicomnode import metrics
+from dicomnode.datadir import disk_free_ok
 
 log = logging.getLogger(__name__)
-
-MB = 1024 * 1024
-
-
-def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def free_disk_mb(data_dir: str | Path) -> float:
-    """Free space (MiB, for unprivileged users) on the file system holding ``data_dir`` (or its nearest parent)."""
-    return shutil.disk_usage(_existing_ancestor(Path(data_dir))).free / MB
-
-
-def disk_free_ok(data_dir: str | Path, min_free_mb: float) -> tuple[bool, str]:
-    """``(True, detail)`` when at least ``min_free_mb`` MiB are free for ``data_dir``, else ``(False, reason)``."""
-    try:
-        free = free_disk_mb(data_dir)
-    except OSError as exc:
-        return False, f"cannot read free disk space of {data_dir}: {exc.strerror or exc}"
-    if free < min_free_mb:
-        return False, f"low disk: {free:.0f} MiB free in {data_dir}, floor is {min_free_mb:.0f} MiB"
-    return True, f"{free:.0f} MiB free in {data_dir} (floor {min_free_mb:.0f} MiB)"
-
 
 def database_check(engine: Any) -> Callable[[], None]:
     """A check that runs ``SELECT 1`` on a SQLAlchemy engine (raises when the database is unreachable)."""

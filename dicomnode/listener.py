@@ -1,19 +1,11 @@
 """DICOM listener (pynetdicom SCP): C-ECHO and C-STORE of every storage SOP class in every transfer syntax.
 
 A C-STORE is answered 0x0000 only after the file is fsynced, renamed into the spool, its directory fsynced *and*
-its database row committed. Received datasets go to a temp file (``STORE_RECV_CHUNKED_DATASET``) in the spool's
-temp directory and are moved into place, never held whole in memory; only header tags are parsed.
+its database row committed. Received datasets go to a temp file (``STORE_RECV_CHUNKED_DATASET``, set with
+:func:`dicomnode.association.configure_pynetdicom`) in the spool's temp directory and are moved into place, never
+held whole in memory; only header tags are parsed.
 
-C-STORE statuses returned (reason always logged and audited):
-
-======  =====================================================================================
-0x0000  stored (also for a duplicate SOP Instance UID already stored: idempotent, file kept)
-0xA700  out of resources: spool or database write failed, or free disk below node.min_free_disk_mb
-0xC000  cannot understand: not parseable as DICOM, or truncated (pixel data shorter than declared)
-0xC001  cannot understand: Study, Series or SOP Instance UID missing
-0xC002  cannot understand: a UID does not follow the UID grammar (e.g. ``../x``); never used as a path
-0xC003  cannot understand: SOP Instance/Class UID of the dataset differs from the C-STORE request
-======  =====================================================================================
+The C-STORE statuses and the header check are :mod:`dicomnode.received`'s (reason always logged and audited).
 
 Associations are rejected (A-ASSOCIATE-RJ) when the calling AE title is not in ``node.allowed_calling_aets``
 (permanent, calling-AE-title-not-recognized), when the called AE title is not ``node.ae_title`` and
@@ -25,52 +17,34 @@ or stuck in a TLS handshake are ended by :mod:`dicomnode.connections` and never 
 from __future__ import annotations
 
 import logging
-import shutil
-import ssl
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pydicom import dcmread
-from pydicom.dataelem import RawDataElement
-from pydicom.errors import InvalidDicomError
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
-from pynetdicom import dimse_messages
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode import metrics
+from dicomnode.association import configure_pynetdicom, make_ae, server_ssl_context
 from dicomnode.audit import audit, audit_now
-from dicomnode.config import NodeConfig, TLSConfig
+from dicomnode.config import NodeConfig
+from dicomnode.datadir import disk_free_ok
 from dicomnode.connections import ConnectionGuard, GuardedHandler, GuardedServer
 from dicomnode.db.ingest import InstanceRecord, IngestOutcome, fit_to_columns, instance_exists, record_instance
 from dicomnode.db.engine import error_summary
 from dicomnode.db.models import utcnow
 from dicomnode.logs import log_event
+from dicomnode.received import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, ParsedHeader, Rejected, parse_header
 from dicomnode.selection import InstanceFacts, skip_reason
 from dicomnode.spool import Spool, SpoolError
 from dicomnode.uids import clean_uid
 
 LOG = logging.getLogger("dicomnode.listener")
 
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_UNREADABLE = 0xC000
-STATUS_MISSING_UID = 0xC001
-STATUS_INVALID_UID = 0xC002
-STATUS_UID_MISMATCH = 0xC003
-
-PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
-HEADER_TAGS = [
-    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
-    "BodyPartExamined", "ViewPosition", "PatientID", "AccessionNumber", "Rows", "Columns", "BitsAllocated",
-    "SamplesPerPixel", "NumberOfFrames", *PIXEL_TAGS,
-]
-UNDEFINED_LENGTH = 0xFFFFFFFF
 
 # pynetdicom accepts, per presentation context, the first of *our* transfer syntaxes that the requestor proposed.
 # Prefer Explicit VR LE, then lossless compressed (kept as sent), then other uncompressed, then the rest (lossy).
@@ -82,99 +56,6 @@ _PREFERRED_SYNTAXES = (
 )
 TRANSFER_SYNTAXES = [*_PREFERRED_SYNTAXES, *(ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _PREFERRED_SYNTAXES)]
 
-
-class Rejected(Exception):
-    """A C-STORE answered with a failure status; ``reason`` is logged."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class ParsedHeader:
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str | None
-    modality: str
-    body_part: str
-    view_position: str | None
-    patient_id: str | None
-    accession_number: str | None
-    has_pixel_data: bool
-
-
-def _text(ds: Any, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    if value is None:
-        return None
-    return str(value).strip() or None
-
-
-def parse_header(path: Path, request_sop_uid: str | None, request_sop_class: str | None) -> ParsedHeader:
-    """Read only the tags the node needs from a received Part-10 file; raise :class:`Rejected` when invalid."""
-    size = path.stat().st_size
-    try:
-        ds = dcmread(path, defer_size=1024, specific_tags=HEADER_TAGS)
-        raw_uids = {k: ds.get(k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")}
-        meta_ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, NotImplementedError) as exc:
-        raise Rejected(STATUS_UNREADABLE, f"unreadable dataset: {type(exc).__name__}: {exc}") from None
-    missing = [k for k, v in raw_uids.items() if v is None or str(v).strip("\x00 ") == ""]
-    if len(missing) == len(raw_uids):
-        raise Rejected(STATUS_UNREADABLE, "not a DICOM dataset: no SOP, Study or Series UID found")
-    if missing:
-        raise Rejected(STATUS_MISSING_UID, f"missing {', '.join(missing)}")
-    uids = {k: clean_uid(v) for k, v in raw_uids.items()}
-    bad = [k for k, v in uids.items() if v is None]
-    if bad:
-        raise Rejected(STATUS_INVALID_UID, f"invalid UID in {', '.join(bad)}")
-    if request_sop_uid and clean_uid(request_sop_uid) != uids["SOPInstanceUID"]:
-        raise Rejected(STATUS_UID_MISMATCH, "SOP Instance UID differs from the C-STORE request")
-    if request_sop_class and clean_uid(request_sop_class) != uids["SOPClassUID"]:
-        raise Rejected(STATUS_UID_MISMATCH, "SOP Class UID differs from the C-STORE request")
-    has_pixels = False
-    for tag in PIXEL_TAGS:
-        if tag not in ds:
-            continue
-        has_pixels = True
-        raw = ds.get_item(tag, keep_deferred=True)
-        if isinstance(raw, RawDataElement) and raw.length != UNDEFINED_LENGTH:
-            deflated = str(meta_ts) == "1.2.840.10008.1.2.1.99"  # value_tell is in the inflated stream
-            if not deflated and raw.value_tell + raw.length > size:
-                raise Rejected(STATUS_UNREADABLE, "truncated: pixel data shorter than its declared length")
-            expected = _expected_native_length(ds)
-            if tag == 0x7FE00010 and expected and raw.length < expected:
-                raise Rejected(STATUS_UNREADABLE, f"truncated: pixel data {raw.length} bytes, expected {expected}")
-    try:
-        modality = _text(ds, "Modality") or ""
-        body_part = _text(ds, "BodyPartExamined") or ""
-        return ParsedHeader(
-            study_uid=uids["StudyInstanceUID"], series_uid=uids["SeriesInstanceUID"],  # type: ignore[arg-type]
-            sop_uid=uids["SOPInstanceUID"], sop_class_uid=uids["SOPClassUID"],  # type: ignore[arg-type]
-            transfer_syntax_uid=clean_uid(meta_ts), modality=modality.upper(), body_part=body_part.upper(),
-            view_position=(_text(ds, "ViewPosition") or None), patient_id=_text(ds, "PatientID"),
-            accession_number=_text(ds, "AccessionNumber"), has_pixel_data=has_pixels,
-        )
-    except Exception as exc:  # noqa: BLE001 - undecodable text values
-        raise Rejected(STATUS_UNREADABLE, f"unreadable attribute: {type(exc).__name__}") from None
-
-
-def _expected_native_length(ds: Any) -> int | None:
-    """Bytes of native (uncompressed) pixel data the header implies, or None when compressed/unknown."""
-    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if ts is None or getattr(ts, "is_compressed", True):
-        return None
-    try:
-        frames = int(ds.get("NumberOfFrames") or 1)
-        bits = int(ds.BitsAllocated)
-        n = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * frames
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return (n * bits + 7) // 8
 
 
 class _NodeAE(ApplicationEntity):
@@ -200,94 +81,6 @@ class _NodeAE(ApplicationEntity):
         self._maximum_associations = max(1, int(value))
 
 
-_TMP_DIR_LOCK = threading.Lock()
-_TMP_DIR: list[Path] = []
-WRITE_BEHIND_BYTES = 4 << 20
-
-
-def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
-    """Linux ``sync_file_range(fd, off, n, SYNC_FILE_RANGE_WRITE)``: start write-back without waiting."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.sync_file_range
-        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    except (OSError, AttributeError):
-        return None
-
-    def start_writeback(fd: int, offset: int, nbytes: int) -> None:
-        fn(fd, offset, nbytes, 2)
-
-    return start_writeback
-
-
-_START_WRITEBACK = _load_sync_file_range()
-
-
-class _WriteBehindFile:
-    """Wraps pynetdicom's temp file: starts disk write-back every few MB while the dataset is still arriving,
-    so the fsync before the acknowledgement has little left to do."""
-
-    def __init__(self, inner: Any):
-        self._inner = inner
-        self.name = inner.name
-        self._written = 0
-        self._kicked = 0
-
-    @property
-    def file(self) -> "_WriteBehindFile":  # pynetdicom calls ``.file.flush()`` after each fragment
-        return self
-
-    def write(self, data: bytes) -> int:
-        n = self._inner.write(data)
-        self._written += n
-        return n
-
-    def flush(self) -> None:
-        self._inner.file.flush()
-        if _START_WRITEBACK is not None and self._written - self._kicked >= WRITE_BEHIND_BYTES:
-            try:
-                _START_WRITEBACK(self._inner.file.fileno(), self._kicked, self._written - self._kicked)
-            except OSError:
-                pass
-            self._kicked = self._written
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-def _use_spool_tmp(directory: Path) -> None:
-    """Make pynetdicom write received datasets into ``directory`` (same file system as the spool: no copy)."""
-    with _TMP_DIR_LOCK:
-        _TMP_DIR[:] = [directory]
-        if getattr(dimse_messages, "_cxr_patched", False):
-            return
-        original = dimse_messages.NamedTemporaryFile
-
-        def _named_temporary_file(*args: Any, **kwargs: Any) -> Any:
-            if _TMP_DIR and "dir" not in kwargs:
-                kwargs["dir"] = str(_TMP_DIR[0])
-            return _WriteBehindFile(original(*args, **kwargs))
-
-        dimse_messages.NamedTemporaryFile = _named_temporary_file  # type: ignore[assignment]
-        dimse_messages._cxr_patched = True  # type: ignore[attr-defined]
-
-
-def server_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
-    """Server-side TLS context; client certificates required when ``tls.require_client_cert``."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(tls.cert), str(tls.key))
-    if tls.ca:
-        ctx.load_verify_locations(cafile=str(tls.ca))
-    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else (ssl.CERT_OPTIONAL if tls.ca else ssl.CERT_NONE)
-    return ctx
-
-
 class Listener:
     """The node's SCP. ``on_stored(outcome)`` is called after each committed instance (completion arming)."""
 
@@ -308,15 +101,13 @@ class Listener:
         self._closed = False
         self._disk_checked = 0.0
         self._disk_low = False
-        self.ae = _NodeAE(ae_title=config.node.ae_title)
+        self.ae = make_ae(config.node.ae_title, acse_timeout=config.node.acse_timeout_seconds,
+                          dimse_timeout=config.node.dimse_timeout_seconds,
+                          network_timeout=config.node.network_timeout_seconds, cls=_NodeAE)
         self.ae.refuse = self._low_disk  # type: ignore[method-assign]
         self.ae.maximum_associations = config.node.max_associations
-        self.ae.maximum_pdu_size = 0
         self.ae.require_calling_aet = list(config.node.allowed_calling_aets)
         self.ae.require_called_aet = config.node.check_called_aet
-        self.ae.network_timeout = config.node.network_timeout_seconds
-        self.ae.dimse_timeout = config.node.dimse_timeout_seconds
-        self.ae.acse_timeout = config.node.acse_timeout_seconds  # also the ARTIM timer
         self.guard = ConnectionGuard(
             negotiation_seconds=config.node.acse_timeout_seconds,
             tls_handshake_seconds=config.node.tls_handshake_timeout_seconds,
@@ -334,9 +125,8 @@ class Listener:
         return int(self._server.server_address[1]) if self._server else self.config.node.port
 
     def start(self) -> None:
-        _config.STORE_RECV_CHUNKED_DATASET = True
         self.spool.prepare()
-        _use_spool_tmp(self.spool.tmp)
+        configure_pynetdicom(receive_dir=self.spool.tmp)
         ssl_ctx = server_ssl_context(self.config.node.tls) if self.config.node.tls.enabled else None
         handlers = [
             (evt.EVT_C_STORE, self._handle_store),
@@ -394,11 +184,7 @@ class Listener:
     def _low_disk(self) -> bool:
         now = time.monotonic()
         if now - self._disk_checked > 1.0:
-            try:
-                free = shutil.disk_usage(self.spool.data_dir).free
-                self._disk_low = free < self.config.node.min_free_disk_mb * 1024 * 1024
-            except OSError:
-                self._disk_low = True
+            self._disk_low = not disk_free_ok(self.spool.data_dir, self.config.node.min_free_disk_mb)[0]
             self._disk_checked = now
         return self._disk_low
 
@@ -499,14 +285,8 @@ class Listener:
             raise Rejected(STATUS_OUT_OF_RESOURCES, str(exc)) from None
         reason = skip_reason(InstanceFacts(header.modality, header.body_part, header.has_pixel_data),
                              self.config.study)
-        rec = InstanceRecord(
-            study_uid=header.study_uid, series_uid=header.series_uid, sop_uid=header.sop_uid,
-            sop_class_uid=header.sop_class_uid, transfer_syntax_uid=header.transfer_syntax_uid,
-            modality=header.modality or None, body_part=header.body_part or None,
-            view_position=header.view_position, patient_id=header.patient_id,
-            accession_number=header.accession_number, path=relative, size_bytes=size, skip_reason=reason,
-            calling_aet=calling,
-        )
+        rec = InstanceRecord(**header.header_fields(), path=relative, size_bytes=size, skip_reason=reason,
+                             calling_aet=calling)
         rec, cut = fit_to_columns(rec)
         if cut:  # recorded with the stored instance (field names and lengths, never the values)
             log_event(LOG, logging.WARNING, "header values longer than the database allows were truncated",

@@ -15,13 +15,15 @@ from typing import Any, Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.association import configure_pynetdicom
 from dicomnode.audit import audit_now
-from dicomnode.completion import CompletionScheduler, requeue_processing
+from dicomnode.completion import CompletionScheduler
 from dicomnode.config import NodeConfig
 from dicomnode.db.engine import make_engine, make_session_factory, presize_sqlite_wal
 from dicomnode.db.ingest import IngestOutcome
 from dicomnode.db.migrate import upgrade_database
 from dicomnode.db.models import Study, utcnow
+from dicomnode.jobs import requeue_processing
 from dicomnode.listener import Listener
 from dicomnode.logs import log_event
 from dicomnode.spool import Spool
@@ -69,6 +71,7 @@ class Node:
 
     def start(self) -> "Node":
         cfg = self.config
+        configure_pynetdicom()
         cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(cfg.database_url)
         upgrade_database(self.engine)

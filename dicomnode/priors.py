@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import shutil
 import tempfile
 import threading
@@ -54,12 +53,12 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from dicomnode.association import Peer, ScuError, association, make_ae, requestor_ae
 from dicomnode.config import PriorsConfig
 from dicomnode.uids import clean_uid
 
 log = logging.getLogger(__name__)
 
-PRIORS_DIR = "priors"  # data_dir/priors/<job id>: a retrieved prior, held only while its job runs
 DEFAULT_MODALITIES: tuple[str, ...] = ("CR", "DX")
 STORAGE_CLASSES: tuple[str, ...] = (
     ComputedRadiographyImageStorage,
@@ -104,47 +103,30 @@ class RetrieveResult:
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class _Settings:
-    query_aet: str
-    host: str
-    port: int
-    calling_aet: str
-    retrieve: str
-    move_aet: str
-    move_port: int | None
-    timeout: float
-    modalities: tuple[str, ...]
-
-
 class _PriorsError(Exception):
     """A reason to give up, already phrased for the log."""
 
 
-def _settings(config: PriorsConfig) -> _Settings:
+def _pacs(config: PriorsConfig) -> Peer:
+    """The PACS to query; _PriorsError when host, port or query AE is missing."""
     given = {"query_aet": config.query_aet, "host": config.host, "port": config.port}
     missing = [name for name, value in given.items() if not value]
     if missing:  # only possible for a disabled section used directly: config loading refuses an enabled one
         raise _PriorsError(f"priors not configured: {', '.join(missing)} missing")
-    return _Settings(
-        query_aet=str(config.query_aet),
-        host=str(config.host),
-        port=int(config.port or 0),
-        calling_aet=config.calling_aet or "CXRNODE",
-        retrieve=config.retrieve,
-        move_aet=config.move_aet or "",
-        move_port=config.move_port,
-        timeout=float(config.timeout_seconds),
-        modalities=tuple(m.upper() for m in (config.modalities or DEFAULT_MODALITIES)),
-    )
+    return Peer.from_priors(config)
 
 
-def _ae(settings: _Settings) -> AE:
-    ae = AE(ae_title=settings.calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.timeout
-    ae.connection_timeout = min(settings.timeout, 10.0)
-    ae.maximum_pdu_size = 0  # no limit on PDUs we receive: far fewer PDUs for 10 MB images
-    return ae
+def _modalities(config: PriorsConfig) -> tuple[str, ...]:
+    return tuple(m.upper() for m in (config.modalities or DEFAULT_MODALITIES))
+
+
+@contextmanager
+def _associate(ae: AE, pacs: Peer, **kwargs: Any) -> Iterator[Association]:
+    try:
+        with association(ae, pacs, explain_unreachable=True, **kwargs) as assoc:
+            yield assoc
+    except ScuError as exc:
+        raise _PriorsError(f"PACS {exc}") from None
 
 
 def _add_storage_contexts(ae: AE, requested: bool) -> None:
@@ -155,36 +137,8 @@ def _add_storage_contexts(ae: AE, requested: bool) -> None:
             add(sop_class, syntax)
 
 
-def _unreachable(settings: _Settings) -> str:
-    """Why a TCP connection to the PACS fails, or "" when it connects."""
-    try:
-        with socket.create_connection((settings.host, settings.port), timeout=min(settings.timeout, 10.0)):
-            return ""
-    except OSError as exc:
-        return exc.strerror or str(exc)
-
-
-@contextmanager
-def _associate(ae: AE, settings: _Settings, **kwargs: Any) -> Iterator[Association]:
-    target = f"{settings.query_aet}@{settings.host}:{settings.port}"
-    assoc = ae.associate(settings.host, settings.port, ae_title=settings.query_aet, **kwargs)
-    if not assoc.is_established:
-        if assoc.is_rejected:
-            raise _PriorsError(f"PACS {target} rejected the association")
-        unreachable = _unreachable(settings)
-        if unreachable:
-            raise _PriorsError(f"PACS {target} unreachable ({unreachable})")
-        if assoc.is_aborted:
-            raise _PriorsError(f"PACS {target} aborted the association")
-        raise _PriorsError(f"PACS {target}: no association")
-    try:
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
-
-
-def _text(ds: Dataset, keyword: str) -> str:
+def _answer_text(ds: Dataset, keyword: str) -> str:
+    """A C-FIND answer value as text: "" when absent, several values joined with a backslash."""
     value = ds.get(keyword, "")
     if value is None:
         return ""
@@ -217,7 +171,7 @@ def _c_find(assoc: Association, query: Dataset) -> list[Dataset]:
             if identifier is not None:
                 matches.append(identifier)
         elif code != 0x0000:
-            comment = _text(status, "ErrorComment")
+            comment = _answer_text(status, "ErrorComment")
             raise _PriorsError(f"C-FIND failed with status 0x{code:04X}{': ' + comment if comment else ''}")
     return matches
 
@@ -245,7 +199,7 @@ def _series_of(assoc: Association, study_uid: str) -> list[PriorSeries]:
     for match in _c_find(assoc, ds):
         uid = clean_uid(match.get("SeriesInstanceUID"))
         if uid:
-            series.append(PriorSeries(uid, _text(match, "Modality").upper()))
+            series.append(PriorSeries(uid, _answer_text(match, "Modality").upper()))
     return series
 
 
@@ -262,12 +216,12 @@ def _is_earlier(date: str, tm: str, current_date: str, current_time: str | None)
 
 
 def _candidates(
-    assoc: Association, s: _Settings, patient_id: str, current_uid: str, date: str, tm: str | None
+    assoc: Association, s: PriorsConfig, patient_id: str, current_uid: str, date: str, tm: str | None
 ) -> list[PriorStudy]:
     date_range = f"-{date}" if date else ""
-    wanted = "\\".join(s.modalities)
+    wanted = "\\".join(_modalities(s))
     matches = _c_find(assoc, _study_query(patient_id, date_range, wanted))
-    pacs = (s.host, s.port, s.query_aet)
+    pacs = (str(s.host), int(s.port or 0), str(s.query_aet))
     if matches:
         _MULTI_VALUE_MATCHING.add(pacs)
     elif pacs not in _MULTI_VALUE_MATCHING:
@@ -277,20 +231,20 @@ def _candidates(
     studies = []
     for m in matches:
         uid = clean_uid(m.get("StudyInstanceUID"))
-        returned_pid = _text(m, "PatientID")
+        returned_pid = _answer_text(m, "PatientID")
         if not uid or uid == current_uid or (returned_pid and returned_pid != patient_id):
             continue
-        study_date, study_time = _text(m, "StudyDate"), _text(m, "StudyTime")
+        study_date, study_time = _answer_text(m, "StudyDate"), _answer_text(m, "StudyTime")
         if not _is_earlier(study_date, study_time, date, tm):
             continue
-        modalities = tuple(v.upper() for v in _text(m, "ModalitiesInStudy").split("\\") if v)
+        modalities = tuple(v.upper() for v in _answer_text(m, "ModalitiesInStudy").split("\\") if v)
         studies.append(
             PriorStudy(
                 study_instance_uid=uid,
                 study_date=study_date,
                 study_time=study_time,
-                accession_number=_text(m, "AccessionNumber"),
-                study_description=_text(m, "StudyDescription"),
+                accession_number=_answer_text(m, "AccessionNumber"),
+                study_description=_answer_text(m, "StudyDescription"),
                 modalities=modalities,
             )
         )
@@ -309,20 +263,21 @@ def lookup_prior(
     if not patient_id:
         return PriorLookup(None, "no prior: current study has no Patient ID")
     try:
-        s = _settings(config)
-        ae = _ae(s)
+        pacs = _pacs(config)
+        ae = requestor_ae(pacs)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        with _associate(ae, s) as assoc:
-            for candidate in _candidates(assoc, s, patient_id, current_study_uid, current_study_date,
+        with _associate(ae, pacs) as assoc:
+            for candidate in _candidates(assoc, config, patient_id, current_study_uid, current_study_date,
                                          current_study_time):
                 modalities = set(candidate.modalities)
                 if not modalities:  # PACS ignored ModalitiesInStudy: look at the series
                     modalities = {series.modality for series in _series_of(assoc, candidate.study_instance_uid)}
                     candidate = replace(candidate, modalities=tuple(sorted(modalities - {""})))
-                if modalities & set(s.modalities):
+                if modalities & set(_modalities(config)):
                     return PriorLookup(candidate, f"prior study {candidate.study_instance_uid} of "
                                                   f"{candidate.study_date or 'unknown date'}")
-        return PriorLookup(None, "no prior: PACS has no earlier " + "/".join(s.modalities) + " study of the patient")
+        wanted = "/".join(_modalities(config))
+        return PriorLookup(None, f"no prior: PACS has no earlier {wanted} study of the patient")
     except _PriorsError as exc:
         return PriorLookup(None, f"no prior: {exc}")
     except Exception as exc:  # never let the PACS break a study's reasoning
@@ -430,14 +385,14 @@ def _check_retrieve(assoc: Association, responses: Iterable[tuple[Dataset, Datas
         raise _PriorsError(f"{what}: no final status")
     code = int(final.Status)
     if code not in (0x0000, 0xB000):  # success, or warning (some sub-operations failed)
-        comment = _text(final, "ErrorComment")
+        comment = _answer_text(final, "ErrorComment")
         raise _PriorsError(f"{what} failed with status 0x{code:04X}{': ' + comment if comment else ''}")
     failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
     if failed:
         log.warning("priors: %s: %d sub-operations failed", what, failed)
 
 
-def _retrieve_queries(assoc: Association, s: _Settings, study_uid: str) -> list[Dataset]:
+def _retrieve_queries(assoc: Association, s: PriorsConfig, study_uid: str) -> list[Dataset]:
     """One SERIES-level identifier per CR/DX series; a STUDY-level one when the PACS lists no series."""
     try:
         series = _series_of(assoc, study_uid)
@@ -446,7 +401,7 @@ def _retrieve_queries(assoc: Association, s: _Settings, study_uid: str) -> list[
     except _PriorsError as exc:
         log.info("priors: series query failed (%s); retrieving the whole study", exc)
         series = []
-    wanted = [x for x in series if x.modality in s.modalities or not x.modality]
+    wanted = [x for x in series if x.modality in _modalities(s) or not x.modality]
     if series and not wanted:
         return []
     ds = Dataset()
@@ -458,33 +413,34 @@ def _retrieve_queries(assoc: Association, s: _Settings, study_uid: str) -> list[
     return [ds]
 
 
-def _get(s: _Settings, study_uid: str, receiver: _Receiver) -> None:
-    ae = _ae(s)
+def _get(s: PriorsConfig, study_uid: str, receiver: _Receiver) -> None:
+    pacs = _pacs(s)
+    ae = requestor_ae(pacs)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     _add_storage_contexts(ae, requested=True)
     roles = [build_role(sop_class, scp_role=True) for sop_class in STORAGE_CLASSES]
-    with _associate(ae, s, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, receiver)]) as assoc:
+    with _associate(ae, pacs, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, receiver)]) as assoc:
         for query in _retrieve_queries(assoc, s, study_uid):
             _check_retrieve(assoc, assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet), "C-GET")
 
 
-def _move(s: _Settings, study_uid: str, receiver: _Receiver) -> None:
+def _move(s: PriorsConfig, study_uid: str, receiver: _Receiver) -> None:
+    pacs = _pacs(s)
     if not s.move_port or not s.move_aet:
         raise _PriorsError("priors.retrieve is 'move' but move_aet / move_port are not set")
-    scp = AE(ae_title=s.move_aet)
-    scp.acse_timeout = scp.dimse_timeout = scp.network_timeout = s.timeout
-    scp.maximum_pdu_size = 0
+    scp = make_ae(s.move_aet, acse_timeout=pacs.acse_timeout, dimse_timeout=pacs.dimse_timeout,
+                  network_timeout=pacs.dimse_timeout)
     _add_storage_contexts(scp, requested=False)
     try:
         server = scp.start_server(("", int(s.move_port)), block=False, evt_handlers=[(evt.EVT_C_STORE, receiver)])
     except OSError as exc:
         raise _PriorsError(f"cannot listen for C-MOVE on port {s.move_port}: {exc.strerror or exc}") from None
     try:
-        ae = _ae(s)
+        ae = requestor_ae(pacs)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        with _associate(ae, s) as assoc:
+        with _associate(ae, pacs) as assoc:
             for query in _retrieve_queries(assoc, s, study_uid):
                 _check_retrieve(assoc, assoc.send_c_move(query, s.move_aet, StudyRootQueryRetrieveInformationModelMove),
                                 "C-MOVE")
@@ -499,7 +455,8 @@ def retrieve(config_priors: PriorsConfig, study_uid: str, dest_dir: str | Path) 
     if uid is None:
         return RetrieveResult([], "not retrieved: invalid Study Instance UID")
     try:
-        s = _settings(config_priors)
+        s = config_priors
+        _pacs(s)
         dest.mkdir(parents=True, exist_ok=True)
         receiver = _Receiver(dest)
         (_move if s.retrieve == "move" else _get)(s, uid, receiver)

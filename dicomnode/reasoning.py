@@ -24,7 +24,8 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from dicomnode import metrics
 from dicomnode.children import page_process_start
 from dicomnode.config import NodeConfig
-from dicomnode.priors import PRIORS_DIR, fetch_prior
+from dicomnode.datadir import DataDir
+from dicomnode.priors import fetch_prior
 from dicomnode.processing import ObjectKind, ProcessingResult, ResultObject, StudyInput
 from dicomnode.uids import result_uids
 from inference.chat import EngineUnavailable
@@ -184,7 +185,7 @@ class ReasoningProcessor:
             return []
         if not priors.calling_aet:
             priors = priors.model_copy(update={"calling_aet": self.config.node.ae_title})
-        dest = Path(self.config.storage.data_dir) / PRIORS_DIR / str(job_id)
+        dest = DataDir(self.config.storage.data_dir).priors(job_id)
         fetched = fetch_prior(priors, str(current.get("PatientID", "")), str(current.StudyInstanceUID),
                               str(current.get("StudyDate", "")), dest, str(current.get("StudyTime", "")) or None)
         datasets = read_datasets(fetched.files)
@@ -220,7 +221,7 @@ class ReasoningProcessor:
         current = read_datasets(study.instance_paths)
         if not current:
             raise ValueError("no readable image instance in the study")
-        prior_dir = Path(self.config.storage.data_dir) / PRIORS_DIR / str(study.job_id)
+        prior_dir = DataDir(self.config.storage.data_dir).priors(study.job_id)
         try:
             prior = self._prior(current[0], study.job_id)
             record = self.reason(current, prior)

@@ -22,15 +22,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit import audit
 from dicomnode.config import NodeConfig
+from dicomnode.datadir import SPOOL_DIR, DataDir
 from dicomnode.db.models import Instance, Job, Study, utcnow
 from dicomnode.db.states import JobState
-from dicomnode.priors import PRIORS_DIR
 from dicomnode.uids import is_valid_uid
-from dicomnode.worker import RESULTS_DIR
 
 LOG = logging.getLogger("dicomnode.retention")
 PURGEABLE = (JobState.DELIVERED.value, JobState.SKIPPED.value)
-SPOOL_PREFIX = "spool/"
+SPOOL_PREFIX = f"{SPOOL_DIR}/"
 PURGED_REASON = "file removed by retention"
 
 
@@ -91,8 +90,8 @@ def purge_expired(config: NodeConfig, session_factory: sessionmaker[Session],
     """Delete the spool, result and prior-cache files of expired studies; return what was removed."""
     now = now or utcnow()
     cutoff = now - dt.timedelta(days=config.storage.retention_days)
-    data_dir = Path(config.storage.data_dir).resolve()
-    spool_root = data_dir / "spool"
+    dirs = DataDir(config.storage.data_dir)
+    spool_root = dirs.spool
     report = RetentionReport()
     with session_factory() as session:
         candidates = expired_studies(session, cutoff)
@@ -109,7 +108,7 @@ def purge_expired(config: NodeConfig, session_factory: sessionmaker[Session],
                 if instance.selected:  # a re-opened study's next job must not expect this file
                     instance.selected = False
                     instance.skip_reason = PURGED_REASON
-                path = (data_dir / relative).resolve()
+                path = dirs.absolute(relative).resolve()
                 if spool_root not in path.parents:
                     continue
                 size = _unlink(path)
@@ -119,9 +118,9 @@ def purge_expired(config: NodeConfig, session_factory: sessionmaker[Session],
                 removed_bytes += size
                 _remove_empty_dirs(path.parent, spool_root)
             job_ids = session.scalars(select(Job.id).where(Job.study_id == study_id)).all()
-            trees = [data_dir / PRIORS_DIR / str(job_id) for job_id in job_ids]
+            trees = [dirs.priors(job_id) for job_id in job_ids]
             if is_valid_uid(study_uid):  # never join an odd UID into a path that gets deleted
-                trees.append(data_dir / RESULTS_DIR / study_uid)
+                trees.append(dirs.study_results(study_uid))
             for tree in trees:
                 tree_files, tree_bytes = _remove_tree(tree)
                 files += tree_files

@@ -1,75 +1,28 @@
 """DICOM SCU to a peer: C-ECHO and C-STORE of files in one association, with each C-STORE status checked.
 
-Used by the delivery loop and by the ``echo``/``send`` CLI commands.
+Used by the delivery loop and by the ``echo``/``send`` CLI commands. Peers, AEs and associations:
+:mod:`dicomnode.association` (sends files unchanged once :func:`~dicomnode.association.configure_pynetdicom` ran).
 """
 from __future__ import annotations
 
 import logging
-import re
-import socket
-import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom import _config as pynetdicom_config
 from pynetdicom.presentation import PresentationContext, build_context
 
-if TYPE_CHECKING:
-    from dicomnode.config import Destination, TLSConfig
+from dicomnode.association import Peer, ScuError, associate, close, requestor_ae
 
 LOG = logging.getLogger("dicomnode.scu")
 
 #: C-STORE statuses that mean the peer kept the object (success and the storage warnings).
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 MAX_CONTEXTS = 128
-# Send files as they are stored (file meta stripped, in PDU-sized chunks) instead of decoding and re-encoding each
-# one: the SR's re-encoding alone cost more than its transfer. store_files only sends a file whose own transfer
-# syntax the peer accepted, which is what this mode requires. Process-wide, like the listener's receive setting.
-pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
 UNCOMPRESSED_ORDER = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 UNCOMPRESSED = frozenset(UNCOMPRESSED_ORDER)
-_PEER_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d{1,5})$")
-
-
-class ScuError(RuntimeError):
-    """No association (refused, rejected, aborted, unreachable)."""
-
-
-@dataclass(frozen=True)
-class Peer:
-    """A remote application entity and how we call it."""
-
-    ae_title: str
-    host: str
-    port: int
-    calling_aet: str = "CXRNODE"
-    tls: "TLSConfig | None" = None
-    connect_timeout: float = 10.0
-    acse_timeout: float = 30.0
-    dimse_timeout: float = 120.0
-
-    @classmethod
-    def parse(cls, text: str, calling_aet: str = "CXRNODE") -> "Peer":
-        """``AE@HOST:PORT`` -> Peer."""
-        match = _PEER_RE.match(text.strip())
-        if not match or not 0 < int(match["port"]) < 65536:
-            raise ValueError(f"peer {text!r} is not AE@HOST:PORT")
-        return cls(match["ae"], match["host"].strip("[]"), int(match["port"]), calling_aet)
-
-    @classmethod
-    def from_destination(cls, destination: "Destination", calling_aet: str, association_timeout: float = 30.0
-                         ) -> "Peer":
-        return cls(destination.ae_title, destination.host, destination.port,
-                   destination.calling_aet or calling_aet, destination.tls,
-                   connect_timeout=min(10.0, association_timeout), acse_timeout=association_timeout)
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -86,71 +39,18 @@ class StoreOutcome:
         return self.status in STORED_STATUSES
 
 
-def tls_context(tls: "TLSConfig") -> ssl.SSLContext:
-    """A client-side TLS context: verify the peer against ``tls.ca`` and present ``cert``/``key`` when given."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca) if tls.ca else None)
-    context.check_hostname = False
-    if tls.cert and tls.key:
-        context.load_cert_chain(str(tls.cert), str(tls.key))
-    return context
-
-
-def _application_entity(peer: Peer) -> AE:
-    ae = AE(ae_title=peer.calling_aet)
-    ae.connection_timeout = peer.connect_timeout
-    ae.acse_timeout = peer.acse_timeout
-    ae.dimse_timeout = peer.dimse_timeout
-    ae.network_timeout = peer.dimse_timeout
-    ae.maximum_pdu_size = 0
-    return ae
-
-
-def _no_delay(assoc) -> None:  # type: ignore[no-untyped-def]
-    """TCP_NODELAY on the association's socket: a C-STORE ends in a small PDU that Nagle's algorithm would hold
-    back until the peer's delayed ACK (tens of milliseconds per object on loopback)."""
-    try:
-        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (AttributeError, OSError):  # no plain TCP socket underneath: keep the default
-        pass
-
-
-def _associate(ae: AE, peer: Peer):  # type: ignore[no-untyped-def]
-    kwargs = {}
-    if peer.tls is not None and peer.tls.enabled:
-        kwargs["tls_args"] = (tls_context(peer.tls), None)
-    try:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
-    except (OSError, ssl.SSLError) as exc:
-        raise ScuError(f"{peer}: {exc}") from exc
-    if assoc.is_established:
-        _no_delay(assoc)
-        return assoc
-    if assoc.is_rejected:
-        raise ScuError(f"{peer}: association rejected")
-    if assoc.is_aborted:
-        raise ScuError(f"{peer}: association aborted or connection refused")
-    raise ScuError(f"{peer}: no association (connection refused or timed out)")
-
-
 def echo(peer: Peer) -> int:
     """One C-ECHO; returns the status (0x0000 = success). ScuError when no association."""
-    ae = _application_entity(peer)
+    ae = requestor_ae(peer)
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = _associate(ae, peer)
+    assoc = associate(ae, peer)
     try:
         status = assoc.send_c_echo()
     finally:
-        _close(assoc)
+        close(assoc)
     if "Status" not in status:
         raise ScuError(f"{peer}: no C-ECHO response")
     return int(status.Status)
-
-
-def _close(assoc) -> None:  # type: ignore[no-untyped-def]
-    if assoc.is_established:
-        assoc.release()
-    else:
-        assoc.abort()
 
 
 def _file_header(path: Path) -> tuple[str, str, str]:
@@ -179,9 +79,9 @@ def store_files(peer: Peer, paths: Sequence[Path | str]) -> list[StoreOutcome]:
     if len(contexts) > MAX_CONTEXTS:
         raise ScuError(f"{len(contexts)} presentation contexts in one send; at most {MAX_CONTEXTS}")
     if headers:
-        ae = _application_entity(peer)
+        ae = requestor_ae(peer)
         ae.requested_contexts = contexts
-        assoc = _associate(ae, peer)
+        assoc = associate(ae, peer)
         try:
             for path, (sop_class, sop_uid, transfer_syntax) in headers.items():
                 if not assoc.is_established:
@@ -217,7 +117,7 @@ def store_files(peer: Peer, paths: Sequence[Path | str]) -> list[StoreOutcome]:
                 else:
                     outcomes[path] = StoreOutcome(path, sop_uid, None, "no C-STORE response (aborted or timed out)")
         finally:
-            _close(assoc)
+            close(assoc)
     return [outcomes[path] for path in files]
 
 

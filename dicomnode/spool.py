@@ -1,4 +1,4 @@
-"""Durable spool: data_dir/spool/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm.
+"""Durable spool: data_dir/spool/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm (layout: :mod:`dicomnode.datadir`).
 
 A received file is fsynced, atomically renamed into place and its directory fsynced before the caller commits the
 database row; only then may the instance be acknowledged. Files are never deleted here (retention does that).
@@ -11,11 +11,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from dicomnode.uids import is_valid_uid
-
-SPOOL_DIR = "spool"
-TMP_DIR = ".tmp"
-TMP_LOCK = ".tmp.lock"  # in the spool root, held (flock) by the process that receives into it; see clean_temp
+from dicomnode.datadir import DataDir, fsync_dir, fsync_file
 
 
 class SpoolError(OSError):
@@ -26,9 +22,10 @@ class Spool:
     """The on-disk instance store under ``data_dir``."""
 
     def __init__(self, data_dir: Path, fsync: bool = True):
-        self.data_dir = Path(data_dir).resolve()
-        self.root = self.data_dir / SPOOL_DIR
-        self.tmp = self.root / TMP_DIR
+        self.dirs = DataDir(data_dir)
+        self.data_dir = self.dirs.root
+        self.root = self.dirs.spool
+        self.tmp = self.dirs.spool_tmp
         self.fsync = fsync
         self._known_dirs: set[Path] = set()
         self._lock_fd: int | None = None
@@ -44,7 +41,7 @@ class Spool:
         :meth:`release_temp`, or until this process ends."""
         self.prepare()
         if self._lock_fd is None:
-            fd = os.open(self.root / TMP_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.dirs.spool_lock, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -65,13 +62,10 @@ class Spool:
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         """The spool path of an instance relative to data_dir; every UID must pass the UID grammar."""
-        for uid in (study_uid, series_uid, sop_uid):
-            if not is_valid_uid(uid):
-                raise ValueError(f"invalid UID {uid!r}")
-        return f"{SPOOL_DIR}/{study_uid}/{series_uid}/{sop_uid}.dcm"
+        return self.dirs.instance_relative(study_uid, series_uid, sop_uid)
 
     def absolute(self, relative: str) -> Path:
-        return self.data_dir / relative
+        return self.dirs.absolute(relative)
 
     def new_temp_path(self) -> Path:
         return self.tmp / f"{uuid.uuid4().hex}.part"
@@ -91,11 +85,7 @@ class Spool:
                         os.fsync(fout.fileno())
                 src = staged
             elif self.fsync:
-                fd = os.open(src, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_file(src)
             size = src.stat().st_size
             os.replace(src, target)
             if self.fsync:
@@ -106,20 +96,6 @@ class Spool:
             return size
         except OSError as exc:
             raise SpoolError(exc.errno, f"spool write failed: {exc.strerror or exc}") from exc
-
-    def write_bytes(self, data: bytes, relative: str) -> int:
-        """Durably write ``data`` at ``relative`` (temp file, fsync, rename, fsync dir)."""
-        try:
-            self.prepare()
-            tmp = self.new_temp_path()
-            with open(tmp, "wb") as f:
-                f.write(data)
-                if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
-        except OSError as exc:
-            raise SpoolError(exc.errno, f"spool write failed: {exc.strerror or exc}") from exc
-        return self.store_file(tmp, relative)
 
     def _ensure_dir(self, directory: Path) -> list[Path]:
         """Create ``directory`` (and parents); return the directories created, outermost first.
@@ -147,12 +123,3 @@ def _same_device(a: Path, b: Path) -> bool:
         return a.stat().st_dev == b.stat().st_dev
     except OSError:
         return False
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

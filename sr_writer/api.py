@@ -17,7 +17,7 @@ from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 from inference.record import ReasoningRecord
 from sr_writer.hygiene import clean_sources, describe, invalid_reference_uids
 from sr_writer.options import OutputOptions
-from sr_writer.page import render_some_pages
+from sr_writer.page import Panel, panel_image, render_some_pages, without_pixels
 from sr_writer.sc import build_page_datasets, page_pixels
 from sr_writer.sr import build_sr
 from sr_writer.tree_bytes import tree_part10_bytes
@@ -97,10 +97,12 @@ def make_pages(
     prior: Sequence[Dataset] = (),
     options: OutputOptions | None = None,
     uids: ResultUids | None = None,
+    panel: Panel | None = None,
 ) -> PageObjects:
     """Render the reasoning pages, build their SC datasets, encode and validate each (``ExportRefused`` on errors)."""
     series_uid = uids.sc_series if uids is not None else None
-    return make_some_pages(record, current, prior, options, None, series_uid, keep_images=True, uids=uids)[0]
+    return make_some_pages(record, current, prior, options, None, series_uid, keep_images=True, uids=uids,
+                           panel=panel)[0]
 
 
 # What each page-process task makes: single pages first, so each is ready (and can be sent) as soon as it is made,
@@ -120,14 +122,16 @@ def make_some_pages(
     made_at: dt.datetime | None = None,
     keep_images: bool = False,
     uids: ResultUids | None = None,
+    panel: Panel | None = None,
 ) -> tuple[PageObjects, int]:
     """The pages numbered in ``only`` (None: all) as validated SC objects, and the number of pages in all.
 
     What a page process does: picklable in and out, so pages of one study can be made by several processes (they
-    share ``series_uid`` and ``made_at``). With ``uids`` page N gets ``uids.page(N)``."""
+    share ``series_uid`` and ``made_at``). With ``uids`` page N gets ``uids.page(N)``. With ``panel`` (the first
+    page's image, see ``sr_writer.page.Panel``) the sources need no pixel data."""
     options = options or OutputOptions()
     started = time.perf_counter()
-    images, total = render_some_pages(record, current, prior, options, only)
+    images, total = render_some_pages(record, current, prior, options, only, panel)
     rendered = time.perf_counter()
     pixels = [page_pixels(image, options.page_transfer_syntax) for image in images]
     encoded = time.perf_counter()
@@ -206,12 +210,16 @@ def build_result_objects(
     ``on_ready(dataset, part10_bytes)`` is called in this thread for each object once it is validated and final, in
     the order they are finished: a caller can store and send each while the others are still being made.
     ``uids`` (optional) names the UIDs of the set, so that making it again gives the same objects' identities.
+    The first page's image is decoded once, here (``sr_writer.page.Panel``); the SR and the pages are made from the
+    sources' headers, so a page process never receives or decodes a source's pixels.
     """
     options = options or OutputOptions()
     started = time.perf_counter()
     (current, prior), repairs = clean_sources(current, prior)  # checked copies; the sources stay as they are
+    panel = panel_image(record, current, prior, options)  # the one decode of a source's pixels
+    current, prior = [without_pixels(ds) for ds in current], [without_pixels(ds) for ds in prior]
     if page_executor is None:
-        result = _build_here(record, current, prior, options, predecessor, on_ready, started, uids)
+        result = _build_here(record, current, prior, options, predecessor, on_ready, started, uids, panel)
         result.repairs = describe(repairs)
         return result
     series_uid = uids.sc_series if uids is not None else generate_uid()
@@ -222,7 +230,7 @@ def build_result_objects(
         futures[page_executor.submit(make_sr, record, current, prior, options, predecessor, uids)] = SR_TASK
         for index, part in enumerate(PAGE_TASKS):
             futures[page_executor.submit(make_some_pages, record, current, prior, options, part, series_uid,
-                                         made_at, uids=uids)] = index
+                                         made_at, uids=uids, panel=panel if 1 in part else None)] = index
     except BrokenExecutor:
         lost = True
     sr_made: tuple[bytes, ValidationReport | None, float] | None = None
@@ -246,7 +254,8 @@ def build_result_objects(
         _announce(on_ready, [sr], [sr_made[0]])
     for index, part in enumerate(PAGE_TASKS):
         if index not in made:  # lost: made here, with the same series and time
-            made[index] = make_some_pages(record, current, prior, options, part, series_uid, made_at, uids=uids)
+            made[index] = make_some_pages(record, current, prior, options, part, series_uid, made_at, uids=uids,
+                                          panel=panel)
             _announce(on_ready, made[index][0].pages, made[index][0].encoded)
     sr_data, sr_report, sr_seconds = sr_made
     pages = _joined_pages([made[index] for index in range(len(PAGE_TASKS))])
@@ -261,7 +270,7 @@ SR_TASK = -1
 
 def _build_here(record: ReasoningRecord, current: list[Dataset], prior: list[Dataset], options: OutputOptions,
                 predecessor: Dataset | None, on_ready: ReadyCallback | None, started: float,
-                uids: ResultUids | None = None) -> ResultObjects:
+                uids: ResultUids | None = None, panel: Panel | None = None) -> ResultObjects:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sr-check") as pool:
         sr = _sr(record, current, prior, options, predecessor, uids)
         sr_data = tree_part10_bytes(sr)
@@ -269,7 +278,7 @@ def _build_here(record: ReasoningRecord, current: list[Dataset], prior: list[Dat
             pool.submit(ensure_valid_bytes, sr_data, "SR", invalid_reference_uids([*current, *prior]))
             if options.validate else None)
         sr_built = time.perf_counter()
-        pages = make_pages(record, current, prior, options, uids)
+        pages = make_pages(record, current, prior, options, uids, panel)
         sr_report = sr_check.result() if sr_check is not None else None  # a refusal raises ExportRefused
     _announce(on_ready, [sr], [sr_data])
     _announce(on_ready, pages.pages, pages.encoded)

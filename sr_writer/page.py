@@ -7,6 +7,7 @@ monitor. Reasoning that does not fit continues on further pages; every page repe
 """
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from inference.record import (
     DEMO_STATEMENT,
@@ -171,6 +173,46 @@ def to_rgb8(ds: Dataset, frame: int = 1, size: tuple[int, int] | None = None) ->
     return image.convert("RGB")
 
 
+@dataclass(frozen=True)
+class Panel:
+    """The first page's image, decoded once: the frontal source at display contrast, no larger than a panel can be.
+
+    Pages are drawn from this, not from the source's pixels, so page processes get headers only (a 200 MB source is
+    decoded once, in the caller, instead of once per page process)."""
+
+    sop_instance_uid: str
+    image: Image.Image
+
+
+def panel_image(record: ReasoningRecord, current: Sequence[Dataset], prior: Sequence[Dataset],
+                options: OutputOptions) -> Panel | None:
+    """The first page's panel (see ``Panel``); None when the record has no current image among the sources."""
+    sources = {str(ds.SOPInstanceUID): ds for ds in [*current, *prior]}
+    index = _frontal_index(record, sources)
+    if index is None:
+        return None
+    ref = record.images[index]
+    source = sources[ref.sop_instance_uid]
+    rows, cols = int(source.Rows), int(source.Columns)
+    scale = min(1.0, options.page_width * PANEL_WIDTH_SHARE / cols, options.page_height / rows)
+    size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
+    return Panel(ref.sop_instance_uid, to_rgb8(source, ref.frame, size))
+
+
+PANEL_WIDTH_SHARE = 0.55  # of the page's inner width: the image panel's; the findings table has the rest
+
+
+def without_pixels(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` sharing its header elements but with no pixel data (nor a cached decoded array)."""
+    copy_ = copy.copy(ds)  # keeps how the header was read (raw elements convert on access)
+    copy_._dict = {tag: element for tag, element in ds._dict.items() if tag not in PIXEL_TAGS}
+    copy_._pixel_array, copy_._pixel_id = None, {}
+    return copy_
+
+
+PIXEL_TAGS = frozenset({Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009), Tag(0x7FE0, 0x0010)})  # float, double, pixel data
+
+
 def _frontal_index(record: ReasoningRecord, sources: dict[str, Dataset]) -> int | None:
     current = [r for r in record.images if r.role == "current" and r.sop_instance_uid in sources]
     for ref in current:
@@ -192,8 +234,9 @@ class PageRenderer:
     """Lays out and draws all pages of one record."""
 
     def __init__(self, record: ReasoningRecord, current: Sequence[Dataset], prior: Sequence[Dataset],
-                 options: OutputOptions) -> None:
+                 options: OutputOptions, panel: Panel | None = None) -> None:
         self.record = record
+        self.panel = panel  # None: made from the sources when the first page is drawn
         self.options = options
         self.sources = {str(ds.SOPInstanceUID): ds for ds in [*current, *prior]}
         self.first = current[0]
@@ -275,10 +318,10 @@ class PageRenderer:
         if index is None:
             f.body.draw(draw, (self.margin, top), "(no current image available)", MUTED)
             return top + f.body.line_height
-        ref = self.record.images[index]
-        source = self.sources[ref.sop_instance_uid]
         caption_lines, scale, size = self._panel_geometry(index, width, max_height)
-        image = to_rgb8(source, ref.frame, size)
+        panel = self.panel or panel_image(self.record, list(self.sources.values()), (), self.options)
+        assert panel is not None and panel.sop_instance_uid == self.record.images[index].sop_instance_uid
+        image = panel.image.resize(size, Image.Resampling.LANCZOS)
         for text in caption_lines:
             f.small.draw(draw, (self.margin, top), text, MUTED)
             top += f.small.line_height
@@ -419,7 +462,7 @@ class PageRenderer:
         probe = Image.new("RGB", (self.width, self.height), WHITE)
         header_bottom = self._draw_header(ImageDraw.Draw(probe), 1, 1)
         bottom = self.height - self.margin - self._footer_height()
-        image_width = int(self.inner * 0.55)
+        image_width = int(self.inner * PANEL_WIDTH_SHARE)
         table_left = self.margin + image_width + 32
         table_width = self.width - self.margin - table_left
         table_bottom = self._draw_findings_table(ImageDraw.Draw(probe), table_left, header_bottom, table_width)
@@ -496,6 +539,8 @@ def render_pages(record: ReasoningRecord, current: Sequence[Dataset], prior: Seq
 
 
 def render_some_pages(record: ReasoningRecord, current: Sequence[Dataset], prior: Sequence[Dataset],
-                      options: OutputOptions, only: Collection[int] | None) -> tuple[list[Image.Image], int]:
-    """The pages numbered in ``only`` (1-based, those that exist; None: all) and the number of pages in all."""
-    return PageRenderer(record, current, prior, options).render(only)
+                      options: OutputOptions, only: Collection[int] | None,
+                      panel: Panel | None = None) -> tuple[list[Image.Image], int]:
+    """The pages numbered in ``only`` (1-based, those that exist; None: all) and the number of pages in all.
+    With ``panel`` the sources need no pixel data."""
+    return PageRenderer(record, current, prior, options, panel).render(only)

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from dicomnode.association import configure_pynetdicom
+
+    configure_pynetdicom()  # the process-wide pynetdicom switches, once, before any command runs
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return int(args.func(args) or 0)

@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_demo_command(args: argparse.Namespace) -> int:
     import logging
 
-    from dicomnode.demo import print_result, run_demo
+    from dicomnode.demo.run import print_result, run_demo
 
     if not args.verbose:  # the demo narrates itself; the node's INFO lines would drown it (-v shows them)
         logging.getLogger().setLevel(logging.WARNING)

@@ -139,17 +139,8 @@ def run(args: argparse.Namespace) -> int:
             model = _load_model(args, args.quantization)
             for parallel in modes:
                 by_mode["parallel_within_stage" if parallel else "sequential"] = preds.run_model(
-                    model,
-                    studies,
-                    args.images,
-                    free=args.free,
-                    max_new_tokens=args.max_new_tokens,
-                    max_questions=args.max_questions,
-                    show_progress=not args.no_progress,
-                    label="parallel within stage" if parallel else "model",
-                    constrain=not args.no_constrain,
-                    parallel_within_stage=parallel,
-                )
+                    model, studies, args.images, **_run_options(args), parallel_within_stage=parallel,
+                    label="parallel within stage" if parallel else "model")
         except (OSError, ValueError, RuntimeError, ModelLoadError) as exc:
             return _fail(str(exc))
         runs = by_mode["sequential"]
@@ -191,6 +182,12 @@ def _model_meta(model: Any) -> dict[str, Any]:
     return model_info(model)
 
 
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """How the model answers, the same for one model and for a quantization comparison."""
+    return {"free": args.free, "max_new_tokens": args.max_new_tokens, "max_questions": args.max_questions,
+            "show_progress": not args.no_progress, "constrain": not args.no_constrain}
+
+
 def _seconds_per_study(runs: dict[str, Any]) -> float:
     return sum(r.seconds for r in runs.values()) / len(runs) if runs else 0.0
 
@@ -204,15 +201,7 @@ def _compare(args: argparse.Namespace, studies: list[Any], meta: dict[str, Any],
         return _fail(f"--compare-quantization takes two of {', '.join(QUANTIZATIONS)}, e.g. none,nf4")
     try:
         comparison = quantization.compare_quantization(
-            lambda q: _load_model(args, q),
-            settings,
-            studies,
-            args.images,
-            free=args.free,
-            max_new_tokens=args.max_new_tokens,
-            max_questions=args.max_questions,
-            show_progress=not args.no_progress,
-        )
+            lambda q: _load_model(args, q), settings, studies, args.images, **_run_options(args))
     except (OSError, ValueError, ModelLoadError) as exc:
         return _fail(str(exc))
     quantization.print_comparison(comparison, console)

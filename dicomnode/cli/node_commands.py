@@ -142,7 +142,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     try:
-        from dicomnode.worker import retry_job
+        from dicomnode.jobs import retry_job
     except ImportError:
         print("retry: the worker module is not available in this build", file=sys.stderr)
         return 1
@@ -160,13 +160,14 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _peer(text: str, calling_aet: str) -> Any:
-    from dicomnode.scu import Peer
+    from dicomnode.association import Peer
 
     return Peer.parse(text, calling_aet=calling_aet)
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    from dicomnode.scu import ScuError, echo
+    from dicomnode.association import ScuError
+    from dicomnode.scu import echo
 
     try:
         status = echo(_peer(args.peer, args.aet))
@@ -178,7 +179,8 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from dicomnode.scu import ScuError, store_files
+    from dicomnode.association import ScuError
+    from dicomnode.scu import store_files
 
     files: list[Path] = []
     for item in args.files:

@@ -15,22 +15,13 @@ from sqlalchemy.orm import Session
 
 from dicomnode.db.models import Instance, Job, Study
 from dicomnode.db.states import JobState
+from dicomnode.received import InstanceHeader
 
 
 @dataclass(frozen=True)
-class InstanceRecord:
-    """What the listener learned about one stored instance."""
+class InstanceRecord(InstanceHeader):
+    """What the listener learned about one stored instance: its header, and where and how it was stored."""
 
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str | None
-    modality: str | None
-    body_part: str | None
-    view_position: str | None
-    patient_id: str | None
-    accession_number: str | None
     path: str
     size_bytes: int
     skip_reason: str | None
@@ -83,13 +74,6 @@ def find_instance(session: Session, sop_uid: str) -> Instance | None:
 def instance_exists(session: Session, sop_uid: str) -> bool:
     """Cheap duplicate check (no ORM object)."""
     return session.connection().execute(_INSTANCE_EXISTS, {"uid": sop_uid}).first() is not None
-
-
-def newest_job(session: Session, study_id: int, for_update: bool = False) -> Job | None:
-    stmt = select(Job).where(Job.study_id == study_id).order_by(Job.generation.desc()).limit(1)
-    if for_update:
-        stmt = stmt.with_for_update()
-    return session.scalar(stmt)
 
 
 _studies, _jobs, _instances = Study.__table__, Job.__table__, Instance.__table__

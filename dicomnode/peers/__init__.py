@@ -1,4 +1,5 @@
-"""Real peers on loopback for tests, benchmarks and demos: Orthanc, PostgreSQL and DCMTK tools on free ports."""
+"""Real peers on loopback for the demo, tests and benchmarks: Orthanc, OHIF, DCMTK tools and a vLLM serving engine
+on free ports (the tests' PostgreSQL is ``tests/postgres_server.py``)."""
 from __future__ import annotations
 
 from dicomnode.peers.ports import free_port

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from dicomnode.peers.ports import free_port, port_open
+from dicomnode.peers.process import stop_process, wait_until_ready
 
 
 def _require(tool: str) -> str:
@@ -80,25 +80,18 @@ class StoreSCP:
             self._process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"storescp exited with {self._process.returncode}")
-            if port_open(self.port):
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"storescp did not listen on {self.port} within {timeout:.0f} s")
+        try:
+            exited = wait_until_ready(self._process, lambda: port_open(self.port), timeout)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"storescp did not listen on {self.port} within {timeout:.0f} s") from None
+        if exited is not None:
+            raise RuntimeError(f"storescp exited with {exited}")
+        return self
 
     def stop(self, timeout: float = 30.0) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
+        stop_process(process, timeout)
 
     def received(self) -> list[Path]:
         """Files storescp has written so far."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.peers.ports import free_port
+from dicomnode.peers.process import stop_process, wait_until_ready
 
 ORTHANC_BINARY = os.environ.get("CXR_ORTHANC_BINARY", "Orthanc")
 DICOMWEB_PACKAGE = "orthanc-dicomweb"
@@ -135,29 +136,27 @@ class OrthancServer:
             cwd=self.workdir,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                self._close_log()
-                raise OrthancError(f"Orthanc exited with {self._process.returncode}: {self._log_tail()}")
-            try:
-                self.rest_get("/system", timeout=2.0)
-                return self
-            except (OSError, OrthancError):
-                time.sleep(0.2)
-        self.stop()
-        raise OrthancError(f"Orthanc REST did not answer within {timeout:.0f} s: {self._log_tail()}")
+        try:
+            exited = wait_until_ready(self._process, self._answers, timeout, interval=0.2)
+        except TimeoutError:
+            self.stop()
+            raise OrthancError(f"Orthanc REST did not answer within {timeout:.0f} s: {self._log_tail()}") from None
+        if exited is not None:
+            self._close_log()
+            raise OrthancError(f"Orthanc exited with {exited}: {self._log_tail()}")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            self.rest_get("/system", timeout=2.0)
+            return True
+        except (OSError, OrthancError):
+            return False
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop Orthanc (SIGTERM, then SIGKILL); storage stays in ``workdir``."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
+        stop_process(process, timeout)
         self._close_log()
 
     def restart(self, timeout: float = 90.0) -> "OrthancServer":

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.peers.ports import free_port
+from dicomnode.peers.process import wait_until_ready
 
 VLLM_VERSION = "0.32.0"  # keep in step with scripts/vllm_venv.sh (VERSION)
 SKIP_ENV = "CXR_SKIP_VLLM"  # "1": bootstrap builds no vLLM venv and the engine tests skip (CI never sets it)
@@ -108,23 +109,23 @@ class VllmServer:
         started = time.monotonic()
         self._process = subprocess.Popen(self.command(), stdout=self._log_handle, stderr=subprocess.STDOUT,
                                          env=env, cwd=self.workdir, start_new_session=True)
-        deadline = started + timeout
-        while True:
-            if self._process.poll() is not None:
-                code = self._process.returncode
-                self._close_log()
-                raise VllmError(f"vLLM exited with {code}:\n{self.log_tail()}")
-            try:
-                if self.get("/models", timeout=5.0).get("data"):
-                    break
-            except (OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise VllmError(f"vLLM did not answer /v1/models within {timeout:.0f} s:\n{self.log_tail()}")
-            time.sleep(1.0)
+        try:
+            code = wait_until_ready(self._process, self._serves_a_model, timeout, interval=1.0)
+        except TimeoutError:
+            self.stop()
+            raise VllmError(f"vLLM did not answer /v1/models within {timeout:.0f} s:\n{self.log_tail()}") from None
+        if code is not None:
+            self._process = None
+            self._close_log()
+            raise VllmError(f"vLLM exited with {code}:\n{self.log_tail()}")
         self.start_seconds = time.monotonic() - started
         return self
+
+    def _serves_a_model(self) -> bool:
+        try:
+            return bool(self.get("/models", timeout=5.0).get("data"))
+        except (OSError, ValueError):
+            return False
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the engine (its process group: the engine core is a child process), then SIGKILL."""
@@ -161,6 +162,21 @@ class VllmServer:
     def get(self, path: str, timeout: float = 30.0) -> dict[str, Any]:
         with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
             return json.loads(response.read())
+
+    def reset_caches(self, timeout: float = 60.0) -> bool:
+        """Empty the engine's prefix, multimodal and encoder caches (needs ``VLLM_SERVER_DEV_MODE=1``), so a
+        benchmark setting does not hit what an earlier one computed; False when the engine refused."""
+        ok = True
+        for path in ("/reset_prefix_cache", "/reset_mm_cache", "/reset_encoder_cache"):
+            request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=b"", method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    body = response.read()
+                    if path == "/reset_prefix_cache" and body and not json.loads(body).get("success", True):
+                        ok = False
+            except urllib.error.HTTPError:
+                ok = False
+        return ok
 
     def metrics_text(self, timeout: float = 30.0) -> str:
         """The engine's Prometheus exposition (``/metrics`` beside ``/v1``)."""

@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicomnode.peers.dcmtk import StoreSCP, storescu
 from dicomnode.peers.orthanc import OrthancServer
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 RULE = Path(__file__).resolve().parents[2] / "deploy" / "orthanc" / "route-chest-to-cxrnode.lua"
 MODALITY = "AINODE"  # a non-default Orthanc modality name: proves the rule is parameterized

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from dicomnode.config import NodeConfig
-from dicomnode.demo import NODE_AET, PACS_AET, demo_config, results_of_study, routing_rule_path
+from dicomnode.demo.run import NODE_AET, PACS_AET, demo_config, results_of_study, routing_rule_path
 from dicomnode.node import Node
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port

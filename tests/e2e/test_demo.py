@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dicomnode.demo import run_demo
+from dicomnode.demo.run import run_demo
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from dicomnode.peers.dcmtk import storescu
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 from .conftest import Site, wait_until
 

@@ -13,7 +13,7 @@ from PIL import Image
 from pydicom.sr.codedict import codes
 
 from dicomnode.peers.dcmtk import storescu
-from dicomnode.synthetic import StudySpec, prior_spec, write_study
+from dicomnode.demo.synthetic import StudySpec, prior_spec, write_study
 from inference.record import DEMO_STATEMENT, UNVERIFIED_STATEMENT
 from sr_writer.codes import load_table
 

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from dicomnode.db.states import JobState
-from dicomnode.demo import NODE_AET
+from dicomnode.demo.run import NODE_AET
 from dicomnode.uids import result_uids
 
 from .conftest import wait_until

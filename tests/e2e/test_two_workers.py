@@ -18,8 +18,8 @@ from dicomnode.db.states import JobState
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port, wait_for_port
-from dicomnode.peers.postgres import PostgresServer
-from dicomnode.synthetic import StudySpec, write_study
+from tests.postgres_server import PostgresServer
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 from .conftest import wait_until
 

@@ -36,7 +36,7 @@ def model_eval_data(demo_path: Path, tmp_path_factory: pytest.TempPathFactory) -
     a findings-checklist item, with small synthetic chest images written at the dataset's relative image paths."""
     from PIL import Image
 
-    from dicomnode.synthetic import phantom
+    from dicomnode.demo.synthetic import phantom
 
     root = tmp_path_factory.mktemp("eval_data")
     studies = json.loads(demo_path.read_text())[:2]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.synthetic import StudySpec, make_study, prior_spec
+from dicomnode.demo.synthetic import StudySpec, make_study, prior_spec
 from inference.chat import IMAGE_PLACEHOLDER, BoxConvention, Generation, Turn
 from inference.flow import run_flow
 from inference.record import Presence, Provenance, QType, ReasoningRecord, StageStatus

@@ -16,7 +16,7 @@ import torch
 import yaml
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from dicomnode.synthetic import StudySpec, make_study, prior_spec
+from dicomnode.demo.synthetic import StudySpec, make_study, prior_spec
 from inference.chat import Generation, Turn
 from inference.constraints import GRACE_TOKENS
 from inference.flow import run_flow

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from dicomnode.synthetic import StudySpec, make_instance, make_study, write_study
+from dicomnode.demo.synthetic import StudySpec, make_instance, make_study, write_study
 from inference.images import ImageError, order_views, prepare_images, to_pil, view_of
 
 

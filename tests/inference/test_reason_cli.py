@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 from inference.record import DEMO_STATEMENT, UNVERIFIED_STATEMENT, ReasoningRecord, StageStatus
 from inference.stages import DEFAULT_STAGES_PATH
 

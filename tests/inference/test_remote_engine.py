@@ -31,7 +31,7 @@ def remote(vllm_url: str):
 
 
 def test_study_through_the_engine(remote, vllm_url: str) -> None:
-    from dicomnode.synthetic import StudySpec, make_study
+    from dicomnode.demo.synthetic import StudySpec, make_study
     from inference.flow import run_flow
 
     assert remote.info.engine_version and remote.info.demo_model  # the served directory carries the demo marker
@@ -83,7 +83,7 @@ def test_parallel_within_stage_goes_to_the_engine_together_and_matches_the_local
         remote, engine_model_dir: Path) -> None:
     """The engine gets a stage's questions at once; the transformers backend asks them one after the other after
     the same history: with the same weights both give the same answers (unconstrained: pure decoding parity)."""
-    from dicomnode.synthetic import StudySpec, make_study
+    from dicomnode.demo.synthetic import StudySpec, make_study
     from inference.flow import run_flow
     from inference.model import load_chat_model
 
@@ -102,7 +102,7 @@ def test_two_studies_in_flight_keep_their_own_conversations(remote) -> None:
     """processing.workers > 1 with the openai backend: studies share the engine, each conversation in order."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from dicomnode.synthetic import StudySpec, make_study
+    from dicomnode.demo.synthetic import StudySpec, make_study
     from inference.flow import run_flow
 
     studies = [make_study(StudySpec(views=("PA",), rows=256, columns=208, seed=seed)) for seed in (1, 2)]

@@ -10,11 +10,11 @@ import pydicom
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode import synthetic
+from dicomnode.demo import synthetic
 from dicomnode.db import make_engine, make_session_factory, upgrade_database
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
-from dicomnode.peers.postgres import PostgresServer
+from tests.postgres_server import PostgresServer
 
 
 @dataclass

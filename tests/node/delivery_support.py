@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,11 +19,11 @@ from dicomnode.db.models import Delivery, Job, Study, utcnow
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.spool import Spool
 
+import ingest_support
+
 T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
-PROCESSORS = "cxr_test_processors"
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+PROCESSORS = "cxr_test_processors"  # tests/node is on pytest's pythonpath
 
 
 def destination(name: str, ae: str, port: int, objects: Sequence[str] = ("sr", "sc"), max_attempts: int = 3,
@@ -105,12 +103,5 @@ def deliveries(session_factory: sessionmaker[Session], job_id: int | None = None
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 90.0, interval: float = 0.2, what: str = "") -> T:
-    """Poll ``predicate`` until truthy; return its value, or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
-        time.sleep(interval)
+    """:func:`ingest_support.wait_until` with the longer defaults of processing and delivery."""
+    return ingest_support.wait_until(predicate, timeout, interval, what)

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from dicomnode import metrics
 from dicomnode.db import AuditEvent, JobState
-from dicomnode.synthetic import StudySpec, make_study, write_study
+from dicomnode.demo.synthetic import StudySpec, make_study, write_study
 
 from ingest_support import Db, dataset_payload, make_config, node_with_db, send_raw, store, wait_until
 

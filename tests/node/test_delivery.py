@@ -22,7 +22,8 @@ from dicomnode.delivery import Deliverer, backoff_seconds
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
 from dicomnode.processing import make_processor
-from dicomnode.worker import Worker, retry_job
+from dicomnode.jobs import retry_job
+from dicomnode.worker import Worker
 
 DATA = Path(__file__).with_name("data")
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from dicomnode.peers.ports import free_port
-from dicomnode.scu import Peer, ScuError, echo, store_files
+from dicomnode.association import Peer, ScuError
+from dicomnode.scu import echo, store_files
 
 
 def test_peer_parse() -> None:

@@ -12,7 +12,8 @@ from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.delivery import Deliverer
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.processing import make_processor
-from dicomnode.scu import Peer, ScuError, echo
+from dicomnode.association import Peer, ScuError
+from dicomnode.scu import echo
 from dicomnode.worker import Worker
 
 

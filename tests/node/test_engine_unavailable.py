@@ -19,7 +19,7 @@ from dicomnode.db import make_engine, make_session_factory, upgrade_database
 from dicomnode.db.states import JobState
 from dicomnode.health import HealthChecks
 from dicomnode.peers.ports import free_port
-from dicomnode.synthetic import make_study
+from dicomnode.demo.synthetic import make_study
 from dicomnode.worker import Worker
 from inference.chat import EngineUnavailable
 from inference.model.remote import connect

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, text
 
 from dicomnode.db import AuditEvent, JobState
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 from ingest_support import Db, make_config, node_with_db, running_node, store, wait_until
 

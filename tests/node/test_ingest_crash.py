@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from dicomnode.db import JobState
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 from ingest_support import NODE_AET, Db, NodeProcess, config_dict, store, wait_until, write_config
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from dicomnode.db.models import AuditEvent
 from dicomnode.peers.dcmtk import echoscu
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 from ingest_support import NODE_AET, Db, NodeProcess, config_dict, store, wait_until, write_config
 from test_tls import _tls_args, pki  # noqa: F401 - the module-scoped PKI fixture
@@ -233,3 +233,34 @@ def test_sigterm_bounded_with_an_established_association_held_open(tmp_path: Pat
         finally:
             assoc.abort()
     assert '"reason": "shutdown"' in node.log_path.read_text()
+
+
+def test_dribbling_inside_an_established_association_is_aborted(tmp_path: Path, study: list[Path]) -> None:
+    """An association that negotiates, then dribbles a P-DATA-TF PDU one byte every 0.5 s: each byte is network
+    activity, but no PDU ever completes, so the idle timer (network_timeout_seconds, 2 s) still ends it and the one
+    association slot is free for a valid sender."""
+    from pynetdicom import AE
+
+    with _node(tmp_path, network_timeout_seconds=2, max_associations=1) as node:
+        ae = AE(ae_title="DRIBBLER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+        assert assoc.is_established
+        raw = assoc.dul.socket.socket  # the TCP socket under the association
+        pdu = b"\x04\x00" + (1000).to_bytes(4, "big") + bytes(1000)  # P-DATA-TF, 1000 bytes announced
+        started, cut_after = time.monotonic(), None
+        for byte in pdu:
+            try:
+                raw.send(bytes([byte]))
+            except OSError:
+                cut_after = time.monotonic() - started
+                break
+            if not assoc.is_established:
+                cut_after = time.monotonic() - started
+                break
+            time.sleep(0.5)
+        assert cut_after is not None and cut_after < 2 + 15, "the dribbling association was not ended"
+        statuses, seconds = _served(study, node.port)  # its slot is free again
+        assert statuses == [0] and seconds < SERVED_WITHIN_S
+        node.terminate(timeout=60)
+    assert '"reason": "idle_timeout"' in node.log_path.read_text()

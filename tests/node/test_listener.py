@@ -13,7 +13,7 @@ from sqlalchemy import select
 from dicomnode import metrics
 from dicomnode.db import AuditEvent
 from dicomnode.peers.dcmtk import echoscu
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 from ingest_support import CXR_NODE, NODE_AET, Db, config_dict, make_config, running_node, store, wait_until, \
     write_config

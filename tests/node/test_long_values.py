@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from dicomnode.db.models import AuditEvent
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 from ingest_support import Db, make_config, node_with_db, store
 
@@ -91,13 +91,10 @@ def test_failed_database_write_keeps_patient_data_out_of_logs_and_audit(
 def test_invalid_birth_date_neither_withholds_the_result_nor_reaches_logs(caplog: pytest.LogCaptureFixture) -> None:
     """An impossible PatientBirthDate in the source is dropped from the SR (the result is still made), and the
     value is quoted in no log record above DEBUG."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sr"))
-    from records import make_record
+    from tests.sr.records import make_record
 
     from dicomnode.logs import setup_logging
-    from dicomnode.synthetic import make_study
+    from dicomnode.demo.synthetic import make_study
     from sr_writer import build_result_objects
 
     study = make_study(StudySpec(views=("PA",), rows=64, columns=64, patient_birth_date="19601301"))

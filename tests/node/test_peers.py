@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from dicomnode import synthetic
+from dicomnode.demo import synthetic
 from dicomnode.peers.dcmtk import StoreSCP, echoscu, storescu
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port, port_open
-from dicomnode.peers.postgres import PostgresServer
+from tests.postgres_server import PostgresServer
 
 
 def _study_uid(path: Path) -> str:

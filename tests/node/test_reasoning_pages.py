@@ -12,7 +12,7 @@ import pytest
 from dicomnode.config import config_from_dict
 from dicomnode.processing import StudyInput
 from dicomnode.reasoning import ReasoningProcessor
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 
 def _study(tmp_path: Path, n: int) -> StudyInput:

@@ -17,9 +17,9 @@ from dicomnode.completion import complete_study
 from dicomnode.db import Delivery, Job, JobState, make_engine, make_session_factory, upgrade_database, utcnow
 from dicomnode.db.ingest import InstanceRecord, record_instance
 from dicomnode.db.migrate import current_revision
-from dicomnode.peers.postgres import PostgresServer
+from tests.postgres_server import PostgresServer
 from dicomnode.peers.dcmtk import echoscu
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 from ingest_support import NODE_AET, Db, make_config, running_node, store, wait_until
 
@@ -141,7 +141,7 @@ def test_concurrent_first_instances_of_one_study(db_url: str) -> None:
 
 def test_claims_are_atomic(db_url: str) -> None:
     """The worker's claim (SKIP LOCKED on PostgreSQL, conditional UPDATE on SQLite) hands each job out once."""
-    from dicomnode.worker import claim_job
+    from dicomnode.jobs import claim_job
 
     upgrade_database(db_url)
     engine = make_engine(db_url)

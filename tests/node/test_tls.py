@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dicomnode.peers.dcmtk import echoscu
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 from ingest_support import NODE_AET, Db, make_config, running_node, store
 

@@ -22,7 +22,9 @@ from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.delivery import Deliverer
 from dicomnode.peers.ports import free_port
 from dicomnode.processing import make_processor
-from dicomnode.worker import Worker, claim_job, requeue_stale_jobs, retry_job, study_input
+from dicomnode.jobs import claim_job, retry_job
+from dicomnode.jobs import requeue_processing as requeue_stale_jobs
+from dicomnode.worker import Worker, study_input
 
 
 def _worker(config, session_factory, worker_id: str = "w1") -> Worker:  # type: ignore[no-untyped-def]
@@ -209,7 +211,7 @@ def test_worker_liveness_rules() -> None:
     import os
     import socket
 
-    from dicomnode.completion import STALE_SECONDS, worker_is_gone
+    from dicomnode.jobs import STALE_SECONDS, worker_is_gone
 
     now = dt.datetime.now(dt.timezone.utc)
     fresh, stale = now, now - dt.timedelta(seconds=STALE_SECONDS + 1)
@@ -237,7 +239,7 @@ def test_live_worker_keeps_its_job_when_another_process_starts(data_dir, databas
 
 
 def test_heartbeat_while_processing(data_dir, database_url, session_factory, study_factory, monkeypatch):
-    import dicomnode.worker as worker_module
+    import dicomnode.jobs as worker_module
 
     monkeypatch.setattr(worker_module, "HEARTBEAT_SECONDS", 0.2)
     monkeypatch.setenv("CXR_TEST_PROCESS_SECONDS", "1.5")

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from dicomnode.config import load_config  # noqa: E402
-from dicomnode.db import make_engine, make_session_factory  # noqa: E402
-from dicomnode.processing import make_processor  # noqa: E402
-from dicomnode.worker import Worker  # noqa: E402
+from dicomnode.config import load_config
+from dicomnode.db import make_engine, make_session_factory
+from dicomnode.processing import make_processor
+from dicomnode.worker import Worker
 
 
 def main(config_path: str, worker_id: str) -> int:

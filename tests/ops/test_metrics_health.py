@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
 from dicomnode import metrics
-from dicomnode.health import HealthChecks, StatusServer, database_check, disk_free_ok, free_disk_mb
+from dicomnode.datadir import disk_free_ok, free_disk_mb
+from dicomnode.health import HealthChecks, StatusServer, database_check
 from dicomnode.peers.ports import free_port
 
 

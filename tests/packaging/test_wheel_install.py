@@ -115,7 +115,7 @@ def test_commands_from_an_empty_directory(venv: Path, empty_dir: Path) -> None:
     info = _run([node, "model", "info", "mysite/model"], site)  # reads model_profiles.yaml from the package
     assert info.returncode == 0, info.stderr
 
-    make_study = ("import sys; from dicomnode.synthetic import StudySpec, write_study; "
+    make_study = ("import sys; from dicomnode.demo.synthetic import StudySpec, write_study; "
                   "write_study(sys.argv[1], StudySpec(rows=192, columns=160, views=('PA',)))")
     subprocess.run([str(venv / "bin" / "python"), "-c", make_study, "study"], cwd=site, env=_env(), check=True,
                    timeout=120)
@@ -136,7 +136,7 @@ def test_commands_from_an_empty_directory(venv: Path, empty_dir: Path) -> None:
     assert len(list((site / "batch").rglob("*.dcm"))) >= 2  # an SR and at least one page
 
     rule = subprocess.run([str(venv / "bin" / "python"), "-c",
-                           "from dicomnode.demo import routing_rule_path; print(routing_rule_path().read_text()[:40])"],
+                           "from dicomnode.demo.run import routing_rule_path; print(routing_rule_path().read_text()[:40])"],
                           cwd=site, env=_env(), capture_output=True, text=True, timeout=120)
     assert rule.returncode == 0 and rule.stdout.strip(), rule.stderr  # the Orthanc Lua rule `demo` installs
 
@@ -156,7 +156,7 @@ def test_serve_receives_a_study_with_storescu(venv: Path, empty_dir: Path) -> No
               "study": {"quiet_seconds": 600},  # receive only: the study stays open for this test
               "model": {"path": str(empty_dir / "mysite" / "model")}}
     (site / "node.yaml").write_text(yaml.safe_dump(config))
-    make_study = ("import sys; from dicomnode.synthetic import StudySpec, write_study; "
+    make_study = ("import sys; from dicomnode.demo.synthetic import StudySpec, write_study; "
                   "write_study(sys.argv[1], StudySpec(rows=128, columns=104))")
     subprocess.run([str(venv / "bin" / "python"), "-c", make_study, "incoming"], cwd=site, env=_env(), check=True,
                    timeout=120)

@@ -1,17 +1,11 @@
 """Fixtures for the result-object tests: small synthetic studies (no patient data)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomnode.synthetic import StudySpec, make_study, prior_spec
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # so that ``tests.sr.records`` imports (``tests`` is a namespace package)
-    sys.path.insert(0, str(ROOT))
+from dicomnode.demo.synthetic import StudySpec, make_study, prior_spec
 
 
 def small_spec(**kw) -> StudySpec:

@@ -1,7 +1,7 @@
 """Hand-made reasoning records for tests (shared: other packages' tests may reuse ``make_record``).
 
 ``make_record(current, prior, positive=...)`` builds a full 8-stage record for real source datasets (e.g. from
-``dicomnode.synthetic.make_study``), with boxes in the source images' pixel coordinates.
+``dicomnode.demo.synthetic.make_study``), with boxes in the source images' pixel coordinates.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dicomnode.synthetic import make_study, prior_spec
+from dicomnode.demo.synthetic import make_study, prior_spec
 from inference.chat import BoxConvention, Generation, Turn
 from inference.flow import run_flow
 from inference.record import Presence, Provenance

@@ -10,7 +10,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from dicomnode.synthetic import make_study
+from dicomnode.demo.synthetic import make_study
 from sr_writer import build_result_objects, validate
 from sr_writer.hygiene import UnrepairableHeader, clean_source, clean_sources, invalid_reference_uids
 from tests.sr.conftest import small_spec

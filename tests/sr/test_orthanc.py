@@ -10,7 +10,7 @@ from PIL import Image
 
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.orthanc import OrthancServer
-from dicomnode.synthetic import make_study, prior_spec
+from dicomnode.demo.synthetic import make_study, prior_spec
 from sr_writer import build_result_objects
 from tests.sr.conftest import small_spec
 from tests.sr.records import make_record

@@ -67,3 +67,37 @@ def test_each_object_is_announced_as_soon_as_it_is_made(study: list[Dataset], pr
     assert dict(announced) == objects.encoded and len(announced) == len(objects.datasets)  # each once, as stored
     assert objects.sr.ContentSequence  # the SR came back as bytes and was read
     assert objects.reports[str(objects.sr.SOPInstanceUID)].errors == []
+
+
+class _RecordingPool(ProcessPoolExecutor):
+    """A real page-process pool that keeps what each task was given."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
+        self.given: list[tuple[tuple, dict]] = []  # type: ignore[type-arg]
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        self.given.append((args, kwargs))
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_page_processes_get_headers_and_one_decoded_panel(study: list[Dataset], prior_study: list[Dataset]) -> None:
+    """A source is decoded once, by the caller: the SR and page tasks get its header only, and only the task that
+    draws page 1 gets the panel image (small, at most the page's size)."""
+    from sr_writer.page import PIXEL_TAGS, Panel
+
+    record = make_record(study, prior_study, positive=("pneumothorax",), long_text=60)
+    with _RecordingPool() as pool:
+        objects = build_result_objects(record, study, prior_study, page_executor=pool)
+    assert len(pool.given) == 5  # the SR and four page tasks
+    panels = []
+    for args, kwargs in pool.given:
+        datasets = [ds for group in args if isinstance(group, list) for ds in group if isinstance(ds, Dataset)]
+        assert len(datasets) == len(study) + len(prior_study)
+        for ds in datasets:
+            assert not PIXEL_TAGS & set(ds.keys()) and ds._pixel_array is None
+        panels += [kwargs["panel"]] if kwargs.get("panel") is not None else []
+    assert len(panels) == 1 and isinstance(panels[0], Panel)
+    width, height = panels[0].image.size
+    assert width <= objects.pages[0].Columns and height <= objects.pages[0].Rows
+    assert all("PixelData" in ds for ds in [*study, *prior_study])  # the caller's sources are left as they were

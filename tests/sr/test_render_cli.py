@@ -7,7 +7,7 @@ import pydicom
 from PIL import Image
 
 from dicomnode.cli import main
-from dicomnode.synthetic import prior_spec, write_study
+from dicomnode.demo.synthetic import prior_spec, write_study
 from tests.sr.conftest import small_spec
 from tests.sr.records import make_record
 

@@ -10,7 +10,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from dicomnode.synthetic import make_study, prior_spec
+from dicomnode.demo.synthetic import make_study, prior_spec
 from inference.record import DEMO_STATEMENT, UNVERIFIED_STATEMENT, Presence, ReasoningRecord, StageStatus
 from sr_writer import ExportRefused, OutputOptions, build_result_objects, validate
 from sr_writer.codes import load_table

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomnode.synthetic import make_study, prior_spec
+from dicomnode.demo.synthetic import make_study, prior_spec
 from sr_writer import OutputOptions, build_result_objects, validate
 from tests.sr.conftest import content_items, small_spec
 from tests.sr.records import make_record

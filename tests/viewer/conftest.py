@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,14 +12,11 @@ from pydicom.dataset import Dataset
 
 from dicomnode.peers.ohif import OhifServer
 from dicomnode.peers.orthanc import OrthancServer
-from dicomnode.synthetic import StudySpec, make_study
+from dicomnode.demo.synthetic import StudySpec, make_study
 from sr_writer import build_result_objects
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # so that ``tests.sr.records`` imports (``tests`` is a namespace package)
-    sys.path.insert(0, str(ROOT))
-
-from tests.sr.records import make_record  # noqa: E402
+from tests.sr.records import make_record
 
 ARTEFACTS = ROOT / "out" / "viewer"  # git-ignored; screenshots stay here after the run
 POSITIVE = ("pneumothorax", "pleural_effusion")

@@ -20,12 +20,13 @@ import pydicom
 from PIL import Image
 
 from dicomnode.config import NodeConfig, config_from_dict
+from dicomnode.datadir import DataDir
 from dicomnode.node import Node, study_counts
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.ohif import OhifServer, find_ohif_dist
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
-from dicomnode.synthetic import StudySpec, write_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def run_demo(workdir: Path, timeout: float = 900.0, keep_running: bool = False,
             time.sleep(2.0)  # let the remaining pages of a multi-page result land
             srs, pages = results_of_study(orthanc, spec.study_instance_uid)
             study_id = orthanc.rest_get(f"/instances/{srs[0]['ID']}/study")["ID"]
-            study_results = Path(config.storage.data_dir, "results", spec.study_instance_uid)
+            study_results = DataDir(config.storage.data_dir).study_results(spec.study_instance_uid)
             results = sorted(study_results.glob("*/sc-*.dcm"))
             records = sorted(study_results.glob("*/record.json"))
             result = DemoResult(

@@ -1,0 +1,269 @@
+"""DICOM associations, in one place: the peers the node calls, the AE factory, ``associate()``, TLS contexts, and
+the process-wide pynetdicom switches.
+
+pynetdicom keeps some settings per process (its ``_config`` module, its temp-file factory). The node sets them all
+in :func:`configure_pynetdicom`, called explicitly at start-up (``cxr-node``'s entry point, :class:`Node`, the
+listener, the deliverer); importing a module of this package changes nothing in pynetdicom.
+"""
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom import dimse_messages
+from pynetdicom.association import Association
+
+if TYPE_CHECKING:
+    from dicomnode.config import Destination, PriorsConfig, TLSConfig
+
+_PEER_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d{1,5})$")
+WRITE_BEHIND_BYTES = 4 << 20
+
+
+class ScuError(RuntimeError):
+    """No association (refused, rejected, aborted, unreachable)."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A remote application entity and how we call it."""
+
+    ae_title: str
+    host: str
+    port: int
+    calling_aet: str = "CXRNODE"
+    tls: "TLSConfig | None" = None
+    connect_timeout: float = 10.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 120.0
+
+    @classmethod
+    def parse(cls, text: str, calling_aet: str = "CXRNODE") -> "Peer":
+        """``AE@HOST:PORT`` -> Peer."""
+        match = _PEER_RE.match(text.strip())
+        if not match or not 0 < int(match["port"]) < 65536:
+            raise ValueError(f"peer {text!r} is not AE@HOST:PORT")
+        return cls(match["ae"], match["host"].strip("[]"), int(match["port"]), calling_aet)
+
+    @classmethod
+    def from_destination(cls, destination: "Destination", calling_aet: str, association_timeout: float = 30.0
+                         ) -> "Peer":
+        return cls(destination.ae_title, destination.host, destination.port,
+                   destination.calling_aet or calling_aet, destination.tls,
+                   connect_timeout=min(10.0, association_timeout), acse_timeout=association_timeout)
+
+    @classmethod
+    def from_priors(cls, priors: "PriorsConfig") -> "Peer":
+        """The PACS queried for priors (host, port and query AE must be set)."""
+        timeout = float(priors.timeout_seconds)
+        return cls(str(priors.query_aet), str(priors.host), int(priors.port or 0), priors.calling_aet or "CXRNODE",
+                   connect_timeout=min(timeout, 10.0), acse_timeout=timeout, dimse_timeout=timeout)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+# --- TLS ---------------------------------------------------------------------------------------------------------
+def tls_context(tls: "TLSConfig") -> ssl.SSLContext:
+    """A client-side TLS context: verify the peer against ``tls.ca`` and present ``cert``/``key`` when given."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca) if tls.ca else None)
+    context.check_hostname = False
+    if tls.cert and tls.key:
+        context.load_cert_chain(str(tls.cert), str(tls.key))
+    return context
+
+
+def server_ssl_context(tls: "TLSConfig") -> ssl.SSLContext:
+    """Server-side TLS context; client certificates required when ``tls.require_client_cert``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    if tls.ca:
+        ctx.load_verify_locations(cafile=str(tls.ca))
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else (ssl.CERT_OPTIONAL if tls.ca else ssl.CERT_NONE)
+    return ctx
+
+
+# --- application entities and associations ----------------------------------------------------------------------
+def make_ae(ae_title: str, *, acse_timeout: float, dimse_timeout: float, network_timeout: float | None,
+            connect_timeout: float | None = None, cls: type[AE] = AE) -> AE:
+    """An application entity with the node's timeouts and no limit on the PDUs it receives (far fewer PDUs for
+    10 MB images)."""
+    ae = cls(ae_title=ae_title)
+    ae.acse_timeout = acse_timeout  # also the ARTIM timer
+    ae.dimse_timeout = dimse_timeout
+    ae.network_timeout = network_timeout
+    if connect_timeout is not None:
+        ae.connection_timeout = connect_timeout
+    ae.maximum_pdu_size = 0
+    return ae
+
+
+def requestor_ae(peer: Peer) -> AE:
+    """An AE that calls ``peer`` with ``peer``'s calling AE title and timeouts."""
+    return make_ae(peer.calling_aet, acse_timeout=peer.acse_timeout, dimse_timeout=peer.dimse_timeout,
+                   network_timeout=peer.dimse_timeout, connect_timeout=peer.connect_timeout)
+
+
+def _no_delay(assoc: Association) -> None:
+    """TCP_NODELAY on the association's socket: a C-STORE ends in a small PDU that Nagle's algorithm would hold
+    back until the peer's delayed ACK (tens of milliseconds per object on loopback)."""
+    try:
+        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
+    except (AttributeError, OSError):  # no plain TCP socket underneath: keep the default
+        pass
+
+
+def _unreachable(peer: Peer) -> str:
+    """Why a TCP connection to ``peer`` fails, or "" when it connects."""
+    try:
+        with socket.create_connection((peer.host, peer.port), timeout=peer.connect_timeout):
+            return ""
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def associate(ae: AE, peer: Peer, explain_unreachable: bool = False, **kwargs: Any) -> Association:
+    """An established association with ``peer`` (TLS when ``peer.tls`` is enabled); ScuError saying why not.
+
+    ``explain_unreachable``: when no association came, try a plain TCP connection to tell "unreachable (reason)"
+    apart (costs up to ``connect_timeout`` more)."""
+    if peer.tls is not None and peer.tls.enabled:
+        kwargs["tls_args"] = (tls_context(peer.tls), None)
+    try:
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
+    except (OSError, ssl.SSLError) as exc:
+        raise ScuError(f"{peer}: {exc}") from exc
+    if assoc.is_established:
+        _no_delay(assoc)
+        return assoc
+    if assoc.is_rejected:
+        raise ScuError(f"{peer}: association rejected")
+    unreachable = _unreachable(peer) if explain_unreachable else ""
+    if unreachable:
+        raise ScuError(f"{peer}: unreachable ({unreachable})")
+    if assoc.is_aborted:
+        raise ScuError(f"{peer}: association aborted or connection refused")
+    raise ScuError(f"{peer}: no association (connection refused or timed out)")
+
+
+def close(assoc: Association) -> None:
+    """Release an established association, abort any other."""
+    if assoc.is_established:
+        assoc.release()
+    else:
+        assoc.abort()
+
+
+@contextmanager
+def association(ae: AE, peer: Peer, explain_unreachable: bool = False, **kwargs: Any) -> Iterator[Association]:
+    """:func:`associate`, closed (:func:`close`) when the block ends."""
+    assoc = associate(ae, peer, explain_unreachable, **kwargs)
+    try:
+        yield assoc
+    finally:
+        close(assoc)
+
+
+# --- process-wide pynetdicom switches ---------------------------------------------------------------------------
+_TMP_DIR_LOCK = threading.Lock()
+_TMP_DIR: list[Path] = []
+
+
+def configure_pynetdicom(receive_dir: Path | None = None) -> None:
+    """Set every process-wide pynetdicom switch the node relies on (idempotent):
+
+    - ``STORE_SEND_CHUNKED_DATASET``: send files as they are stored (file meta stripped, in PDU-sized chunks)
+      instead of decoding and re-encoding each one; the SR's re-encoding alone cost more than its transfer.
+      :func:`dicomnode.scu.store_files` only sends a file whose own transfer syntax the peer accepted, which is
+      what this mode requires.
+    - ``STORE_RECV_CHUNKED_DATASET``: write each received dataset to a temp file (``event.dataset_path``) instead
+      of holding it in memory.
+    - with ``receive_dir``: those temp files go to ``receive_dir`` (the spool's temp directory, same file system:
+      moved into place without a copy), with disk write-back started while the data still arrives.
+    """
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+    if receive_dir is not None:
+        _receive_into(receive_dir)
+
+
+def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
+    """Linux ``sync_file_range(fd, off, n, SYNC_FILE_RANGE_WRITE)``: start write-back without waiting."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    except (OSError, AttributeError):
+        return None
+
+    def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+        fn(fd, offset, nbytes, 2)
+
+    return start_writeback
+
+
+_START_WRITEBACK = _load_sync_file_range()
+
+
+class _WriteBehindFile:
+    """Wraps pynetdicom's temp file: starts disk write-back every few MB while the dataset is still arriving,
+    so the fsync before the acknowledgement has little left to do."""
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+        self.name = inner.name
+        self._written = 0
+        self._kicked = 0
+
+    @property
+    def file(self) -> "_WriteBehindFile":  # pynetdicom calls ``.file.flush()`` after each fragment
+        return self
+
+    def write(self, data: bytes) -> int:
+        n = self._inner.write(data)
+        self._written += n
+        return n
+
+    def flush(self) -> None:
+        self._inner.file.flush()
+        if _START_WRITEBACK is not None and self._written - self._kicked >= WRITE_BEHIND_BYTES:
+            try:
+                _START_WRITEBACK(self._inner.file.fileno(), self._kicked, self._written - self._kicked)
+            except OSError:
+                pass
+            self._kicked = self._written
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _receive_into(directory: Path) -> None:
+    """Make pynetdicom write received datasets into ``directory``."""
+    with _TMP_DIR_LOCK:
+        _TMP_DIR[:] = [directory]
+        if getattr(dimse_messages, "_cxr_patched", False):
+            return
+        original = dimse_messages.NamedTemporaryFile
+
+        def _named_temporary_file(*args: Any, **kwargs: Any) -> Any:
+            if _TMP_DIR and "dir" not in kwargs:
+                kwargs["dir"] = str(_TMP_DIR[0])
+            return _WriteBehindFile(original(*args, **kwargs))
+
+        dimse_messages.NamedTemporaryFile = _named_temporary_file  # type: ignore[assignment]
+        dimse_messages._cxr_patched = True  # type: ignore[attr-defined]

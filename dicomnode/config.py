@@ -234,6 +234,44 @@ class MetricsSection(_Model):
     port: int = Field(9108, ge=0, le=65535)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+class DashboardAuth(_Model):
+    """``token``: the secret is read from the environment variable ``token_env`` (a login form and an
+    ``Authorization: Bearer`` header both take it); ``basic``: ``users_file`` holds ``name:hash`` lines
+    (``cxr-node dashboard hash-password``), taken by the login form and ``Authorization: Basic``."""
+
+    type: Literal["token", "basic"]
+    token_env: str | None = None
+    users_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _needs_its_secret(self) -> "DashboardAuth":
+        if self.type == "token" and not self.token_env:
+            raise ValueError("type token needs token_env (the environment variable holding the token)")
+        if self.type == "basic" and self.users_file is None:
+            raise ValueError("type basic needs users_file")
+        return self
+
+
+class DashboardSection(_Model):
+    """The admin web dashboard (dicomnode/dashboard), served by the node process (role all or dashboard)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    auth: DashboardAuth | None = None
+    session_minutes: float = Field(480, gt=0)
+
+    @model_validator(mode="after")
+    def _auth_off_loopback(self) -> "DashboardSection":
+        if self.auth is None and self.host not in LOOPBACK_HOSTS:
+            raise ValueError(f"auth: required when host is {self.host} (not loopback): anyone on the network "
+                             f"could read and change the node")
+        return self
+
+
 class LoggingSection(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_: bool = Field(True, alias="json")
@@ -276,6 +314,7 @@ class NodeConfig(_Model):
     model: ModelSection = Field(default_factory=ModelSection)
     reasoning: ReasoningSection = Field(default_factory=ReasoningSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    dashboard: DashboardSection = Field(default_factory=DashboardSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     output: OutputSection = Field(default_factory=OutputSection)
 

@@ -16,6 +16,7 @@ is always its newest job's (:func:`mirror_onto_study`)::
     RESULTS_READY --settle_job: some delivery DEAD---------------------------------> FAILED
     FAILED --retry_job, processing had failed---------------------------------------> QUEUED
     FAILED/DELIVERED --retry_job, dead deliveries back to PENDING-------------------> RESULTS_READY
+    FAILED/DELIVERED --resend_job, one destination's rows back to PENDING (or new)--> RESULTS_READY
 
 Claiming is one transaction: PostgreSQL picks a row with ``FOR UPDATE SKIP LOCKED``; on every database the state
 change is a conditional ``UPDATE ... WHERE state='QUEUED'`` whose row count decides who won (SQLite serialises
@@ -279,3 +280,44 @@ def retry_job(session_factory: sessionmaker[Session], job_id: int) -> str:
         if job.state in (JobState.DELIVERED.value, JobState.SKIPPED.value):
             return f"{job.state}: nothing to retry"
         raise ValueError(f"job {job_id} is {job.state}; only FAILED jobs can be retried")
+
+
+def resend_job(session_factory: sessionmaker[Session], job_id: int, destination: str,
+               object_kinds: list[str]) -> str:
+    """Operator re-send of a job's results to ``destination``: its rows there go back to PENDING (SENT ones too: a
+    new copy is asked for; the PACS keeps one per SOP Instance UID); a destination that never had them gets new
+    rows for the objects of ``object_kinds`` queued for other destinations. Returns what was done; ValueError when
+    the job does not exist, has no results yet, or has nothing ``destination`` takes."""
+    now = utcnow()
+    with session_factory.begin() as session:
+        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+        if job is None:
+            raise ValueError(f"job {job_id} does not exist")
+        if job.state not in (JobState.RESULTS_READY.value, JobState.DELIVERED.value, JobState.FAILED.value):
+            raise ValueError(f"job {job_id} is {job.state}: it has no results to send")
+        rows = list(session.scalars(select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.id)))
+        mine = [r for r in rows if r.destination == destination]
+        for row in mine:
+            row.state = DeliveryState.PENDING.value
+            row.attempts = 0
+            row.next_attempt_at = now
+            row.last_error = None
+            row.sent_at = None
+        known = {r.sop_instance_uid for r in mine}
+        added = 0
+        for row in rows:  # objects so far queued for other destinations only
+            if row.sop_instance_uid in known or row.object_kind not in object_kinds:
+                continue
+            known.add(row.sop_instance_uid)
+            session.add(Delivery(job_id=job_id, destination=destination, object_kind=row.object_kind,
+                                 sop_instance_uid=row.sop_instance_uid, sop_class_uid=row.sop_class_uid,
+                                 path=row.path, state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=now))
+            added += 1
+        if not mine and not added:
+            raise ValueError(f"job {job_id} has no result object that {destination} takes")
+        if job.state != JobState.RESULTS_READY.value:
+            set_job_state(session, job, JobState.RESULTS_READY)
+        study_uid = session.scalar(select(Study.study_instance_uid).where(Study.id == job.study_id))
+        audit(session, "job.resend", study_instance_uid=study_uid, job_id=job.id, destination=destination,
+              deliveries_reset=len(mine), deliveries_added=added)
+    return f"{len(mine) + added} objects queued for {destination}"

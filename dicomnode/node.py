@@ -1,7 +1,8 @@
 """The running node: database upgrade, recovery, listener + completion timers and/or worker + delivery loops.
 
 ``Node(config, role)``: role ``listener`` receives and completes studies, ``worker`` processes and delivers,
-``all`` does both in one process. ``run_until_signal()`` serves until SIGTERM/SIGINT, then stops accepting,
+``all`` does both in one process (and serves the dashboard when ``dashboard.enabled``), ``dashboard`` serves only
+the admin dashboard (dicomnode/dashboard) from the same database. ``run_until_signal()`` serves until SIGTERM/SIGINT, then stops accepting,
 finishes in-flight work and returns.
 """
 from __future__ import annotations
@@ -29,8 +30,8 @@ from dicomnode.logs import log_event
 from dicomnode.spool import Spool
 
 LOG = logging.getLogger("dicomnode.node")
-Role = Literal["all", "listener", "worker"]
-ROLES: tuple[str, ...] = ("all", "listener", "worker")
+Role = Literal["all", "listener", "worker", "dashboard"]
+ROLES: tuple[str, ...] = ("all", "listener", "worker", "dashboard")
 
 
 def _optional(module: str, attr: str) -> Any:
@@ -59,6 +60,7 @@ class Node:
         self.deliverer: Any = None
         self.retention: Any = None
         self.status_server: Any = None
+        self.dashboard: Any = None
         self._stop_requested = threading.Event()
         self._started = False
 
@@ -79,7 +81,10 @@ class Node:
         self.session_factory = make_session_factory(self.engine)
         self._started = True
         try:
-            # the listener first: a sender whose transfer a crash cut off can resend while the model loads
+            # the dashboard first: the admin sees the node while the model loads
+            if self.role == "dashboard" or (self.role == "all" and cfg.dashboard.enabled):
+                self._start_dashboard()
+            # then the listener: a sender whose transfer a crash cut off can resend while the model loads
             if self.role in ("all", "listener"):
                 self._start_listener()
             if self.role in ("all", "worker"):
@@ -158,12 +163,38 @@ class Node:
         if server is not None:
             self.status_server = server.start()
 
+    def _start_dashboard(self) -> None:
+        from dicomnode.dashboard import DashboardServer
+
+        assert self.session_factory is not None
+        self.dashboard = DashboardServer(self.config, self.session_factory, live=self.live_facts,
+                                         on_queued=self._wake_all).start()
+
+    def _wake_all(self) -> None:
+        self._wake_worker()
+        if self.deliverer is not None:
+            self.deliverer.wake()
+
+    def live_facts(self) -> dict[str, Any]:
+        """What only this process knows (the dashboard's overview): listener address, worker threads, model."""
+        from dicomnode import metrics
+
+        facts: dict[str, Any] = {"role": self.role}
+        if self.listener is not None:
+            facts["listener"] = f"{self.config.node.ae_title}@{self.config.node.host}:{self.listener.port}"
+        if self.worker is not None:
+            facts["workers"] = self.config.processing.workers
+            facts["model_loaded"] = metrics.is_model_loaded()
+        return facts
+
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting associations, finish in-flight transfers (up to ``timeout`` s, default
         ``node.shutdown_timeout_seconds``) and jobs, then release resources."""
         if not self._started:
             return
         self._started = False
+        if self.dashboard is not None:
+            self.dashboard.stop()
         if self.listener is not None:
             self.listener.stop(timeout=timeout)
             self.listener.spool.release_temp()
@@ -192,7 +223,8 @@ class Node:
         try:
             self.start()
             log_event(LOG, logging.INFO, "node serving", role=self.role,
-                      port=self.listener.port if self.listener else None)
+                      port=self.listener.port if self.listener else None,
+                      dashboard=self.dashboard.url if self.dashboard else None)
             while not self._stop_requested.wait(0.5):
                 pass
             log_event(LOG, logging.INFO, "stop requested; finishing in-flight work")

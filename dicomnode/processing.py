@@ -1,5 +1,10 @@
 """The processing plug-in point: a complete study's instances in, result datasets (SR, SC) out.
 
+``Processor.process`` is a generator, the one channel by which results leave a processor: it yields each
+``ResultObject`` once it is final (validated), and the worker stores it durably and queues it for sending at once,
+while the processor makes the next; it may yield one ``ResultRecord`` (the record of how the result was made).
+What was yielded before a failure is final: it may reach the PACS even though the job then fails.
+
 ``processing.processor`` in the config names the processor: a registered name (``passthrough``; the reasoning
 issue registers ``reasoning``) or ``package.module:factory`` where ``factory(config) -> Processor``.
 One processor instance serves all ``processing.workers`` threads of a process: with more than one worker thread it
@@ -8,7 +13,7 @@ must be thread-safe (or serialise itself). Exceptions fail the job with their te
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -40,30 +45,31 @@ class StudyInput:
     generation: int
     instance_paths: list[Path]
     predecessor_results: list[Path] = field(default_factory=list)
-    # Set by the worker: a processor may hand over each result object as soon as it is final (validated); the worker
-    # stores it durably and queues it for sending before ``process`` returns. Published objects are final: they may
-    # reach the PACS even if the processor fails afterwards. Returning them again in the result is harmless.
-    publish: Callable[[ResultObject], None] | None = None
 
 
-@dataclass
-class ProcessingResult:
-    objects: list[ResultObject]
-    record_json: str | None = None
+@dataclass(frozen=True)
+class ResultRecord:
+    """How a study's result was made (the reasoning record as JSON), kept beside the result objects."""
+
+    json: str
+
+
+ProcessorOutput = ResultObject | ResultRecord
 
 
 @runtime_checkable
 class Processor(Protocol):
-    """``process`` one study; a processor may also have ``close()``, called when its worker stops."""
+    """``process`` one study (see the module docstring); a processor may also have ``close()``, called when its
+    worker stops."""
 
-    def process(self, study: StudyInput) -> ProcessingResult: ...
+    def process(self, study: StudyInput) -> Iterator[ProcessorOutput]: ...
 
 
 class PassThroughProcessor:
     """Produces no result objects: the node receives, completes and closes studies without reasoning."""
 
-    def process(self, study: StudyInput) -> ProcessingResult:
-        return ProcessingResult(objects=[])
+    def process(self, study: StudyInput) -> Iterator[ProcessorOutput]:
+        return iter(())
 
 
 ProcessorFactory = Callable[["NodeConfig"], Processor]

@@ -13,7 +13,7 @@ import multiprocessing
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -26,15 +26,15 @@ from dicomnode.children import page_process_start
 from dicomnode.config import NodeConfig
 from dicomnode.datadir import DataDir
 from dicomnode.priors import fetch_prior
-from dicomnode.processing import ObjectKind, ProcessingResult, ResultObject, StudyInput
+from dicomnode.processing import ObjectKind, ProcessorOutput, ResultObject, ResultRecord, StudyInput
 from dicomnode.uids import result_uids
 from inference.chat import EngineUnavailable
 from inference.flow import run_flow
 from inference.model.loading import load_chat_model
 from inference.record import ReasoningRecord
 from inference.stages import StageBook, load_stages
-from sr_writer import OutputOptions, ResultObjects, ResultUids, build_result_objects
-from sr_writer.api import ReadyCallback, warm_up
+from sr_writer import OutputOptions, ResultObjects, ResultUids, make_result_objects
+from sr_writer.api import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +159,19 @@ class ReasoningProcessor:
             return self._pages
 
     def _result_objects(self, record: ReasoningRecord, current: list[Dataset], prior: list[Dataset],
-                        predecessor: Dataset | None, on_ready: ReadyCallback | None,
-                        uids: ResultUids | None = None) -> ResultObjects:
+                        predecessor: Dataset | None,
+                        uids: ResultUids | None = None) -> Generator[ResultObject, None, ResultObjects]:
+        """Yields each result object as soon as it is final; returns the whole set."""
         executor = self._page_executor()
-        objects = build_result_objects(record, current, prior, self.options, predecessor, executor, on_ready, uids)
+        making = make_result_objects(record, current, prior, self.options, predecessor, executor, uids)
+        while True:
+            try:
+                dataset, data = next(making)
+            except StopIteration as done:
+                objects: ResultObjects = done.value
+                break
+            kind: ObjectKind = "sr" if str(dataset.SOPClassUID) in SR_SOP_CLASSES else "sc"
+            yield ResultObject(kind, dataset, data)
         if objects.page_executor_lost:  # a page process died (e.g. killed): start new ones next time
             log.warning("reasoning: page process lost; some of this study's pages were made in the worker")
             with self._pages_lock:
@@ -217,7 +226,7 @@ class ReasoningProcessor:
         metrics.add_tokens("generated", record.provenance.generated_tokens)
         return record
 
-    def process(self, study: StudyInput) -> ProcessingResult:
+    def process(self, study: StudyInput) -> Iterator[ProcessorOutput]:
         current = read_datasets(study.instance_paths)
         if not current:
             raise ValueError("no readable image instance in the study")
@@ -226,8 +235,8 @@ class ReasoningProcessor:
             prior = self._prior(current[0], study.job_id)
             record = self.reason(current, prior)
             uids = result_uids(study.study_instance_uid, study.generation, self.config.node.ae_title)
-            objects = self._result_objects(record, current, prior, latest_predecessor_sr(study.predecessor_results),
-                                           _publisher(study), uids)
+            objects = yield from self._result_objects(record, current, prior,
+                                                      latest_predecessor_sr(study.predecessor_results), uids)
         finally:
             shutil.rmtree(prior_dir, ignore_errors=True)  # the prior stays in the PACS; our copy is transient
         for repair in objects.repairs:  # keywords and actions only: no patient data at INFO
@@ -235,25 +244,7 @@ class ReasoningProcessor:
         record.provenance.header_repairs = list(objects.repairs)
         log.debug("reasoning: job %s: result objects %s", study.job_id,
                   {k: round(v, 3) for k, v in objects.seconds.items()})
-        encoded = objects.encoded
-        return ProcessingResult(
-            objects=[ResultObject("sr", objects.sr, encoded.get(str(objects.sr.SOPInstanceUID))),
-                     *(ResultObject("sc", page, encoded.get(str(page.SOPInstanceUID))) for page in objects.pages)],
-            record_json=record.to_json(),
-        )
-
-
-def _publisher(study: StudyInput) -> ReadyCallback | None:
-    """Hands each finished result object to the worker (stored and queued for sending at once), if it takes them."""
-    publish = study.publish
-    if publish is None:
-        return None
-
-    def on_ready(dataset: Dataset, data: bytes) -> None:
-        kind: ObjectKind = "sr" if str(dataset.SOPClassUID) in SR_SOP_CLASSES else "sc"
-        publish(ResultObject(kind, dataset, data))
-
-    return on_ready
+        yield ResultRecord(record.to_json())
 
 
 def reasoning_factory(config: NodeConfig) -> ReasoningProcessor:

@@ -1,8 +1,8 @@
 """Job worker: claim a QUEUED job (:mod:`dicomnode.jobs`), run the processor, write results durably, record
 deliveries. A result is committed only if this worker still holds the job.
 
-A processor may publish each result object as soon as it is final (``StudyInput.publish``): it is written durably
-and its delivery rows are committed at once, so delivery starts while the processor makes the others.
+The processor yields each result object as soon as it is final (:mod:`dicomnode.processing`): the worker writes it
+durably and commits its delivery rows at once, so delivery starts while the processor makes the others.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode import metrics
@@ -24,7 +24,7 @@ from dicomnode.db.models import Delivery, Instance, Job, utcnow
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.jobs import (STALE_SECONDS, ClaimedJob, JobLost, claim_job, default_worker_id, heartbeat, held_job,
                             requeue_held_job, requeue_processing, set_job_state, settle_job)
-from dicomnode.processing import ProcessingResult, Processor, ResultObject, StudyInput
+from dicomnode.processing import Processor, ResultObject, ResultRecord, StudyInput
 from dicomnode.datadir import DataDir, remove_partial_files, write_durably
 from dicomnode.uids import is_valid_uid
 from inference.chat import EngineUnavailable
@@ -67,7 +67,7 @@ def write_result_object(directory: Path, obj: ResultObject, fsync: bool = True) 
     """Write one result object durably as ``<kind>-<SOPInstanceUID>.dcm``; returns its path.
 
     A file already there (an earlier run of this job wrote it, and may have sent it) is kept: result UIDs are the
-    same on every run of a job (:func:`dicomnode.uids.result_uids`), and what was published stays what is sent."""
+    same on every run of a job (:func:`dicomnode.uids.result_uids`), and what was stored stays what is sent."""
     sop_uid = str(obj.dataset.SOPInstanceUID)
     if not is_valid_uid(sop_uid):
         raise ValueError(f"result object has invalid SOP Instance UID {sop_uid!r}")
@@ -75,14 +75,6 @@ def write_result_object(directory: Path, obj: ResultObject, fsync: bool = True) 
     if not path.is_file():
         write_durably(path, obj.data if obj.data is not None else dataset_bytes(obj.dataset), fsync)
     return path
-
-
-def write_results(directory: Path, result: ProcessingResult, fsync: bool = True) -> list[tuple[ResultObject, Path]]:
-    """Write every result object (``<kind>-<SOPInstanceUID>.dcm``) and the record (``record.json``)."""
-    written = [(obj, write_result_object(directory, obj, fsync)) for obj in result.objects]
-    if result.record_json is not None:
-        write_durably(directory / "record.json", result.record_json.encode("utf-8"), fsync)
-    return written
 
 
 class Worker:
@@ -113,7 +105,8 @@ class Worker:
 
     def _run(self, claimed: ClaimedJob, worker_id: str) -> None:
         directory = self.dirs.results(claimed.study_instance_uid, claimed.job_id)
-        published: dict[str, tuple[ResultObject, Path]] = {}  # SOP Instance UID -> object stored and queued early
+        stored: dict[str, tuple[ResultObject, Path]] = {}  # SOP Instance UID -> object stored and queued
+        record: Path | None = None
         remove_partial_files(directory)  # an earlier run of this job that crashed mid-write (the job is ours now)
         try:
             with self.session_factory() as session:
@@ -121,42 +114,46 @@ class Worker:
             missing = [p.name for p in study.instance_paths if not p.exists()]
             if not study.instance_paths or missing:
                 raise FileNotFoundError(f"instance files missing from the spool: {missing or 'none selected'}")
-            study.publish = lambda obj: self._publish(claimed, worker_id, directory, obj, published)
             with heartbeat(self.session_factory, claimed, worker_id):
-                result = self.processor.process(study)
-            if metrics.engine_state() is not None:
+                for output in self.processor.process(study):
+                    if isinstance(output, ResultRecord):
+                        record = directory / "record.json"
+                        write_durably(record, output.json.encode("utf-8"), self.config.storage.fsync)
+                    else:
+                        self._store(claimed, worker_id, directory, output, stored)
+            if metrics.engine_state() is not None:  # the serving engine answered the whole study
                 metrics.set_engine_state(True, "up")
                 self._engine_backoff = 0.0
-            rest = ProcessingResult([o for o in result.objects if str(o.dataset.SOPInstanceUID) not in published],
-                                    result.record_json)
-            written = [*published.values(), *write_results(directory, rest, self.config.storage.fsync)]
         except JobLost:
-            return  # another worker has the job now; what was published before stays queued
+            return  # another worker has the job now; what was stored before stays queued
         except EngineUnavailable as exc:  # the serving engine is down: retry later, the study is not at fault
             self._requeue_engine_down(claimed, worker_id, f"serving engine unavailable: {exc}")
             return
         except Exception as exc:  # noqa: BLE001 - any processor failure fails the job, never the worker
             LOG.exception("job failed", extra={"fields": {"job_id": claimed.job_id}})
             error = f"{type(exc).__name__}: {exc}"
-            if published:
-                error += (f" ({len(published)} result object(s) finished before the failure stay queued for "
-                          f"delivery: {', '.join(f'{o.kind} {uid}' for uid, (o, _) in published.items())})")
+            if stored:
+                error += (f" ({len(stored)} result object(s) finished before the failure stay queued for "
+                          f"delivery: {', '.join(f'{o.kind} {uid}' for uid, (o, _) in stored.items())})")
             self._finish_failed(claimed, worker_id, error)
             return
-        record = directory / "record.json" if result.record_json is not None else None
-        self._finish_ok(claimed, worker_id, written, record)
+        self._finish_ok(claimed, worker_id, list(stored.values()), record)
 
-    def _publish(self, claimed: ClaimedJob, worker_id: str, directory: Path, obj: ResultObject,
-                 published: dict[str, tuple[ResultObject, Path]]) -> None:
-        """Store one finished result object durably and queue it for its destinations now (``StudyInput.publish``),
-        so it is sent while the processor makes the others. ``JobLost`` when the job was taken from us."""
+    def _store(self, claimed: ClaimedJob, worker_id: str, directory: Path, obj: ResultObject,
+               stored: dict[str, tuple[ResultObject, Path]]) -> None:
+        """Store one finished result object durably and queue it for its destinations now, so it is sent while the
+        processor makes the others. ``JobLost`` when the job was taken from us. An object yielded twice is stored
+        and queued once."""
+        sop_uid = str(obj.dataset.SOPInstanceUID)
+        if sop_uid in stored:
+            return
         path = write_result_object(directory, obj, self.config.storage.fsync)
         with self.session_factory.begin() as session:
             job = held_job(session, claimed, worker_id)
             if job is None:
                 raise JobLost(f"job {claimed.job_id} is no longer held by {worker_id}")
             created = self._add_deliveries(session, job, [(obj, path)])
-        published[str(obj.dataset.SOPInstanceUID)] = (obj, path)
+        stored[sop_uid] = (obj, path)
         if created and self.on_results is not None:
             self.on_results()
 
@@ -178,23 +175,21 @@ class Worker:
             audit(session, "job.failed", level=logging.WARNING, study_instance_uid=claimed.study_instance_uid,
                   job_id=job.id, error=error[:500])
 
-    def _finish_ok(self, claimed: ClaimedJob, worker_id: str, written: list[tuple[ResultObject, Path]],
+    def _finish_ok(self, claimed: ClaimedJob, worker_id: str, stored: list[tuple[ResultObject, Path]],
                    record: Path | None) -> None:
+        """Every object was stored and queued as it came (``_store``): the job now waits for its deliveries."""
         with self.session_factory.begin() as session:
             job = held_job(session, claimed, worker_id)
             if job is None:
                 return
             job.record_path = self.dirs.relative(record) if record else None
-            created = self._add_deliveries(session, job, written)
-            queued = created or session.scalar(select(Delivery.id).where(Delivery.job_id == job.id).limit(1))
-            state = JobState.RESULTS_READY if queued else JobState.DELIVERED
+            deliveries = session.scalar(select(func.count(Delivery.id)).where(Delivery.job_id == job.id)) or 0
+            state = JobState.RESULTS_READY if deliveries else JobState.DELIVERED
             set_job_state(session, job, state)
             audit(session, f"job.{state.value.lower()}", study_instance_uid=claimed.study_instance_uid,
-                  job_id=job.id, objects=len(written), deliveries=created)
-            if queued:  # published objects may all be sent already
+                  job_id=job.id, objects=len(stored), deliveries=deliveries)
+            if deliveries:  # they may all be sent already
                 settle_job(session, job, claimed.study_instance_uid)
-        if created and self.on_results is not None:
-            self.on_results()
 
     def _add_deliveries(self, session: Session, job: Job, written: list[tuple[ResultObject, Path]]) -> int:
         """A PENDING delivery row per written object and destination that takes its kind (never a second one for

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Generator, Sequence
 from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,7 +109,7 @@ def make_pages(
 # then every page after them in one task. The image page (frontal image, box table) is the first.
 PAGE_TASKS: tuple[range, ...] = (range(1, 2), range(2, 3), range(3, 4), range(4, 1_000_000))
 
-ReadyCallback = Callable[[Dataset, bytes], None]
+FinishedObject = tuple[Dataset, bytes]  # a result object, validated and final, and its Part-10 bytes
 
 
 def make_some_pages(
@@ -192,13 +192,36 @@ def build_result_objects(
     options: OutputOptions | None = None,
     predecessor: Dataset | None = None,
     page_executor: Executor | None = None,
-    on_ready: ReadyCallback | None = None,
     uids: ResultUids | None = None,
 ) -> ResultObjects:
+    """The SR and the SC reasoning pages of ``record``, all made (see ``make_result_objects``)."""
+    making = make_result_objects(record, current, prior, options, predecessor, page_executor, uids)
+    while True:
+        try:
+            next(making)
+        except StopIteration as done:
+            return done.value
+
+
+def make_result_objects(
+    record: ReasoningRecord,
+    current: Sequence[Dataset],
+    prior: Sequence[Dataset] = (),
+    options: OutputOptions | None = None,
+    predecessor: Dataset | None = None,
+    page_executor: Executor | None = None,
+    uids: ResultUids | None = None,
+) -> Generator[FinishedObject, None, ResultObjects]:
     """The SR and the SC reasoning pages of ``record``; each validated (``ExportRefused`` when one fails).
+
+    A generator: it yields each object as ``(dataset, part10_bytes)`` once it is validated and final, in the order
+    they are finished, so a caller can store and send each while the others are still being made; it returns the
+    whole set (``ResultObjects``: objects, verdicts, timings, repairs).
 
     The sources pass ``sr_writer.hygiene`` first: what the results copy from them is checked and repaired on copies
     (``repairs`` lists what was done); a defect nothing can repair raises ``UnrepairableHeader`` naming it.
+    The first page's image is decoded once, here (``sr_writer.page.Panel``); the SR and the pages are made from the
+    sources' headers, so a page process never receives or decodes a source's pixels.
 
     With ``page_executor`` (a pool of page processes) everything is made there: the SR (built, encoded, validated;
     it comes back as bytes and is read here) and the pages in ``PAGE_TASKS`` (rendered, encoded, built, validated),
@@ -207,11 +230,7 @@ def build_result_objects(
     everything runs here, the SR's dciodvfy check beside the pages (in threads instead of processes, the GIL
     hand-offs between pure-Python SR building and Pillow's drawing made both several times slower).
 
-    ``on_ready(dataset, part10_bytes)`` is called in this thread for each object once it is validated and final, in
-    the order they are finished: a caller can store and send each while the others are still being made.
     ``uids`` (optional) names the UIDs of the set, so that making it again gives the same objects' identities.
-    The first page's image is decoded once, here (``sr_writer.page.Panel``); the SR and the pages are made from the
-    sources' headers, so a page process never receives or decodes a source's pixels.
     """
     options = options or OutputOptions()
     started = time.perf_counter()
@@ -219,7 +238,7 @@ def build_result_objects(
     panel = panel_image(record, current, prior, options)  # the one decode of a source's pixels
     current, prior = [without_pixels(ds) for ds in current], [without_pixels(ds) for ds in prior]
     if page_executor is None:
-        result = _build_here(record, current, prior, options, predecessor, on_ready, started, uids, panel)
+        result = yield from _build_here(record, current, prior, options, predecessor, started, uids, panel)
         result.repairs = describe(repairs)
         return result
     series_uid = uids.sc_series if uids is not None else generate_uid()
@@ -244,19 +263,19 @@ def build_result_objects(
         if futures[future] == SR_TASK:
             sr_made = value
             sr = dcmread(io.BytesIO(sr_made[0]))
-            _announce(on_ready, [sr], [sr_made[0]])
+            yield sr, sr_made[0]
         else:
             made[futures[future]] = value
-            _announce(on_ready, value[0].pages, value[0].encoded)
+            yield from zip(value[0].pages, value[0].encoded)
     if sr_made is None:  # lost with its process: made here
         sr_made = make_sr(record, current, prior, options, predecessor, uids)
         sr = dcmread(io.BytesIO(sr_made[0]))
-        _announce(on_ready, [sr], [sr_made[0]])
+        yield sr, sr_made[0]
     for index, part in enumerate(PAGE_TASKS):
         if index not in made:  # lost: made here, with the same series and time
             made[index] = make_some_pages(record, current, prior, options, part, series_uid, made_at, uids=uids,
                                           panel=panel)
-            _announce(on_ready, made[index][0].pages, made[index][0].encoded)
+            yield from zip(made[index][0].pages, made[index][0].encoded)
     sr_data, sr_report, sr_seconds = sr_made
     pages = _joined_pages([made[index] for index in range(len(PAGE_TASKS))])
     result = _result(sr, sr_data, sr_report, pages,
@@ -269,8 +288,8 @@ SR_TASK = -1
 
 
 def _build_here(record: ReasoningRecord, current: list[Dataset], prior: list[Dataset], options: OutputOptions,
-                predecessor: Dataset | None, on_ready: ReadyCallback | None, started: float,
-                uids: ResultUids | None = None, panel: Panel | None = None) -> ResultObjects:
+                predecessor: Dataset | None, started: float, uids: ResultUids | None = None,
+                panel: Panel | None = None) -> Generator[FinishedObject, None, ResultObjects]:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sr-check") as pool:
         sr = _sr(record, current, prior, options, predecessor, uids)
         sr_data = tree_part10_bytes(sr)
@@ -280,8 +299,8 @@ def _build_here(record: ReasoningRecord, current: list[Dataset], prior: list[Dat
         sr_built = time.perf_counter()
         pages = make_pages(record, current, prior, options, uids, panel)
         sr_report = sr_check.result() if sr_check is not None else None  # a refusal raises ExportRefused
-    _announce(on_ready, [sr], [sr_data])
-    _announce(on_ready, pages.pages, pages.encoded)
+    yield sr, sr_data
+    yield from zip(pages.pages, pages.encoded)
     return _result(sr, sr_data, sr_report, pages,
                    {"sr": sr_built - started, "all": time.perf_counter() - started,
                     **{f"pages_{key}": value for key, value in pages.seconds.items()}}, False)
@@ -296,12 +315,6 @@ def _result(sr: Dataset, sr_data: bytes, sr_report: ValidationReport | None, pag
         if report is not None:
             result.reports[str(dataset.SOPInstanceUID)] = report
     return result
-
-
-def _announce(on_ready: ReadyCallback | None, datasets: Sequence[Dataset], encoded: Sequence[bytes]) -> None:
-    if on_ready is not None:
-        for dataset, data in zip(datasets, encoded):
-            on_ready(dataset, data)
 
 
 def _joined_pages(parts: list[tuple[PageObjects, int]]) -> PageObjects:

@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dicomnode.cli.render_commands",  # render
     "dicomnode.cli.eval_commands",  # eval
     "dicomnode.cli.demo_commands",  # demo, run (batch)
+    "dicomnode.cli.dashboard_commands",  # dashboard hash-password
 )
 
 

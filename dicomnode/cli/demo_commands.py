@@ -54,6 +54,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         print(f"cxr-node demo: failed: {exc}", file=sys.stderr)
         return 1
     if not keep_running:
+        result.dashboard_url = ""  # stopped with the node
         print_result(result, print)
         print("Orthanc and the node have been stopped; run with --keep-running to browse the URLs.")
     return 0

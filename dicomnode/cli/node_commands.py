@@ -51,11 +51,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("dicomnode.serve").warning(
             "processing.processor is passthrough: studies are received and stored but NOT processed; no results "
             "are produced or sent")
+    from dicomnode.dashboard.auth import AuthSetupError
+
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` dumps every thread's stack
     try:
         return Node(config, role=args.role).run_until_signal()
     except SQLAlchemyError as exc:
         return _database_error("serve", config, exc)
+    except AuthSetupError as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -206,7 +211,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     p = subparsers.add_parser("serve", help="run the DICOM node until SIGTERM/SIGINT")
     p.add_argument("--config", required=True, help="node YAML config")
-    p.add_argument("--role", choices=ROLES, default="all", help="listener, worker or both (default)")
+    p.add_argument("--role", choices=ROLES, default="all", help="listener, worker, both (all, the default; it also serves the dashboard when dashboard.enabled) or "
+                   "dashboard (only the admin dashboard)")
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("status", help="queue and job summary")

@@ -19,7 +19,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from dicomnode.config import NodeConfig, config_from_dict
+from dicomnode.config import DashboardAuth, DashboardSection, NodeConfig, config_from_dict
 from dicomnode.datadir import DataDir
 from dicomnode.node import Node, study_counts
 from dicomnode.peers.dcmtk import storescu
@@ -53,6 +53,8 @@ class DemoResult:
     record_json: Path | None = None
     study_instance_uid: str = ""
     viewer_url: str = ""  # OHIF, open on the study (only with viewer=True)
+    dashboard_url: str = ""  # the node's admin dashboard (up while the demo runs)
+    dashboard_token: str = ""  # its login token, made for this demo run
     seconds: float = 0.0
 
 
@@ -83,6 +85,21 @@ def demo_config(workdir: Path, model_dir: Path, node_port: int, orthanc: Orthanc
                                  "port": orthanc.dicom_port, "calling_aet": NODE_AET}},
         "logging": {"level": "WARNING"},
     })
+
+
+DASHBOARD_TOKEN_ENV = "CXR_DEMO_DASHBOARD_TOKEN"
+
+
+def enable_demo_dashboard(config: NodeConfig) -> str:
+    """Turn the admin dashboard on (loopback, a free port, token auth with a token made now); returns the token."""
+    import os
+    import secrets
+
+    token = secrets.token_urlsafe(24)
+    os.environ[DASHBOARD_TOKEN_ENV] = token
+    config.dashboard = DashboardSection(enabled=True, host="127.0.0.1", port=free_port(),
+                                        auth=DashboardAuth(type="token", token_env=DASHBOARD_TOKEN_ENV))
+    return token
 
 
 def save_page_png(sc_path: Path, out_dir: Path) -> Path:
@@ -147,6 +164,7 @@ def run_demo(workdir: Path, timeout: float = 900.0, keep_running: bool = False,
                             modalities={NODE_AET: (NODE_AET, "127.0.0.1", node_port)},
                             lua_scripts=[routing_rule_path()], dicomweb=viewer)
     config = demo_config(workdir, model_dir, node_port, orthanc)
+    dashboard_token = enable_demo_dashboard(config)
     say(f"Starting Orthanc (PACS) on DICOM port {orthanc.dicom_port}, HTTP {orthanc.url} ...")
     with orthanc:
         say(f"Starting the node {NODE_AET} on 127.0.0.1:{node_port} (SQLite in {config.storage.data_dir}) ...")
@@ -191,6 +209,8 @@ def run_demo(workdir: Path, timeout: float = 900.0, keep_running: bool = False,
                 sc_files=results,
                 record_json=records[-1] if records else None,
                 study_instance_uid=spec.study_instance_uid,
+                dashboard_url=node.dashboard.url if node.dashboard else "",
+                dashboard_token=dashboard_token,
                 seconds=time.perf_counter() - started,
             )
             for i, page in enumerate(pages, start=1):  # Orthanc's own rendering of the page, as a viewer sees it
@@ -231,6 +251,9 @@ def _print_result(result: DemoResult, say: Callable[[str], None]) -> None:
         say(f"  page PNG:             {png}")
     if result.record_json:
         say(f"  reasoning record:     {result.record_json}")
+    if result.dashboard_url:
+        say(f"  node dashboard:       {result.dashboard_url}")
+        say(f"    (log in with the demo token {result.dashboard_token}; it is new on every demo run)")
     if result.viewer_url:
         say(f"  OHIF viewer:          {result.viewer_url}")
         say("    (double-click the SR in the study browser for the boxes, answer Yes to list them by finding;")

@@ -5,6 +5,8 @@ was processed exactly once, across threads and processes. ``CXR_TEST_PROCESS_SEC
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import os
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicomnode.config import NodeConfig
-from dicomnode.processing import ProcessingResult, ResultObject, StudyInput
+from dicomnode.processing import ProcessorOutput, ResultObject, ResultRecord, StudyInput
 
 CALLS_LOG = "process-calls.log"
 
@@ -79,19 +81,19 @@ class SecondaryCaptureProcessor:
         self.data_dir = Path(data_dir)
         self.with_sr = with_sr
 
-    def process(self, study: StudyInput) -> ProcessingResult:
+    def process(self, study: StudyInput) -> Iterator[ProcessorOutput]:
         _log_call(self.data_dir, study)
-        objects = [ResultObject("sc", secondary_capture(study.instance_paths[0]))]
         if self.with_sr:
-            objects.insert(0, ResultObject("sr", text_sr(study.instance_paths[0])))
-        return ProcessingResult(objects, record_json='{"test": true}')
+            yield ResultObject("sr", text_sr(study.instance_paths[0]))
+        yield ResultObject("sc", secondary_capture(study.instance_paths[0]))
+        yield ResultRecord('{"test": true}')
 
 
 class FailingProcessor:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
 
-    def process(self, study: StudyInput) -> ProcessingResult:
+    def process(self, study: StudyInput) -> Iterator[ProcessorOutput]:
         _log_call(self.data_dir, study)
         raise RuntimeError("model exploded (test)")
 
@@ -109,18 +111,16 @@ def failing(config: NodeConfig) -> FailingProcessor:
 
 
 class PublishingProcessor:
-    """Publishes an SR as soon as it is made (``StudyInput.publish``), then makes an SC; ``fail_after_publish``
-    raises after the SR was published, ``lose_job`` has the job re-queued (as a stale sweep would) before
-    publishing."""
+    """Yields an SR as soon as it is made, then makes an SC; ``fail_after_publish`` raises after the SR was yielded,
+    ``lose_job`` has the job re-queued (as a stale sweep would) before yielding."""
 
     def __init__(self, config: NodeConfig, fail_after_publish: bool = False, lose_job: bool = False) -> None:
         self.config = config
         self.fail_after_publish = fail_after_publish
         self.lose_job = lose_job
 
-    def process(self, study: StudyInput) -> ProcessingResult:
+    def process(self, study: StudyInput) -> Iterator[ProcessorOutput]:
         _log_call(Path(self.config.storage.data_dir), study)
-        assert study.publish is not None, "the worker offers publishing"
         sr = ResultObject("sr", text_sr(study.instance_paths[0]))
         if self.lose_job:  # another process takes the job from this worker meanwhile
             from sqlalchemy import update
@@ -134,11 +134,11 @@ class PublishingProcessor:
                                     .values(state="QUEUED", claimed_by=None))
             finally:
                 engine.dispose()
-        study.publish(sr)
+        yield sr
         if self.fail_after_publish:
             raise RuntimeError("page renderer exploded (test)")
-        return ProcessingResult([sr, ResultObject("sc", secondary_capture(study.instance_paths[0]))],
-                                record_json='{"test": true}')
+        yield ResultObject("sc", secondary_capture(study.instance_paths[0]))
+        yield ResultRecord('{"test": true}')
 
 
 def publishing(config: NodeConfig) -> PublishingProcessor:

@@ -1,13 +1,14 @@
 """Processor registry: built-in names, ``module:factory`` specs and clear errors naming the config key."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from delivery_support import PROCESSORS, delivery_config
 from dicomnode.processing import (
-    PassThroughProcessor, ProcessingResult, StudyInput, make_processor, register_processor, registered_processors,
+    PassThroughProcessor, ProcessorOutput, ResultRecord, StudyInput, make_processor, register_processor, registered_processors,
     resolve_factory,
 )
 
@@ -16,7 +17,7 @@ def test_passthrough_is_the_default_and_produces_nothing(data_dir: Path) -> None
     config = delivery_config(data_dir, "sqlite://", processor="passthrough")
     processor = make_processor(config)
     assert isinstance(processor, PassThroughProcessor)
-    assert processor.process(StudyInput("1.2.3", 1, 1, [])).objects == []
+    assert list(processor.process(StudyInput("1.2.3", 1, 1, []))) == []
     assert "passthrough" in registered_processors()
 
 
@@ -27,8 +28,8 @@ def test_module_factory_spec(data_dir: Path) -> None:
 
 def test_registered_name_and_lazy_string_entry(data_dir: Path) -> None:
     class Fixed:
-        def process(self, study: StudyInput) -> ProcessingResult:
-            return ProcessingResult([], record_json="{}")
+        def process(self, study: StudyInput) -> Iterator[ProcessorOutput]:
+            yield ResultRecord("{}")
 
     register_processor("fixed-test", lambda config: Fixed())
     register_processor("lazy-test", f"{PROCESSORS}:sc")

@@ -150,9 +150,10 @@ def test_commands_from_an_empty_directory(venv: Path, empty_dir: Path) -> None:
 def test_serve_receives_a_study_with_storescu(venv: Path, empty_dir: Path) -> None:
     site = empty_dir / "serve"
     site.mkdir()
-    port = free_port()
+    port, dashboard_port = free_port(), free_port()
     config = {"node": {"ae_title": "CXRNODE", "host": "127.0.0.1", "port": port},
               "storage": {"data_dir": "var"},
+              "dashboard": {"enabled": True, "port": dashboard_port},  # templates and CSS from the wheel
               "study": {"quiet_seconds": 600},  # receive only: the study stays open for this test
               "model": {"path": str(empty_dir / "mysite" / "model")}}
     (site / "node.yaml").write_text(yaml.safe_dump(config))
@@ -172,6 +173,14 @@ def test_serve_receives_a_study_with_storescu(venv: Path, empty_dir: Path) -> No
         assert sent.returncode == 0, sent.stderr
         status = _run([_cxr_node(venv), "status", "--config", "node.yaml", "--json"], site)
         assert status.returncode == 0 and '"instances": 2' in status.stdout
+        import urllib.request
+
+        dashboard = f"http://127.0.0.1:{dashboard_port}"
+        assert wait_for_port(dashboard_port, timeout=60), (site / "serve.log").read_text()[-3000:]
+        with urllib.request.urlopen(f"{dashboard}/studies", timeout=60) as page:
+            assert b"RECEIVING" in page.read()
+        with urllib.request.urlopen(f"{dashboard}/static/style.css", timeout=60) as css:
+            assert css.status == 200 and b"font" in css.read()
     finally:
         server.send_signal(signal.SIGTERM)
         try:

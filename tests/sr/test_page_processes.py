@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from sr_writer import build_result_objects
+from sr_writer import build_result_objects, make_result_objects
 from tests.sr.records import make_record
 
 
@@ -55,13 +55,16 @@ def test_each_object_is_announced_as_soon_as_it_is_made(study: list[Dataset], pr
     record = make_record(study, prior_study, positive=("pneumothorax",), long_text=60)
     announced: list[tuple[str, bytes]] = []
     pool = _GatedPool()
-
-    def on_ready(dataset: Dataset, data: bytes) -> None:
-        announced.append((str(dataset.SOPInstanceUID), data))
-        pool.gate.set()
-
     with pool:
-        objects = build_result_objects(record, study, prior_study, page_executor=pool, on_ready=on_ready)
+        making = make_result_objects(record, study, prior_study, page_executor=pool)
+        while True:
+            try:
+                dataset, data = next(making)
+            except StopIteration as done:
+                objects = done.value
+                break
+            announced.append((str(dataset.SOPInstanceUID), data))
+            pool.gate.set()
     assert pool.timed_out and not any(pool.timed_out)  # the first object went out while the others waited
     assert announced[0][0] == str(objects.sr.SOPInstanceUID)  # the first task is the SR
     assert dict(announced) == objects.encoded and len(announced) == len(objects.datasets)  # each once, as stored

@@ -218,10 +218,25 @@ class ProcessingSection(_Model):
 
 
 class ModelSection(_Model):
+    backend: Literal["transformers", "openai"] = "transformers"
     path: Path | None = None
     quantization: Literal["nf4", "fp4", "int8", "none"] = "nf4"
     device: str = "auto"
     skip_modules: list[str] | None = None
+    # backend "openai": an OpenAI-compatible engine (vLLM); the key is read from the named environment variable
+    url: str | None = None  # e.g. http://vllm:8000/v1
+    name: str | None = None  # served model id; null = the first one /v1/models lists
+    api_key_env: str | None = None
+    timeout_seconds: float = Field(120.0, gt=0)
+    profile: str = "qwen2_5_vl"  # model profile of the served model (box convention, system prompt, images)
+    min_pixels: int = Field(56 * 56, ge=1)  # images are resized here to the model's grid within these bounds;
+    max_pixels: int = Field(448 * 448, ge=1)  # keep max_pixels <= the served processor's max_pixels
+
+    @model_validator(mode="after")
+    def _backend_keys(self) -> "ModelSection":
+        if self.backend == "openai" and not self.url:
+            raise ValueError("model.url is required with model.backend: openai")
+        return self
 
 
 class PriorsConfig(_Model):
@@ -256,6 +271,8 @@ class ReasoningSection(_Model):
     max_new_tokens: int = Field(256, ge=1)
     seed: int = 0
     priors: PriorsConfig = Field(default_factory=PriorsConfig)
+    constrain_closed_answers: bool = True  # yes/no, choices and boxes decoded under their grammar
+    parallel_within_stage: bool = False  # independent questions of a stage asked together (blind to each other)
 
 
 class MetricsSection(_Model):
@@ -350,7 +367,7 @@ class NodeConfig(_Model):
 
     @model_validator(mode="after")
     def _reasoning_needs_a_model(self) -> "NodeConfig":
-        if self.processing.processor == REASONING and self.model.path is None:
+        if self.processing.processor == REASONING and self.model.backend == "transformers" and self.model.path is None:
             raise ValueError("model.path: required when processing.processor is reasoning (the default): set the "
                              "local model directory, or processing.processor: passthrough to produce no results")
         return self

@@ -109,6 +109,9 @@ class HealthChecks:
         if self.model_required:
             loaded = bool(self.model_loaded())
             checks["model"] = Check(loaded, "loaded" if loaded else "not loaded")
+            engine = metrics.engine_state()
+            if engine is not None:
+                checks["engine"] = Check(engine[0], engine[1])
         return checks
 
     def report(self) -> tuple[bool, dict[str, Any]]:

@@ -249,6 +249,23 @@ def _requeue(session: Session, ids: list[int], now: dt.datetime, reason: str) ->
         audit(session, "job.requeued", job_id=job_id, reason=reason)
 
 
+def requeue_held_job(session_factory: sessionmaker[Session], claimed: ClaimedJob, worker_id: str,
+                     error: str) -> bool:
+    """Put a job ``worker_id`` holds back to QUEUED (not FAILED), ``error`` saying why: its processing cannot run
+    now (the serving engine is unavailable) and is retried later. It keeps its place in the queue. False when the
+    worker no longer holds it."""
+    with session_factory.begin() as session:
+        job = held_job(session, claimed, worker_id)
+        if job is None:
+            return False
+        set_job_state(session, job, JobState.QUEUED, error)
+        job.claimed_by = None
+        job.claimed_at = None
+        audit(session, "job.requeued", level=logging.WARNING, study_instance_uid=claimed.study_instance_uid,
+              job_id=job.id, error=error[:500])
+    return True
+
+
 def retry_job(session_factory: sessionmaker[Session], job_id: int) -> str:
     """Operator retry. A FAILED job with dead-lettered deliveries gets those rows back to PENDING (rows already
     SENT stay SENT and are never re-sent); a FAILED job whose processing failed is re-queued for processing: the

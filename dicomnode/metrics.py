@@ -184,6 +184,21 @@ def is_model_loaded() -> bool:
     return _model_state["loaded"]
 
 
+_engine_state: dict[str, object] = {}  # remote backend only: {"up": bool, "detail": str}
+
+
+def set_engine_state(up: bool, detail: str) -> None:
+    """Say whether the serving engine (``model.backend: openai``) answered the last request."""
+    _engine_state.update(up=bool(up), detail=detail)
+
+
+def engine_state() -> tuple[bool, str] | None:
+    """(up, detail) of the serving engine; None with the local backend (nothing reported)."""
+    if not _engine_state:
+        return None
+    return bool(_engine_state["up"]), str(_engine_state["detail"])
+
+
 @contextmanager
 def timed_stage(stage_key: str) -> Iterator[None]:
     """Time a block as one stage (recorded also when it raises)."""

@@ -7,6 +7,7 @@ carries on with the next job.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import shutil
@@ -27,6 +28,7 @@ from dicomnode.datadir import DataDir
 from dicomnode.priors import fetch_prior
 from dicomnode.processing import ObjectKind, ProcessorOutput, ResultObject, ResultRecord, StudyInput
 from dicomnode.uids import result_uids
+from inference.chat import EngineUnavailable
 from inference.flow import run_flow
 from inference.model.loading import load_chat_model
 from inference.record import ReasoningRecord
@@ -86,12 +88,28 @@ def latest_predecessor_sr(paths: Sequence[Path]) -> Dataset | None:
     return found
 
 
+def connect_engine(config: NodeConfig):
+    """The remote ChatModel of ``model.backend: openai`` (checks /v1/models; EngineUnavailable when down)."""
+    from inference.model.remote import connect
+
+    m = config.model
+    return connect(m.url or "", name=m.name, api_key_env=m.api_key_env, timeout_seconds=m.timeout_seconds,
+                   profile=m.profile, seed=config.reasoning.seed, min_pixels=m.min_pixels, max_pixels=m.max_pixels)
+
+
 class ReasoningProcessor:
     """Runs the reasoning flow and writes the result objects for one study at a time."""
 
     def __init__(self, config: NodeConfig, model=None, stages: StageBook | None = None) -> None:
         self.config = config
-        if model is None:
+        remote = model is None and config.model.backend == "openai"
+        if remote:
+            try:
+                model = connect_engine(config)
+            except EngineUnavailable as exc:  # the node starts anyway; studies wait in the queue for the engine
+                log.warning("serving engine not reachable at start-up (%s); connecting with the first study", exc)
+                metrics.set_engine_state(False, str(exc)[:300])
+        if model is None and not remote:
             if config.model.path is None:
                 raise ValueError("model.path: the reasoning processor needs a local model directory")
             started = time.perf_counter()
@@ -100,10 +118,20 @@ class ReasoningProcessor:
                                     seed=config.reasoning.seed)
             metrics.observe_model("load", time.perf_counter() - started)
         self.model = model
-        metrics.set_model_loaded(True)
+        metrics.set_model_loaded(model is not None)
+        if not config.reasoning.constrain_closed_answers:
+            log.warning("reasoning.constrain_closed_answers is false: closed answers are NOT constrained at decoding "
+                        "and may not parse")
+        if config.reasoning.parallel_within_stage:
+            log.info("reasoning.parallel_within_stage: a stage's independent questions are asked together and do not "
+                     "see each other's answers")
         self.stages = stages or load_stages(config.reasoning.stages_file)
         self.options = output_options(config)
-        self._model_lock = threading.Lock()  # one conversation at a time: the model holds its prefix cache
+        # One conversation at a time with an in-process model (it holds its prefix cache); a serving engine takes
+        # several studies at once (processing.workers > 1), each study's turns still in order.
+        self._model_lock = (contextlib.nullcontext() if remote or getattr(model, "concurrent", False)
+                            else threading.Lock())
+        self._connect_lock = threading.Lock()
         self._pages_lock = threading.Lock()
         self._pages: ProcessPoolExecutor | None = None
         if config.output.page_processes:
@@ -173,11 +201,22 @@ class ReasoningProcessor:
         log.info("reasoning: job %s: %s; %d prior image(s) usable", job_id, fetched.reason, len(datasets))
         return datasets
 
+    def _engine_model(self):
+        """The ChatModel; with an engine that was down at start-up, connect now (EngineUnavailable re-queues)."""
+        if self.model is None:
+            with self._connect_lock:
+                if self.model is None:
+                    self.model = connect_engine(self.config)
+                    metrics.set_model_loaded(True)
+        return self.model
+
     def reason(self, current: Sequence[Dataset], prior: Sequence[Dataset] = ()) -> ReasoningRecord:
         started = time.perf_counter()
         with self._model_lock:
-            record = run_flow(self.model, current, prior, self.stages,
+            record = run_flow(self._engine_model(), current, prior, self.stages,
                               max_new_tokens=self.config.reasoning.max_new_tokens, seed=self.config.reasoning.seed,
+                              constrain=self.config.reasoning.constrain_closed_answers,
+                              parallel_within_stage=self.config.reasoning.parallel_within_stage,
                               max_side=MODEL_IMAGE_MAX_SIDE)
         metrics.observe_model("study", time.perf_counter() - started)
         for stage in record.stages:

@@ -17,18 +17,22 @@ from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode import metrics
 from dicomnode.audit import audit
 from dicomnode.config import NodeConfig
 from dicomnode.db.models import Delivery, Instance, Job, utcnow
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.jobs import (STALE_SECONDS, ClaimedJob, JobLost, claim_job, default_worker_id, heartbeat, held_job,
-                            release_held_jobs, requeue_processing, set_job_state, settle_job)
+                            release_held_jobs, requeue_held_job, requeue_processing, set_job_state,
+                            settle_job)
 from dicomnode.processing import Processor, ResultObject, ResultRecord, StudyInput
 from dicomnode.datadir import DataDir, remove_partial_files, write_durably
 from dicomnode.uids import is_valid_uid
+from inference.chat import EngineUnavailable
 from sr_writer.validate import part10_bytes
 
 LOG = logging.getLogger("dicomnode.worker")
+ENGINE_BACKOFF_MAX = 60.0  # seconds a worker waits at most after the serving engine was unavailable
 
 
 def study_input(session: Session, data_dir: Path, claimed: ClaimedJob) -> StudyInput:
@@ -119,8 +123,14 @@ class Worker:
                         write_durably(record, output.json.encode("utf-8"), self.config.storage.fsync)
                     else:
                         self._store(claimed, worker_id, directory, output, stored)
+            if metrics.engine_state() is not None:  # the serving engine answered the whole study
+                metrics.set_engine_state(True, "up")
+                self._engine_backoff = 0.0
         except JobLost:
             return  # another worker has the job now; what was stored before stays queued
+        except EngineUnavailable as exc:  # the serving engine is down: retry later, the study is not at fault
+            self._requeue_engine_down(claimed, worker_id, f"serving engine unavailable: {exc}")
+            return
         except Exception as exc:  # noqa: BLE001 - any processor failure fails the job, never the worker
             LOG.exception("job failed", extra={"fields": {"job_id": claimed.job_id}})
             error = f"{type(exc).__name__}: {exc}"
@@ -148,6 +158,15 @@ class Worker:
         stored[sop_uid] = (obj, path)
         if created and self.on_results is not None:
             self.on_results()
+
+    def _requeue_engine_down(self, claimed: ClaimedJob, worker_id: str, error: str) -> None:
+        """Back to QUEUED (not FAILED); this worker waits (doubling, at most ENGINE_BACKOFF_MAX s) before its next
+        claim."""
+        metrics.set_engine_state(False, error[:300])
+        self._engine_backoff = min(ENGINE_BACKOFF_MAX, max(1.0, 2 * getattr(self, "_engine_backoff", 0.0)))
+        LOG.warning("serving engine unavailable; job re-queued", extra={"fields": {
+            "job_id": claimed.job_id, "retry_in_s": self._engine_backoff}})
+        requeue_held_job(self.session_factory, claimed, worker_id, error)
 
     def _finish_failed(self, claimed: ClaimedJob, worker_id: str, error: str) -> None:
         with self.session_factory.begin() as session:
@@ -221,7 +240,10 @@ class Worker:
             except Exception:  # noqa: BLE001 - database hiccup: log and poll again
                 LOG.exception("worker pass failed")
                 busy = False
-            if not busy:
+            backoff = getattr(self, "_engine_backoff", 0.0)
+            if backoff and busy:
+                self._stop.wait(backoff)  # the engine was down: wait before claiming again
+            elif not busy:
                 self._wake.wait(self.config.processing.poll_seconds)
                 self._wake.clear()
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from inference.constraints import AnswerConstraint
 
 IMAGE_PLACEHOLDER = "<image>"  # where an image enters a user turn's text (CXRTrek wording)
 
@@ -23,6 +26,10 @@ class BoxConvention(StrEnum):
     PER_MILLE = "per_mille"  # Qwen2-VL: 0..1000 of the (resized) image
     RESIZED_PIXELS = "resized_pixels"  # Qwen2.5-VL: absolute pixels of the resized model input
     UNIT = "unit"  # fractions 0..1
+
+
+class EngineUnavailable(RuntimeError):
+    """A serving engine is unreachable, answered 5xx or timed out: retry the study later, do not fail it."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class Generation:
     seconds: float
     # For RESIZED_PIXELS boxes: (width, height) of each image as the model saw it, in conversation order.
     model_image_sizes: tuple[tuple[int, int], ...] = field(default=())
+    token_ids: tuple[int, ...] = ()  # the answer's token ids where the backend reports them (parity tests)
 
 
 class ChatModel(Protocol):
@@ -54,9 +62,11 @@ class ChatModel(Protocol):
         """Regex-free name of the answer wrapper, e.g. "think_answer" for <think>..</think><answer>..</answer>."""
         ...
 
-    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int) -> Generation:
+    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int,
+               constraint: AnswerConstraint | None = None) -> Generation:
         """Answer ``question`` given ``history`` (alternating user/assistant turns; system prompt is the model's).
 
-        Implementations reuse the KV cache of the longest previously computed prefix of ``history``.
+        Implementations reuse the KV cache of the longest previously computed prefix of ``history``. With a
+        ``constraint`` (closed questions) the answer is decoded so that it follows the constraint's grammar.
         """
         ...

@@ -17,7 +17,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from inference.chat import IMAGE_PLACEHOLDER, ChatModel, Generation, Turn
+from inference.chat import IMAGE_PLACEHOLDER, ChatModel, EngineUnavailable, Generation, Turn
+from inference.constraints import AnswerConstraint, constraint_for
 from inference.images import ModelImage, prepare_images
 from inference.parsing import ImageGeometry, option_label, parse_answer
 from inference.record import (
@@ -81,6 +82,8 @@ class _State:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     generated_tokens: int = 0
+    constrain: bool = True  # closed answers constrained at decoding
+    parallel_within_stage: bool = False  # a stage's independent questions asked together
 
     @property
     def positive_keys(self) -> list[str]:
@@ -188,26 +191,70 @@ def _apply(book: StageBook, question: QuestionDef, item: FindingDef | AnatomyDef
         state.report.impression = parsed.text if parsed.ok else raw.strip()
 
 
-def _ask(model: ChatModel, book: StageBook, stage: StageDef, question: QuestionDef,
-         item: FindingDef | AnatomyDef | None, state: _State, current: Sequence[ModelImage],
-         prior: Sequence[ModelImage], override: int | Mapping[QType, int] | None) -> tuple[QuestionResult, str | None]:
+def _constraint(model: ChatModel, question: QuestionDef, item: FindingDef | AnatomyDef | None,
+                state: _State) -> AnswerConstraint | None:
+    """The decoding constraint of a closed question (boxes sized to the first image as the model sees it)."""
+    first = state.geometry[0] if state.geometry else None
+    size = (first.model_width, first.model_height) if first and first.model_width and first.model_height else None
+    target = item.term if item is not None else ""
+    return constraint_for(question.qtype, question.options, model.box_convention, size, target)
+
+
+@dataclass
+class _Ask:
+    """One question about to be asked: its turn and how it is decoded."""
+
+    stage: StageDef
+    question: QuestionDef
+    item: FindingDef | AnatomyDef | None
+    qid: str
+    turn: Turn
+    text: str
+    shows_current: bool
+    shows_prior: bool
+    budget: int
+    constraint: AnswerConstraint | None
+
+
+def _prepare(model: ChatModel, book: StageBook, stage: StageDef, question: QuestionDef,
+             item: FindingDef | AnatomyDef | None, state: _State, current: Sequence[ModelImage],
+             prior: Sequence[ModelImage], override: int | Mapping[QType, int] | None) -> _Ask:
     qid = question.id + (f":{item.key}" if item is not None else "")
     turn, text, shows_current, shows_prior = _question_turn(book, stage, question, item, state, current, prior)
-    budget = _budget(book, question, override)
+    constraint = _constraint(model, question, item, state) if state.constrain else None
+    return _Ask(stage, question, item, qid, turn, text, shows_current, shows_prior,
+                _budget(book, question, override), constraint)
+
+
+def _generate(model: ChatModel, ask: _Ask, history: list[Turn]) -> tuple[Generation | Exception, float]:
+    """The model's answer to ``ask`` after ``history`` (or the exception it raised) and the seconds it took.
+    ``EngineUnavailable`` is raised: the engine is down and the whole study is retried later."""
     start = time.perf_counter()
     try:
-        generation = model.answer(list(state.history), turn, budget)
+        generation = (model.answer(list(history), ask.turn, ask.budget, ask.constraint)
+                      if ask.constraint is not None else model.answer(list(history), ask.turn, ask.budget))
+    except EngineUnavailable:
+        raise
     except Exception as exc:  # noqa: BLE001 - a model failure fails the stage, not the study
-        log.exception("model failed on question %s", qid)
-        error = f"model error: {type(exc).__name__}: {exc}"
-        result = QuestionResult(id=qid, stage=stage.number, qtype=question.qtype, question=text,
-                                options=list(question.options),
-                                finding=item.key if isinstance(item, FindingDef) else None, raw_answer="",
-                                parsed=ParsedAnswer(ok=False, error=error),
-                                seconds=round(time.perf_counter() - start, 4))
+        log.error("model failed on question %s", ask.qid, exc_info=exc)
+        return exc, time.perf_counter() - start
+    return generation, time.perf_counter() - start
+
+
+def _record(model: ChatModel, book: StageBook, ask: _Ask, outcome: Generation | Exception, seconds: float,
+            state: _State) -> tuple[QuestionResult, str | None]:
+    """Carry an answer into the conversation, findings and report; the question's result and its error."""
+    question, item, qid, text = ask.question, ask.item, ask.qid, ask.text
+    finding_key = item.key if isinstance(item, FindingDef) else None
+    if isinstance(outcome, Exception):
+        error = f"model error: {type(outcome).__name__}: {outcome}"
+        result = QuestionResult(id=qid, stage=ask.stage.number, qtype=question.qtype, question=text,
+                                options=list(question.options), finding=finding_key, raw_answer="",
+                                parsed=ParsedAnswer(ok=False, error=error), seconds=round(seconds, 4))
         return result, error  # images not shown yet enter again with the next question
-    state.current_shown = state.current_shown or shows_current
-    state.prior_shown = state.prior_shown or shows_prior
+    generation = outcome
+    state.current_shown = state.current_shown or ask.shows_current
+    state.prior_shown = state.prior_shown or ask.shows_prior
     _update_geometry(state, generation)
     target = item.key if item is not None else ""
     parsed = parse_answer(generation.text, question.qtype, question.options, box_convention=model.box_convention,
@@ -217,7 +264,7 @@ def _ask(model: ChatModel, book: StageBook, stage: StageDef, question: QuestionD
         parsed.boxes = [Box(**{**b.model_dump(), "target": item.key}) for b in parsed.boxes]
     # A reasoning model's <think> part stays in the record but not in the conversation (it would crowd the context).
     kept = parsed.text if parsed.think is not None and parsed.text else generation.text
-    state.history += [turn, Turn(role="assistant", text=kept)]
+    state.history += [ask.turn, Turn(role="assistant", text=kept)]
     state.prompt_tokens += generation.prompt_tokens
     state.cached_tokens += generation.cached_tokens
     state.generated_tokens += generation.generated_tokens
@@ -225,11 +272,44 @@ def _ask(model: ChatModel, book: StageBook, stage: StageDef, question: QuestionD
     if not parsed.ok:
         log.debug("answer to %s did not parse: %s", qid, parsed.error)
     return QuestionResult(
-        id=qid, stage=stage.number, qtype=question.qtype, question=text, options=list(question.options),
-        finding=item.key if isinstance(item, FindingDef) else None, raw_answer=generation.text, parsed=parsed,
+        id=qid, stage=ask.stage.number, qtype=question.qtype, question=text, options=list(question.options),
+        finding=finding_key, raw_answer=generation.text, parsed=parsed,
         prompt_tokens=generation.prompt_tokens, cached_tokens=generation.cached_tokens,
         generated_tokens=generation.generated_tokens, seconds=round(generation.seconds, 4),
     ), None
+
+
+MAX_IN_FLIGHT = 32  # questions of one stage sent to a concurrent (remote) model at once
+
+
+def _generate_wave(model: ChatModel, asks: Sequence[_Ask],
+                   history: list[Turn]) -> list[tuple[Generation | Exception, float]]:
+    """Answers to ``asks``, each after the same ``history`` (blind to each other): concurrently when the model
+    takes several requests at once (a serving engine batches them), else one after the other."""
+    if len(asks) < 2 or not getattr(model, "concurrent", False):
+        return [_generate(model, ask, history) for ask in asks]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(len(asks), MAX_IN_FLIGHT), thread_name_prefix="stage") as pool:
+        futures = [pool.submit(_generate, model, ask, history) for ask in asks]
+        outcomes: list[tuple[Generation | Exception, float]] = []
+        down: EngineUnavailable | None = None
+        for future in futures:  # wait for all before raising: no request is left running behind the study
+            try:
+                outcomes.append(future.result())
+            except EngineUnavailable as exc:
+                down = down or exc
+    if down is not None:
+        raise down
+    return outcomes
+
+
+def _ask(model: ChatModel, book: StageBook, stage: StageDef, question: QuestionDef,
+         item: FindingDef | AnatomyDef | None, state: _State, current: Sequence[ModelImage],
+         prior: Sequence[ModelImage], override: int | Mapping[QType, int] | None) -> tuple[QuestionResult, str | None]:
+    ask = _prepare(model, book, stage, question, item, state, current, prior, override)
+    outcome, seconds = _generate(model, ask, state.history)
+    return _record(model, book, ask, outcome, seconds, state)
 
 
 def _run_stage(model: ChatModel, book: StageBook, number: int, state: _State, current: Sequence[ModelImage],
@@ -250,16 +330,10 @@ def _run_stage(model: ChatModel, book: StageBook, number: int, state: _State, cu
         if unmet:
             return not_applicable(unmet)
     start = time.perf_counter()
-    results: list[QuestionResult] = []
-    errors: list[str] = []
-    for question in stage.questions:
-        if question.when and question.when.unmet(bool(prior), len(state.positive_keys)):
-            continue
-        for item in _items(book, question, state):
-            result, error = _ask(model, book, stage, question, item, state, current, prior, override)
-            results.append(result)
-            if error:
-                errors.append(f"{result.id}: {error}")
+    answered = (_ask_together if state.parallel_within_stage else _ask_in_turn)(
+        model, book, stage, state, current, prior, override)
+    results = [result for result, _ in answered]
+    errors = [f"{result.id}: {error}" for result, error in answered if error]
     seconds = round(time.perf_counter() - start, 4)
     if not results:
         return not_applicable("no question applies (no positive findings)")
@@ -268,6 +342,65 @@ def _run_stage(model: ChatModel, book: StageBook, number: int, state: _State, cu
                            reason="; ".join(errors), questions=results, seconds=seconds)
     return StageResult(number=number, key=stage.key, title=stage.title, status=StageStatus.COMPLETED,
                        questions=results, seconds=seconds)
+
+
+Answered = list[tuple[QuestionResult, str | None]]
+
+
+def _ask_in_turn(model: ChatModel, book: StageBook, stage: StageDef, state: _State, current: Sequence[ModelImage],
+                 prior: Sequence[ModelImage], override: int | Mapping[QType, int] | None) -> Answered:
+    """The stage's questions one after the other, each seeing every earlier answer."""
+    answered: Answered = []
+    for question in stage.questions:
+        if question.when and question.when.unmet(bool(prior), len(state.positive_keys)):
+            continue
+        for item in _items(book, question, state):
+            answered.append(_ask(model, book, stage, question, item, state, current, prior, override))
+    return answered
+
+
+def _depends_on_presence(question: QuestionDef) -> bool:
+    """Whether the question's items or condition come from the findings' presence."""
+    return question.for_each is ForEach.POSITIVE_FINDING or bool(
+        question.when and question.when.min_positive_findings)
+
+
+def _ask_together(model: ChatModel, book: StageBook, stage: StageDef, state: _State, current: Sequence[ModelImage],
+                  prior: Sequence[ModelImage], override: int | Mapping[QType, int] | None) -> Answered:
+    """The stage's independent questions asked together (``reasoning.parallel_within_stage``).
+
+    A wave of questions is asked after the same history, so its questions do not see each other's answers; then
+    their turns enter the conversation in stage order, which later stages see whole. A question that brings the
+    images into the conversation is asked alone first (images enter once), and a question whose items or
+    condition depend on a presence answer of the wave waits for the wave to be answered. The answers are the
+    sequential mode's as far as the model does not use the answers it no longer sees.
+    """
+    answered: Answered = []
+    wave: list[_Ask] = []
+
+    def flush() -> None:
+        outcomes = _generate_wave(model, wave, state.history)
+        for ask, (outcome, seconds) in zip(wave, outcomes):
+            answered.append(_record(model, book, ask, outcome, seconds, state))
+        wave.clear()
+
+    for question in stage.questions:
+        if wave and _depends_on_presence(question) and any(a.question.records is Records.PRESENCE for a in wave):
+            flush()
+        if question.when and question.when.unmet(bool(prior), len(state.positive_keys)):
+            continue
+        for item in _items(book, question, state):
+            shows_images = not state.current_shown or (
+                bool(prior) and not state.prior_shown and _needs_prior(stage, question))
+            if shows_images:
+                if wave:
+                    flush()
+                answered.append(_ask(model, book, stage, question, item, state, current, prior, override))
+            else:
+                wave.append(_prepare(model, book, stage, question, item, state, current, prior, override))
+    if wave:
+        flush()
+    return answered
 
 
 def _seed(seed: int) -> None:
@@ -289,6 +422,8 @@ def run_flow_images(
     *,
     max_new_tokens: int | Mapping[QType, int] | None = None,
     seed: int = 0,
+    constrain: bool = True,
+    parallel_within_stage: bool = False,
 ) -> ReasoningRecord:
     """Run the flow on prepared images (current study first, frontal first). See :func:`run_flow`."""
     if not current:
@@ -301,12 +436,13 @@ def run_flow_images(
     _seed(seed)
     all_images = [*current, *prior]
     refs = [m.ref(i) for i, m in enumerate(all_images)]
-    state = _State(geometry=[ImageGeometry(i, m.columns, m.rows) for i, m in enumerate(all_images)])
+    state = _State(geometry=[ImageGeometry(i, m.columns, m.rows) for i, m in enumerate(all_images)],
+                   constrain=constrain, parallel_within_stage=parallel_within_stage)
     stage_results = [_run_stage(model, book, n, state, current, prior, max_new_tokens) for n in CANONICAL_STAGES]
     fields = _provenance_fields(model, provenance)
     fields.update(seed=seed, started_at=started, finished_at=_now(), seconds=round(time.perf_counter() - wall, 4),
                   prompt_tokens=state.prompt_tokens, cached_tokens=state.cached_tokens,
-                  generated_tokens=state.generated_tokens)
+                  generated_tokens=state.generated_tokens, parallel_within_stage=parallel_within_stage)
     return ReasoningRecord(
         study_instance_uid=current[0].study_instance_uid,
         prior_study_instance_uid=prior[0].study_instance_uid if prior else None,
@@ -328,15 +464,22 @@ def run_flow(
     max_new_tokens: int | Mapping[QType, int] | None = None,
     seed: int = 0,
     max_side: int | None = None,
+    constrain: bool = True,
+    parallel_within_stage: bool = False,
 ) -> ReasoningRecord:
     """Walk the stages for one study (and optionally its prior) and return the reasoning record.
 
     ``provenance``: a ``Provenance``, an object with ``provenance_fields()`` (the engine's ``ModelInfo``), a mapping,
     or None to use ``model.info``. ``max_new_tokens``: an int caps every question's budget; a mapping sets budgets
     per qtype; None uses the stage book. ``max_side`` shrinks images before the model sees them (boxes still map
-    to source pixels). Raises ``inference.images.ImageError`` when a study has no usable image.
+    to source pixels). ``constrain``: closed answers (yes/no, choices, boxes) are decoded under their grammar
+    (``inference.constraints``); False lets the model write freely (for comparison). ``parallel_within_stage``:
+    the independent questions of a stage are asked together, blind to each other's answers (concurrently when the
+    model is a serving engine; see ``_ask_together``).
+    Raises ``inference.images.ImageError`` when a study has no usable image.
     """
     current_images = prepare_images(current, "current", max_side)
     prior_images = prepare_images(prior, "prior", max_side) if prior else []
     return run_flow_images(model, current_images, prior_images, stages, provenance,
-                           max_new_tokens=max_new_tokens, seed=seed)
+                           max_new_tokens=max_new_tokens, seed=seed, constrain=constrain,
+                           parallel_within_stage=parallel_within_stage)

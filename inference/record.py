@@ -130,6 +130,9 @@ class Provenance(_Model):
     demo_model: bool  # True for a random-weight demo model: every output must say so
     software_version: str
     transformers_version: str = ""
+    engine_url: str = ""  # remote backend: the OpenAI-compatible base URL
+    engine_version: str = ""  # remote backend: the engine's /version
+    parallel_within_stage: bool = False  # a stage's independent questions were asked together, blind to each other
     seed: int = 0
     started_at: str = ""  # ISO 8601 UTC
     finished_at: str = ""

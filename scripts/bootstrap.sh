@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the node, its demo and its tests need on a fresh Debian machine:
 # Debian peers (DCMTK, Orthanc with DICOMweb, PostgreSQL, fonts, Chromium), a virtual environment in .venv and
-# OHIF's prebuilt viewer (npm) in .cache/ohif/app. Idempotent: a second run only checks.
+# OHIF's prebuilt viewer (npm) in .cache/ohif/app, and the vLLM CPU engine's own venv outside the checkout
+# (scripts/vllm_venv.sh; ~/.cache/cxr-node/vllm-venv-<version>, kept between CI runs). Idempotent: a second run only
+# checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,4 +44,10 @@ if ! grep -qs "\"version\": \"$OHIF_VERSION\"" "$OHIF_DIR/package.json" || [ ! -
   mkdir -p "$tmp/app" .cache/ohif
   tar xzf "$tmp/ohif-app-$OHIF_VERSION.tgz" -C "$tmp/app" --strip-components=1 package/package.json package/dist
   rm -rf "$OHIF_DIR" && mv "$tmp/app" "$OHIF_DIR" && rm -rf "$tmp"
+fi
+
+# The vLLM CPU engine for the openai-backend tests (own venv, cached by a stamp). CXR_SKIP_VLLM=1 skips it (and
+# the tests that need the engine: they fail without it otherwise).
+if [ "${CXR_SKIP_VLLM:-0}" != "1" ]; then
+  scripts/vllm_venv.sh
 fi

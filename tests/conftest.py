@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-# Session-scoped tiny demo models (tests/inference/model_fixtures.py, on ``pythonpath``), for every test directory.
-pytest_plugins = ("model_fixtures",)
+# Session-scoped tiny demo models (tests/inference/model_fixtures.py) and the vLLM CPU engine
+# (tests/inference/engine_fixtures.py), both on ``pythonpath``, for every test directory.
+pytest_plugins = ("model_fixtures", "engine_fixtures")
 
 
 def _cuda_available() -> bool:

@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", type=Path, help="CXRTrek-format JSON (list of studies)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, metavar="DIR", help="local model directory to run")
+    source.add_argument("--engine", metavar="URL",
+                        help="an OpenAI-compatible engine (vLLM) to run instead, e.g. http://127.0.0.1:8000/v1")
     source.add_argument(
         "--predictions",
         type=Path,
@@ -48,6 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--radar", type=Path, metavar="PNG", help="write a radar chart of stage scores")
     p.add_argument("--save-predictions", type=Path, metavar="OUT", help="write the raw answers (re-scorable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--engine-model", metavar="NAME", help="served model id (default: the engine's first)")
+    p.add_argument("--engine-profile", default="qwen2_5_vl", help="model profile of the served model")
+    p.add_argument("--engine-max-pixels", type=int, default=448 * 448, help="image grid bound (model.max_pixels)")
+    p.add_argument("--no-constrain", action="store_true",
+                   help="let the model write closed answers freely (default: decoded under their grammar)")
+    p.add_argument("--parallel-within-stage", action="store_true",
+                   help="also run with each stage's questions asked together (blind to each other's answers) and "
+                        "report its accuracy cost beside the sequential run")
     p.set_defaults(func=run)
 
 
@@ -70,6 +80,11 @@ def _fail(message: str) -> int:
 
 
 def _load_model(args: argparse.Namespace, quantization: str) -> Any:
+    if getattr(args, "engine", None):
+        from inference.model.remote import connect
+
+        return connect(args.engine, name=args.engine_model, profile=args.engine_profile,
+                       max_pixels=args.engine_max_pixels)
     from inference.model import load_chat_model
 
     return load_chat_model(str(args.model), quantization=quantization, device=args.device)
@@ -88,8 +103,10 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         return _fail(f"evaluation needs the 'eval' extra ({', '.join(missing)} not installed): "
                      f"pip install '{EVAL_EXTRA}'")
-    if args.model and not args.images:
-        return _fail("--model needs --images DIR")
+    if (args.model or args.engine) and not args.images:
+        return _fail("--model/--engine needs --images DIR")
+    if args.parallel_within_stage and not (args.model or args.engine):
+        return _fail("--parallel-within-stage needs --model or --engine")
     if args.compare_quantization and not args.model:
         return _fail("--compare-quantization needs --model")
     if args.limit is not None and args.limit < 1:
@@ -116,14 +133,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         from inference.model import ModelLoadError
 
+        modes = [False, True] if args.parallel_within_stage else [False]
+        by_mode: dict[str, Any] = {}
         try:
             model = _load_model(args, args.quantization)
-            runs = preds.run_model(model, studies, args.images, **_run_options(args))
-        except (OSError, ValueError, ModelLoadError) as exc:
+            for parallel in modes:
+                by_mode["parallel_within_stage" if parallel else "sequential"] = preds.run_model(
+                    model, studies, args.images, **_run_options(args), parallel_within_stage=parallel,
+                    label="parallel within stage" if parallel else "model")
+        except (OSError, ValueError, RuntimeError, ModelLoadError) as exc:
             return _fail(str(exc))
+        runs = by_mode["sequential"]
         meta.update(
             source="model",
             mode="free" if args.free else "teacher_forced",
+            constrained=not args.no_constrain,
             model=_model_meta(model),
             seconds_per_study=_seconds_per_study(runs),
         )
@@ -134,6 +158,12 @@ def run(args: argparse.Namespace) -> int:
     report.print_scores(scores, f"cxr-node eval: {meta['source']}", console)
     if _is_demo(meta):
         console.print("[yellow]DEMO model with random weights: these scores are meaningless.[/]")
+    if args.parallel_within_stage:
+        from inference.evaluation.parallel import compare_modes, print_comparison
+
+        comparison = compare_modes(studies, by_mode)
+        print_comparison(comparison, console)
+        meta["parallel_within_stage"] = comparison.to_dict()
     if args.json:
         report.write_json(args.json, report.scores_document(scores, **meta))
     if args.radar:
@@ -155,7 +185,7 @@ def _model_meta(model: Any) -> dict[str, Any]:
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     """How the model answers, the same for one model and for a quantization comparison."""
     return {"free": args.free, "max_new_tokens": args.max_new_tokens, "max_questions": args.max_questions,
-            "show_progress": not args.no_progress}
+            "show_progress": not args.no_progress, "constrain": not args.no_constrain}
 
 
 def _seconds_per_study(runs: dict[str, Any]) -> float:

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("dir", type=Path, metavar="DIR", help="output directory")
     demo.add_argument("--family", default="qwen2_5_vl", choices=("qwen2_5_vl", "qwen2_vl", "llava"),
                       help="architecture (default qwen2_5_vl)")
-    demo.add_argument("--size", default="tiny", choices=("tiny", "medium", "qwen2_5_vl_3b_shape"),
+    demo.add_argument("--size", default="tiny", choices=("tiny", "engine", "medium", "qwen2_5_vl_3b_shape"),
                       help="tiny (tests, ~0.2 M params), medium (~50 M), qwen2_5_vl_3b_shape (3.75 B, bf16, ~7 GB)")
     demo.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     demo.set_defaults(func=run_demo)

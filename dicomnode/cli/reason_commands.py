@@ -20,7 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "not verified by a physician.",
     )
     p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="DICOM files (or directories) of the study")
-    p.add_argument("--model", type=Path, required=True, metavar="DIR", help="local model directory")
+    backend = p.add_mutually_exclusive_group(required=True)
+    backend.add_argument("--model", type=Path, metavar="DIR", help="local model directory")
+    backend.add_argument("--engine", metavar="URL", help="an OpenAI-compatible engine (vLLM), e.g. http://host:8000/v1")
+    p.add_argument("--engine-model", metavar="NAME", help="served model id (default: the engine's first)")
     p.add_argument("--prior", type=Path, nargs="*", default=[], metavar="FILE", help="DICOM files of a prior study")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the reasoning record as JSON ('-': stdout only)")
     p.add_argument("--quantization", default="nf4", choices=("nf4", "fp4", "int8", "none"),
@@ -32,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-side", type=int, metavar="PX", help="shrink images to at most PX on their longer side")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prompt for every question")
+    p.add_argument("--no-constrain", action="store_true",
+                   help="let the model write closed answers freely (default: decoded under their grammar)")
+    p.add_argument("--parallel-within-stage", action="store_true",
+                   help="ask a stage's independent questions together (blind to each other's answers)")
     p.set_defaults(func=run)
 
 
@@ -135,14 +142,20 @@ def run(args: argparse.Namespace) -> int:
     from inference.model import ModelLoadError, load_chat_model
 
     try:
-        model = load_chat_model(args.model, quantization=args.quantization, device=args.device,
-                                profile=args.profile, cache="none" if args.no_cache else "prefix", seed=args.seed)
-    except (ModelLoadError, OSError, ValueError) as exc:
-        print(f"cxr-node reason: error: cannot load model {args.model}: {exc}", file=sys.stderr)
+        if args.engine:
+            from inference.model.remote import connect
+
+            model = connect(args.engine, name=args.engine_model, profile=args.profile or "qwen2_5_vl", seed=args.seed)
+        else:
+            model = load_chat_model(args.model, quantization=args.quantization, device=args.device,
+                                    profile=args.profile, cache="none" if args.no_cache else "prefix", seed=args.seed)
+    except (ModelLoadError, OSError, ValueError, RuntimeError) as exc:
+        print(f"cxr-node reason: error: cannot load model {args.model or args.engine}: {exc}", file=sys.stderr)
         return 2
     try:
         record = run_flow(model, current, prior, book, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                          max_side=args.max_side)
+                          max_side=args.max_side, constrain=not args.no_constrain,
+                          parallel_within_stage=args.parallel_within_stage)
     except ImageError as exc:
         print(f"cxr-node reason: error: {exc}", file=sys.stderr)
         return 2

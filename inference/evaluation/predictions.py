@@ -30,8 +30,10 @@ from typing import Any
 
 from PIL import Image
 
-from inference.chat import BoxConvention, ChatModel, Turn
+from inference.chat import BoxConvention, ChatModel, Generation, Turn
+from inference.constraints import AnswerConstraint, constraint_for
 from inference.evaluation.dataset import EvalItem, EvalStudy
+from inference.flow import MAX_IN_FLIGHT
 from inference.parsing import ImageGeometry, parse_answer
 from inference.record import ParsedAnswer, QType, ReasoningRecord
 
@@ -216,7 +218,37 @@ def max_new_tokens_for(qtype: QType, cap: int | None) -> int:
     return min(value, cap) if cap else value
 
 
+def _constraint(model: ChatModel, item: EvalItem, sizes: Sequence[tuple[int, int]]) -> AnswerConstraint | None:
+    """The item's decoding constraint; boxes sized to the item's image as the model last saw it."""
+    size = sizes[item.image_index] if 0 <= item.image_index < len(sizes) else None
+    return constraint_for(item.qtype, item.options, model.box_convention, size, item.target or "")
+
+
 ProgressHook = Callable[[EvalStudy, int], None]  # (study, items done in it) after each answer
+
+
+def _answer(model: ChatModel, item: EvalItem, question: Turn, history: list[Turn], sizes: Sequence[tuple[int, int]],
+            max_new_tokens: int | None, constrain: bool) -> Generation:
+    budget = max_new_tokens_for(item.qtype, max_new_tokens)
+    constraint = _constraint(model, item, sizes) if constrain else None
+    if constraint is not None:
+        return model.answer(history, question, budget, constraint)
+    return model.answer(history, question, budget)
+
+
+def _waves(items: Sequence[EvalItem], parallel: bool) -> list[list[int]]:
+    """Item indices grouped into waves asked after the same history: one item each when sequential; with
+    ``parallel`` the consecutive items of one stage, an item that brings images in asked alone (images enter once).
+    """
+    waves: list[list[int]] = []
+    for index, item in enumerate(items):
+        alone = not parallel or item.n_images > 0
+        previous = items[index - 1] if index else None
+        if (alone or not waves or previous is None or previous.stage != item.stage or previous.n_images > 0):
+            waves.append([index])
+        else:
+            waves[-1].append(index)
+    return waves
 
 
 def run_study(
@@ -228,8 +260,16 @@ def run_study(
     max_new_tokens: int | None = None,
     max_questions: int | None = None,
     on_answer: ProgressHook | None = None,
+    constrain: bool = True,
+    parallel_within_stage: bool = False,
 ) -> StudyRun:
-    """Ask the study's questions in order as one conversation (teacher-forced unless ``free``)."""
+    """Ask the study's questions in order as one conversation (teacher-forced unless ``free``).
+
+    ``constrain``: closed answers are decoded under their grammar (``inference.constraints``), as the node does.
+    ``parallel_within_stage``: the questions of one stage are asked after the same history (blind to each
+    other's answers; concurrently on a serving engine), then enter the conversation in order, as the node's
+    ``reasoning.parallel_within_stage`` does.
+    """
     start = time.perf_counter()
     reset = getattr(model, "reset_cache", None)  # a new conversation: free the previous study's cache
     if callable(reset):
@@ -237,41 +277,55 @@ def run_study(
     history: list[Turn] = []
     run = StudyRun(study.key)
     next_image = 0
+    sizes: tuple[tuple[int, int], ...] = ()
     items = study.items[:max_questions] if max_questions else study.items
-    for item in items:
-        n = item.n_images
-        turn_images = tuple(images[next_image : next_image + n])
-        next_image += n
-        question = Turn("user", item.question, turn_images)
-        gen = model.answer(history, question, max_new_tokens_for(item.qtype, max_new_tokens))
-        seen = images[:next_image]
-        sizes = gen.model_image_sizes
-        geometry = [
-            ImageGeometry(
-                index=i,
-                columns=img.width,
-                rows=img.height,
-                model_width=sizes[i][0] if i < len(sizes) else None,
-                model_height=sizes[i][1] if i < len(sizes) else None,
+    concurrent = parallel_within_stage and bool(getattr(model, "concurrent", False))
+    for wave in _waves(items, parallel_within_stage):
+        questions = []
+        for index in wave:
+            n = items[index].n_images
+            questions.append(Turn("user", items[index].question, tuple(images[next_image: next_image + n])))
+            next_image += n
+        asked = list(history)
+        if concurrent and len(wave) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(len(wave), MAX_IN_FLIGHT)) as pool:
+                generations = list(pool.map(lambda k: _answer(model, items[wave[k]], questions[k], asked, sizes,
+                                                               max_new_tokens, constrain), range(len(wave))))
+        else:
+            generations = [_answer(model, items[index], question, asked, sizes, max_new_tokens, constrain)
+                           for index, question in zip(wave, questions)]
+        for index, question, gen in zip(wave, questions, generations):
+            item = items[index]
+            seen = images[:next_image]
+            sizes = gen.model_image_sizes or sizes
+            geometry = [
+                ImageGeometry(
+                    index=i,
+                    columns=img.width,
+                    rows=img.height,
+                    model_width=sizes[i][0] if i < len(sizes) else None,
+                    model_height=sizes[i][1] if i < len(sizes) else None,
+                )
+                for i, img in enumerate(seen)
+            ]
+            parsed = parse_for_item(
+                item, gen.text, box_convention=model.box_convention, images=geometry, wrapper=model.answer_wrapper
             )
-            for i, img in enumerate(seen)
-        ]
-        parsed = parse_for_item(
-            item, gen.text, box_convention=model.box_convention, images=geometry, wrapper=model.answer_wrapper
-        )
-        run.predictions.append(
-            Prediction(
-                raw=gen.text,
-                parsed=parsed,
-                seconds=gen.seconds,
-                prompt_tokens=gen.prompt_tokens,
-                cached_tokens=gen.cached_tokens,
-                generated_tokens=gen.generated_tokens,
+            run.predictions.append(
+                Prediction(
+                    raw=gen.text,
+                    parsed=parsed,
+                    seconds=gen.seconds,
+                    prompt_tokens=gen.prompt_tokens,
+                    cached_tokens=gen.cached_tokens,
+                    generated_tokens=gen.generated_tokens,
+                )
             )
-        )
-        history += [question, Turn("assistant", gen.text if free else item.answer)]
-        if on_answer:
-            on_answer(study, len(run.predictions))
+            history += [question, Turn("assistant", gen.text if free else item.answer)]
+            if on_answer:
+                on_answer(study, len(run.predictions))
     run.seconds = time.perf_counter() - start
     return run
 
@@ -286,6 +340,8 @@ def run_model(
     max_questions: int | None = None,
     show_progress: bool = True,
     label: str = "model",
+    constrain: bool = True,
+    parallel_within_stage: bool = False,
 ) -> dict[str, StudyRun]:
     """Run ``model`` over ``studies`` with a rich progress bar (on stderr); returns runs by study key."""
     from rich.console import Console
@@ -313,6 +369,8 @@ def run_model(
                 max_new_tokens=max_new_tokens,
                 max_questions=max_questions,
                 on_answer=lambda _s, _n: progress.advance(task),
+                constrain=constrain,
+                parallel_within_stage=parallel_within_stage,
             )
     return runs
 

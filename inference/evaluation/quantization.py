@@ -197,6 +197,7 @@ def compare_quantization(
     max_new_tokens: int | None = None,
     max_questions: int | None = None,
     show_progress: bool = True,
+    constrain: bool = True,
 ) -> Comparison:
     """Load the model under each setting in turn (``load(setting)``), run the same studies, compare the answers.
 
@@ -219,6 +220,7 @@ def compare_quantization(
             max_questions=max_questions,
             show_progress=show_progress,
             label=setting,
+            constrain=constrain,
         )
         info = model_info(model)
         load_seconds = float(info.get("load_seconds") or load_seconds)  # engine's figure excludes imports

@@ -23,7 +23,7 @@ DEMO_MODEL_NAME = "cxr-node demo (untrained)"
 Family = Literal["qwen2_5_vl", "qwen2_vl", "llava"]
 Size = Literal["tiny", "medium", "qwen2_5_vl_3b_shape"]
 FAMILIES: tuple[str, ...] = ("qwen2_5_vl", "qwen2_vl", "llava")
-SIZES: tuple[str, ...] = ("tiny", "medium", "qwen2_5_vl_3b_shape")
+SIZES: tuple[str, ...] = ("tiny", "engine", "medium", "qwen2_5_vl_3b_shape")
 
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                 "<|image_pad|>", "<|video_pad|>"]
@@ -52,6 +52,10 @@ QWEN_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab=512, hidden=64, layers=2, heads=4, kv_heads=2, inter=128, mrope=[2, 3, 3],
                  v_depth=2, v_hidden=32, v_heads=2, v_inter=64, fullatt=[1], window=56,
                  max_pixels=168 * 168, tie=False, vocab_size=None, init=0.2),
+    # "tiny" with head size 32: vLLM's CPU attention takes head sizes 32..512 only (16 kills the engine)
+    "engine": dict(vocab=512, hidden=64, layers=2, heads=2, kv_heads=1, inter=128, mrope=[4, 6, 6],
+                   v_depth=2, v_hidden=32, v_heads=2, v_inter=64, fullatt=[1], window=56,
+                   max_pixels=168 * 168, tie=False, vocab_size=None, init=0.2),
     "medium": dict(vocab=2048, hidden=512, layers=12, heads=8, kv_heads=2, inter=1536, mrope=[8, 12, 12],
                    v_depth=8, v_hidden=256, v_heads=4, v_inter=1024, fullatt=[3, 7], window=112,
                    max_pixels=448 * 448, tie=False, vocab_size=None, init=0.02),

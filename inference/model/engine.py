@@ -22,6 +22,7 @@ from PIL import Image
 from transformers import DynamicCache
 
 from inference.chat import IMAGE_PLACEHOLDER, BoxConvention, Generation, Turn
+from inference.constraints import GRACE_TOKENS, AnswerConstraint
 from inference.model.profiles import ModelProfile
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,14 @@ class LoadedModel:
         self.device = torch.device(info.device)
         self._state: _PrefixState | None = None
         self.last_prompt_logits: torch.Tensor | None = None
+        self.last_prompt_ids: list[int] = []
         self._lock = threading.Lock()  # one conversation at a time: the prefix cache is per model
         self._image_token_id = self._find_image_token_id()
         self._eos = self._eos_ids()
         self._specials = sorted({t for t in self.tokenizer.all_special_tokens
                                  + list(self.tokenizer.get_added_vocab()) if t}, key=len, reverse=True)
         self._vision_dtype = self._find_vision_dtype()
+        self._token_texts: list[str] | None = None
 
     # -- ChatModel -------------------------------------------------------------------------------------------
     @property
@@ -119,12 +122,14 @@ class LoadedModel:
         """Forget the cached prefix (a new study starts; also frees memory)."""
         self._state = None
 
-    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int) -> Generation:
+    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int,
+               constraint: AnswerConstraint | None = None) -> Generation:
         with self._lock:
-            return self._answer(history, question, max_new_tokens)
+            return self._answer(history, question, max_new_tokens, constraint)
 
     @torch.inference_mode()
-    def _answer(self, history: list[Turn], question: Turn, max_new_tokens: int) -> Generation:
+    def _answer(self, history: list[Turn], question: Turn, max_new_tokens: int,
+                constraint: AnswerConstraint | None = None) -> Generation:
         if question.role != "user":
             raise ValueError("the question must be a user turn")
         if max_new_tokens < 1:
@@ -155,23 +160,41 @@ class LoadedModel:
                          logits_to_keep=1, **model_kwargs)
         cache = out.past_key_values
         self.last_prompt_logits = out.logits[0, -1].float().cpu()  # next-token logits after the prompt (tests)
-        generated = [int(out.logits[0, -1].argmax())]
-        while len(generated) < max_new_tokens and generated[-1] not in self._eos:
+        self.last_prompt_ids = ids
+        decoder = _Decoder(self, constraint, max_new_tokens)
+        generated = [decoder.pick(out.logits[0, -1])]
+        while decoder.more(generated):
             length = len(ids) + len(generated) - 1
             step_pos = self._step_position(length, rope_deltas)
             out = self.model(input_ids=torch.tensor([[generated[-1]]], device=self.device), position_ids=step_pos,
                              past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache = out.past_key_values
-            generated.append(int(out.logits[0, -1].argmax()))
+            generated.append(decoder.pick(out.logits[0, -1]))
         if self.cache_mode == "prefix":
             self._state = _PrefixState(ids=ids + generated[:-1], cache=cache, spans=spans, rope_deltas=rope_deltas)
         else:
             self._state = None
         text_ids = [t for t in generated if t not in self._eos]
-        text = self.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+        # An answer cut by its budget inside a multi-byte character ends without the partial character (U+FFFD),
+        # as a serving engine's incremental detokenizer returns it: both backends keep the same history.
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=True).rstrip("\ufffd").strip()
         return Generation(text=text, prompt_tokens=len(ids) - reuse, cached_tokens=reuse,
                           generated_tokens=len(generated), seconds=time.perf_counter() - start,
-                          model_image_sizes=self._model_image_sizes(inputs, len(images)))
+                          model_image_sizes=self._model_image_sizes(inputs, len(images)),
+                          token_ids=tuple(text_ids))
+
+    def token_texts(self) -> list[str]:
+        """Each vocabulary id decoded alone ("" for special tokens and partial UTF-8); built once, on first use."""
+        if self._token_texts is None:
+            special = set(self.tokenizer.all_special_ids) | set(self._eos)
+            size = max(len(self.tokenizer), int(self.model.get_output_embeddings().weight.shape[0]))
+            texts = []
+            for i in range(size):
+                text = "" if i in special or i >= len(self.tokenizer) else self.tokenizer.decode(
+                    [i], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                texts.append("" if "\ufffd" in text else text)
+            self._token_texts = texts
+        return self._token_texts
 
     # -- prompt --------------------------------------------------------------------------------------------
     def _clean(self, text: str) -> str:
@@ -335,3 +358,73 @@ class LoadedModel:
                 if p.is_floating_point():
                     return p.dtype
         return self.model.dtype
+
+
+class _Decoder:
+    """Greedy token choice, constrained when the question is closed.
+
+    Unconstrained: the argmax, until an end token or the budget. Constrained: the most likely token whose text
+    keeps the answer viable under the constraint (partial regex match); an end token only once the answer is
+    complete. A constrained answer still incomplete at its budget may take ``GRACE_TOKENS`` more, and
+    then prefers tokens that complete it; a complete one ends at its budget. After a yes/no head the rest is free.
+    """
+
+    def __init__(self, model: LoadedModel, constraint: AnswerConstraint | None, budget: int) -> None:
+        self.constraint = constraint
+        self.budget = budget
+        self.eos = model._eos
+        self.texts = model.token_texts() if constraint is not None else []
+        self.text = ""
+        self.done = False
+        self._steps = 0  # tokens picked so far
+
+    def _free(self) -> bool:
+        return self.constraint is None or self.constraint.free(self.text)
+
+    def more(self, generated: list[int]) -> bool:
+        if self.done or generated[-1] in self.eos:
+            return False
+        if len(generated) < self.budget:
+            return True
+        if self._free() or self.constraint is None or self.constraint.complete(self.text):
+            return False
+        return len(generated) < self.budget + GRACE_TOKENS
+
+    def pick(self, logits: torch.Tensor) -> int:
+        if self._free():
+            self._steps += 1
+            token = int(logits.argmax())
+            if self.constraint is not None and token not in self.eos and token < len(self.texts):
+                self.text += self.texts[token]
+            return token
+        constraint = self.constraint
+        assert constraint is not None
+        complete = constraint.complete(self.text)
+        order = torch.argsort(logits.float(), descending=True).tolist()
+        eos = next(iter(self.eos), None)
+        finishing = self._steps >= self.budget - 1
+        if complete and finishing and eos is not None:
+            self._steps += 1
+            return eos
+        fallback: int | None = None
+        for token in order:
+            if token in self.eos:
+                if complete:
+                    self._steps += 1
+                    return token
+                continue
+            piece = self.texts[token] if token < len(self.texts) else ""
+            if not piece or not constraint.viable(self.text + piece):
+                continue
+            if not finishing or constraint.complete(self.text + piece):
+                fallback = token
+                break
+            if fallback is None:
+                fallback = token
+        if fallback is None:  # nothing viable (cannot happen with a byte-level vocabulary); end the answer
+            self.done = True
+            self._steps += 1
+            return eos if eos is not None else int(order[0])
+        self.text += self.texts[fallback]
+        self._steps += 1
+        return fallback

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -71,11 +72,18 @@ def test_env_file_defines_what_the_unit_uses_and_overrides_valid_keys() -> None:
 def test_compose_parses_and_agrees_with_node_and_orthanc_config() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"orthanc", "postgres", "cxr-node"}
+    assert set(services) == {"orthanc", "postgres", "vllm", "cxr-node", "cxr-worker"}
     node = services["cxr-node"]
-    devices = node["deploy"]["resources"]["reservations"]["devices"]
+    # the engine is the only service with the GPU; listener and workers run without one
+    engine, worker = services["vllm"], services["cxr-worker"]
+    devices = engine["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert "deploy" not in node and "deploy" not in worker
     assert services["orthanc"]["image"].startswith("jodogne/orthanc-plugins")
+    assert node["command"][-2:] == ["--role", "listener"] and worker["command"][-2:] == ["--role", "worker"]
+    assert worker["image"] == node["image"] and worker["volumes"] == node["volumes"]
+    assert worker["environment"] == node["environment"]
+    assert worker["depends_on"]["vllm"]["condition"] == "service_healthy" and "healthcheck" in engine
     assert (DEPLOY / node["build"]["context"] / node["build"]["dockerfile"]).is_file()
 
     mounts = {}
@@ -89,8 +97,17 @@ def test_compose_parses_and_agrees_with_node_and_orthanc_config() -> None:
     env = {k: v.replace("${CXR_DB_PASSWORD:?set CXR_DB_PASSWORD}", "pw") for k, v in node["environment"].items()}
     config = config_from_dict(node_yaml, environ=env)
     assert config.database_url.startswith("postgresql+psycopg://cxrnode:pw@postgres:5432/")
-    assert str(config.model.path) == "/models/cxr-model"
-    assert any(v.endswith(":/models/cxr-model:ro") for v in node["volumes"])
+    # the workers talk to the engine service under the name it serves the mounted model as
+    assert config.model.backend == "openai" and config.processing.workers > 1
+    url = urlsplit(config.model.url)
+    engine_args = engine["command"]
+    assert (url.hostname, url.path) == ("vllm", "/v1") and str(url.port) in engine["expose"]
+    assert engine_args[engine_args.index("--port") + 1] == str(url.port)
+    assert engine_args[engine_args.index("--served-model-name") + 1] == config.model.name
+    model_dir = engine_args[engine_args.index("--model") + 1]
+    assert any(v.endswith(f":{model_dir}:ro") for v in engine["volumes"])
+    limits = json.loads(engine_args[engine_args.index("--limit-mm-per-prompt") + 1])
+    assert limits["video"] == 0 and limits["image"] >= 3  # current PA + lateral and a prior
 
     orthanc = json.loads(mounts["/etc/orthanc/orthanc.json"].read_text())
     target = services["orthanc"]["environment"]["CXR_NODE_MODALITY"]

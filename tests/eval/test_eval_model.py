@@ -87,3 +87,43 @@ def test_compare_quantization_none_nf4(
     assert none["model"]["quantization"] == "none" and nf4["model"]["quantization"] == "nf4"
     assert nf4["footprint_bytes"] < none["footprint_bytes"]  # 4-bit decoder weights
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_parallel_within_stage_cost_beside_sequential(
+    qwen_demo_dir: Path, model_eval_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset, images = model_eval_data
+    out = tmp_path / "parallel.json"
+    args = ["eval", str(dataset), "--model", str(qwen_demo_dir), "--images", str(images), "--free",
+            "--parallel-within-stage", "--json", str(out), *FAST]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Accuracy cost of parallel_within_stage" in printed and "answer agreement, parallel vs sequential" in printed
+
+    doc = json.loads(out.read_text())
+    asked = sum(len(s.items) for s in load_dataset(dataset))
+    _check_groups(doc, asked)  # the main scores are the sequential run's
+    comparison = doc["parallel_within_stage"]
+    sequential, parallel = comparison["modes"]["sequential"], comparison["modes"]["parallel_within_stage"]
+    assert sequential["overall"] == doc["overall"]
+    assert parallel["overall"]["count"] == asked and parallel["seconds_per_study"] > 0
+    cost = comparison["cost"]
+    assert cost["overall"]["score"] == pytest.approx(parallel["overall"]["score"] - sequential["overall"]["score"])
+    assert cost["overall"]["unparsed"] == parallel["overall"]["unparsed"] - sequential["overall"]["unparsed"]
+    assert set(cost["by_stage"]) == set(sequential["by_stage"])
+    # the first question of each study is asked the same way in both modes (no history), so its answers agree
+    assert comparison["agreement"]["open_token"]["count"] > 0
+
+
+def test_waves_group_a_stage_and_ask_image_questions_alone(demo_studies) -> None:
+    from inference.evaluation.predictions import _waves
+
+    study = demo_studies[0]
+    items = study.items
+    assert _waves(items, False) == [[i] for i in range(len(items))]
+    waves = _waves(items, True)
+    assert [i for wave in waves for i in wave] == list(range(len(items)))  # every item once, in order
+    for wave in waves:
+        assert len({items[i].stage for i in wave}) == 1
+        assert len(wave) == 1 or not any(items[i].n_images for i in wave)
+    assert len(waves) < len(items)  # some stage has several questions asked together

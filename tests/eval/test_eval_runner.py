@@ -39,7 +39,8 @@ class EchoModel:
     def answer_wrapper(self) -> str | None:
         return None
 
-    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int) -> Generation:
+    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int,
+               constraint: object = None) -> Generation:
         self.calls.append((list(history), question))
         self.budgets.append(max_new_tokens)
         text = self.answers.get(question.text, "No.")

@@ -35,7 +35,8 @@ class ScriptedModel:
                                profile="scripted", quantization="none", dtype="float32", device="cpu",
                                demo_model=True, software_version="test")
 
-    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int) -> Generation:
+    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int,
+               constraint: object = None) -> Generation:
         self.calls.append((history, question, max_new_tokens))
         text = question.text
         if self.fail_on and self.fail_on in text:

@@ -18,6 +18,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from dicomnode.demo.synthetic import StudySpec, make_study, prior_spec
 from inference.chat import Generation, Turn
+from inference.constraints import GRACE_TOKENS
 from inference.flow import run_flow
 from inference.record import Presence, QType, ReasoningRecord, StageStatus
 from inference.stages import DEFAULT_STAGES_PATH, StageBook
@@ -65,7 +66,8 @@ class Steered:
     def answer_wrapper(self) -> str | None:
         return self.model.answer_wrapper
 
-    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int) -> Generation:
+    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int,
+               constraint: object = None) -> Generation:
         generation = self.model.answer(history, question, max_new_tokens)
         if any(f"evidence of {t} in the main study" in question.text for t in self.terms):
             self.steered += 1
@@ -97,7 +99,9 @@ def _assert_common(record: ReasoningRecord, family: str) -> None:
         for q in stage.questions:
             assert q.parsed.ok or q.parsed.error, q.id  # parsed, or flagged with a reason
             assert q.raw_answer or q.parsed.error
-            assert q.generated_tokens <= TOKENS
+            # a constrained choice/box answer may run past its budget to finish its grammar (yes/no keeps it)
+            limit = TOKENS if q.qtype in (QType.OPEN, QType.YES_NO) else TOKENS + GRACE_TOKENS
+            assert q.generated_tokens <= limit
             if q.parsed.ok and q.qtype is QType.DETECTION:
                 assert q.parsed.boxes
     assert not any(s.status is StageStatus.FAILED for s in record.stages)

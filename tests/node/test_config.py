@@ -152,6 +152,12 @@ def test_reasoning_without_a_model_is_refused_naming_the_key() -> None:
             config_from_dict(data, environ={})
         assert [line.split(":")[0] for line in info.value.problems] == ["model.path"]
     assert config_from_dict({"processing": {"processor": "passthrough"}}, environ={}).model.path is None
+    # a serving engine holds the model: the openai backend needs its URL, not a local directory
+    engine = config_from_dict({"model": {"backend": "openai", "url": "http://vllm:8000/v1"}}, environ={})
+    assert engine.model.path is None and engine.processing.processor == "reasoning"
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"model": {"backend": "openai"}}, environ={})
+    assert "model.url is required with model.backend: openai" in str(info.value)
 
 
 @pytest.mark.parametrize(("priors", "missing"), [

@@ -2,6 +2,7 @@
 failures, crash recovery and operator retry."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -191,7 +192,8 @@ def test_two_processes_on_sqlite_never_process_a_job_twice(tmp_path, data_dir, s
     config_path = tmp_path / "node.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
     procs = [subprocess.Popen([sys.executable, str(HERE / "worker_proc.py"), str(config_path), f"p{i}"],
-                              env={"CXR_TEST_PROCESS_SECONDS": "0.3", "PATH": "/usr/bin:/bin"})
+                              env={"CXR_TEST_PROCESS_SECONDS": "0.3", "PATH": "/usr/bin:/bin",
+                                   "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
              for i in range(2)]
     for proc in procs:
         assert proc.wait(300) == 0

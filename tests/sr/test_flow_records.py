@@ -26,7 +26,8 @@ class Scripted:
                                profile="scripted", quantization="nf4", dtype="bfloat16", device="cpu",
                                demo_model=True, software_version="test")
 
-    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int) -> Generation:
+    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int,
+               constraint: object = None) -> Generation:
         text = question.text
         if "[detection]" in text:
             reply = BOX

@@ -1,0 +1,244 @@
+"""A ChatModel served by an OpenAI-compatible engine (vLLM): the same conversation as the local backend, sent over
+HTTP. The engine batches across studies and caches prefixes; the node keeps each study's turns in order.
+
+- Messages: the profile's system prompt, the history, the question; images as base64 PNG data URLs, each with a
+  ``uuid`` made from its pixels (the engine caches images by it).
+- Images are resized here to the model's patch grid (Qwen ``smart_resize``: multiples of ``image_factor`` within
+  ``min_pixels``..``max_pixels``), so the engine takes them as they are and boxes map back to source pixels exactly
+  as with the local backend (``Generation.model_image_sizes``).
+- Closed answers: ``structured_outputs`` ``choice`` / ``regex`` from ``inference.constraints``.
+- Provenance: engine URL, the served model id (``/v1/models``) and the engine version (``/version``).
+- Unreachable engine, HTTP 5xx or timeout: ``EngineUnavailable`` (the node re-queues the job).
+Uses only the standard library's HTTP client.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import math
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from inference.chat import IMAGE_PLACEHOLDER, BoxConvention, EngineUnavailable, Generation, Turn
+from inference.constraints import AnswerConstraint
+from inference.model.profiles import ModelProfile, select_profile
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """Provenance of a served model; field names match ``inference.record.Provenance``."""
+
+    engine_url: str
+    model_name: str  # the served model id
+    engine_version: str
+    profile: str
+    demo_model: bool = False
+    seed: int = 0
+
+    def provenance_fields(self) -> dict[str, Any]:
+        return {"model_dir": self.engine_url, "model_name": self.model_name, "model_version": self.engine_version,
+                "weights_sha256": "", "profile": self.profile, "quantization": "engine", "dtype": "engine",
+                "device": "remote", "demo_model": self.demo_model, "transformers_version": "", "seed": self.seed,
+                "engine_url": self.engine_url, "engine_version": self.engine_version}
+
+
+def grid_size(width: int, height: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen-VL's ``smart_resize``: (width, height) rounded to multiples of ``factor`` within the pixel bounds."""
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return w, h
+
+
+def image_part(image: Image.Image) -> dict[str, Any]:
+    """An ``image_url`` content part: a PNG data URL and a uuid made from the pixels."""
+    rgb = image.convert("RGB")
+    digest = hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return {"type": "image_url", "image_url": {"url": url}, "uuid": digest}
+
+
+class RemoteChatModel:
+    """Implements ``inference.chat.ChatModel`` against an OpenAI-compatible ``/v1`` endpoint."""
+
+    concurrent = True  # one instance may serve several studies at once from several threads
+
+    def __init__(self, url: str, profile: ModelProfile, *, name: str | None = None, api_key: str | None = None,
+                 timeout_seconds: float = 120.0, image_factor: int = 28, min_pixels: int = 56 * 56,
+                 max_pixels: int = 448 * 448, seed: int = 0, demo_model: bool = False,
+                 return_token_ids: bool = False) -> None:
+        self.url = url.rstrip("/")
+        self.profile = profile
+        self.api_key = api_key
+        self.timeout_seconds = timeout_seconds
+        self.image_factor, self.min_pixels, self.max_pixels = image_factor, min_pixels, max_pixels
+        self.seed = seed
+        self.return_token_ids = return_token_ids
+        self.last_response: dict[str, Any] = {}
+        self._count_lock = threading.Lock()
+        self.in_flight = 0  # chat requests of this client waiting for the engine now
+        self.peak_in_flight = 0  # the most there were at once (studies and parallel questions batched by the engine)
+        served = self._get("/models")
+        ids = [m.get("id") for m in served.get("data", [])]
+        roots = {m.get("id"): m.get("root") for m in served.get("data", [])}
+        if name is None:
+            if not ids:
+                raise EngineUnavailable(f"{self.url}/models lists no model")
+            name = str(ids[0])
+        elif ids and name not in ids:
+            raise ValueError(f"the engine at {self.url} serves {ids}, not {name!r}")
+        self.name = name
+        demo_model = demo_model or _is_demo(roots.get(name))
+        self.info = EngineInfo(self.url, name, self._engine_version(), profile.name, demo_model, seed)
+
+    # -- ChatModel -------------------------------------------------------------------------------------------
+    @property
+    def box_convention(self) -> BoxConvention:
+        return self.profile.box_convention
+
+    @property
+    def answer_wrapper(self) -> str | None:
+        return self.profile.answer_wrapper
+
+    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int,
+               constraint: AnswerConstraint | None = None) -> Generation:
+        if question.role != "user":
+            raise ValueError("the question must be a user turn")
+        start = time.perf_counter()
+        messages, sizes = self.messages([*history, question])
+        body: dict[str, Any] = {"model": self.name, "messages": messages, "max_tokens": max_new_tokens,
+                                "temperature": 0.0, "seed": self.seed, "skip_special_tokens": True}
+        if self.return_token_ids:
+            body["return_token_ids"] = True
+        if constraint is not None:
+            body["structured_outputs"] = constraint.structured_outputs()
+            body["max_tokens"] = constraint.max_tokens(max_new_tokens)  # the grammar may finish past the budget
+        with self._count_lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            response = self._post("/chat/completions", body)
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
+        self.last_response = response
+        choice = response["choices"][0]
+        usage = response.get("usage") or {}
+        cached = int(((usage.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0)
+        prompt = int(usage.get("prompt_tokens") or 0)
+        return Generation(text=str(choice["message"].get("content") or "").strip(), prompt_tokens=prompt - cached,
+                          cached_tokens=cached, generated_tokens=int(usage.get("completion_tokens") or 0),
+                          seconds=time.perf_counter() - start, model_image_sizes=tuple(sizes),
+                          token_ids=tuple(int(t) for t in choice.get("token_ids") or ()))
+
+    # -- conversation ----------------------------------------------------------------------------------------
+    def resize(self, image: Image.Image) -> Image.Image:
+        size = grid_size(image.width, image.height, self.image_factor, self.min_pixels, self.max_pixels)
+        rgb = image.convert("RGB")
+        return rgb if rgb.size == size else rgb.resize(size, Image.Resampling.BICUBIC)
+
+    def messages(self, turns: list[Turn]) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
+        """OpenAI chat messages for ``turns`` and the size of each image as sent, in order."""
+        system = self.profile.system_prompt
+        messages: list[dict[str, Any]] = []
+        if self.profile.system_role:
+            messages.append({"role": "system", "content": system})
+        sizes: list[tuple[int, int]] = []
+        for n, turn in enumerate(turns):
+            if turn.role == "assistant":
+                messages.append({"role": "assistant", "content": turn.text})
+                continue
+            text = turn.text if self.profile.system_role or n else f"{system}\n{turn.text}"
+            pieces = text.split(IMAGE_PLACEHOLDER)
+            if len(pieces) - 1 > len(turn.images):
+                raise ValueError(f"turn {n}: {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders but "
+                                 f"{len(turn.images)} images")
+            images = [self.resize(i) for i in turn.images]
+            sizes += [i.size for i in images]
+            extra = len(images) - (len(pieces) - 1)
+            content: list[dict[str, Any]] = [image_part(i) for i in images[:extra]]
+            inline = images[extra:]
+            if self.profile.image_placement == "first":
+                content += [image_part(i) for i in inline]
+                content.append({"type": "text", "text": "".join(pieces)})
+            else:
+                for k, piece in enumerate(pieces):
+                    if k:
+                        content.append(image_part(inline[k - 1]))
+                    if piece:
+                        content.append({"type": "text", "text": piece})
+            messages.append({"role": "user", "content": content})
+        return messages, sizes
+
+    # -- HTTP --------------------------------------------------------------------------------------------------
+    def _engine_version(self) -> str:
+        root = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
+        try:
+            return str(self._request("GET", root + "/version").get("version", ""))
+        except (EngineUnavailable, ValueError):
+            return ""
+
+    def _get(self, path: str) -> dict[str, Any]:
+        return self._request("GET", self.url + path)
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", self.url + path, body)
+
+    def _request(self, method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:500].decode("utf-8", "replace")
+            if exc.code >= 500:
+                raise EngineUnavailable(f"{method} {url}: HTTP {exc.code}: {detail}") from exc
+            raise ValueError(f"{method} {url}: HTTP {exc.code}: {detail}") from exc
+        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
+            raise EngineUnavailable(f"{method} {url}: {exc}") from exc
+
+
+def _is_demo(root: Any) -> bool:
+    """The served model is a demo model when its directory (an engine on this machine) carries the demo marker."""
+    from inference.model.demo import MARKER_FILE
+
+    try:
+        marker = Path(str(root)) / MARKER_FILE
+        return bool(root) and marker.is_file() and bool(json.loads(marker.read_text(encoding="utf-8")).get("demo"))
+    except (OSError, ValueError):
+        return False
+
+
+def connect(url: str, *, name: str | None = None, api_key_env: str | None = None, timeout_seconds: float = 120.0,
+            profile: str = "qwen2_5_vl", seed: int = 0, demo_model: bool = False, **grid: Any) -> RemoteChatModel:
+    """A ``RemoteChatModel`` for ``url``; the API key is read from the environment variable ``api_key_env``."""
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not api_key:
+        raise ValueError(f"model.api_key_env: environment variable {api_key_env} is not set")
+    chosen = select_profile({}, profile)
+    return RemoteChatModel(url, chosen, name=name, api_key=api_key, timeout_seconds=timeout_seconds, seed=seed,
+                           demo_model=demo_model, **grid)

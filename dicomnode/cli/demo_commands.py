@@ -27,7 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Processes DICOM files grouped by study with the reasoning flow, writing OUT/<study>/sr.dcm, "
         "sc-N.dcm, page-N.png and record.json. No network, no database.")
     run.add_argument("input", type=Path, metavar="DIR", help="folder searched recursively for DICOM files")
-    run.add_argument("--model", type=Path, required=True, metavar="DIR", help="local model directory")
+    backend = run.add_mutually_exclusive_group(required=True)
+    backend.add_argument("--model", type=Path, metavar="DIR", help="local model directory")
+    backend.add_argument("--engine", metavar="URL",
+                         help="an OpenAI-compatible engine (vLLM) instead, e.g. http://host:8000/v1")
+    run.add_argument("--engine-model", metavar="NAME", help="served model id (default: the engine's first)")
     run.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     run.add_argument("--config", type=Path, help="node config for model/reasoning/output settings (optional)")
     run.add_argument("--quantization", choices=("nf4", "fp4", "int8", "none"), help="override model.quantization")
@@ -66,12 +70,17 @@ def run_batch_command(args: argparse.Namespace) -> int:
     from dicomnode.batch import group_by_study, run_batch
     from dicomnode.config import ConfigError, config_from_dict, load_config
 
-    try:
-        config = load_config(args.config) if args.config else config_from_dict({})
+    model: dict[str, object] = ({"backend": "openai", "url": args.engine} if args.engine
+                                else {"backend": "transformers", "path": args.model})
+    if args.engine and args.engine_model:
+        model["name"] = args.engine_model
+    try:  # the command line's model (a directory or an engine) replaces the config's
+        config = load_config(args.config) if args.config else config_from_dict({"model": model})
     except ConfigError as exc:
         print(f"cxr-node run: {exc}", file=sys.stderr)
         return 2
-    config.model.path = args.model
+    for key, value in model.items():
+        setattr(config.model, key, value)
     if args.quantization:
         config.model.quantization = args.quantization
     if args.device:
@@ -92,7 +101,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         task = progress.add_task("studies", total=len(studies))
         outcomes = run_batch(studies, processor, args.out, progress=lambda uid: progress.advance(task))
     failed = [o for o in outcomes if not o.ok]
-    demo = " (DEMO model: untrained, meaningless output)" if processor.model.info.demo_model else ""
+    demo = " (DEMO model: untrained, meaningless output)" if processor.model and processor.model.info.demo_model else ""
     print(f"{len(outcomes) - len(failed)} of {len(outcomes)} studies reasoned{demo}; results in {args.out}")
     for o in failed:
         print(f"  FAILED {o.out_dir.name}: {o.error}")

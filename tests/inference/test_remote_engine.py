@@ -131,3 +131,25 @@ def test_the_venv_script_and_the_engine_helper_agree_on_version_and_place(monkey
     assert vllm_venv() == tmp_path / "cxr-node" / f"vllm-venv-{VLLM_VERSION}"
     monkeypatch.setenv("CXR_VLLM_VENV", str(tmp_path / "elsewhere"))
     assert vllm_venv() == tmp_path / "elsewhere"
+
+
+def test_batch_run_through_the_engine(vllm_url: str, tmp_path: Path) -> None:
+    """``cxr-node run --engine URL``: the batch command reasons a folder through the engine (no local model)."""
+    import subprocess
+    import sys
+
+    import pydicom
+
+    from dicomnode.demo.synthetic import StudySpec, write_study
+
+    write_study(tmp_path / "in", StudySpec(views=("PA",), rows=256, columns=208))
+    out = tmp_path / "out"
+    cli = "import sys; from dicomnode.cli import main; sys.exit(main())"
+    done = subprocess.run([sys.executable, "-c", cli, "run", str(tmp_path / "in"), "--engine", vllm_url,
+                           "--out", str(out), "--max-new-tokens", "8"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 of 1 studies reasoned (DEMO model" in done.stdout
+    [sr_path] = out.glob("*/sr.dcm")
+    record = (sr_path.parent / "record.json").read_text()
+    assert vllm_url in record  # provenance names the engine
+    assert pydicom.dcmread(sr_path).Modality == "SR"

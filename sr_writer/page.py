@@ -385,8 +385,8 @@ class PageRenderer:
             colour = PRESENCE_COLOUR[finding.presence]
             box_numbers = [str(numbers[id(b)]) for b in finding.boxes if id(b) in numbers]
             label = finding.label + (f"  [box {', '.join(box_numbers)}]" if box_numbers else "")
-            label_lines = wrap(label, f.body, status_x - left - 12)
             face = f.bold if finding.presence is not Presence.ABSENT else f.body
+            label_lines = wrap(label, face, status_x - left - 12)  # measured in the face it is drawn in
             for i, text in enumerate(label_lines):
                 face.draw(draw, (left, y + i * f.body.line_height), text, INK)
             draw.rounded_rectangle([status_x, y + 3, status_x + 180, y + f.body.line_height - 3], radius=8, fill=colour)

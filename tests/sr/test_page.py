@@ -127,3 +127,20 @@ def test_no_finding_is_claimed_only_when_every_finding_is_absent(study: list[Dat
     assert findings_summary(make_record(study, uncertain=("edema",))).startswith("No finding: not established")
     assert findings_summary(make_record(study, positive=("edema",), uncertain=("fracture",))) == (
         "Positive: 1 of 18, 1 uncertain")
+
+
+def test_finding_labels_never_run_into_their_badges(study: list[Dataset]) -> None:
+    """Every finding present with a box: the longest bold labels ("Other pleural abnormality  [box 11]") wrap before
+    the presence badges, leaving the 12 px gap clear, instead of running under them (they were measured in the
+    regular face and drawn in bold, so "[box" disappeared under the badge)."""
+    from dicomnode.demo.records import FINDING_LABELS
+
+    record = make_record(study, positive=tuple(FINDING_LABELS), anatomy_boxes=False)
+    renderer = PageRenderer(record, study, (), OutputOptions())
+    plan = renderer.layout()
+    page = np.asarray(renderer.render(only={1})[0][0]).astype(int)
+    status_x = renderer.width - renderer.margin - 190  # the badges' left edge
+    gap_x = slice(status_x - 10, status_x)
+    table_y = slice(plan.header_bottom + renderer.faces.heading.line_height + 6, plan.first_text_top - 24)
+    ink = np.all(page[table_y, gap_x] < 70, axis=-1)  # label text is near-black
+    assert not ink.any(), f"{int(ink.sum())} label pixels in the gap before the badges"

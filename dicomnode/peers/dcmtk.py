@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dicomnode.peers.ports import free_port, port_open
-from dicomnode.peers.process import stop_process, wait_until_ready
+from dicomnode.peers.process import LoggedProcess
 
 
 def _require(tool: str) -> str:
@@ -70,28 +70,22 @@ class StoreSCP:
         self.aet = aet
         self.port = port or free_port()
         self.extra_args = list(extra_args)
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = LoggedProcess(self.directory.parent / f"storescp-{self.port}.log")
 
     def start(self, timeout: float = 60.0) -> "StoreSCP":
         self.directory.mkdir(parents=True, exist_ok=True)
         cmd = [_require("storescp"), "-aet", self.aet, "-od", str(self.directory), *self.extra_args, str(self.port)]
-        log = open(self.directory.parent / f"storescp-{self.port}.log", "ab")
         try:
-            self._process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            log.close()
-        try:
-            exited = wait_until_ready(self._process, lambda: port_open(self.port), timeout)
+            exited = self._process.start(cmd, lambda: port_open(self.port), timeout)
         except TimeoutError:
-            self.stop()
-            raise RuntimeError(f"storescp did not listen on {self.port} within {timeout:.0f} s") from None
+            raise RuntimeError(f"storescp did not listen on {self.port} within {timeout:.0f} s: "
+                               f"{self._process.tail()}") from None
         if exited is not None:
-            raise RuntimeError(f"storescp exited with {exited}")
+            raise RuntimeError(f"storescp exited with {exited}: {self._process.tail()}")
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        process, self._process = self._process, None
-        stop_process(process, timeout)
+        self._process.stop(timeout)
 
     def received(self) -> list[Path]:
         """Files storescp has written so far."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.peers.ports import free_port
-from dicomnode.peers.process import stop_process, wait_until_ready
+from dicomnode.peers.process import LoggedProcess
 
 ORTHANC_BINARY = os.environ.get("CXR_ORTHANC_BINARY", "Orthanc")
 DICOMWEB_PACKAGE = "orthanc-dicomweb"
@@ -80,8 +80,7 @@ class OrthancServer:
         self.extra_config = dict(extra_config or {})
         self.dicomweb = dicomweb
         self.http_user = http_user  # (user, password): HTTP basic authentication required, REST calls use it
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log_handle: Any = None
+        self._process = LoggedProcess(self.workdir / "orthanc.log")
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     @property
@@ -90,11 +89,11 @@ class OrthancServer:
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / "orthanc.log"
+        return self._process.log_path
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._process.running
 
     def config(self) -> dict[str, Any]:
         """The JSON configuration Orthanc is started with."""
@@ -134,22 +133,13 @@ class OrthancServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(self.config(), indent=2))
-        self._log_handle = open(self.log_path, "ab")
-        self._process = subprocess.Popen(
-            [ORTHANC_BINARY, str(config_path)],
-            stdout=self._log_handle,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            start_new_session=True,
-        )
         try:
-            exited = wait_until_ready(self._process, self._answers, timeout, interval=0.2)
+            exited = self._process.start([ORTHANC_BINARY, str(config_path)], self._answers, timeout, interval=0.2,
+                                         cwd=self.workdir)
         except TimeoutError:
-            self.stop()
-            raise OrthancError(f"Orthanc REST did not answer within {timeout:.0f} s: {self._log_tail()}") from None
+            raise OrthancError(f"Orthanc REST did not answer within {timeout:.0f} s: {self._process.tail()}") from None
         if exited is not None:
-            self._close_log()
-            raise OrthancError(f"Orthanc exited with {exited}: {self._log_tail()}")
+            raise OrthancError(f"Orthanc exited with {exited}: {self._process.tail()}")
         return self
 
     def _answers(self) -> bool:
@@ -161,9 +151,7 @@ class OrthancServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop Orthanc (SIGTERM, then SIGKILL); storage stays in ``workdir``."""
-        process, self._process = self._process, None
-        stop_process(process, timeout)
-        self._close_log()
+        self._process.stop(timeout)
 
     def restart(self, timeout: float = 90.0) -> "OrthancServer":
         self.stop()
@@ -174,17 +162,6 @@ class OrthancServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def _close_log(self) -> None:
-        if self._log_handle is not None:
-            self._log_handle.close()
-            self._log_handle = None
-
-    def _log_tail(self, chars: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
 
     # -- REST ----------------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> bytes:

@@ -1,9 +1,12 @@
-"""Start and stop a peer's process: wait until it answers, stop it (SIGTERM, then SIGKILL)."""
+"""Start and stop a peer's process: wait until it answers, stop it (SIGTERM, then SIGKILL), read its log."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 
 def wait_until_ready(process: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float,
@@ -30,3 +33,57 @@ def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 30.0)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout)
+
+
+class LoggedProcess:
+    """A peer's process with its output appended to ``log_path``: started and waited on until it answers, its log
+    tail read for error messages, stopped (SIGTERM, then SIGKILL; the whole process group when ``group``, for a
+    peer with child processes). The log file stays open in the child only."""
+
+    def __init__(self, log_path: Path, group: bool = False) -> None:
+        self.log_path = log_path
+        self.group = group
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, command: Sequence[str], ready: Callable[[], bool], timeout: float, *, interval: float = 0.1,
+              cwd: Path | None = None, env: Mapping[str, str] | None = None) -> int | None:
+        """Start ``command`` in a new session and wait until ``ready()`` (None), or until it exits (its exit code).
+        TimeoutError after ``timeout`` seconds, once the process is stopped."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+                                            env=dict(env) if env is not None else None, start_new_session=True)
+        try:
+            exited = wait_until_ready(self.process, ready, timeout, interval)
+        except TimeoutError:
+            self.stop()
+            raise
+        if exited is not None:
+            self.process = None
+        return exited
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the process if it still runs (SIGTERM, then SIGKILL after ``timeout``)."""
+        process, self.process = self.process, None
+        if not self.group:
+            stop_process(process, timeout)
+        elif process is not None and process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout)
+            except ProcessLookupError:
+                pass
+
+    def tail(self, chars: int = 2000) -> str:
+        """The end of the log (for error messages); "" when there is none."""
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.peers.ports import free_port
-from dicomnode.peers.process import wait_until_ready
+from dicomnode.peers.process import LoggedProcess
 
 VLLM_VERSION = "0.32.0"  # keep in step with scripts/vllm_venv.sh (VERSION)
 SKIP_ENV = "CXR_SKIP_VLLM"  # "1": bootstrap builds no vLLM venv and the engine tests skip (CI never sets it)
@@ -72,8 +71,7 @@ class VllmServer:
         self.port = port or free_port()
         self.served_name = served_name
         self.start_seconds = 0.0
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log_handle: Any = None
+        self._process = LoggedProcess(self.workdir / "vllm.log", group=True)  # the engine core is a child
 
     @property
     def url(self) -> str:
@@ -82,11 +80,11 @@ class VllmServer:
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / "vllm.log"
+        return self._process.log_path
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._process.running
 
     def command(self) -> list[str]:
         cmd = [str(self.python), str(SERVER_SCRIPT), "--model", str(self.model_dir), *self.args,
@@ -105,18 +103,13 @@ class VllmServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # The venv's own site-packages only: the node's PYTHONPATH would put a second transformers on the path.
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", **self.env}
-        self._log_handle = open(self.log_path, "ab")
         started = time.monotonic()
-        self._process = subprocess.Popen(self.command(), stdout=self._log_handle, stderr=subprocess.STDOUT,
-                                         env=env, cwd=self.workdir, start_new_session=True)
         try:
-            code = wait_until_ready(self._process, self._serves_a_model, timeout, interval=1.0)
+            code = self._process.start(self.command(), self._serves_a_model, timeout, interval=1.0, cwd=self.workdir,
+                                       env=env)
         except TimeoutError:
-            self.stop()
             raise VllmError(f"vLLM did not answer /v1/models within {timeout:.0f} s:\n{self.log_tail()}") from None
         if code is not None:
-            self._process = None
-            self._close_log()
             raise VllmError(f"vLLM exited with {code}:\n{self.log_tail()}")
         self.start_seconds = time.monotonic() - started
         return self
@@ -129,17 +122,7 @@ class VllmServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the engine (its process group: the engine core is a child process), then SIGKILL."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            try:
-                os.killpg(process.pid, 15)
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, 9)
-                process.wait(timeout)
-            except ProcessLookupError:
-                pass
-        self._close_log()
+        self._process.stop(timeout)
 
     def __enter__(self) -> "VllmServer":
         return self.start()
@@ -147,16 +130,8 @@ class VllmServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _close_log(self) -> None:
-        if self._log_handle is not None:
-            self._log_handle.close()
-            self._log_handle = None
-
     def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return self._process.tail(chars)
 
     # -- HTTP ----------------------------------------------------------------------------------------------
     def get(self, path: str, timeout: float = 30.0) -> dict[str, Any]:

@@ -54,3 +54,50 @@ def test_postgres_starts_and_creates_databases(tmp_path: Path) -> None:
         with engine.connect() as conn:
             assert conn.execute(text("select current_database()")).scalar() == "peer_test"
         engine.dispose()
+
+
+def test_a_peer_that_exits_at_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    from dicomnode.peers.orthanc import OrthancError
+
+    broken = OrthancServer(tmp_path / "orthanc", extra_config={"HttpPort": "not a port"})
+    with pytest.raises(OrthancError, match=r"Orthanc exited with \d+: .+"):
+        broken.start(timeout=30)
+    assert not broken.running
+    broken.stop()  # nothing left to stop
+
+
+def test_logged_process_timeout_stops_the_process_group(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from dicomnode.peers.process import LoggedProcess
+
+    child_pid_file = tmp_path / "child.pid"
+    peer = LoggedProcess(tmp_path / "logs" / "peer.log", group=True)
+    script = f"sleep 300 & echo $! > {child_pid_file}; echo started; wait"
+    with pytest.raises(TimeoutError):
+        peer.start(["sh", "-c", script], ready=lambda: False, timeout=1.0)
+    assert not peer.running and peer.process is None
+    child = int(child_pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.1)
+    assert not _alive(child)  # the group went, the shell's child too
+    assert "started" in peer.tail()
+    peer.log_path.write_text("x" * 50)
+    assert peer.tail(10) == "x" * 10
+    os.remove(peer.log_path)
+    assert peer.tail() == ""
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

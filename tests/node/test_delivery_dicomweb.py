@@ -14,11 +14,9 @@ import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
-from sqlalchemy.orm import Session, sessionmaker
 
 from delivery_support import PROCESSORS, deliveries, delivery_config, ingest_files, job, wait_until
 from dicomnode.config import ConfigError, DicomwebAuth, config_from_dict
-from dicomnode.db import make_engine, make_session_factory, upgrade_database
 from dicomnode.db.models import utcnow
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.delivery import Deliverer
@@ -32,13 +30,10 @@ USER, PASSWORD, PASSWORD_ENV = "cxrnode", "s3cret-stow", "CXR_TEST_STOW_PASSWORD
 
 
 @pytest.fixture
-def session_factory(sqlite_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(sqlite_url)
-    upgrade_database(engine)
-    try:
-        yield make_session_factory(engine)
-    finally:
-        engine.dispose()
+def database_url(sqlite_url: str) -> str:
+    """SQLite only (conftest's ``session_factory`` migrates it): the delivery queue itself is tested on both
+    databases in test_delivery.py; here what matters is the DICOMweb peer."""
+    return sqlite_url
 
 
 @pytest.fixture

@@ -62,6 +62,11 @@ class ChatModel(Protocol):
         """Regex-free name of the answer wrapper, e.g. "think_answer" for <think>..</think><answer>..</answer>."""
         ...
 
+    def model_image_size(self, image: Image.Image) -> tuple[int, int]:
+        """(width, height) of ``image`` as the model will see it: the frame of its resized-pixel boxes, known
+        before a question that brings the image in is asked (so its box grammar can be bounded)."""
+        ...
+
     def answer(self, history: list[Turn], question: Turn, max_new_tokens: int,
                constraint: AnswerConstraint | None = None) -> Generation:
         """Answer ``question`` given ``history`` (alternating user/assistant turns; system prompt is the model's).

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from inference.chat import IMAGE_PLACEHOLDER, ChatModel, EngineUnavailable, Generation, Turn
+from inference.chat import IMAGE_PLACEHOLDER, BoxConvention, ChatModel, EngineUnavailable, Generation, Turn
 from inference.constraints import AnswerConstraint, constraint_for
 from inference.images import ModelImage, prepare_images
 from inference.parsing import ImageGeometry, option_label, parse_answer
@@ -192,10 +192,13 @@ def _apply(book: StageBook, question: QuestionDef, item: FindingDef | AnatomyDef
 
 
 def _constraint(model: ChatModel, question: QuestionDef, item: FindingDef | AnatomyDef | None,
-                state: _State) -> AnswerConstraint | None:
-    """The decoding constraint of a closed question (boxes sized to the first image as the model sees it)."""
+                state: _State, first_image: ModelImage) -> AnswerConstraint | None:
+    """The decoding constraint of a closed question (boxes sized to the first image as the model sees it: as it
+    saw it, or, before the model has seen it, as it will)."""
     first = state.geometry[0] if state.geometry else None
     size = (first.model_width, first.model_height) if first and first.model_width and first.model_height else None
+    if size is None and question.qtype is QType.DETECTION and model.box_convention is BoxConvention.RESIZED_PIXELS:
+        size = model.model_image_size(first_image.image)
     target = item.term if item is not None else ""
     return constraint_for(question.qtype, question.options, model.box_convention, size, target)
 
@@ -221,7 +224,7 @@ def _prepare(model: ChatModel, book: StageBook, stage: StageDef, question: Quest
              prior: Sequence[ModelImage], override: int | Mapping[QType, int] | None) -> _Ask:
     qid = question.id + (f":{item.key}" if item is not None else "")
     turn, text, shows_current, shows_prior = _question_turn(book, stage, question, item, state, current, prior)
-    constraint = _constraint(model, question, item, state) if state.constrain else None
+    constraint = _constraint(model, question, item, state, current[0]) if state.constrain else None
     return _Ask(stage, question, item, qid, turn, text, shows_current, shows_prior,
                 _budget(book, question, override), constraint)
 

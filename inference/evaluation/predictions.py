@@ -287,6 +287,9 @@ def run_study(
             questions.append(Turn("user", items[index].question, tuple(images[next_image: next_image + n])))
             next_image += n
         asked = list(history)
+        if (constrain and model.box_convention is BoxConvention.RESIZED_PIXELS and len(sizes) < next_image
+                and any(items[i].qtype is QType.DETECTION for i in wave)):  # the grammar bounds pixel boxes
+            sizes = sizes + tuple(model.model_image_size(image) for image in images[len(sizes):next_image])
         if concurrent and len(wave) > 1:
             from concurrent.futures import ThreadPoolExecutor
 

@@ -183,6 +183,11 @@ class LoadedModel:
                           model_image_sizes=self._model_image_sizes(inputs, len(images)),
                           token_ids=tuple(text_ids))
 
+    def model_image_size(self, image: Image.Image) -> tuple[int, int]:
+        """(width, height) of ``image`` as the model will see it (the processor's resize, without the model)."""
+        inputs = self.processor.image_processor(images=[image.convert("RGB")], return_tensors="pt")
+        return self._model_image_sizes(inputs, 1)[0]
+
     def token_texts(self) -> list[str]:
         """Each vocabulary id decoded alone ("" for special tokens and partial UTF-8); built once, on first use."""
         if self._token_texts is None:

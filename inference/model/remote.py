@@ -152,6 +152,10 @@ class RemoteChatModel:
                           token_ids=tuple(int(t) for t in choice.get("token_ids") or ()))
 
     # -- conversation ----------------------------------------------------------------------------------------
+    def model_image_size(self, image: Image.Image) -> tuple[int, int]:
+        """(width, height) of ``image`` as it is sent (resized on our side to the model's grid)."""
+        return grid_size(image.width, image.height, self.image_factor, self.min_pixels, self.max_pixels)
+
     def resize(self, image: Image.Image) -> Image.Image:
         size = grid_size(image.width, image.height, self.image_factor, self.min_pixels, self.max_pixels)
         rgb = image.convert("RGB")

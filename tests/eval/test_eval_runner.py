@@ -179,3 +179,46 @@ def test_repeated_study_ids_get_unique_keys(demo_studies: list[EvalStudy]) -> No
     assert len(set(keys)) == len(keys) == 80
     assert "study1#2" in keys and all(s.study_id == s.key.split("#")[0] for s in demo_studies)
     assert {i.qtype for s in demo_studies for i in s.items} == set(QType)
+
+
+@dataclass
+class PixelBoxModel(EchoModel):
+    """Writes boxes in pixels of its resized input (half the image here), like Qwen2.5-VL, and records the
+    constraint of each question."""
+
+    constraints: list[object] = field(default_factory=list)
+
+    @property
+    def box_convention(self) -> BoxConvention:
+        return BoxConvention.RESIZED_PIXELS
+
+    def model_image_size(self, image: Image.Image) -> tuple[int, int]:
+        return image.width // 2, image.height // 2
+
+    def answer(self, history: list[Turn], question: Turn, max_new_tokens: int,
+               constraint: object = None) -> Generation:
+        self.constraints.append(constraint)
+        generation = super().answer(history, question, max_new_tokens, constraint)
+        seen = [img for turn in (*history, question) for img in turn.images]
+        return Generation(text=generation.text, prompt_tokens=1, cached_tokens=0, generated_tokens=1, seconds=0.0,
+                          model_image_sizes=tuple(self.model_image_size(img) for img in seen))
+
+
+def test_a_box_question_that_brings_its_image_in_is_bounded_by_that_image(demo_studies: list[EvalStudy],
+                                                                          tmp_path: Path) -> None:
+    """A detection question asked with its own image (6 of the demo studies open with one) gets the box grammar of
+    the image as the model will see it, not an unbounded one; later questions keep the size the model reported."""
+    from inference.constraints import constraint_for
+
+    openers = [s for s in demo_studies if s.items[0].qtype is QType.DETECTION and s.items[0].n_images]
+    assert len(openers) == 6
+    study = openers[0]
+    sizes = _write_images(study, tmp_path)
+    model = PixelBoxModel({})
+    run_model(model, [study], tmp_path, max_questions=3, show_progress=False)
+    first = study.items[0]
+    width, height = sizes[first.image_index]
+    expected = constraint_for(QType.DETECTION, (), BoxConvention.RESIZED_PIXELS, (width // 2, height // 2),
+                              first.target or "")
+    assert model.constraints[0] == expected
+    assert constraint_for(QType.DETECTION, (), BoxConvention.RESIZED_PIXELS, None, first.target or "") != expected

@@ -265,3 +265,32 @@ def test_think_answer_model_keeps_reasoning_in_record_not_in_history() -> None:
     history_answers = [t.text for t in model.calls[-1][0] if t.role == "assistant"]
     assert "Yes. Apical pneumothorax." in history_answers
     assert not any("<think>" in t for t in history_answers)
+
+
+def test_pixel_box_grammar_is_bounded_even_before_the_model_reports_its_image_size() -> None:
+    """A backend that reports no image sizes with its answers (or a box asked before the image was seen) still gets
+    box grammars bounded by the frontal image as the model will see it (``model_image_size``)."""
+    from inference.constraints import int_upto_pattern
+
+    class PixelModel(ScriptedModel):
+        def __init__(self) -> None:
+            super().__init__(positives=["cardiomegaly"], convention=BoxConvention.RESIZED_PIXELS)
+            self.constraints: list[object] = []
+
+        def model_image_size(self, image) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+            return image.width // 4, image.height // 4
+
+        def answer(self, history: list[Turn], question: Turn, max_new_tokens: int,
+                   constraint: object = None) -> Generation:
+            self.constraints.append(constraint)
+            return super().answer(history, question, max_new_tokens, constraint)
+
+    model = PixelModel()
+    current, _ = _study()
+    run_flow(model, current)
+    boxes = [c for c in model.constraints if getattr(c, "kind", None) == "detection"]
+    assert boxes
+    width, height = current[0].Columns // 4, current[0].Rows // 4  # every image of SPEC has one size
+    for constraint in boxes:
+        assert "\\d{1,4}" not in constraint.pattern  # the unbounded number
+        assert int_upto_pattern(width) in constraint.pattern and int_upto_pattern(height) in constraint.pattern

@@ -73,6 +73,8 @@ def test_nf4_cached_conversation_runs_and_accounts(qwen_demo_dir: Path) -> None:
     assert [g.cached_tokens > 0 for g, _ in results] == [False, True, True, True, True]
     sizes = results[-1][0].model_image_sizes
     assert len(sizes) == 2 and all(w % 28 == 0 and h % 28 == 0 for w, h in sizes)
+    # known before the model is asked: the box grammar of a question that brings its image in is bounded by it
+    assert tuple(model.model_image_size(img) for img in (_image(3), _image(4))) == sizes
     assert model.box_convention is BoxConvention.RESIZED_PIXELS and model.answer_wrapper is None
 
 

@@ -60,6 +60,7 @@ def test_token_parity_with_transformers_backend(remote, engine_model_dir: Path) 
         assert remote.last_response["prompt_token_ids"] == local.last_prompt_ids  # same prompt, image tokens too
         assert theirs.token_ids == ours.token_ids and theirs.text == ours.text
         assert theirs.model_image_sizes == ours.model_image_sizes
+        assert [remote.model_image_size(image)] == [local.model_image_size(image)] == list(ours.model_image_sizes)
         history += [question, Turn("assistant", ours.text)]
 
 

@@ -154,7 +154,7 @@ class Worker:
             job = held_job(session, claimed, worker_id)
             if job is None:
                 raise JobLost(f"job {claimed.job_id} is no longer held by {worker_id}")
-            created = self._add_deliveries(session, job, [(obj, path)])
+            created = self._add_deliveries(session, job, obj, path)
         stored[sop_uid] = (obj, path)
         if created and self.on_results is not None:
             self.on_results()
@@ -193,27 +193,26 @@ class Worker:
             if deliveries:  # they may all be sent already
                 settle_job(session, job, claimed.study_instance_uid)
 
-    def _add_deliveries(self, session: Session, job: Job, written: list[tuple[ResultObject, Path]]) -> int:
-        """A PENDING delivery row per written object and destination that takes its kind (never a second one for
-        the same destination and SOP Instance UID); returns how many were added."""
+    def _add_deliveries(self, session: Session, job: Job, obj: ResultObject, path: Path) -> int:
+        """A PENDING delivery row of the written ``obj`` for each destination that takes its kind (never a second
+        one for the same destination and SOP Instance UID); returns how many were added."""
         now = utcnow()
+        sop_uid = str(obj.dataset.SOPInstanceUID)
         created = 0
         for destination in self.config.destinations:
-            for obj, path in written:
-                if obj.kind not in destination.objects:
-                    continue
-                sop_uid = str(obj.dataset.SOPInstanceUID)
-                exists = session.scalar(select(Delivery.id).where(
-                    Delivery.destination == destination.name, Delivery.sop_instance_uid == sop_uid))
-                if exists is not None:  # already recorded for this destination: never send twice
-                    continue
-                session.add(Delivery(
-                    job_id=job.id, destination=destination.name, object_kind=obj.kind,
-                    sop_instance_uid=sop_uid, sop_class_uid=str(obj.dataset.SOPClassUID),
-                    path=self.dirs.relative(path), state=DeliveryState.PENDING.value,
-                    attempts=0, next_attempt_at=now,
-                ))
-                created += 1
+            if obj.kind not in destination.objects:
+                continue
+            exists = session.scalar(select(Delivery.id).where(
+                Delivery.destination == destination.name, Delivery.sop_instance_uid == sop_uid))
+            if exists is not None:  # already recorded for this destination: never send twice
+                continue
+            session.add(Delivery(
+                job_id=job.id, destination=destination.name, object_kind=obj.kind,
+                sop_instance_uid=sop_uid, sop_class_uid=str(obj.dataset.SOPClassUID),
+                path=self.dirs.relative(path), state=DeliveryState.PENDING.value,
+                attempts=0, next_attempt_at=now,
+            ))
+            created += 1
         return created
 
     # -- background threads ----------------------------------------------------------------------------------

@@ -9,9 +9,15 @@ from inference.record import Provenance
 def device_uid(provenance: Provenance) -> str:
     """A UID that is the same for the same weights (and quantization) and changes when they change.
 
-    A 2.25 UID (ISO/IEC 9834-8): the first 128 bits of SHA-256 over the weights hash and the quantization.
+    A 2.25 UID (ISO/IEC 9834-8): the first 128 bits of SHA-256 over the weights hash and the quantization. A model
+    served by an engine has no weights hash here (the OpenAI API does not tell): its served model id and the
+    engine's version stand in for it.
     """
-    digest = hashlib.sha256(f"cxr-node-device|{provenance.weights_sha256}|{provenance.quantization}".encode()).digest()
+    if provenance.weights_sha256 or not provenance.engine_url:
+        identity = f"cxr-node-device|{provenance.weights_sha256}|{provenance.quantization}"
+    else:
+        identity = f"cxr-node-engine-device|{provenance.model_name}|{provenance.engine_version}"
+    digest = hashlib.sha256(identity.encode()).digest()
     return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
@@ -27,6 +33,8 @@ def software_versions(provenance: Provenance) -> list[str]:
         values.append(f"model {provenance.model_version}")
     if provenance.transformers_version:
         values.append(f"transformers {provenance.transformers_version}")
+    if provenance.engine_url:
+        values.append(f"engine {provenance.engine_version or 'unknown version'}")
     return [v[:64] for v in values]
 
 
@@ -34,7 +42,8 @@ def summary(provenance: Provenance) -> str:
     """One line naming everything that identifies the algorithm run."""
     parts = [
         f"Model: {model_title(provenance)}",
-        f"weights sha256 {provenance.weights_sha256}",
+        f"weights sha256 {provenance.weights_sha256}" if provenance.weights_sha256 else
+        f"served by the engine at {provenance.engine_url} (version {provenance.engine_version or 'unknown'})",
         f"quantization {provenance.quantization}",
         f"dtype {provenance.dtype}",
         f"device {provenance.device}",

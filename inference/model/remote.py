@@ -47,7 +47,7 @@ class EngineInfo:
     seed: int = 0
 
     def provenance_fields(self) -> dict[str, Any]:
-        return {"model_dir": self.engine_url, "model_name": self.model_name, "model_version": self.engine_version,
+        return {"model_dir": self.engine_url, "model_name": self.model_name, "model_version": "",
                 "weights_sha256": "", "profile": self.profile, "quantization": "engine", "dtype": "engine",
                 "device": "remote", "demo_model": self.demo_model, "transformers_version": "", "seed": self.seed,
                 "engine_url": self.engine_url, "engine_version": self.engine_version}

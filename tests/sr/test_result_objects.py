@@ -264,6 +264,34 @@ def test_device_uid_follows_the_weights() -> None:
     assert len(device_uid(a)) <= 64
 
 
+def test_a_model_served_by_an_engine_is_named_with_its_engine(study: list[Dataset]) -> None:
+    """The openai backend knows no weights hash: the SR names the engine and its version, the device UID follows
+    the served model id and engine version (not one UID for every engine), and the model is not given the engine's
+    version as its own."""
+    from sr_writer.provenance import software_versions, summary
+
+    def served(name: str, version: str):  # type: ignore[no-untyped-def]
+        return make_provenance(weights_sha256="").model_copy(update=dict(
+            model_name=name, model_version="", engine_url="http://vllm:8000/v1", engine_version=version,
+            quantization="engine"))
+
+    a = served("cxr-vlm", "0.32.0")
+    assert device_uid(a) == device_uid(served("cxr-vlm", "0.32.0"))
+    assert len({device_uid(a), device_uid(served("other-vlm", "0.32.0")), device_uid(served("cxr-vlm", "0.33.0"))}) == 3
+    assert "served by the engine at http://vllm:8000/v1 (version 0.32.0)" in summary(a)
+    assert "weights sha256" not in summary(a)
+    assert software_versions(a) == ["cxr-node 0.1.0", "transformers 5.23.0", "engine 0.32.0"]
+    record = make_record(study).model_copy(update={"provenance": a})
+    objects = build_result_objects(record, study)
+    for dataset in (objects.sr, objects.pages[0]):
+        [ours] = [e for e in dataset.ContributingEquipmentSequence if e.Manufacturer == OutputOptions().manufacturer]
+        assert "engine 0.32.0" in list(ours.SoftwareVersions)
+        assert ours.DeviceSerialNumber == device_uid(a)
+        assert validate(dataset).errors == []
+    texts = [str(i.TextValue) for i in content_items(objects.sr.ContentSequence) if i.ValueType == "TEXT"]
+    assert any("served by the engine at http://vllm:8000/v1" in t for t in texts)
+
+
 def test_invalid_object_is_refused(study: list[Dataset]) -> None:
     from sr_writer import ensure_valid
 

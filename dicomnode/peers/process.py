@@ -81,6 +81,20 @@ class LoggedProcess:
             except ProcessLookupError:
                 pass
 
+    def kill(self) -> None:
+        """SIGKILL at once, the whole group with ``group`` (a crash, for tests); the log stays."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            if self.group:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
+        except ProcessLookupError:
+            pass
+        process.wait(30)
+
     def tail(self, chars: int = 2000) -> str:
         """The end of the log (for error messages); "" when there is none."""
         try:

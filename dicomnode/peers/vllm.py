@@ -124,6 +124,10 @@ class VllmServer:
         """SIGTERM the engine (its process group: the engine core is a child process), then SIGKILL."""
         self._process.stop(timeout)
 
+    def kill(self) -> None:
+        """SIGKILL the engine and its children at once: an engine crash (``start()`` brings it back, same port)."""
+        self._process.kill()
+
     def __enter__(self) -> "VllmServer":
         return self.start()
 

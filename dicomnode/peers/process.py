@@ -1,4 +1,4 @@
-"""Start and stop a peer's process: wait until it answers, stop it (SIGTERM, then SIGKILL), read its log."""
+"""A peer's process: started with its log, waited on until it answers, stopped (SIGTERM, then SIGKILL)."""
 from __future__ import annotations
 
 import os
@@ -21,18 +21,6 @@ def wait_until_ready(process: subprocess.Popen[bytes], ready: Callable[[], bool]
             return None
         time.sleep(interval)
     raise TimeoutError(f"not ready within {timeout:.0f} s")
-
-
-def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
-    """Terminate ``process`` if it still runs, and kill it when it has not exited within ``timeout``."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout)
 
 
 class LoggedProcess:
@@ -69,31 +57,30 @@ class LoggedProcess:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the process if it still runs (SIGTERM, then SIGKILL after ``timeout``)."""
         process, self.process = self.process, None
-        if not self.group:
-            stop_process(process, timeout)
-        elif process is not None and process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout)
-            except ProcessLookupError:
-                pass
-
-    def kill(self) -> None:
-        """SIGKILL at once, the whole group with ``group`` (a crash, for tests); the log stays."""
-        process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
+        self._signal(process, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._signal(process, signal.SIGKILL)
+            process.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL at once (a crash, for tests); the log stays."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            self._signal(process, signal.SIGKILL)
+            process.wait(30)
+
+    def _signal(self, process: subprocess.Popen[bytes], signum: int) -> None:
         try:
             if self.group:
-                os.killpg(process.pid, signal.SIGKILL)
+                os.killpg(process.pid, signum)
             else:
-                process.kill()
-        except ProcessLookupError:
+                process.send_signal(signum)
+        except ProcessLookupError:  # gone already
             pass
-        process.wait(30)
 
     def tail(self, chars: int = 2000) -> str:
         """The end of the log (for error messages); "" when there is none."""

@@ -25,31 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
-from dicomnode.demo.synthetic import phantom
+from dicomnode.demo.synthetic import write_cxrtrek_phantoms
 from inference.model import build_demo_model
 
 DEMO_FILE = Path(__file__).resolve().parents[1] / "tests" / "data" / "cxrtrek" / "cxrtrek_demo_80.json"
 CLOSED = ("yes_no", "single_choice", "multi_choice", "detection")
 MAX_NEW_TOKENS = 24
 CLI = "import sys; from dicomnode.cli import main; sys.exit(main(sys.argv[1:]))"
-
-
-def write_phantoms(dataset: Path, images: Path) -> int:
-    """A synthetic chest image at each of the dataset's relative image paths (first image frontal); the count."""
-    written = 0
-    for study in json.loads(dataset.read_text()):
-        for index, rel in enumerate(study["cxrtrek_data"]["image"]):
-            path = images / rel
-            if path.exists():
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pixels = phantom(96, 80, "PA" if index == 0 else "LATERAL", 8, seed=index).astype(np.uint8)
-            Image.fromarray(pixels).save(path)
-            written += 1
-    return written
 
 
 def run_eval(name: str, extra: list[str], args: argparse.Namespace, model: Path, images: Path,
@@ -112,7 +94,7 @@ def main() -> int:
         out = args.out or work / "out"
         out.mkdir(parents=True, exist_ok=True)
         model = args.model or build_demo_model(work / "model")
-        written = write_phantoms(args.dataset, work / "images")
+        written = write_cxrtrek_phantoms(json.loads(args.dataset.read_text()), work / "images")
         print(f"{written} phantom images; model {model}", flush=True)
         runs = {"constrained": ["--parallel-within-stage"] if args.parallel_within_stage else [],
                 "free": ["--no-constrain"]}

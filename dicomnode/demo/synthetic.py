@@ -164,3 +164,22 @@ def prior_spec(current: StudySpec, days_before: int = 90) -> StudySpec:
         bits_stored=current.bits_stored,
         seed=current.seed + 1000,
     )
+
+
+def write_cxrtrek_phantoms(studies: list[dict], images_dir: str | Path) -> int:
+    """A small synthetic chest image (8-bit PNG/JPEG by extension; the first of each study frontal, the others
+    lateral) at each relative image path of CXRTrek-format ``studies`` that has none yet: the public CXRTrek file
+    carries no images. Returns how many were written."""
+    from PIL import Image
+
+    written = 0
+    for study in studies:
+        for index, rel in enumerate(study["cxrtrek_data"]["image"]):
+            path = Path(images_dir) / rel
+            if path.exists():
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pixels = phantom(96, 80, "PA" if index == 0 else "LATERAL", 8, seed=index).astype(np.uint8)
+            Image.fromarray(pixels).save(path)
+            written += 1
+    return written

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "cxrtrek" / "cxrtrek_demo_80.json"
@@ -34,9 +33,7 @@ def _kind(item: dict) -> str:
 def model_eval_data(demo_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(dataset, images dir): the first two demo studies trimmed to a few items covering every question type and
     a findings-checklist item, with small synthetic chest images written at the dataset's relative image paths."""
-    from PIL import Image
-
-    from dicomnode.demo.synthetic import phantom
+    from dicomnode.demo.synthetic import write_cxrtrek_phantoms
 
     root = tmp_path_factory.mktemp("eval_data")
     studies = json.loads(demo_path.read_text())[:2]
@@ -51,11 +48,7 @@ def model_eval_data(demo_path: Path, tmp_path_factory: pytest.TempPathFactory) -
                 if checklist:
                     kinds.add("checklist")
         meta["content"] = kept
-        for index, rel in enumerate(meta["image"]):
-            path = root / "images" / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pixels = phantom(96, 80, "PA" if index == 0 else "LATERAL", 8, seed=index).astype(np.uint8)
-            Image.fromarray(pixels).save(path)
+    write_cxrtrek_phantoms(studies, root / "images")
     dataset = root / "subset.json"
     dataset.write_text(json.dumps(studies))
     return dataset, root / "images"

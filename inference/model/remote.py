@@ -157,7 +157,7 @@ class RemoteChatModel:
         return grid_size(image.width, image.height, self.image_factor, self.min_pixels, self.max_pixels)
 
     def resize(self, image: Image.Image) -> Image.Image:
-        size = grid_size(image.width, image.height, self.image_factor, self.min_pixels, self.max_pixels)
+        size = self.model_image_size(image)
         rgb = image.convert("RGB")
         return rgb if rgb.size == size else rgb.resize(size, Image.Resampling.BICUBIC)
 

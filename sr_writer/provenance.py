@@ -38,12 +38,19 @@ def software_versions(provenance: Provenance) -> list[str]:
     return [v[:64] for v in values]
 
 
+def served_by(provenance: Provenance) -> str | None:
+    """For a model served by an engine (no weights hash: the OpenAI API does not tell the weights), the engine that
+    served it; None for weights the node loaded itself."""
+    if provenance.weights_sha256 or not provenance.engine_url:
+        return None
+    return f"served by the engine at {provenance.engine_url} (version {provenance.engine_version or 'unknown'})"
+
+
 def summary(provenance: Provenance) -> str:
     """One line naming everything that identifies the algorithm run."""
     parts = [
         f"Model: {model_title(provenance)}",
-        f"weights sha256 {provenance.weights_sha256}" if provenance.weights_sha256 else
-        f"served by the engine at {provenance.engine_url} (version {provenance.engine_version or 'unknown'})",
+        served_by(provenance) or f"weights sha256 {provenance.weights_sha256}",
         f"quantization {provenance.quantization}",
         f"dtype {provenance.dtype}",
         f"device {provenance.device}",

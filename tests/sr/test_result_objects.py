@@ -290,6 +290,13 @@ def test_a_model_served_by_an_engine_is_named_with_its_engine(study: list[Datase
         assert validate(dataset).errors == []
     texts = [str(i.TextValue) for i in content_items(objects.sr.ContentSequence) if i.ValueType == "TEXT"]
     assert any("served by the engine at http://vllm:8000/v1" in t for t in texts)
+    from sr_writer.page import PageRenderer
+
+    header = " ".join(line.text for line in PageRenderer(record, study, (), OutputOptions())._header_lines())
+    assert "served by the engine at http://vllm:8000/v1 (version 0.32.0)" in header and "weights" not in header
+    local = make_record(study)
+    header = " ".join(line.text for line in PageRenderer(local, study, (), OutputOptions())._header_lines())
+    assert f"weights {local.provenance.weights_sha256[:16]}" in header
 
 
 def test_invalid_object_is_refused(study: list[Dataset]) -> None:

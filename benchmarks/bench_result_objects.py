@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
+from dicomnode.demo.records import make_record
 from dicomnode.demo.synthetic import StudySpec, make_study, prior_spec
 from sr_writer.page import render_pages
 from sr_writer.sc import build_pages
 from sr_writer.sr import build_sr
 from sr_writer.validate import validate
-from dicomnode.demo.records import make_record
 
 CASES = {
     "1 finding": dict(positive=("pneumothorax",)),
@@ -34,6 +35,10 @@ def _time(fn, repeat: int):
     return statistics.median(times), result
 
 
+def _validate_all(pages):
+    return [validate(p) for p in pages]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
@@ -44,11 +49,11 @@ def main() -> None:
         kw = dict(kw)
         prior = prior_study if kw.pop("prior", False) else []
         record = make_record(current, prior, **kw)
-        t_sr, sr = _time(lambda: build_sr(record, current, prior), args.repeat)
-        t_pages, images = _time(lambda: render_pages(record, current, prior), args.repeat)
-        t_sc, pages = _time(lambda: build_pages(record, images, current), args.repeat)
-        t_val_sr, _ = _time(lambda: validate(sr), args.repeat)
-        t_val_sc, _ = _time(lambda: [validate(p) for p in pages], args.repeat)
+        t_sr, sr = _time(partial(build_sr, record, current, prior), args.repeat)
+        t_pages, images = _time(partial(render_pages, record, current, prior), args.repeat)
+        t_sc, pages = _time(partial(build_pages, record, images, current), args.repeat)
+        t_val_sr, _ = _time(partial(validate, sr), args.repeat)
+        t_val_sc, _ = _time(partial(_validate_all, pages), args.repeat)
         print(f"{name}: {len(images)} page(s)")
         for step, seconds in [("build SR", t_sr), ("render pages", t_pages), ("build SC", t_sc),
                               ("dciodvfy SR", t_val_sr), ("dciodvfy SC (all)", t_val_sc)]:

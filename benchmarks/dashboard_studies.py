@@ -55,7 +55,7 @@ def generate(data_dir: Path, studies: int, seed: int = 0) -> list[str]:
     url = f"sqlite:///{data_dir / 'cxr-node.sqlite'}"
     upgrade_database(url)
     factory = make_session_factory(url)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     rows: dict[str, list[dict]] = {"studies": [], "instances": [], "jobs": [], "deliveries": [], "audit": []}
     uids = []
     for n in range(1, studies + 1):

@@ -28,13 +28,13 @@ from pynetdicom import AE, evt
 from dicomnode.association import Peer
 from dicomnode.commitment import STORAGE_COMMITMENT_PUSH, request_commitment
 from dicomnode.config import Destination
+from dicomnode.demo.records import make_record
 from dicomnode.demo.synthetic import StudySpec, make_study
 from dicomnode.dicomweb import make_client, stow_study
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
 from dicomnode.scu import store_files
 from sr_writer.api import build_result_objects
-from dicomnode.demo.records import make_record
 
 NODE_AET = "CXRNODE"
 
@@ -114,7 +114,7 @@ def main() -> None:
                               f"{reports[transaction] - asked:.3f} s")
         finally:
             server.shutdown()
-        ratios = [s / c for s, c in zip(stow_s, cstore_s)]
+        ratios = [s / c for s, c in zip(stow_s, cstore_s, strict=False)]
         print(f"objects: {len(files)} (SR + {len(files) - 1} SC pages), {size / 1e6:.1f} MB, Orthanc {version}")
         print(f"median STOW-RS {statistics.median(stow_s):.3f} s, C-STORE {statistics.median(cstore_s):.3f} s, "
               f"STOW/C-STORE ratio {statistics.median(ratios):.2f} (median of {len(ratios)} paired rounds)")

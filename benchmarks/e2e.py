@@ -29,11 +29,11 @@ from sqlalchemy import select
 from dicomnode.config import config_from_dict
 from dicomnode.db import AuditEvent, Delivery, Job, Study
 from dicomnode.db.states import JobState
+from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.node import Node
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
-from dicomnode.demo.synthetic import StudySpec, write_study
 from inference.model.demo import build_demo_model
 
 REPO = Path(__file__).resolve().parents[1]

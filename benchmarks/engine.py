@@ -34,8 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dicomnode.peers.vllm import CPU_ARGS, CPU_ENV, VllmServer  # noqa: E402
 from dicomnode.demo.synthetic import StudySpec, make_study  # noqa: E402
+from dicomnode.peers.vllm import CPU_ARGS, CPU_ENV, VllmServer  # noqa: E402
 from inference.flow import run_flow  # noqa: E402
 from inference.model import build_demo_model, load_chat_model  # noqa: E402
 from inference.model.remote import connect  # noqa: E402

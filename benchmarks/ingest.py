@@ -24,9 +24,9 @@ from pathlib import Path
 import yaml
 
 from dicomnode.datadir import DataDir
+from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.peers.dcmtk import StoreSCP
 from dicomnode.peers.ports import free_port, wait_for_port
-from dicomnode.demo.synthetic import StudySpec, write_study
 
 NODE_AET = "CXRNODE"
 CXR_NODE = str(Path(sys.executable).with_name("cxr-node"))
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {n + 1}: node {node_times[-1]:.2f} s  storescp {scp_times[-1]:.2f} s  "
                   f"ratio {node_times[-1] / scp_times[-1]:.2f}")
         node_med, scp_med = statistics.median(node_times), statistics.median(scp_times)
-        ratios = [a / b for a, b in zip(node_times, scp_times)]
+        ratios = [a / b for a, b in zip(node_times, scp_times, strict=False)]
         print(f"median node {node_med:.2f} s ({size_mb / node_med:.0f} MB/s), "
               f"median storescp {scp_med:.2f} s ({size_mb / scp_med:.0f} MB/s)")
         print(f"ratio node/storescp (median of rounds): {statistics.median(ratios):.2f}  (goal <= 1.0)")

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pynetdicom import AE
+from pynetdicom import AE, dimse_messages
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom import dimse_messages
 from pynetdicom.association import Association
 
 if TYPE_CHECKING:
@@ -41,13 +40,13 @@ class Peer:
     host: str
     port: int
     calling_aet: str = "CXRNODE"
-    tls: "TLSConfig | None" = None
+    tls: TLSConfig | None = None
     connect_timeout: float = 10.0
     acse_timeout: float = 30.0
     dimse_timeout: float = 120.0
 
     @classmethod
-    def parse(cls, text: str, calling_aet: str = "CXRNODE") -> "Peer":
+    def parse(cls, text: str, calling_aet: str = "CXRNODE") -> Peer:
         """``AE@HOST:PORT`` -> Peer."""
         match = _PEER_RE.match(text.strip())
         if not match or not 0 < int(match["port"]) < 65536:
@@ -55,15 +54,15 @@ class Peer:
         return cls(match["ae"], match["host"].strip("[]"), int(match["port"]), calling_aet)
 
     @classmethod
-    def from_destination(cls, destination: "Destination", calling_aet: str, association_timeout: float = 30.0
-                         ) -> "Peer":
+    def from_destination(cls, destination: Destination, calling_aet: str, association_timeout: float = 30.0
+                         ) -> Peer:
         assert destination.ae_title and destination.host and destination.port, "a DIMSE destination"
         return cls(destination.ae_title, destination.host, destination.port,
                    destination.calling_aet or calling_aet, destination.tls,
                    connect_timeout=min(10.0, association_timeout), acse_timeout=association_timeout)
 
     @classmethod
-    def from_priors(cls, priors: "PriorsConfig") -> "Peer":
+    def from_priors(cls, priors: PriorsConfig) -> Peer:
         """The PACS queried for priors (host, port and query AE must be set)."""
         timeout = float(priors.timeout_seconds)
         return cls(str(priors.query_aet), str(priors.host), int(priors.port or 0), priors.calling_aet or "CXRNODE",
@@ -74,7 +73,7 @@ class Peer:
 
 
 # --- TLS ---------------------------------------------------------------------------------------------------------
-def tls_context(tls: "TLSConfig") -> ssl.SSLContext:
+def tls_context(tls: TLSConfig) -> ssl.SSLContext:
     """A client-side TLS context: verify the peer against ``tls.ca`` and present ``cert``/``key`` when given."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca) if tls.ca else None)
     context.check_hostname = False
@@ -83,7 +82,7 @@ def tls_context(tls: "TLSConfig") -> ssl.SSLContext:
     return context
 
 
-def server_ssl_context(tls: "TLSConfig") -> ssl.SSLContext:
+def server_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     """Server-side TLS context; client certificates required when ``tls.require_client_cert``."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -229,7 +228,7 @@ class _WriteBehindFile:
         self._kicked = 0
 
     @property
-    def file(self) -> "_WriteBehindFile":  # pynetdicom calls ``.file.flush()`` after each fragment
+    def file(self) -> _WriteBehindFile:  # pynetdicom calls ``.file.flush()`` after each fragment
         return self
 
     def write(self, data: bytes) -> int:

@@ -57,9 +57,8 @@ def _write(ds: Dataset, path: Path) -> None:
 def run_batch(studies: dict[str, list[Path]], processor: ReasoningProcessor, out_dir: Path,
               progress: Callable[[str], None] | None = None) -> list[StudyOutcome]:
     """Process every study of ``studies`` (from :func:`group_by_study`); ``progress(study_uid)`` after each."""
-    from sr_writer import build_result_objects
-
     from dicomnode.reasoning import read_datasets
+    from sr_writer import build_result_objects
 
     outcomes = []
     for uid, paths in studies.items():
@@ -73,7 +72,7 @@ def run_batch(studies: dict[str, list[Path]], processor: ReasoningProcessor, out
             objects = build_result_objects(record, current, (), processor.options)
             (study_dir / "record.json").write_text(record.to_json(), encoding="utf-8")
             _write(objects.sr, study_dir / "sr.dcm")
-            for n, (page, image) in enumerate(zip(objects.pages, objects.page_images), start=1):
+            for n, (page, image) in enumerate(zip(objects.pages, objects.page_images, strict=False), start=1):
                 _write(page, study_dir / f"sc-{n}.dcm")
                 image.save(study_dir / f"page-{n}.png")
             outcomes.append(StudyOutcome(uid, study_dir, True, pages=len(objects.pages)))

@@ -29,13 +29,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode import metrics
+from dicomnode.association import Peer, ScuError, associate, close, requestor_ae
 from dicomnode.audit import audit
 from dicomnode.config import Destination, NodeConfig
 from dicomnode.db.models import Delivery, Job, utcnow
 from dicomnode.db.states import DeliveryState, JobState
-from dicomnode.logs import log_event
-from dicomnode.association import Peer, ScuError, associate, close, requestor_ae
 from dicomnode.jobs import set_job_state
+from dicomnode.logs import log_event
 
 LOG = logging.getLogger("dicomnode.commitment")
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"

@@ -71,7 +71,7 @@ class CompletionScheduler:
         self.session_factory = session_factory
         self.quiet_seconds = quiet_seconds
         self.on_complete = on_complete  # called when a study was queued (or skipped): wakes an in-process worker
-        self.scheduler = BackgroundScheduler(timezone=dt.timezone.utc, job_defaults={"misfire_grace_time": None})
+        self.scheduler = BackgroundScheduler(timezone=dt.UTC, job_defaults={"misfire_grace_time": None})
         self._armed: set[int] = set()
         self._holders: dict[int, set[threading.Thread]] = {}  # study id -> open associations that sent to it
         self._lock = threading.Lock()
@@ -89,7 +89,7 @@ class CompletionScheduler:
         with self._lock:
             self._armed.add(study_id)
         self.scheduler.add_job(
-            self._fire, DateTrigger(run_date=when, timezone=dt.timezone.utc), args=[study_id],
+            self._fire, DateTrigger(run_date=when, timezone=dt.UTC), args=[study_id],
             id=f"complete:{study_id}", replace_existing=True, coalesce=True, max_instances=1,
         )
 

@@ -7,8 +7,9 @@ lines read ``path.to.key: reason``. Unknown keys are errors.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -45,7 +46,7 @@ class TLSConfig(_Model):
     require_client_cert: bool = True
 
     @model_validator(mode="after")
-    def _needs_files(self) -> "TLSConfig":
+    def _needs_files(self) -> TLSConfig:
         if self.enabled:
             missing = [name for name in ("cert", "key") if getattr(self, name) is None]
             if missing:
@@ -153,7 +154,7 @@ class DicomwebAuth(_Model):
     token_env: str | None = None  # name of the environment variable holding the token (bearer)
 
     @model_validator(mode="after")
-    def _needs_secrets(self) -> "DicomwebAuth":
+    def _needs_secrets(self) -> DicomwebAuth:
         needed = {"none": (), "basic": ("username", "password_env"), "bearer": ("token_env",)}[self.type]
         missing = [key for key in needed if not getattr(self, key)]
         if missing:
@@ -194,7 +195,7 @@ class Destination(_Model):
         return _ae_title(value) if value is not None else None
 
     @model_validator(mode="after")
-    def _needs_its_address(self) -> "Destination":
+    def _needs_its_address(self) -> Destination:
         if self.type == "dimse":
             missing = [key for key in ("ae_title", "host", "port") if getattr(self, key) is None]
             if missing:
@@ -233,7 +234,7 @@ class ModelSection(_Model):
     max_pixels: int = Field(448 * 448, ge=1)  # keep max_pixels <= the served processor's max_pixels
 
     @model_validator(mode="after")
-    def _backend_keys(self) -> "ModelSection":
+    def _backend_keys(self) -> ModelSection:
         if self.backend == "openai" and not self.url:
             raise ValueError("model.url is required with model.backend: openai")
         return self
@@ -252,7 +253,7 @@ class PriorsConfig(_Model):
     modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"])
 
     @model_validator(mode="after")
-    def _enabled_needs_a_pacs(self) -> "PriorsConfig":
+    def _enabled_needs_a_pacs(self) -> PriorsConfig:
         missing = [key for key in ("host", "port", "query_aet") if self.enabled and not getattr(self, key)]
         if missing:
             raise ValueError(f"enabled priors need host, port and query_aet (the PACS AE title): "
@@ -260,7 +261,7 @@ class PriorsConfig(_Model):
         return self
 
     @model_validator(mode="after")
-    def _move_needs_its_own_ae(self) -> "PriorsConfig":
+    def _move_needs_its_own_ae(self) -> PriorsConfig:
         if self.enabled and self.retrieve == "move" and not (self.move_aet and self.move_port):
             raise ValueError("retrieve: move needs move_aet and move_port (a receiving AE of its own)")
         return self
@@ -294,7 +295,7 @@ class DashboardAuth(_Model):
     users_file: Path | None = None
 
     @model_validator(mode="after")
-    def _needs_its_secret(self) -> "DashboardAuth":
+    def _needs_its_secret(self) -> DashboardAuth:
         if self.type == "token" and not self.token_env:
             raise ValueError("type token needs token_env (the environment variable holding the token)")
         if self.type == "basic" and self.users_file is None:
@@ -312,7 +313,7 @@ class DashboardSection(_Model):
     session_minutes: float = Field(480, gt=0)
 
     @model_validator(mode="after")
-    def _auth_off_loopback(self) -> "DashboardSection":
+    def _auth_off_loopback(self) -> DashboardSection:
         if self.auth is None and self.host not in LOOPBACK_HOSTS:
             raise ValueError(f"auth: required when host is {self.host} (not loopback): anyone on the network "
                              f"could read and change the node")
@@ -366,14 +367,14 @@ class NodeConfig(_Model):
     output: OutputSection = Field(default_factory=OutputSection)
 
     @model_validator(mode="after")
-    def _reasoning_needs_a_model(self) -> "NodeConfig":
+    def _reasoning_needs_a_model(self) -> NodeConfig:
         if self.processing.processor == REASONING and self.model.backend == "transformers" and self.model.path is None:
             raise ValueError("model.path: required when processing.processor is reasoning (the default): set the "
                              "local model directory, or processing.processor: passthrough to produce no results")
         return self
 
     @model_validator(mode="after")
-    def _unique_destinations(self) -> "NodeConfig":
+    def _unique_destinations(self) -> NodeConfig:
         names = [d.name for d in self.destinations]
         if len(names) != len(set(names)):
             raise ValueError("destinations: names must be unique")

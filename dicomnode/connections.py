@@ -21,10 +21,10 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
@@ -254,7 +254,7 @@ class GuardedHandler(RequestHandler):
                 tls.settimeout(max(0.1, deadline - time.monotonic()))
                 tls.do_handshake()
                 return tls
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             reason = f"no TLS handshake within {guard.tls_handshake_seconds:g} s"
         except ssl.SSLError as exc:
             reason = f"TLS handshake failed: {exc.reason or type(exc).__name__}"

@@ -163,7 +163,7 @@ class Deliverer:
                 error: str | None) -> None:
         now = utcnow()
         with self.session_factory.begin() as session:
-            for row, outcome in zip(rows, outcomes):
+            for row, outcome in zip(rows, outcomes, strict=True):
                 delivery = session.get(Delivery, row.id, with_for_update=True)
                 if delivery is None or delivery.state != DeliveryState.PENDING.value:
                     continue

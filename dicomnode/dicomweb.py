@@ -177,7 +177,7 @@ def store_files(destination: Destination, items: Sequence[tuple[str, Path]]) -> 
     outcomes: dict[Path, StoreOutcome] = {}
     for study_uid, paths in by_study.items():
         try:
-            outcomes.update(zip(paths, stow_study(client, study_uid, paths)))
+            outcomes.update(zip(paths, stow_study(client, study_uid, paths), strict=True))
         except DicomwebError as exc:
             LOG.warning("STOW-RS failed", extra={"fields": {"destination": destination.name, "error": str(exc)}})
             outcomes.update((p, StoreOutcome(p, None, None, str(exc))) for p in paths)

@@ -33,7 +33,7 @@ def database_check(engine: Any) -> Callable[[], None]:
     return check
 
 
-def delivery_check(session_factory: Any) -> Callable[[], dict[str, "Check"]]:
+def delivery_check(session_factory: Any) -> Callable[[], dict[str, Check]]:
     """Soft checks of result delivery, read from the database: ``dead_letters`` (deliveries given up, DEAD) and
     ``destination:NAME`` (the newest attempted delivery to NAME failed and waits for a retry: it is down)."""
     from sqlalchemy import func, select
@@ -125,7 +125,7 @@ class HealthChecks:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
@@ -178,7 +178,7 @@ class StatusServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "StatusServer":
+    def start(self) -> StatusServer:
         if self._server is None:
             self._server = _Server((self.host, self.requested_port), self.checks)
             self._thread = threading.Thread(target=self._server.serve_forever, name="status-http", daemon=True)
@@ -195,7 +195,7 @@ class StatusServer:
             self._thread.join(timeout=10)
             self._thread = None
 
-    def __enter__(self) -> "StatusServer":
+    def __enter__(self) -> StatusServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.ae import ApplicationEntity
@@ -33,10 +34,10 @@ from dicomnode.association import configure_pynetdicom, make_ae, server_ssl_cont
 from dicomnode.audit import audit, audit_now
 from dicomnode.commitment import STORAGE_COMMITMENT_PUSH, event_report_handler
 from dicomnode.config import NodeConfig
-from dicomnode.datadir import disk_free_ok
 from dicomnode.connections import ConnectionGuard, GuardedHandler, GuardedServer
-from dicomnode.db.ingest import InstanceRecord, IngestOutcome, fit_to_columns, instance_exists, record_instance
+from dicomnode.datadir import disk_free_ok
 from dicomnode.db.engine import error_summary
+from dicomnode.db.ingest import IngestOutcome, InstanceRecord, fit_to_columns, instance_exists, record_instance
 from dicomnode.db.models import utcnow
 from dicomnode.logs import log_event
 from dicomnode.loop_guard import written_by_node

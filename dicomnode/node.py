@@ -74,7 +74,7 @@ class Node:
             raise RuntimeError("no listener in this role")
         return self.listener.port
 
-    def start(self) -> "Node":
+    def start(self) -> Node:
         cfg = self.config
         configure_pynetdicom()
         cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,6 @@ class Node:
             LOG.error("worker/delivery modules not available; this node will not process studies")
             return
         from dicomnode.processing import make_processor
-
         from dicomnode.retention import Retention
 
         self.deliverer = deliverer_cls(self.config, self.session_factory)
@@ -273,7 +272,7 @@ class Node:
                 signal.signal(sig, handler)
         return 0
 
-    def __enter__(self) -> "Node":
+    def __enter__(self) -> Node:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

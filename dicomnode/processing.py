@@ -121,7 +121,7 @@ def resolve_factory(spec: str) -> ProcessorFactory:
     return _import_factory(entry) if isinstance(entry, str) else entry
 
 
-def make_processor(config: "NodeConfig") -> Processor:
+def make_processor(config: NodeConfig) -> Processor:
     """Build the processor the config names."""
     processor = resolve_factory(config.processing.processor)(config)
     if not isinstance(processor, Processor):

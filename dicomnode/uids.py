@@ -26,7 +26,7 @@ def clean_uid(value: object) -> str | None:
     return text if is_valid_uid(text) else None
 
 
-def result_uids(study_uid: str, generation: int, node_ae_title: str) -> "ResultUids":
+def result_uids(study_uid: str, generation: int, node_ae_title: str) -> ResultUids:
     """The UIDs of the result set of ``study_uid``'s ``generation`` made by this node: the same every time the
     job runs (a re-run after a crash, an operator retry), so the PACS gets the same SOP Instances again and keeps
     one of each; a new generation (a late instance) gets new ones."""

@@ -20,13 +20,24 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode import metrics
 from dicomnode.audit import audit
 from dicomnode.config import NodeConfig
+from dicomnode.datadir import DataDir, remove_partial_files, write_durably
 from dicomnode.db.models import Delivery, Instance, Job, utcnow
 from dicomnode.db.states import DeliveryState, JobState
-from dicomnode.jobs import (STALE_SECONDS, ClaimedJob, JobLost, claim_job, default_worker_id, heartbeat, held_job,
-                            release_held_jobs, requeue_held_job, requeue_processing, set_job_state,
-                            settle_job)
+from dicomnode.jobs import (
+    STALE_SECONDS,
+    ClaimedJob,
+    JobLost,
+    claim_job,
+    default_worker_id,
+    heartbeat,
+    held_job,
+    release_held_jobs,
+    requeue_held_job,
+    requeue_processing,
+    set_job_state,
+    settle_job,
+)
 from dicomnode.processing import Processor, ResultObject, ResultRecord, StudyInput
-from dicomnode.datadir import DataDir, remove_partial_files, write_durably
 from dicomnode.uids import is_valid_uid
 from inference.chat import EngineUnavailable
 from sr_writer.validate import part10_bytes

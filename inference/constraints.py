@@ -81,7 +81,7 @@ def _labels(options: Sequence[str]) -> list[str]:
 
 def _option_answers(options: Sequence[str]) -> list[str]:
     """Each option as CXRTrek answers it: ``A. body`` (label as offered, or A, B, C by position)."""
-    return [f"{label}. {option_body(o)}" for label, o in zip(_labels(options), options)]
+    return [f"{label}. {option_body(o)}" for label, o in zip(_labels(options), options, strict=False)]
 
 
 def int_upto_pattern(limit: int) -> str:

@@ -59,7 +59,7 @@ def software_version() -> str:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def render_options(options: Sequence[str]) -> str:
@@ -383,7 +383,7 @@ def _ask_together(model: ChatModel, book: StageBook, stage: StageDef, state: _St
 
     def flush() -> None:
         outcomes = _generate_wave(model, wave, state.history)
-        for ask, (outcome, seconds) in zip(wave, outcomes):
+        for ask, (outcome, seconds) in zip(wave, outcomes, strict=True):
             answered.append(_record(model, book, ask, outcome, seconds, state))
         wave.clear()
 

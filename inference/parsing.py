@@ -9,9 +9,9 @@ Answers may be wrapped as ``<think>..</think><answer>..</answer>``. Anything tha
 from __future__ import annotations
 
 import re
-from difflib import SequenceMatcher
 from collections.abc import Sequence
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 
 from inference.chat import BoxConvention
 from inference.record import Box, ParsedAnswer, QType

@@ -169,9 +169,9 @@ class ReasoningRecord(_Model):
         return self.model_dump_json(indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "ReasoningRecord":
+    def from_json(cls, text: str) -> ReasoningRecord:
         return cls.model_validate_json(text)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ReasoningRecord":
+    def load(cls, path: str | Path) -> ReasoningRecord:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))

@@ -6,8 +6,8 @@ A hospital edits the YAML, never code. ``load_stages()`` refuses a malformed fil
 from __future__ import annotations
 
 import string
-from importlib import resources
 from enum import StrEnum
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -121,7 +121,7 @@ class QuestionDef(_Strict):
         return text
 
     @model_validator(mode="after")
-    def _consistent(self) -> "QuestionDef":
+    def _consistent(self) -> QuestionDef:
         choice = self.qtype in (QType.SINGLE_CHOICE, QType.MULTI_CHOICE)
         if choice and len(self.options) < 2:
             raise ValueError(f"@options: a {self.qtype.value} question needs at least two options")
@@ -207,7 +207,7 @@ class StageBook(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _unique(self) -> "StageBook":
+    def _unique(self) -> StageBook:
         # Messages start with "@dotted.path: " so the loader can point at the offending line.
         items: list[tuple[str, str, Any]] = []
         items += [("finding key", f"findings.{i}.key", f.key) for i, f in enumerate(self.findings)]

@@ -242,7 +242,7 @@ def make_result_objects(
         result.repairs = describe(repairs)
         return result
     series_uid = uids.sc_series if uids is not None else generate_uid()
-    made_at = dt.datetime.now(dt.timezone.utc)
+    made_at = dt.datetime.now(dt.UTC)
     futures: dict[Future[Any], int] = {}  # -> SR_TASK or the index of its page task in PAGE_TASKS
     lost = False
     try:
@@ -266,7 +266,7 @@ def make_result_objects(
             yield sr, sr_made[0]
         else:
             made[futures[future]] = value
-            yield from zip(value[0].pages, value[0].encoded)
+            yield from zip(value[0].pages, value[0].encoded, strict=True)
     if sr_made is None:  # lost with its process: made here
         sr_made = make_sr(record, current, prior, options, predecessor, uids)
         sr = dcmread(io.BytesIO(sr_made[0]))
@@ -275,7 +275,7 @@ def make_result_objects(
         if index not in made:  # lost: made here, with the same series and time
             made[index] = make_some_pages(record, current, prior, options, part, series_uid, made_at, uids=uids,
                                           panel=panel)
-            yield from zip(made[index][0].pages, made[index][0].encoded)
+            yield from zip(made[index][0].pages, made[index][0].encoded, strict=True)
     sr_data, sr_report, sr_seconds = sr_made
     pages = _joined_pages([made[index] for index in range(len(PAGE_TASKS))])
     result = _result(sr, sr_data, sr_report, pages,
@@ -300,7 +300,7 @@ def _build_here(record: ReasoningRecord, current: list[Dataset], prior: list[Dat
         pages = make_pages(record, current, prior, options, uids, panel)
         sr_report = sr_check.result() if sr_check is not None else None  # a refusal raises ExportRefused
     yield sr, sr_data
-    yield from zip(pages.pages, pages.encoded)
+    yield from zip(pages.pages, pages.encoded, strict=True)
     return _result(sr, sr_data, sr_report, pages,
                    {"sr": sr_built - started, "all": time.perf_counter() - started,
                     **{f"pages_{key}": value for key, value in pages.seconds.items()}}, False)
@@ -310,7 +310,7 @@ def _result(sr: Dataset, sr_data: bytes, sr_report: ValidationReport | None, pag
             seconds: dict[str, float], lost: bool) -> ResultObjects:
     result = ResultObjects(sr=sr, pages=pages.pages, page_images=pages.images, seconds=seconds,
                            page_executor_lost=lost)
-    for dataset, data, report in [(sr, sr_data, sr_report), *zip(pages.pages, pages.encoded, pages.reports)]:
+    for dataset, data, report in [(sr, sr_data, sr_report), *zip(pages.pages, pages.encoded, pages.reports, strict=True)]:
         result.encoded[str(dataset.SOPInstanceUID)] = data
         if report is not None:
             result.reports[str(dataset.SOPInstanceUID)] = report

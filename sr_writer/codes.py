@@ -6,9 +6,9 @@ when the table loads, and so is every finding site; other codes cite a published
 from __future__ import annotations
 
 import re
-from importlib import resources
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 

@@ -93,7 +93,7 @@ class Face:
     paths: tuple[str, ...] = field(default=())
 
     @classmethod
-    def make(cls, size: int, bold: bool = False) -> "Face":
+    def make(cls, size: int, bold: bool = False) -> Face:
         primary = str(_find(BOLD if bold else REGULAR))
         fallback = fallback_path()
         if fallback is None:

@@ -458,7 +458,7 @@ class PageRenderer:
         return out
 
     # -- pages ----------------------------------------------------------------------------------------------
-    def layout(self) -> "Layout":
+    def layout(self) -> Layout:
         """Where everything goes: panel geometry and, per page, each reasoning line with its top y."""
         probe = Image.new("RGB", (self.width, self.height), WHITE)
         header_bottom = self._draw_header(ImageDraw.Draw(probe), 1, 1)

@@ -92,7 +92,7 @@ def build_page_datasets(
     if not current:
         raise ValueError("at least one current source dataset is needed")
     series_uid = series_uid or generate_uid()
-    made_at = made_at or dt.datetime.now(dt.timezone.utc)
+    made_at = made_at or dt.datetime.now(dt.UTC)
     total = total if total is not None else len(pages)
     templates: dict[tuple[int, int], Dataset] = {}
     out: list[Dataset] = []

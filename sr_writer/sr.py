@@ -319,7 +319,7 @@ def build_sr(
     if problems:
         root.ContentSequence.append(_text(comment, "Incomplete (PARTIAL): " + "; ".join(problems)))
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     equipment = ContributingEquipment(
         manufacturer=options.manufacturer,
         purpose_of_reference=codes.DCM.ProcessingEquipment,

@@ -61,7 +61,7 @@ class PostgresServer:
             raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}): {result.stdout}{result.stderr}")
         return result
 
-    def start(self, timeout: float = 120.0) -> "PostgresServer":
+    def start(self, timeout: float = 120.0) -> PostgresServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self._as_root:
             cluster = Path(tempfile.mkdtemp(prefix="cxr-pg-"))
@@ -127,7 +127,7 @@ class PostgresServer:
                 shutil.copyfile(server_log, self.log_path)
             shutil.rmtree(cluster, ignore_errors=True)
 
-    def __enter__(self) -> "PostgresServer":
+    def __enter__(self) -> PostgresServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -106,10 +106,9 @@ def _session_factory(config: NodeConfig) -> Any:
 def status_summary(session_factory: Any, commitment_destinations: list[str] | None = None) -> dict[str, Any]:
     """Counts of studies, jobs and deliveries by state, the latest failures, and per Storage Commitment
     destination the objects committed / pending commitment / timed out."""
-    from dicomnode.commitment import commitment_summary
-
     from sqlalchemy import func, select
 
+    from dicomnode.commitment import commitment_summary
     from dicomnode.db import Delivery, Instance, Job, Study
     from dicomnode.db.states import JobState
 

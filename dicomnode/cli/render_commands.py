@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     written = [args.out / "sr.dcm"]
     result.sr.save_as(written[0], enforce_file_format=True)
-    for number, (page, image) in enumerate(zip(result.pages, result.page_images), start=1):
+    for number, (page, image) in enumerate(zip(result.pages, result.page_images, strict=False), start=1):
         dcm, png = args.out / f"page-{number:02d}.dcm", args.out / f"page-{number:02d}.png"
         page.save_as(dcm, enforce_file_format=True)
         image.save(png)

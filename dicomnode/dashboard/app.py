@@ -26,8 +26,8 @@ from starlette.staticfiles import StaticFiles
 
 from dicomnode.config import NodeConfig
 from dicomnode.dashboard import actions, queries
-from dicomnode.dashboard.auth import LOGIN_COOKIE, SESSION_COOKIE, Authenticator, Session as LoginSession
-from dicomnode.dashboard.auth import SessionStore, same_token
+from dicomnode.dashboard.auth import LOGIN_COOKIE, SESSION_COOKIE, Authenticator, SessionStore, same_token
+from dicomnode.dashboard.auth import Session as LoginSession
 from dicomnode.dashboard.svg import throughput_svg
 from dicomnode.uids import is_valid_uid
 
@@ -49,13 +49,13 @@ class Identity:
 
 
 def _fmt_time(value: dt.datetime | None) -> str:
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if value else "—"
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "—"
 
 
 def _ago(value: dt.datetime | None) -> str:
     if value is None:
         return "never"
-    seconds = (dt.datetime.now(dt.timezone.utc) - value).total_seconds()
+    seconds = (dt.datetime.now(dt.UTC) - value).total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
             return f"{seconds / size:.0f} {unit} ago"

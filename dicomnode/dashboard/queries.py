@@ -199,10 +199,10 @@ def _study_conditions(f: StudyFilter) -> list[Any]:
     if f.state:
         where.append(Study.state == f.state)
     if f.received_from:
-        where.append(Study.last_received_at >= dt.datetime.combine(f.received_from, dt.time(), dt.timezone.utc))
+        where.append(Study.last_received_at >= dt.datetime.combine(f.received_from, dt.time(), dt.UTC))
     if f.received_to:
         where.append(Study.first_received_at < dt.datetime.combine(f.received_to + dt.timedelta(days=1), dt.time(),
-                                                                   dt.timezone.utc))
+                                                                   dt.UTC))
     if f.destination:
         where.append(select(Delivery.id).join(Job, Job.id == Delivery.job_id)
                      .where(Job.study_id == Study.id, Delivery.destination == f.destination).exists())

@@ -44,7 +44,7 @@ class DashboardServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
 
-    def start(self, timeout: float = 10.0) -> "DashboardServer":
+    def start(self, timeout: float = 10.0) -> DashboardServer:
         import uvicorn
 
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -84,7 +84,7 @@ class DashboardServer:
             self._socket = None
         self._server = None
 
-    def __enter__(self) -> "DashboardServer":
+    def __enter__(self) -> DashboardServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

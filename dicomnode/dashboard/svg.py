@@ -35,7 +35,7 @@ def throughput_svg(tp: Throughput, width: int = 720, height: int = 160) -> str:
         if i % 6 == 0:
             parts.append(f'<text x="{x0:.1f}" y="{height - 6}" font-size="10">{hour:%H}:00</text>')
     x = left
-    for key, label, colour in SERIES:
+    for _key, label, colour in SERIES:
         parts.append(f'<rect x="{x}" y="2" width="10" height="10" fill="{colour}"/>'
                      f'<text x="{x + 14}" y="11" font-size="11">{escape(label)}</text>')
         x += 24 + 7 * len(label)

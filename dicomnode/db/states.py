@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     RECEIVING = "RECEIVING"
     QUEUED = "QUEUED"
     PROCESSING = "PROCESSING"
@@ -14,7 +14,7 @@ class JobState(str, enum.Enum):
     SKIPPED = "SKIPPED"
 
 
-class DeliveryState(str, enum.Enum):
+class DeliveryState(enum.StrEnum):
     PENDING = "PENDING"
     SENT = "SENT"
     COMMITTED = "COMMITTED"  # sent, and the destination reported it committed (Storage Commitment)

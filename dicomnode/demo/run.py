@@ -21,12 +21,12 @@ from PIL import Image
 
 from dicomnode.config import DashboardAuth, DashboardSection, NodeConfig, config_from_dict
 from dicomnode.datadir import DataDir
+from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.node import Node, study_counts
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.ohif import OhifServer, find_ohif_dist
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
-from dicomnode.demo.synthetic import StudySpec, write_study
 
 log = logging.getLogger(__name__)
 

@@ -72,7 +72,7 @@ class StoreSCP:
         self.extra_args = list(extra_args)
         self._process = LoggedProcess(self.directory.parent / f"storescp-{self.port}.log")
 
-    def start(self, timeout: float = 60.0) -> "StoreSCP":
+    def start(self, timeout: float = 60.0) -> StoreSCP:
         self.directory.mkdir(parents=True, exist_ok=True)
         cmd = [_require("storescp"), "-aet", self.aet, "-od", str(self.directory), *self.extra_args, str(self.port)]
         try:
@@ -91,7 +91,7 @@ class StoreSCP:
         """Files storescp has written so far."""
         return sorted(p for p in self.directory.iterdir() if p.is_file())
 
-    def __enter__(self) -> "StoreSCP":
+    def __enter__(self) -> StoreSCP:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -107,7 +107,7 @@ class OhifServer:
         """The page that opens one study in OHIF's basic viewer."""
         return f"{self.url}/viewer?StudyInstanceUIDs={urllib.parse.quote(study_instance_uid)}"
 
-    def start(self) -> "OhifServer":
+    def start(self) -> OhifServer:
         if self._httpd is not None:
             return self
         handler = type("Handler", (_Handler,), {"server_info": self})
@@ -129,7 +129,7 @@ class OhifServer:
             self._thread.join(10)
             self._thread = None
 
-    def __enter__(self) -> "OhifServer":
+    def __enter__(self) -> OhifServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -124,7 +124,7 @@ class OrthancServer:
         config.update(self.extra_config)
         return config
 
-    def start(self, timeout: float = 90.0) -> "OrthancServer":
+    def start(self, timeout: float = 90.0) -> OrthancServer:
         """Start Orthanc and wait until its REST API answers."""
         if self.running:
             return self
@@ -153,11 +153,11 @@ class OrthancServer:
         """Stop Orthanc (SIGTERM, then SIGKILL); storage stays in ``workdir``."""
         self._process.stop(timeout)
 
-    def restart(self, timeout: float = 90.0) -> "OrthancServer":
+    def restart(self, timeout: float = 90.0) -> OrthancServer:
         self.stop()
         return self.start(timeout)
 
-    def __enter__(self) -> "OrthancServer":
+    def __enter__(self) -> OrthancServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

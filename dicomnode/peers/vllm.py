@@ -93,7 +93,7 @@ class VllmServer:
             cmd += ["--served-model-name", self.served_name]
         return cmd
 
-    def start(self, timeout: float = 900.0) -> "VllmServer":
+    def start(self, timeout: float = 900.0) -> VllmServer:
         """Start the engine and wait until ``/v1/models`` lists the model (minutes on a loaded CPU)."""
         if self.running:
             return self
@@ -128,7 +128,7 @@ class VllmServer:
         """SIGKILL the engine and its children at once: an engine crash (``start()`` brings it back, same port)."""
         self._process.kill()
 
-    def __enter__(self) -> "VllmServer":
+    def __enter__(self) -> VllmServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ def parse_for_item(
 def _from_texts(study: EvalStudy, texts: Sequence[str | None], convention: BoxConvention) -> StudyRun:
     return StudyRun(
         study.key,
-        [Prediction(raw=t, parsed=parse_for_item(item, t, box_convention=convention)) for item, t in zip(study.items, texts)],
+        [Prediction(raw=t, parsed=parse_for_item(item, t, box_convention=convention)) for item, t in zip(study.items, texts, strict=True)],
     )
 
 
@@ -168,7 +168,7 @@ def load_predictions(
     if isinstance(data, list):
         if len(data) < len(studies):
             raise PredictionsError(f"{path}: {len(data)} entries for {len(studies)} studies")
-        for study, entry in zip(studies, data):
+        for study, entry in zip(studies, data, strict=False):
             runs[study.key] = _entry_to_run(study, entry, box_convention, f"{path}: study {study.key}")
         return runs
     if not isinstance(data, dict):
@@ -294,12 +294,13 @@ def run_study(
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=min(len(wave), MAX_IN_FLIGHT)) as pool:
-                generations = list(pool.map(lambda k: _answer(model, items[wave[k]], questions[k], asked, sizes,
-                                                               max_new_tokens, constrain), range(len(wave))))
+                answer = partial(_answer, model, history=asked, sizes=sizes, max_new_tokens=max_new_tokens,
+                                 constrain=constrain)
+                generations = list(pool.map(answer, [items[index] for index in wave], questions))
         else:
             generations = [_answer(model, items[index], question, asked, sizes, max_new_tokens, constrain)
-                           for index, question in zip(wave, questions)]
-        for index, question, gen in zip(wave, questions, generations):
+                           for index, question in zip(wave, questions, strict=True)]
+        for index, question, gen in zip(wave, questions, generations, strict=True):
             item = items[index]
             seen = images[:next_image]
             sizes = gen.model_image_sizes or sizes

@@ -176,7 +176,7 @@ def agreement(
     values: dict[str, list[float]] = {name: [] for name in AGREEMENT_NAMES}
     skipped: dict[str, int] = {name: 0 for name in AGREEMENT_NAMES}
     for study in studies:
-        for item, pa, pb in zip(study.items, a.get(study.key, ()), b.get(study.key, ())):
+        for item, pa, pb in zip(study.items, a.get(study.key, ()), b.get(study.key, ()), strict=False):
             name, value = _item_agreement(item, pa, pb)
             names = [name, "checklist"] if item.is_checklist and item.qtype is not QType.OPEN else [name]
             for n in names:

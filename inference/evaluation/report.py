@@ -114,7 +114,7 @@ def write_radar(path: str | Path, series: Mapping[str, Mapping[int, float]], tit
         ax.set_xticks(angles)
         ax.set_xticklabels(labels, fontsize=8)
         ax.tick_params(axis="x", pad=10)
-        for label, angle in zip(ax.get_xticklabels(), angles):
+        for label, angle in zip(ax.get_xticklabels(), angles, strict=False):
             x = math.sin(angle)  # clockwise from the top: right half has x > 0
             label.set_horizontalalignment("left" if x > 0.1 else "right" if x < -0.1 else "center")
         ax.set_ylim(0, 1)

@@ -250,7 +250,7 @@ def score_dataset(studies: Sequence[EvalStudy], answers: Mapping[str, Sequence[P
     scored: list[ItemScore] = []
     report_keys: set[tuple[str, int]] = set()
     for study in studies:
-        for item, parsed in zip(study.items, answers.get(study.key, ())):
+        for item, parsed in zip(study.items, answers.get(study.key, ()), strict=False):
             scored.append(score_item(study.key, item, parsed))
             if item.is_report and item.qtype is QType.OPEN:
                 report_keys.add((study.key, item.position))

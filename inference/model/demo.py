@@ -89,8 +89,12 @@ def build_tokenizer(special: list[str], vocab_size: int, **kwargs: Any) -> PreTr
 
 
 def _qwen(out: Path, size: str, seed: int, qwen2: bool = False) -> dict[str, Any]:
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
-                              Qwen2VLForConditionalGeneration)
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+    )
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from inference.model.processors import Qwen2_5_VLImageOnlyProcessor, Qwen2VLImageOnlyProcessor

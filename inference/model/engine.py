@@ -257,7 +257,7 @@ class LoadedModel:
         if sum(counts) != len(positions):
             raise RuntimeError(f"{len(positions)} image tokens in the prompt, expected {sum(counts)}")
         spans, k = [], 0
-        for image, count in zip(images, counts):
+        for image, count in zip(images, counts, strict=True):
             spans.append(_Span(positions[k], positions[k + count - 1] + 1, image_fingerprint(image)))
             k += count
         return spans

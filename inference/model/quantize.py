@@ -10,8 +10,15 @@ from pathlib import Path
 import torch
 
 from inference.model.demo import MARKER_FILE
-from inference.model.loading import (HASH_SIDECAR, ModelLoadError, WEIGHT_PATTERNS, read_config, read_marker,
-                                     resolve_device, weights_sha256)
+from inference.model.loading import (
+    HASH_SIDECAR,
+    WEIGHT_PATTERNS,
+    ModelLoadError,
+    read_config,
+    read_marker,
+    resolve_device,
+    weights_sha256,
+)
 from inference.model.profiles import select_profile
 from inference.model.quantization import bnb_config, describe_saved_quantization, parse_dtype
 

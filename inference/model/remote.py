@@ -19,7 +19,6 @@ import io
 import json
 import math
 import os
-import socket
 import threading
 import time
 import urllib.error
@@ -222,7 +221,7 @@ class RemoteChatModel:
             if exc.code >= 500:
                 raise EngineUnavailable(f"{method} {url}: HTTP {exc.code}: {detail}") from exc
             raise ValueError(f"{method} {url}: HTTP {exc.code}: {detail}") from exc
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             raise EngineUnavailable(f"{method} {url}: {exc}") from exc
 
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ingest_support import wait_until
 from sqlalchemy import select
 
 from dicomnode.db.models import AuditEvent, Study
+from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.node import Node
 from dicomnode.peers.dcmtk import storescu
-from dicomnode.demo.synthetic import StudySpec, write_study
-from ingest_support import wait_until
 
 from .conftest import TOKEN, TOKEN_ENV, Client, csrf_of, dashboard_config
 

@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from ingest_support import wait_until
 from PIL import Image
 
 from dicomnode.config import NodeConfig, config_from_dict
 from dicomnode.demo.run import results_of_study
+from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.node import Node
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.orthanc import OrthancServer
-from dicomnode.demo.synthetic import StudySpec, write_study
-from ingest_support import wait_until
 from tests.viewer.browser import ConsoleLog, launch
 
 from .conftest import TOKEN, TOKEN_ENV

@@ -12,7 +12,7 @@ from dicomnode.dashboard import actions, queries
 from dicomnode.db import make_session_factory, upgrade_database
 from dicomnode.db.models import AuditEvent, Delivery, Job, Study
 
-DAY = dt.datetime(2026, 3, 10, 12, tzinfo=dt.timezone.utc)
+DAY = dt.datetime(2026, 3, 10, 12, tzinfo=dt.UTC)
 
 
 @pytest.fixture()

@@ -15,9 +15,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.peers.dcmtk import StoreSCP, storescu
 from dicomnode.peers.orthanc import OrthancServer
-from dicomnode.demo.synthetic import StudySpec, write_study
 
 RULE = Path(__file__).resolve().parents[2] / "deploy" / "orthanc" / "route-chest-to-cxrnode.lua"
 MODALITY = "AINODE"  # a non-default Orthanc modality name: proves the rule is parameterized

@@ -23,10 +23,10 @@ from dicomnode.db import Delivery, Instance, Job, Study, make_engine, make_sessi
 from dicomnode.db.models import utcnow
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.demo.run import NODE_AET, demo_config
+from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.peers.dcmtk import _require, acknowledged
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port, wait_for_port
-from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.uids import result_uids
 
 CXR_NODE = str(Path(sys.executable).with_name("cxr-node"))

@@ -12,13 +12,15 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from dicomnode.db.states import DeliveryState, JobState
+
 from .conftest import wait_until
 from .crash_support import CrashSite, Sent, jitter
-from dicomnode.db.states import DeliveryState, JobState
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # 10 restarts of a model-loading node per phase
 KILLS = int(os.environ.get("CXR_CRASH_KILLS", "10"))
@@ -74,12 +76,12 @@ def _run_phase(phase: str, site: CrashSite, reached: Callable[[Sent], object], h
     while hits < KILLS and kills < 2 * KILLS:
         study = site.new_study(views)
         sender = site.send(study)
-        found = wait_until(lambda: reached(study), timeout=180, what="the phase", interval=0.02)
+        found = wait_until(partial(reached, study), timeout=180, what="the phase", interval=0.02)
         jitter(rng, most_jitter)
         kills += 1
         # the modality resends the study whose transfer failed as soon as the node is back
-        in_phase, resender = _kill_and_restart(site, lambda: hit(found),
-                                               (lambda: site.send(study)) if resend else (lambda: None))
+        in_phase, resender = _kill_and_restart(site, partial(hit, found),
+                                               partial(site.send, study) if resend else (lambda: None))
         site.finish_send(study, sender)
         assert study.acked <= site.stored(study.study_uid), "acknowledged instances lost"
         hits += in_phase

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pydicom
@@ -17,8 +18,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from dicomnode.peers.dcmtk import storescu
 from dicomnode.demo.synthetic import StudySpec, write_study
+from dicomnode.peers.dcmtk import storescu
 
 from .conftest import Site, wait_until
 
@@ -142,7 +143,7 @@ def test_every_dirty_study_gets_its_sr_and_pages(site: Site, sent: dict[str, Stu
     delivered, failures = [], []
     for name, spec in sorted(sent.items()):
         try:
-            sr, count = wait_until(lambda: _sr(site, spec.study_instance_uid), timeout=300 if not delivered else 120,
+            sr, count = wait_until(partial(_sr, site, spec.study_instance_uid), timeout=300 if not delivered else 120,
                                    what=f"SR and SC of the {name} study in Orthanc", interval=1.0)
         except AssertionError as exc:
             failures.append(f"{name}: {exc}")
@@ -160,7 +161,7 @@ def test_every_dirty_study_gets_its_sr_and_pages(site: Site, sent: dict[str, Stu
 
 def test_each_repair_is_in_the_record_without_the_value(site: Site, sent: dict[str, StudySpec]) -> None:
     for spec in sent.values():
-        wait_until(lambda: _sr(site, spec.study_instance_uid), timeout=600, what="results", interval=1.0)
+        wait_until(partial(_sr, site, spec.study_instance_uid), timeout=600, what="results", interval=1.0)
     records = _records(site)
     repairs = [r for text in records for r in json.loads(text).get("provenance", {}).get("header_repairs", [])]
     assert repairs, "no record with header repairs found in the node's database"

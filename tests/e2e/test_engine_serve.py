@@ -17,6 +17,8 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
+from engine_fixtures import ENGINE_TEST_TIMEOUT, START_TIMEOUT
+from ingest_support import NodeProcess, store
 from sqlalchemy import select
 
 from dicomnode.db import AuditEvent, Job, make_engine, make_session_factory
@@ -26,8 +28,6 @@ from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
 from dicomnode.peers.vllm import SKIP_ENV, VllmServer, engine_disabled
-from engine_fixtures import ENGINE_TEST_TIMEOUT, START_TIMEOUT
-from ingest_support import NodeProcess, store
 
 from .conftest import wait_until
 

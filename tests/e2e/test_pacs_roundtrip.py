@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from pydicom.sr.codedict import codes
 
-from dicomnode.peers.dcmtk import storescu
 from dicomnode.demo.synthetic import StudySpec, prior_spec, write_study
+from dicomnode.peers.dcmtk import storescu
 from inference.record import DEMO_STATEMENT, UNVERIFIED_STATEMENT
 from sr_writer.codes import load_table
 

@@ -15,11 +15,11 @@ from sqlalchemy import select
 
 from dicomnode.db import AuditEvent, Job, make_engine, make_session_factory
 from dicomnode.db.states import JobState
+from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port, wait_for_port
 from tests.postgres_server import PostgresServer
-from dicomnode.demo.synthetic import StudySpec, write_study
 
 from .conftest import wait_until
 

@@ -73,7 +73,7 @@ def test_perturbed_gold_gives_exact_expected_scores(demo_studies: list[EvalStudy
     dets = _items(demo_studies, QType.DETECTION)
     shifted: list[float] = []
     fitting = [(s, i) for s, i in dets if i.boxes[0][2] * 100 <= 90 and i.boxes[0][3] * 100 <= 90]
-    for (study, item), (dx, dy) in zip(fitting[:2], ((5.0, 0.0), (4.0, 6.0))):
+    for (study, item), (dx, dy) in zip(fitting[:2], ((5.0, 0.0), (4.0, 6.0)), strict=False):
         gold = tuple(round(v * 100, 2) for v in item.boxes[0])
         moved = (gold[0] + dx, gold[1] + dy, gold[2] + dx, gold[3] + dy)
         put(study, item, _box_text(item.target or "finding", moved))
@@ -93,7 +93,7 @@ def test_perturbed_gold_gives_exact_expected_scores(demo_studies: list[EvalStudy
     put(*opens[-1], "")
 
     answers = {
-        s.key: [parse_for_item(item, text) for item, text in zip(s.items, texts[s.key])] for s in demo_studies
+        s.key: [parse_for_item(item, text) for item, text in zip(s.items, texts[s.key], strict=False)] for s in demo_studies
     }
     m = score_dataset(demo_studies, answers).overall
 

@@ -53,7 +53,7 @@ def test_prefix_cache_equals_full_recompute_fp32(family: str, request: pytest.Fi
     assert as_protocol.box_convention in BoxConvention
     cached = _conversation(cached_model, images)
     naive = _conversation(naive_model, images)
-    for (c, c_logits), (n, n_logits) in zip(cached, naive):
+    for (c, c_logits), (n, n_logits) in zip(cached, naive, strict=False):
         assert c.text == n.text
         assert torch.allclose(c_logits, n_logits, atol=1e-4, rtol=1e-4), float((c_logits - n_logits).abs().max())
         assert n.cached_tokens == 0

@@ -16,7 +16,6 @@ from inference.model.quantization import quantized_module_names
 from inference.model.quantize import quantize_checkpoint
 
 
-
 def test_quantize_round_trip(qwen_demo_dir: Path, tmp_path: Path) -> None:
     dst = quantize_checkpoint(qwen_demo_dir, tmp_path / "q4")
     config = json.loads((dst / "config.json").read_text())

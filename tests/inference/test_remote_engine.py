@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from engine_fixtures import ENGINE_TEST_TIMEOUT
 from PIL import Image
 
-from engine_fixtures import ENGINE_TEST_TIMEOUT
 from inference.chat import Turn
 from inference.constraints import constraint_for
 from inference.parsing import parse_answer
@@ -111,7 +111,7 @@ def test_two_studies_in_flight_keep_their_own_conversations(remote) -> None:
     with ThreadPoolExecutor(2) as pool:
         records = list(pool.map(lambda s: run_flow(remote, s, max_new_tokens=6), studies))
     assert remote.peak_in_flight == 2
-    for study, record in zip(studies, records):
+    for study, record in zip(studies, records, strict=False):
         assert record.study_instance_uid == study[0].StudyInstanceUID
         closed = [q for s in record.stages for q in s.questions if q.qtype != QType.OPEN]
         assert closed and all(q.parsed.ok for q in closed)

@@ -10,8 +10,8 @@ import pydicom
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.demo import synthetic
 from dicomnode.db import make_engine, make_session_factory, upgrade_database
+from dicomnode.demo import synthetic
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
 from tests.postgres_server import PostgresServer

@@ -5,10 +5,9 @@ was processed exactly once, across threads and processes. ``CXR_TEST_PROCESS_SEC
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import highdicom as hd

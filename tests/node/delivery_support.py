@@ -8,19 +8,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import ingest_support
 import pydicom
+from ingest_support import config_dict
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.completion import complete_study
-from ingest_support import config_dict
 from dicomnode.config import NodeConfig, config_from_dict
 from dicomnode.db.ingest import InstanceRecord, record_instance
 from dicomnode.db.models import Delivery, Job, Study, utcnow
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.spool import Spool
-
-import ingest_support
 
 T = TypeVar("T")
 HERE = Path(__file__).resolve().parent

@@ -65,7 +65,7 @@ def running_node(config: NodeConfig, role: str = "listener") -> Iterator[Node]:
 
 
 @contextlib.contextmanager
-def node_with_db(config: NodeConfig) -> Iterator[tuple[Node, "Db", NodeConfig]]:
+def node_with_db(config: NodeConfig) -> Iterator[tuple[Node, Db, NodeConfig]]:
     """A running listener node and read access to its database."""
     with running_node(config) as node:
         db = Db(config.database_url)
@@ -130,7 +130,7 @@ class NodeProcess:
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 120.0) -> "NodeProcess":
+    def start(self, timeout: float = 120.0) -> NodeProcess:
         log = open(self.log_path, "ab")
         try:
             self.process = subprocess.Popen(
@@ -158,7 +158,7 @@ class NodeProcess:
             self.process.kill()
             self.process.wait(30)
 
-    def __enter__(self) -> "NodeProcess":
+    def __enter__(self) -> NodeProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from ingest_support import Db, dataset_payload, make_config, node_with_db, send_raw, store, wait_until
 from pydicom.uid import JPEG2000Lossless, RLELossless
 from sqlalchemy import select
 
 from dicomnode import metrics
 from dicomnode.db import AuditEvent, JobState
 from dicomnode.demo.synthetic import StudySpec, make_study, write_study
-
-from ingest_support import Db, dataset_payload, make_config, node_with_db, send_raw, store, wait_until
 
 SMALL = {"rows": 128, "columns": 104}
 

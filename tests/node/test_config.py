@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ingest_support import CXR_NODE, REPO
 
 from dicomnode.config import ConfigError, config_from_dict, load_config
-
-from ingest_support import CXR_NODE, REPO
 
 EXAMPLE = REPO / "config" / "node.example.yaml"
 

@@ -10,19 +10,26 @@ import time
 from pathlib import Path
 
 import pytest
-
 from delivery_support import (
-    PROCESSORS, deliveries, delivery_config, destination, ingest_files, job, orthanc_destination, wait_until,
+    PROCESSORS,
+    deliveries,
+    delivery_config,
+    destination,
+    ingest_files,
+    job,
+    orthanc_destination,
+    wait_until,
 )
+
 from dicomnode import metrics
 from dicomnode.config import RetryConfig
 from dicomnode.db import make_engine, make_session_factory, upgrade_database
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.delivery import Deliverer, backoff_seconds
+from dicomnode.jobs import retry_job
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
 from dicomnode.processing import make_processor
-from dicomnode.jobs import retry_job
 from dicomnode.worker import Worker
 
 DATA = Path(__file__).with_name("data")
@@ -78,8 +85,8 @@ def test_dead_destination_backs_off_then_dead_letters(data_dir, database_url, se
     gaps = []
     for attempt in (1, 2, 3):
         row = wait_until(lambda: [r for r in deliveries(session_factory, job_id)
-                                  if r.next_attempt_at <= dt.datetime.now(dt.timezone.utc)], what="row due")[0]
-        before = dt.datetime.now(dt.timezone.utc)
+                                  if r.next_attempt_at <= dt.datetime.now(dt.UTC)], what="row due")[0]
+        before = dt.datetime.now(dt.UTC)
         assert deliverer.run_once() == 1
         row = deliveries(session_factory, job_id)[0]
         assert row.attempts == attempt and row.last_status is None

@@ -13,9 +13,9 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
+from delivery_support import PROCESSORS, deliveries, delivery_config, ingest_files, job, wait_until
 from dicomweb_client.api import DICOMwebClient
 
-from delivery_support import PROCESSORS, deliveries, delivery_config, ingest_files, job, wait_until
 from dicomnode.config import ConfigError, DicomwebAuth, config_from_dict
 from dicomnode.db.models import utcnow
 from dicomnode.db.states import DeliveryState, JobState

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.peers.ports import free_port
 from dicomnode.association import Peer, ScuError
+from dicomnode.peers.ports import free_port
 from dicomnode.scu import echo, store_files
 
 

@@ -5,14 +5,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from delivery_support import PROCESSORS, deliveries, delivery_config, ingest_files, job, orthanc_destination
+
+from dicomnode.association import Peer, ScuError
 from dicomnode.config import TLSConfig
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.delivery import Deliverer
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.processing import make_processor
-from dicomnode.association import Peer, ScuError
 from dicomnode.scu import echo
 from dicomnode.worker import Worker
 

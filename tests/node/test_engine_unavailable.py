@@ -12,14 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-
 from delivery_support import delivery_config, ingest_files, job
+
 from dicomnode import metrics
 from dicomnode.db import make_engine, make_session_factory, upgrade_database
 from dicomnode.db.states import JobState
+from dicomnode.demo.synthetic import make_study
 from dicomnode.health import HealthChecks
 from dicomnode.peers.ports import free_port
-from dicomnode.demo.synthetic import make_study
 from dicomnode.worker import Worker
 from inference.chat import EngineUnavailable
 from inference.model.remote import connect

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from delivery_support import HERE, PROCESSORS, delivery_config, orthanc_destination, wait_until
+from ingest_support import NodeProcess
 from sqlalchemy import func, select
 
-from delivery_support import HERE, PROCESSORS, delivery_config, orthanc_destination, wait_until
 from dicomnode.db import AuditEvent, Delivery, Instance, Job, Study, make_engine, make_session_factory
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.peers.dcmtk import acknowledged
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
-from ingest_support import NodeProcess
 
 pytestmark = pytest.mark.slow
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from ingest_support import Db, make_config, node_with_db, running_node, store, wait_until
 from sqlalchemy import select, text
 
 from dicomnode.db import AuditEvent, JobState
 from dicomnode.demo.synthetic import StudySpec, write_study
-
-from ingest_support import Db, make_config, node_with_db, running_node, store, wait_until
 
 SMALL = {"rows": 128, "columns": 104}
 
@@ -38,7 +37,7 @@ def test_instances_are_stored_durably_before_ack_then_study_completes(tmp_path: 
     rows = db.instances(spec.study_instance_uid)
     assert len(rows) == 2 and all(r.selected for r in rows)
     for row, original in zip(sorted(rows, key=lambda r: r.sop_instance_uid),
-                             sorted(files, key=lambda p: p.stem)):
+                             sorted(files, key=lambda p: p.stem), strict=False):
         stored = config.storage.data_dir.resolve() / row.path
         assert row.path == f"spool/{spec.study_instance_uid}/{row.series_instance_uid}/{row.sop_instance_uid}.dcm"
         assert stored.stat().st_size == row.size_bytes
@@ -90,7 +89,7 @@ def test_selection_skips_ct_and_other_body_parts_with_reason(tmp_path: Path, nod
     [head_row] = db.instances(head.study_instance_uid)
     assert not head_row.selected and head_row.skip_reason.startswith("body part HEAD not in")
     for uid in (ct.study_instance_uid, head.study_instance_uid):
-        wait_until(lambda: db.study_state(uid) == JobState.SKIPPED.value, 60, what="SKIPPED")
+        wait_until(lambda uid=uid: db.study_state(uid) == JobState.SKIPPED.value, 60, what="SKIPPED")
     ct_study = db.study(ct.study_instance_uid)
     assert ct_study.state_reason == "no instance selected: modality CT not in CR,DX (x1)"
     assert db.jobs(ct.study_instance_uid)[0].error == ct_study.state_reason

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from ingest_support import NODE_AET, Db, NodeProcess, config_dict, store, wait_until, write_config
 
 from dicomnode.db import JobState
 from dicomnode.demo.synthetic import StudySpec, write_study
-
-from ingest_support import NODE_AET, Db, NodeProcess, config_dict, store, wait_until, write_config
 
 _RSP_RE = re.compile(
     r"Message Type\s*: C-STORE RSP.*?Affected SOP Instance UID\s*: (?P<uid>[0-9.]+).*?DIMSE Status\s*: 0x(?P<st>[0-9a-f]{4})",

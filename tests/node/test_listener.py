@@ -7,16 +7,24 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from ingest_support import (
+    CXR_NODE,
+    NODE_AET,
+    Db,
+    config_dict,
+    make_config,
+    running_node,
+    store,
+    wait_until,
+    write_config,
+)
 from pynetdicom import AE
 from sqlalchemy import select
 
 from dicomnode import metrics
 from dicomnode.db import AuditEvent
-from dicomnode.peers.dcmtk import echoscu
 from dicomnode.demo.synthetic import StudySpec, write_study
-
-from ingest_support import CXR_NODE, NODE_AET, Db, config_dict, make_config, running_node, store, wait_until, \
-    write_config
+from dicomnode.peers.dcmtk import echoscu
 
 SMALL = {"rows": 128, "columns": 104}
 

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from ingest_support import Db, make_config, node_with_db, store
 from sqlalchemy import select
 
 from dicomnode.db.models import AuditEvent
 from dicomnode.demo.synthetic import StudySpec, write_study
-
-from ingest_support import Db, make_config, node_with_db, store
 
 LONG_PID = "PID" + "7" * 67  # 70 characters (LO allows 64)
 LONG_ACC = "ACC" + "8" * 37  # 40 characters (SH allows 16; the column 64 -> fits, but stays unrecorded)
@@ -92,9 +91,8 @@ def test_invalid_birth_date_neither_withholds_the_result_nor_reaches_logs(caplog
     """An impossible PatientBirthDate in the source is dropped from the SR (the result is still made), and the
     value is quoted in no log record above DEBUG."""
     from dicomnode.demo.records import make_record
-
-    from dicomnode.logs import setup_logging
     from dicomnode.demo.synthetic import make_study
+    from dicomnode.logs import setup_logging
     from sr_writer import build_result_objects
 
     study = make_study(StudySpec(views=("PA",), rows=64, columns=64, patient_birth_date="19601301"))

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cxr_test_processors import read_calls
+from delivery_support import PROCESSORS, deliveries, orthanc_destination
+from ingest_support import Db, make_config, running_node, store, wait_until
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from delivery_support import PROCESSORS, deliveries, orthanc_destination
-from cxr_test_processors import read_calls
 from dicomnode.db.states import DeliveryState, JobState
-from dicomnode.loop_guard import derived_object_kind, loop_skip_reason
 from dicomnode.demo.synthetic import StudySpec, write_study
-from ingest_support import Db, make_config, running_node, store, wait_until
+from dicomnode.loop_guard import derived_object_kind, loop_skip_reason
 
 SMALL = {"rows": 64, "columns": 52}
 

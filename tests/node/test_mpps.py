@@ -12,14 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
+from ingest_support import NODE_AET, Db, make_config, running_node, store, wait_until
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from dicomnode.db.states import JobState
-from dicomnode.mpps import MPPS_SOP_CLASS
 from dicomnode.demo.synthetic import StudySpec, write_study
-from ingest_support import NODE_AET, Db, make_config, running_node, store, wait_until
+from dicomnode.mpps import MPPS_SOP_CLASS
 
 SMALL = {"rows": 64, "columns": 52}
 

@@ -9,13 +9,12 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
+from ingest_support import NODE_AET, Db, make_config, running_node, store, wait_until
 from pydicom import dcmread
 from pynetdicom import AE
 
 from dicomnode.db.states import JobState
 from dicomnode.spool import Spool
-from ingest_support import NODE_AET, Db, make_config, running_node, store, wait_until
 
 QUIET = 1.0
 

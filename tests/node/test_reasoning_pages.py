@@ -11,9 +11,9 @@ import pydicom
 import pytest
 
 from dicomnode.config import config_from_dict
+from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.processing import ProcessorOutput, ResultObject, StudyInput
 from dicomnode.reasoning import ReasoningProcessor
-from dicomnode.demo.synthetic import StudySpec, write_study
 
 
 def _study(tmp_path: Path, n: int) -> StudyInput:

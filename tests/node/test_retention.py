@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+from delivery_support import PROCESSORS, delivery_config, destination, ingest_files, job, orthanc_destination
 from sqlalchemy import select
 
-from delivery_support import PROCESSORS, delivery_config, destination, ingest_files, job, orthanc_destination
 from dicomnode.db import AuditEvent
 from dicomnode.db.models import utcnow
 from dicomnode.db.states import JobState

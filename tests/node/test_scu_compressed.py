@@ -16,8 +16,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dicomnode.peers.dcmtk import StoreSCP
 from dicomnode.association import Peer
+from dicomnode.peers.dcmtk import StoreSCP
 from dicomnode.scu import requested_contexts, store_files
 from sr_writer.rle import encode_frame
 from sr_writer.sc import encode_pixels, set_pixel_data

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import yaml
+from ingest_support import CXR_NODE
 
 from dicomnode.peers.ports import free_port, wait_for_port
-
-from ingest_support import CXR_NODE
 
 
 def _write(path: Path, data: dict) -> Path:

@@ -13,22 +13,22 @@ import threading
 import time
 from pathlib import Path
 
+from delivery_support import PROCESSORS, deliveries, ingest_files, orthanc_destination
+from ingest_support import CXR_NODE, NODE_AET, Db, config_dict, running_node, store, wait_until, write_config
 from sqlalchemy import select
 
-from delivery_support import PROCESSORS, deliveries, ingest_files, orthanc_destination
 from dicomnode import metrics
 from dicomnode.commitment import Committer
+from dicomnode.config import config_from_dict
 from dicomnode.db.models import Delivery, utcnow
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.delivery import Deliverer
+from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
 from dicomnode.processing import make_processor
 from dicomnode.retention import purge_expired
-from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.worker import Worker
-from ingest_support import CXR_NODE, NODE_AET, Db, config_dict, running_node, store, wait_until, write_config
-from dicomnode.config import config_from_dict
 
 
 def _setup(tmp_path: Path, node_port_for_orthanc: int | None = None, timeout: float = 30):  # type: ignore[no-untyped-def]
@@ -186,9 +186,9 @@ def test_report_on_the_same_association(tmp_path: Path, monkeypatch) -> None:
     from dicomnode import commitment
 
     monkeypatch.setattr(commitment, "SAME_ASSOCIATION_WAIT_SECONDS", 10.0)  # a loaded test machine: ends at the report
+    from pydicom import Dataset
     from pynetdicom import AE, AllStoragePresentationContexts, evt
     from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
-    from pydicom import Dataset
 
     from dicomnode.commitment import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH
     from dicomnode.listener import TRANSFER_SYNTAXES

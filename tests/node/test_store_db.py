@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from ingest_support import NODE_AET, Db, make_config, running_node, store, wait_until
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
@@ -17,11 +18,9 @@ from dicomnode.completion import complete_study
 from dicomnode.db import Delivery, Job, JobState, make_engine, make_session_factory, upgrade_database, utcnow
 from dicomnode.db.ingest import InstanceRecord, record_instance
 from dicomnode.db.migrate import current_revision
-from tests.postgres_server import PostgresServer
-from dicomnode.peers.dcmtk import echoscu
 from dicomnode.demo.synthetic import StudySpec, write_study
-
-from ingest_support import NODE_AET, Db, make_config, running_node, store, wait_until
+from dicomnode.peers.dcmtk import echoscu
+from tests.postgres_server import PostgresServer
 
 SMALL = {"rows": 128, "columns": 104}
 TABLES = {"studies", "instances", "jobs", "deliveries", "audit_events", "performed_procedure_steps", "alembic_version"}
@@ -184,7 +183,7 @@ def test_node_receives_into_database(tmp_path: Path, db_url: str) -> None:
         assert [p.wait(300) for p in procs] == [0] * len(procs)
         assert len(db.instances()) == 10
         for spec in [*studies, same_study]:
-            wait_until(lambda: db.study_state(spec.study_instance_uid) == JobState.QUEUED.value, 60)
+            wait_until(lambda spec=spec: db.study_state(spec.study_instance_uid) == JobState.QUEUED.value, 60)
         assert db.study(same_study.study_instance_uid).instance_count == 4
         assert len(db.jobs(same_study.study_instance_uid)) == 1
         db.close()

@@ -5,11 +5,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from dicomnode.peers.dcmtk import echoscu
-from dicomnode.demo.synthetic import StudySpec, write_study
-
 from ingest_support import NODE_AET, Db, make_config, running_node, store
+
+from dicomnode.demo.synthetic import StudySpec, write_study
+from dicomnode.peers.dcmtk import echoscu
 
 SMALL = {"rows": 128, "columns": 104}
 

@@ -11,19 +11,27 @@ from collections import Counter
 import pydicom
 import pytest
 import yaml
+from cxr_test_processors import read_calls
+from delivery_support import (
+    HERE,
+    PROCESSORS,
+    deliveries,
+    delivery_config,
+    destination,
+    ingest_files,
+    job,
+    orthanc_destination,
+    study_state,
+)
 from sqlalchemy import select
 
-from delivery_support import (
-    HERE, PROCESSORS, deliveries, delivery_config, destination, ingest_files, job, orthanc_destination, study_state,
-)
-from cxr_test_processors import read_calls
-from dicomnode.db import Job, make_session_factory, make_engine, upgrade_database
+from dicomnode.db import Job, make_engine, make_session_factory, upgrade_database
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.delivery import Deliverer
-from dicomnode.peers.ports import free_port
-from dicomnode.processing import make_processor
 from dicomnode.jobs import claim_job, retry_job
 from dicomnode.jobs import requeue_processing as requeue_stale_jobs
+from dicomnode.peers.ports import free_port
+from dicomnode.processing import make_processor
 from dicomnode.worker import Worker, study_input
 
 
@@ -213,7 +221,7 @@ def test_worker_liveness_rules() -> None:
 
     from dicomnode.jobs import STALE_SECONDS, worker_is_gone
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     fresh, stale = now, now - dt.timedelta(seconds=STALE_SECONDS + 1)
     here = socket.gethostname()
     exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

@@ -5,10 +5,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from delivery_support import PROCESSORS, delivery_config
+
 from dicomnode.processing import (
-    PassThroughProcessor, ProcessorOutput, ResultRecord, StudyInput, make_processor, register_processor, registered_processors,
+    PassThroughProcessor,
+    ProcessorOutput,
+    ResultRecord,
+    StudyInput,
+    make_processor,
+    register_processor,
+    registered_processors,
     resolve_factory,
 )
 

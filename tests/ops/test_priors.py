@@ -11,11 +11,11 @@ import pynetdicom
 import pytest
 
 from dicomnode.config import PriorsConfig
+from dicomnode.demo.synthetic import StudySpec, prior_spec, write_study
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
 from dicomnode.priors import fetch_prior, find_prior_study, lookup_prior, retrieve, retrieve_study
-from dicomnode.demo.synthetic import StudySpec, prior_spec, write_study
 
 NODE_AET = "CXRNODE"
 NOGET_AET = "CXRNOGET"  # may query, may not C-GET

@@ -1,7 +1,6 @@
 """Fixtures for the result-object tests: small synthetic studies (no patient data)."""
 from __future__ import annotations
 
-
 import pytest
 from pydicom.dataset import Dataset
 

@@ -5,9 +5,9 @@ import pytest
 import yaml
 from pydicom.sr.codedict import codes
 
+from dicomnode.demo.records import FINDING_LABELS
 from inference.stages import DEFAULT_STAGES_PATH
 from sr_writer.codes import TABLE_PATH, CodeTableError, load_table, parse_table
-from dicomnode.demo.records import FINDING_LABELS
 
 
 def test_every_finding_key_is_mapped_to_a_code_with_a_source() -> None:

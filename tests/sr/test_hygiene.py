@@ -10,11 +10,11 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+from dicomnode.demo.records import make_record
 from dicomnode.demo.synthetic import make_study
 from sr_writer import build_result_objects, validate
 from sr_writer.hygiene import UnrepairableHeader, clean_source, clean_sources, invalid_reference_uids
 from tests.sr.conftest import small_spec
-from dicomnode.demo.records import make_record
 
 
 def _raw(ds: Dataset, tag: int, vr: str, value: bytes) -> None:

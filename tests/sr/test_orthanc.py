@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from dicomnode.demo.records import make_record
+from dicomnode.demo.synthetic import make_study, prior_spec
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.orthanc import OrthancServer
-from dicomnode.demo.synthetic import make_study, prior_spec
 from sr_writer import build_result_objects
 from tests.sr.conftest import small_spec
-from dicomnode.demo.records import make_record
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +59,14 @@ def test_orthanc_stores_sr_and_sc_and_previews_the_page(orthanc: OrthancServer, 
     assert tags["PatientName"] == "山田^太郎"  # UTF-8 survives the PACS
     assert tags["VerificationFlag"] == "UNVERIFIED"
 
-    for page, image in zip(result.pages, result.page_images):
+    for page, image in zip(result.pages, result.page_images, strict=False):
         page_id = _lookup(orthanc, str(page.SOPInstanceUID))
         png = orthanc.rest_get_bytes(f"/instances/{page_id}/preview", timeout=120)
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         preview = Image.open(io.BytesIO(png)).convert("RGB")
         assert preview.size == image.size
         # Orthanc decoded our pixels: its preview matches the page we rendered
-        diff = sum(abs(a - b) for a, b in zip(preview.resize((96, 128)).tobytes(), image.resize((96, 128)).tobytes()))
+        diff = sum(abs(a - b) for a, b in zip(preview.resize((96, 128)).tobytes(), image.resize((96, 128)).tobytes(), strict=False))
         assert diff / (96 * 128 * 3) < 2.0
     study = orthanc.instances_of_study(str(current[0].StudyInstanceUID))
     assert len(study) == 1 + len(result.pages)

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 
+from dicomnode.demo.records import make_record
 from sr_writer.fonts import Face, FontMissing, fallback_path
 from sr_writer.options import OutputOptions
 from sr_writer.page import BOX_COLOURS, PageRenderer, render_pages, wrap
-from dicomnode.demo.records import make_record
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_drawn_word_by_word_as_pillow_draws_the_line(face: Face, text: str) -> N
     a, b = (255 - np.asarray(image, dtype=np.int64) for image in (ours, pillows))
     assert abs(a.sum() - b.sum()) < 0.02 * b.sum()  # the same ink
     assert all(abs(p - q) <= 1 for p, q in zip(ours.point(lambda v: 255 - v).getbbox(),
-                                                 pillows.point(lambda v: 255 - v).getbbox()))
+                                                 pillows.point(lambda v: 255 - v).getbbox(), strict=False))
     assert abs(end - x) < 2 and abs(end - 10 - face.width(text)) < 2
     again = Image.new("L", (1100, 60), 255)
     face.draw(ImageDraw.Draw(again), (10, 5), text, 0)  # type: ignore[arg-type]

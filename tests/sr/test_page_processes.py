@@ -9,8 +9,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from sr_writer import build_result_objects, make_result_objects
 from dicomnode.demo.records import make_record
+from sr_writer import build_result_objects, make_result_objects
 
 
 def test_page_processes_make_the_same_pages(study: list[Dataset], prior_study: list[Dataset]) -> None:
@@ -20,7 +20,7 @@ def test_page_processes_make_the_same_pages(study: list[Dataset], prior_study: l
         there = build_result_objects(record, study, prior_study, page_executor=pool)
     assert len(here.pages) == len(there.pages) >= 2
     assert there.page_images == [] and len(here.page_images) == len(here.pages)
-    for number, (mine, theirs) in enumerate(zip(here.pages, there.pages), start=1):
+    for number, (mine, theirs) in enumerate(zip(here.pages, there.pages, strict=False), start=1):
         assert theirs.InstanceNumber == number and theirs.ImageComments == mine.ImageComments
         assert theirs.PixelData == mine.PixelData  # same rendering, same RLE bytes
         back = pydicom.dcmread(__import__("io").BytesIO(there.encoded[str(theirs.SOPInstanceUID)]))

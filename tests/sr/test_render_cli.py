@@ -7,9 +7,9 @@ import pydicom
 from PIL import Image
 
 from dicomnode.cli import main
+from dicomnode.demo.records import make_record
 from dicomnode.demo.synthetic import prior_spec, write_study
 from tests.sr.conftest import small_spec
-from dicomnode.demo.records import make_record
 
 
 def test_render_writes_sr_pages_and_pngs(tmp_path: Path, capsys) -> None:
@@ -30,7 +30,7 @@ def test_render_writes_sr_pages_and_pngs(tmp_path: Path, capsys) -> None:
     pages = sorted(out.glob("page-*.dcm"))
     pngs = sorted(out.glob("page-*.png"))
     assert len(pages) == len(pngs) >= 1
-    for dcm, png in zip(pages, pngs):
+    for dcm, png in zip(pages, pngs, strict=False):
         ds = pydicom.dcmread(dcm)
         assert ds.BurnedInAnnotation == "YES"
         assert Image.open(png).size == (ds.Columns, ds.Rows)

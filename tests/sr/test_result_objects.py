@@ -10,6 +10,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from dicomnode.demo.records import FINDING_LABELS, make_provenance, make_record
 from dicomnode.demo.synthetic import make_study, prior_spec
 from inference.record import DEMO_STATEMENT, UNVERIFIED_STATEMENT, Presence, ReasoningRecord, StageStatus
 from sr_writer import ExportRefused, OutputOptions, build_result_objects, validate
@@ -18,7 +19,6 @@ from sr_writer.provenance import device_uid
 from sr_writer.tree_bytes import tree_part10_bytes
 from sr_writer.validate import part10_bytes
 from tests.sr.conftest import content_items, small_spec
-from dicomnode.demo.records import FINDING_LABELS, make_provenance, make_record
 
 MANY = ("pneumothorax", "consolidation", "pleural_effusion", "cardiac_pacemaker", "lung_opacity")
 
@@ -162,7 +162,7 @@ def test_sr_findings_and_boxes_read_back(case) -> None:
     for group in measurements[0].ContentSequence:
         assert any(i.ValueType == "SCOORD" for i in content_items(group.ContentSequence)), "every group has geometry"
     frontal = current[0]
-    for roi, box in zip(rois, expected):
+    for roi, box in zip(rois, expected, strict=False):
         region = roi.roi
         assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
         ref = region.ContentSequence[0].ReferencedSOPSequence[0]  # SELECTED FROM the source image
@@ -189,13 +189,13 @@ def test_sr_stage_containers(case) -> None:
     _, record, _, _, _, sr, _ = case
     stages = [i for i in sr.ContentSequence if i.ValueType == "CONTAINER" and _name(i)[0] == "99CXRNODE"]
     assert [_name(s)[1] for s in stages] == [f"STAGE-{n}" for n in range(1, 9)]
-    for container, stage in zip(stages, sorted(record.stages, key=lambda s: s.number)):
+    for container, stage in zip(stages, sorted(record.stages, key=lambda s: s.number), strict=False):
         status = container.ContentSequence[0]
         assert _name(status) == ("99CXRNODE", "STAGE-STATUS")
         assert str(status.TextValue).startswith(stage.status.value.replace("_", " "))
         qa = [i for i in container.ContentSequence if i.ValueType == "CONTAINER"]
         assert len(qa) == len(stage.questions)
-        for item, question in zip(qa, stage.questions):
+        for item, question in zip(qa, stage.questions, strict=False):
             values = {_name(i)[1]: str(i.TextValue) for i in item.ContentSequence}
             assert values["QUESTION-ID"] == question.id
             assert values["ANSWER"] == (question.raw_answer or "(empty)")
@@ -229,7 +229,7 @@ def test_sc_pages(case) -> None:
     assert len(result.pages) == len(result.page_images) >= 1
     series = {p.SeriesInstanceUID for p in result.pages}
     assert len(series) == 1 and series.isdisjoint({ds.SeriesInstanceUID for ds in current} | {result.sr.SeriesInstanceUID})
-    for number, (page, image) in enumerate(zip(result.pages, result.page_images), start=1):
+    for number, (page, image) in enumerate(zip(result.pages, result.page_images, strict=False), start=1):
         back = _save_and_read(page, out / f"page{number}.dcm")
         assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
         assert back.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless  # the default: about 10x smaller

@@ -25,7 +25,7 @@ def _decode(frame: bytes, rows: int, cols: int, samples: int) -> np.ndarray:
 def _runs(lengths: list[int], cols: int) -> np.ndarray:
     """One row per run length: a run of that length, then alternating values to the row's end."""
     rows = np.tile(np.arange(cols, dtype=np.uint8) % 2, (len(lengths), 1))
-    for row, length in zip(rows, lengths):
+    for row, length in zip(rows, lengths, strict=False):
         row[:length] = 7
     return rows
 

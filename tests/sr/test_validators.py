@@ -10,10 +10,10 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from dicomnode.demo.records import make_record
 from dicomnode.demo.synthetic import make_study, prior_spec
 from sr_writer import OutputOptions, build_result_objects, validate
 from tests.sr.conftest import content_items, small_spec
-from dicomnode.demo.records import make_record
 
 PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")  # Debian libpixelmed-java (scripts/bootstrap.sh)
 JAVA_FLAGS = ["-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathTotalOpLimit=0"]

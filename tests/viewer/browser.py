@@ -38,7 +38,7 @@ class ConsoleLog:
     warnings: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)  # every console line, for the artefacts
 
-    def attach(self, page: Any) -> "ConsoleLog":
+    def attach(self, page: Any) -> ConsoleLog:
         page.on("pageerror", lambda error: self.page_errors.append(str(error)))
         page.on("console", self._on_console)
         return self

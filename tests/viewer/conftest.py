@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
+from dicomnode.demo.records import make_record
+from dicomnode.demo.synthetic import StudySpec, make_study
 from dicomnode.peers.ohif import OhifServer
 from dicomnode.peers.orthanc import OrthancServer
-from dicomnode.demo.synthetic import StudySpec, make_study
 from sr_writer import build_result_objects
 
 ROOT = Path(__file__).resolve().parents[2]
-from dicomnode.demo.records import make_record
 
 ARTEFACTS = ROOT / "out" / "viewer"  # git-ignored; screenshots stay here after the run
 POSITIVE = ("pneumothorax", "pleural_effusion")

@@ -100,9 +100,9 @@ def _wait_for_annotations(page: Any, count: int, what: str, timeout_ms: int = 60
 
     try:
         page.wait_for_function(f"n => ({_COUNT_ANNOTATIONS}) >= n", arg=count, timeout=timeout_ms)
-    except PlaywrightTimeout:
+    except PlaywrightTimeout as exc:
         drawn = page.evaluate(f"() => {_COUNT_ANNOTATIONS}")
-        raise AssertionError(f"{what}: OHIF drew {drawn} of {count} annotations in {timeout_ms / 1000:.0f} s")
+        raise AssertionError(f"{what}: OHIF drew {drawn} of {count} annotations in {timeout_ms / 1000:.0f} s") from exc
 
 
 def _pointer_to_image_foot(page: Any) -> None:

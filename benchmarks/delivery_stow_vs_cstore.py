@@ -27,9 +27,9 @@ from pynetdicom import AE, evt
 
 from dicomnode.association import Peer
 from dicomnode.commitment import STORAGE_COMMITMENT_PUSH, request_commitment
-from dicomnode.config import Destination
 from dicomnode.demo.records import make_record
 from dicomnode.demo.synthetic import StudySpec, make_study
+from dicomnode.destinations import DicomwebDestination
 from dicomnode.dicomweb import make_client, stow_study
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
@@ -86,7 +86,7 @@ def main() -> None:
             with orthanc:
                 version = orthanc.rest_get("/system")["Version"]
                 peer = Peer(orthanc.aet, "127.0.0.1", orthanc.dicom_port, NODE_AET)
-                client = make_client(Destination(name="web", type="dicomweb", url=orthanc.url + "/dicom-web"))
+                client = make_client(DicomwebDestination(name="web", url=orthanc.url + "/dicom-web"))
                 stow_s, cstore_s, round_trips = [], [], []
                 for n in range(args.rounds + 1):  # round 0 warms both paths up, not counted
                     timings = {}

@@ -22,7 +22,7 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 
 if TYPE_CHECKING:
-    from dicomnode.config import Destination, PriorsConfig, TLSConfig
+    from dicomnode.config import PriorsConfig, TLSConfig
 
 _PEER_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d{1,5})$")
 WRITE_BEHIND_BYTES = 4 << 20
@@ -52,14 +52,6 @@ class Peer:
         if not match or not 0 < int(match["port"]) < 65536:
             raise ValueError(f"peer {text!r} is not AE@HOST:PORT")
         return cls(match["ae"], match["host"].strip("[]"), int(match["port"]), calling_aet)
-
-    @classmethod
-    def from_destination(cls, destination: Destination, calling_aet: str, association_timeout: float = 30.0
-                         ) -> Peer:
-        assert destination.ae_title and destination.host and destination.port, "a DIMSE destination"
-        return cls(destination.ae_title, destination.host, destination.port,
-                   destination.calling_aet or calling_aet, destination.tls,
-                   connect_timeout=min(10.0, association_timeout), acse_timeout=association_timeout)
 
     @classmethod
     def from_priors(cls, priors: PriorsConfig) -> Peer:

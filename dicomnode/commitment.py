@@ -31,9 +31,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode import metrics
 from dicomnode.association import Peer, ScuError, associate, close, requestor_ae
 from dicomnode.audit import audit
-from dicomnode.config import Destination, NodeConfig
+from dicomnode.background import BackgroundLoop
+from dicomnode.config import NodeConfig
 from dicomnode.db.models import Delivery, Job, utcnow
 from dicomnode.db.states import DeliveryState, JobState
+from dicomnode.destinations import DimseDestination
 from dicomnode.jobs import set_job_state
 from dicomnode.logs import log_event
 
@@ -195,9 +197,8 @@ class Committer:
         self.session_factory = session_factory
         self.poll_seconds = poll_seconds or config.processing.poll_seconds
         self.association_timeout = association_timeout
-        self.destinations = [d for d in config.destinations if d.type == "dimse" and d.storage_commitment]
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.destinations = commitment_targets(config)
+        self._loop = BackgroundLoop("commitment", self.run_once, self.poll_seconds, LOG)
         self._on_report = event_report_handler(session_factory)
 
     def run_once(self) -> int:
@@ -208,7 +209,7 @@ class Committer:
             asked += self.ask(destination)
         return asked
 
-    def expire(self, destination: Destination, now: dt.datetime | None = None) -> int:
+    def expire(self, destination: DimseDestination, now: dt.datetime | None = None) -> int:
         """Requests older than the timeout: count, record, forget the transaction (the objects are asked again)."""
         now = now or utcnow()
         cutoff = now - dt.timedelta(seconds=destination.commitment_timeout_seconds)
@@ -229,7 +230,7 @@ class Committer:
             commitment_timeouts.labels(destination=destination.name).inc(len(rows))
         return len(rows)
 
-    def ask(self, destination: Destination) -> int:
+    def ask(self, destination: DimseDestination) -> int:
         """One N-ACTION for up to ``BATCH`` delivered objects not yet asked about; returns how many."""
         now = utcnow()
         retry_after = now - dt.timedelta(seconds=destination.retry.initial_seconds)
@@ -245,7 +246,7 @@ class Committer:
                 row.commit_transaction_uid, row.commit_requested_at = transaction, now
         if not rows:
             return 0
-        peer = Peer.from_destination(destination, self.config.node.ae_title, self.association_timeout)
+        peer = destination.peer(self.config.node.ae_title, self.association_timeout)
         try:
             status = request_commitment(peer, transaction, objects, on_report=self._on_report)
             error = None if status == STATUS_SUCCESS else f"N-ACTION status 0x{status:04X}"
@@ -268,25 +269,11 @@ class Committer:
         return len(objects)
 
     def start(self) -> None:
-        if not self.destinations:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="commitment", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - database hiccup: try again next poll
-                LOG.exception("storage commitment pass failed")
-            self._stop.wait(self.poll_seconds)
+        if self.destinations:
+            self._loop.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loop.stop(timeout)
 
 
 # -- what others ask -------------------------------------------------------------------------------------------
@@ -301,8 +288,13 @@ def uncommitted_deliveries(session: Session, study_id: int, destinations: Iterab
                Delivery.state != DeliveryState.COMMITTED.value)) or 0)
 
 
+def commitment_targets(config: NodeConfig) -> list[DimseDestination]:
+    """The DIMSE destinations that ask for Storage Commitment."""
+    return [d for d in config.destinations if isinstance(d, DimseDestination) and d.storage_commitment]
+
+
 def commitment_destinations(config: NodeConfig) -> list[str]:
-    return [d.name for d in config.destinations if d.type == "dimse" and d.storage_commitment]
+    return [d.name for d in commitment_targets(config)]
 
 
 def commitment_summary(session: Session, destinations: Iterable[str]) -> dict[str, dict[str, int]]:

@@ -6,15 +6,27 @@ lines read ``path.to.key: reason``. Unknown keys are errors.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
 
+from dicomnode.config_types import ConfigModel, HttpAuth, RetryConfig, TLSConfig, ae_title
 from dicomnode.datadir import DataDir
+from dicomnode.destinations import DestinationConfig
+from dicomnode.destinations.registry import validate_destination
 
 ENV_PREFIX = "CXR_NODE__"
 
@@ -27,36 +39,7 @@ class ConfigError(ValueError):
         super().__init__("\n".join(problems))
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _ae_title(value: str) -> str:
-    value = value.strip()
-    if not value or len(value) > 16 or "\\" in value or not value.isascii():
-        raise ValueError("AE title must be 1-16 ASCII characters without backslash")
-    return value
-
-
-class TLSConfig(_Model):
-    enabled: bool = False
-    cert: Path | None = None
-    key: Path | None = None
-    ca: Path | None = None
-    require_client_cert: bool = True
-
-    @model_validator(mode="after")
-    def _needs_files(self) -> TLSConfig:
-        if self.enabled:
-            missing = [name for name in ("cert", "key") if getattr(self, name) is None]
-            if missing:
-                raise ValueError(f"TLS enabled but {', '.join(missing)} not set")
-            if self.require_client_cert and self.ca is None:
-                raise ValueError("require_client_cert needs ca")
-        return self
-
-
-class NodeSection(_Model):
+class NodeSection(ConfigModel):
     ae_title: str = "CXRNODE"
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=0, le=65535)
@@ -79,12 +62,12 @@ class NodeSection(_Model):
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, value: str) -> str:
-        return _ae_title(value)
+        return ae_title(value)
 
     @field_validator("allowed_calling_aets")
     @classmethod
     def _check_aets(cls, values: list[str]) -> list[str]:
-        return [_ae_title(v) for v in values]
+        return [ae_title(v) for v in values]
 
 
 SUPPORTED_DATABASES = ("sqlite", "postgresql")
@@ -113,7 +96,7 @@ def check_database_url(url: str) -> str:
     return url
 
 
-class StorageSection(_Model):
+class StorageSection(ConfigModel):
     data_dir: Path = Path("./var")
     database_url: str | None = None
     retention_days: float = Field(7, ge=0)
@@ -125,7 +108,7 @@ class StorageSection(_Model):
         return check_database_url(value) if value else value
 
 
-class StudySection(_Model):
+class StudySection(ConfigModel):
     quiet_seconds: float = Field(10, gt=0)
     # what completes a study: quiet (quiet_seconds of silence), mpps (only a COMPLETED/DISCONTINUED Modality
     # Performed Procedure Step sent to the node; no timer), mpps_or_quiet (whichever comes first)
@@ -139,86 +122,24 @@ class StudySection(_Model):
         return [v.strip().upper() for v in values]
 
 
-class RetryConfig(_Model):
-    max_attempts: int = Field(10, ge=1)
-    initial_seconds: float = Field(5, gt=0)
-    max_seconds: float = Field(600, gt=0)
-
-
-class DicomwebAuth(_Model):
-    """How the node authenticates to a DICOMweb server; secrets come from environment variables, never the file."""
-
-    type: Literal["none", "basic", "bearer"] = "none"
-    username: str | None = None
-    password_env: str | None = None  # name of the environment variable holding the password (basic)
-    token_env: str | None = None  # name of the environment variable holding the token (bearer)
-
-    @model_validator(mode="after")
-    def _needs_secrets(self) -> DicomwebAuth:
-        needed = {"none": (), "basic": ("username", "password_env"), "bearer": ("token_env",)}[self.type]
-        missing = [key for key in needed if not getattr(self, key)]
-        if missing:
-            raise ValueError(f"auth type {self.type} needs {', '.join(missing)}")
-        for key in ("password_env", "token_env"):
-            name = getattr(self, key)
-            if key in needed and not os.environ.get(name or ""):
-                raise ValueError(f"{key}: environment variable {name} is not set (it holds the secret)")
-        return self
-
-
-class Destination(_Model):
-    name: str
-    # dimse: C-STORE to ae_title@host:port; dicomweb: STOW-RS to url
-    type: Literal["dimse", "dicomweb"] = "dimse"
-    ae_title: str | None = None
-    host: str | None = None
-    port: int | None = Field(None, ge=1, le=65535)
-    objects: list[Literal["sr", "sc"]] = Field(default_factory=lambda: ["sr", "sc"])
-    retry: RetryConfig = Field(default_factory=RetryConfig)
-    tls: TLSConfig | None = None
-    calling_aet: str | None = None
-    # at most this many associations to this destination at once: objects that are ready while another is being
-    # sent go on a second association instead of waiting (1: one object after the other)
-    associations: int = Field(2, ge=1, le=8)
-    # DICOMweb (type: dicomweb): the service root (STOW-RS posts to {url}/studies/{study}), auth, request timeout
-    url: str | None = None
-    auth: DicomwebAuth = Field(default_factory=DicomwebAuth)
-    timeout_seconds: float = Field(60, gt=0)
-    # Storage Commitment (type: dimse): after delivery ask the peer to commit (N-ACTION, push model); files are kept
-    # until it reports them committed; no report within commitment_timeout_seconds: re-asked, metric, status
-    storage_commitment: bool = False
-    commitment_timeout_seconds: float = Field(300, gt=0)
-
-    @field_validator("ae_title")
-    @classmethod
-    def _check_ae(cls, value: str | None) -> str | None:
-        return _ae_title(value) if value is not None else None
-
-    @model_validator(mode="after")
-    def _needs_its_address(self) -> Destination:
-        if self.type == "dimse":
-            missing = [key for key in ("ae_title", "host", "port") if getattr(self, key) is None]
-            if missing:
-                raise ValueError(f"a dimse destination needs ae_title, host and port: {', '.join(missing)} missing")
-        else:
-            if not self.url or not self.url.startswith(("http://", "https://")):
-                raise ValueError("a dicomweb destination needs url: the DICOMweb root, http:// or https://")
-            if self.storage_commitment:
-                raise ValueError("storage_commitment is DIMSE only (a STOW-RS response already says what was stored)")
-        return self
-
+# one entry of ``destinations``: validated by the config class its ``type`` names (dicomnode.destinations)
+AnyDestination = Annotated[SerializeAsAny[DestinationConfig], WrapValidator(validate_destination)]
+Destination = DestinationConfig  # the base of every destination type's config class
+DicomwebAuth = HttpAuth
+__all__ = ["AnyDestination", "ConfigError", "Destination", "DestinationConfig", "DicomwebAuth", "HttpAuth",
+           "NodeConfig", "RetryConfig", "TLSConfig", "config_from_dict", "load_config"]
 
 PASSTHROUGH = "passthrough"  # the processor that produces nothing: only ever explicit, warned about at start-up
 REASONING = "reasoning"
 
 
-class ProcessingSection(_Model):
+class ProcessingSection(ConfigModel):
     processor: str = REASONING
     workers: int = Field(1, ge=1)
     poll_seconds: float = Field(1.0, gt=0)
 
 
-class ModelSection(_Model):
+class ModelSection(ConfigModel):
     backend: Literal["transformers", "openai"] = "transformers"
     path: Path | None = None
     quantization: Literal["nf4", "fp4", "int8", "none"] = "nf4"
@@ -240,7 +161,7 @@ class ModelSection(_Model):
         return self
 
 
-class PriorsConfig(_Model):
+class PriorsConfig(ConfigModel):
     enabled: bool = False
     query_aet: str | None = None
     host: str | None = None
@@ -267,7 +188,7 @@ class PriorsConfig(_Model):
         return self
 
 
-class ReasoningSection(_Model):
+class ReasoningSection(ConfigModel):
     stages_file: Path | None = None
     max_new_tokens: int = Field(256, ge=1)
     seed: int = 0
@@ -276,7 +197,7 @@ class ReasoningSection(_Model):
     parallel_within_stage: bool = False  # independent questions of a stage asked together (blind to each other)
 
 
-class MetricsSection(_Model):
+class MetricsSection(ConfigModel):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
@@ -285,7 +206,7 @@ class MetricsSection(_Model):
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
-class DashboardAuth(_Model):
+class DashboardAuth(ConfigModel):
     """``token``: the secret is read from the environment variable ``token_env`` (a login form and an
     ``Authorization: Bearer`` header both take it); ``basic``: ``users_file`` holds ``name:hash`` lines
     (``cxr-node dashboard hash-password``), taken by the login form and ``Authorization: Basic``."""
@@ -303,7 +224,7 @@ class DashboardAuth(_Model):
         return self
 
 
-class DashboardSection(_Model):
+class DashboardSection(ConfigModel):
     """The admin web dashboard (dicomnode/dashboard), served by the node process (role all or dashboard)."""
 
     enabled: bool = False
@@ -320,7 +241,7 @@ class DashboardSection(_Model):
         return self
 
 
-class LoggingSection(_Model):
+class LoggingSection(ConfigModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_: bool = Field(True, alias="json")
     file: Path | None = None
@@ -338,7 +259,7 @@ class LoggingSection(_Model):
         return value
 
 
-class OutputSection(_Model):
+class OutputSection(ConfigModel):
     series_number_sr: int = 9901
     series_number_sc: int = 9902
     series_description_prefix: str = "AI CXR reasoning"
@@ -351,13 +272,34 @@ class OutputSection(_Model):
     # SR SOP class: "comprehensive3d" (Comprehensive 3D SR, what OHIF reads) or "comprehensive" (Comprehensive SR,
     # for Orthanc Stone's viewer and PACS that do not know 3D SR).
     sr_sop_class: Literal["comprehensive3d", "comprehensive"] = "comprehensive3d"
+    # the result kinds the node makes (sr_writer.kinds: "sr" the Structured Report, "sc" the reasoning pages)
+    objects: list[str] = Field(default_factory=lambda: _result_kinds())
+
+    @field_validator("objects")
+    @classmethod
+    def _known_kinds(cls, values: list[str]) -> list[str]:
+        known = _result_kinds()
+        unknown = [value for value in values if value not in known]
+        if unknown:
+            raise ValueError(f"unknown result kind {', '.join(unknown)} (known: {', '.join(known)})")
+        if not values:
+            raise ValueError("at least one result kind (to make none, use processing.processor: passthrough)")
+        return values
 
 
-class NodeConfig(_Model):
+def _result_kinds() -> list[str]:
+    from sr_writer.kinds import kind_names
+
+    return kind_names()
+
+
+class NodeConfig(ConfigModel):
+    # modules imported before the rest is read: they register destination types, result kinds or processors
+    plugins: list[str] = Field(default_factory=list)
     node: NodeSection = Field(default_factory=NodeSection)
     storage: StorageSection = Field(default_factory=StorageSection)
     study: StudySection = Field(default_factory=StudySection)
-    destinations: list[Destination] = Field(default_factory=list)
+    destinations: list[AnyDestination] = Field(default_factory=list)
     processing: ProcessingSection = Field(default_factory=ProcessingSection)
     model: ModelSection = Field(default_factory=ModelSection)
     reasoning: ReasoningSection = Field(default_factory=ReasoningSection)
@@ -378,6 +320,16 @@ class NodeConfig(_Model):
         names = [d.name for d in self.destinations]
         if len(names) != len(set(names)):
             raise ValueError("destinations: names must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _destinations_take_what_is_made(self) -> NodeConfig:
+        made = set(self.output.objects)
+        for index, destination in enumerate(self.destinations):
+            missing = [kind for kind in getattr(destination, "objects", []) if kind not in made]
+            if missing:
+                raise ValueError(f"destinations.{index}.objects: {', '.join(missing)} not made (output.objects is "
+                                 f"{', '.join(self.output.objects)})")
         return self
 
     @property
@@ -426,9 +378,21 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
     return data
 
 
+def import_plugins(names: Any) -> None:
+    """Import the ``plugins`` modules (ConfigError naming the one that fails)."""
+    if not isinstance(names, list):
+        return  # validation names the problem
+    for name in names:
+        try:
+            importlib.import_module(str(name))
+        except Exception as exc:  # noqa: BLE001 - any failure of a plugin is a config error
+            raise ConfigError([f"plugins: cannot import {name!r}: {type(exc).__name__}: {exc}"]) from None
+
+
 def config_from_dict(data: dict[str, Any] | None, environ: Mapping[str, str] | None = None) -> NodeConfig:
-    """Validate a config mapping (after environment overrides)."""
+    """Validate a config mapping (after environment overrides; ``plugins`` imported first)."""
     data = apply_env(dict(data or {}), os.environ if environ is None else environ)
+    import_plugins(data.get("plugins", []))
     try:
         return NodeConfig.model_validate(data)
     except ValidationError as exc:

@@ -1,4 +1,8 @@
-"""Delivery loop: C-STORE result objects to their destinations with retries, backoff, jitter and dead letter.
+"""Delivery loop: send queued payloads to their destinations with retries, backoff, jitter and dead letter.
+
+The loop is the same for every destination type: each destination's :class:`~dicomnode.destinations.Sender`
+sends a batch of due rows (C-STORE in one association, one STOW-RS request per study, one MLLP message, ...) and
+says what became of each; the loop records it, backs off and dead-letters here, once for all types.
 
 Each destination has its own loops (one thread per association it may have, ``associations``): a loop sends its
 share of that destination's due PENDING rows in one association, so one slow or dead peer never holds up another
@@ -15,20 +19,21 @@ import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode import dicomweb, metrics
-from dicomnode.association import Peer, ScuError, configure_pynetdicom
+from dicomnode import metrics
+from dicomnode.association import configure_pynetdicom
 from dicomnode.audit import audit
-from dicomnode.config import Destination, NodeConfig, RetryConfig
+from dicomnode.config import NodeConfig, RetryConfig
 from dicomnode.db.models import Delivery, Job, Study, utcnow
 from dicomnode.db.states import DeliveryState, JobState
+from dicomnode.destinations import DeliveryItem, DestinationConfig, Outcome, Sender, SendError
 from dicomnode.jobs import settle_job
-from dicomnode.scu import StoreOutcome, store_files
+from dicomnode.queueing import senders
 
 LOG = logging.getLogger("dicomnode.delivery")
 LEASE_SECONDS = 30.0
@@ -40,15 +45,6 @@ def backoff_seconds(attempts: int, retry: RetryConfig, rng: Callable[[], float] 
     """Delay before the next try after ``attempts`` failed ones: min(max, initial * 2^(attempts-1)) * U(0.5, 1.5)."""
     base = min(retry.max_seconds, retry.initial_seconds * 2.0 ** max(attempts - 1, 0))
     return base * (0.5 + rng())
-
-
-@dataclass(frozen=True)
-class DueRow:
-    id: int
-    job_id: int
-    destination: str
-    sop_instance_uid: str
-    path: str
 
 
 class Deliverer:
@@ -65,6 +61,7 @@ class Deliverer:
         self.association_timeout = association_timeout
         self.data_dir = Path(config.storage.data_dir).resolve()
         self.destinations = {d.name: d for d in config.destinations}
+        self.senders: dict[str, Sender[Any]] = senders(config, association_timeout)
         self._stop = threading.Event()
         self._wakes: dict[tuple[str | None, int], threading.Event] = {}  # per loop thread
         self._threads: list[threading.Thread] = []
@@ -94,14 +91,14 @@ class Deliverer:
             self.finish_jobs()
         return len(rows)
 
-    def _lease_due_rows(self, name: str, share: bool = False) -> list[DueRow]:
+    def _lease_due_rows(self, name: str, share: bool = False) -> list[DeliveryItem]:
         """Lease due rows of destination ``name``, at most ``BATCH_PER_DESTINATION``; with ``share``, one
         association's share when the destination has several (a backlog of 10 rows and 2 associations: 5)."""
         now = utcnow()
         lease_until = now + dt.timedelta(seconds=self.lease_seconds)
-        leased: list[DueRow] = []
+        leased: list[DeliveryItem] = []
         destination = self.destinations.get(name)
-        associations = destination.associations if destination is not None and share else 1
+        associations = destination.parallel_sends if destination is not None and share else 1
         due = (Delivery.destination == name, Delivery.state == DeliveryState.PENDING.value,
                Delivery.next_attempt_at <= now)
         with self.session_factory.begin() as session:
@@ -110,9 +107,11 @@ class Deliverer:
                 count = session.scalar(select(func.count(Delivery.id)).where(*due)) or 0
                 limit = max(1, min(limit, -(-count // associations)))
             rows = session.execute(
-                select(Delivery.id, Delivery.job_id, Delivery.destination, Delivery.sop_instance_uid, Delivery.path)
+                select(Delivery.id, Delivery.job_id, Study.study_instance_uid, Delivery.object_kind,
+                       Delivery.payload_key, Delivery.media_type, Delivery.path, Delivery.sop_instance_uid)
+                .join(Job, Job.id == Delivery.job_id).join(Study, Study.id == Job.study_id)
                 .where(*due).order_by(Delivery.next_attempt_at, Delivery.id).limit(limit)
-                .with_for_update(skip_locked=True)
+                .with_for_update(skip_locked=True, of=Delivery)
             ).all()
             for row in rows:
                 won = session.execute(
@@ -121,7 +120,9 @@ class Deliverer:
                     .values(next_attempt_at=lease_until).execution_options(synchronize_session=False)
                 ).rowcount
                 if won == 1:
-                    leased.append(DueRow(row.id, row.job_id, row.destination, row.sop_instance_uid, row.path))
+                    leased.append(DeliveryItem(row.id, row.job_id, row.study_instance_uid, row.object_kind,
+                                               row.payload_key, row.media_type, self.data_dir / row.path,
+                                               row.sop_instance_uid))
         return leased
 
     @staticmethod
@@ -131,55 +132,44 @@ class Deliverer:
                                                Delivery.next_attempt_at <= now).distinct()
         ))
 
-    def _deliver_to(self, name: str, rows: list[DueRow]) -> None:
-        destination = self.destinations.get(name)
-        if destination is None:
-            self._record(None, rows, [None] * len(rows), f"destination {name!r} is not configured")
+    def _deliver_to(self, name: str, items: list[DeliveryItem]) -> None:
+        sender = self.senders.get(name)
+        if sender is None:
+            self._record(None, items, [None] * len(items), f"destination {name!r} is not configured")
             return
+        outcomes: list[Outcome | None]
         try:
-            outcomes: list[StoreOutcome | None]
-            if destination.type == "dicomweb":
-                studies = self._study_uids(rows)
-                outcomes = list(dicomweb.store_files(
-                    destination, [(studies[r.job_id], self.data_dir / r.path) for r in rows]))
-            else:
-                peer = Peer.from_destination(destination, self.config.node.ae_title, self.association_timeout)
-                outcomes = list(store_files(peer, [self.data_dir / r.path for r in rows]))
+            outcomes = list(sender.send(items))
+            if len(outcomes) != len(items):
+                raise RuntimeError(f"{type(sender).__name__} answered {len(outcomes)} outcomes for {len(items)} items")
             error = None
-        except ScuError as exc:
-            outcomes, error = [None] * len(rows), str(exc)
+        except SendError as exc:
+            outcomes, error = [None] * len(items), str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure is a failed attempt, never a dead loop
             LOG.exception("delivery to %s failed", name)
-            outcomes, error = [None] * len(rows), f"{type(exc).__name__}: {exc}"
-        self._record(destination, rows, outcomes, error)
+            outcomes, error = [None] * len(items), f"{type(exc).__name__}: {exc}"
+        self._record(sender.destination, items, outcomes, error)
 
-    def _study_uids(self, rows: list[DueRow]) -> dict[int, str]:
-        """job id -> Study Instance UID of the study the job reasoned on."""
-        with self.session_factory() as session:
-            return dict(session.execute(select(Job.id, Study.study_instance_uid).join(Study, Job.study_id == Study.id)
-                                        .where(Job.id.in_({r.job_id for r in rows}))).all())
-
-    def _record(self, destination: Destination | None, rows: list[DueRow], outcomes: list[StoreOutcome | None],
-                error: str | None) -> None:
+    def _record(self, destination: DestinationConfig | None, items: list[DeliveryItem],
+                outcomes: list[Outcome | None], error: str | None) -> None:
         now = utcnow()
         with self.session_factory.begin() as session:
-            for row, outcome in zip(rows, outcomes, strict=True):
-                delivery = session.get(Delivery, row.id, with_for_update=True)
+            for item, outcome in zip(items, outcomes, strict=True):
+                delivery = session.get(Delivery, item.id, with_for_update=True)
                 if delivery is None or delivery.state != DeliveryState.PENDING.value:
                     continue
                 delivery.attempts += 1
-                study_uid = session.scalar(
-                    select(Study.study_instance_uid).join(Job, Job.study_id == Study.id).where(Job.id == row.job_id))
-                common = {"study_instance_uid": study_uid, "sop_instance_uid": delivery.sop_instance_uid,
-                          "job_id": delivery.job_id, "destination": delivery.destination,
+                common = {"study_instance_uid": item.study_instance_uid, "sop_instance_uid": delivery.sop_instance_uid,
+                          "job_id": delivery.job_id, "destination": delivery.destination, "object_kind": item.kind,
                           "attempt": delivery.attempts}
                 delivery.last_status = outcome.status if outcome else None
-                if outcome is not None and outcome.stored:
+                if outcome is not None and outcome.delivered:
                     delivery.state = DeliveryState.SENT.value
                     delivery.sent_at = now
                     delivery.last_error = None
                     metrics.record_delivery(delivery.destination, ok=True)
-                    audit(session, "delivery.sent", status=f"0x{outcome.status:04X}", **common)
+                    status = f"0x{outcome.status:04X}" if outcome.status is not None else None
+                    audit(session, "delivery.sent", status=status, **common)
                     continue
                 reason = (outcome.error if outcome else None) or error or "unknown error"
                 delivery.last_error = reason[:2000]

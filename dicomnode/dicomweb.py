@@ -20,13 +20,17 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset, dcmread
 
-from dicomnode.config import Destination, DicomwebAuth
 from dicomnode.scu import StoreOutcome
+
+if TYPE_CHECKING:
+    from dicomnode.config_types import HttpAuth
+    from dicomnode.destinations.dicomweb import DicomwebDestination
 
 LOG = logging.getLogger("dicomnode.dicomweb")
 REFERENCED_SOP_SEQUENCE = "00081199"
@@ -40,7 +44,7 @@ class DicomwebError(RuntimeError):
     """The server could not be reached or did not answer (connection refused, timeout, 5xx)."""
 
 
-def make_session(auth: DicomwebAuth) -> requests.Session:
+def make_session(auth: HttpAuth) -> requests.Session:
     """A requests session with the destination's credentials, read from the environment now."""
     session = requests.Session()
     if auth.type == "basic":
@@ -50,7 +54,7 @@ def make_session(auth: DicomwebAuth) -> requests.Session:
     return session
 
 
-def make_client(destination: Destination) -> DICOMwebClient:
+def make_client(destination: DicomwebDestination) -> DICOMwebClient:
     assert destination.url is not None
     client = DICOMwebClient(destination.url.rstrip("/"), session=make_session(destination.auth),
                             timeout=destination.timeout_seconds)
@@ -166,7 +170,7 @@ def study_of(path: Path) -> str | None:
         return None
 
 
-def store_files(destination: Destination, items: Sequence[tuple[str, Path]]) -> list[StoreOutcome]:
+def store_files(destination: DicomwebDestination, items: Sequence[tuple[str, Path]]) -> list[StoreOutcome]:
     """STOW-RS ``items`` (study UID the object belongs to, file) to ``destination``: one request per study; one
     outcome per item, in order. A study whose request got no answer gets outcomes with ``status`` None and the
     error (retried later); the other studies are unaffected."""

@@ -35,6 +35,7 @@ import socket
 import threading
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,6 +44,9 @@ from dicomnode import metrics
 from dicomnode.audit import audit
 from dicomnode.db.models import Delivery, Job, Study, utcnow
 from dicomnode.db.states import DeliveryState, JobState
+
+if TYPE_CHECKING:
+    from dicomnode.queueing import DeliveryQueue
 
 LOG = logging.getLogger("dicomnode.jobs")
 MAX_ERROR_CHARS = 4000
@@ -171,11 +175,11 @@ def settle_job(session: Session, job: Job, study_uid: str | None) -> bool:
     if pending is not None:
         return False
     dead = session.execute(
-        select(Delivery.destination, Delivery.sop_instance_uid, Delivery.last_error)
+        select(Delivery.destination, Delivery.object_kind, Delivery.payload_key, Delivery.last_error)
         .where(Delivery.job_id == job.id, Delivery.state == DeliveryState.DEAD.value).order_by(Delivery.id)
     ).all()
     if dead:
-        detail = "; ".join(f"{d.destination} {d.sop_instance_uid}: {d.last_error}" for d in dead)
+        detail = "; ".join(f"{d.destination} {d.object_kind} {d.payload_key}: {d.last_error}" for d in dead)
         set_job_state(session, job, JobState.FAILED, f"delivery dead-lettered: {detail}")
         audit(session, "job.failed", level=logging.WARNING, study_instance_uid=study_uid, job_id=job.id,
               dead_deliveries=len(dead))
@@ -301,41 +305,22 @@ def retry_job(session_factory: sessionmaker[Session], job_id: int) -> str:
 
 
 def resend_job(session_factory: sessionmaker[Session], job_id: int, destination: str,
-               object_kinds: list[str]) -> str:
-    """Operator re-send of a job's results to ``destination``: its rows there go back to PENDING (SENT ones too: a
-    new copy is asked for; the PACS keeps one per SOP Instance UID); a destination that never had them gets new
-    rows for the objects of ``object_kinds`` queued for other destinations. Returns what was done; ValueError when
+               queue: DeliveryQueue) -> str:
+    """Operator re-send of a job's results to ``destination`` (:meth:`DeliveryQueue.resend`: its rows back to
+    PENDING, SENT ones too; what it takes but was never queued, queued now). Returns what was done; ValueError when
     the job does not exist, has no results yet, or has nothing ``destination`` takes."""
-    now = utcnow()
     with session_factory.begin() as session:
         job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
         if job is None:
             raise ValueError(f"job {job_id} does not exist")
         if job.state not in (JobState.RESULTS_READY.value, JobState.DELIVERED.value, JobState.FAILED.value):
             raise ValueError(f"job {job_id} is {job.state}: it has no results to send")
-        rows = list(session.scalars(select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.id)))
-        mine = [r for r in rows if r.destination == destination]
-        for row in mine:
-            row.state = DeliveryState.PENDING.value
-            row.attempts = 0
-            row.next_attempt_at = now
-            row.last_error = None
-            row.sent_at = None
-        known = {r.sop_instance_uid for r in mine}
-        added = 0
-        for row in rows:  # objects so far queued for other destinations only
-            if row.sop_instance_uid in known or row.object_kind not in object_kinds:
-                continue
-            known.add(row.sop_instance_uid)
-            session.add(Delivery(job_id=job_id, destination=destination, object_kind=row.object_kind,
-                                 sop_instance_uid=row.sop_instance_uid, sop_class_uid=row.sop_class_uid,
-                                 path=row.path, state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=now))
-            added += 1
-        if not mine and not added:
-            raise ValueError(f"job {job_id} has no result object that {destination} takes")
+        reset, added = queue.resend(session, job, destination)
+        if not reset and not added:
+            raise ValueError(f"job {job_id} has no result that {destination} takes")
         if job.state != JobState.RESULTS_READY.value:
             set_job_state(session, job, JobState.RESULTS_READY)
         study_uid = session.scalar(select(Study.study_instance_uid).where(Study.id == job.study_id))
         audit(session, "job.resend", study_instance_uid=study_uid, job_id=job.id, destination=destination,
-              deliveries_reset=len(mine), deliveries_added=added)
-    return f"{len(mine) + added} objects queued for {destination}"
+              deliveries_reset=reset, deliveries_added=added)
+    return f"{reset + added} objects queued for {destination}"

@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit import audit
+from dicomnode.background import BackgroundLoop
 from dicomnode.completion import complete_study
 from dicomnode.db.models import Instance, Job, PerformedProcedureStep, Study, utcnow
 from dicomnode.db.states import JobState
@@ -89,9 +90,7 @@ class MppsService:
         self.session_factory = session_factory
         self.on_complete = on_complete
         self.poll_seconds = poll_seconds
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("mpps", self.check, poll_seconds, LOG)
         self._lock = threading.Lock()
 
     # -- DIMSE handlers ------------------------------------------------------------------------------------------
@@ -219,25 +218,10 @@ class MppsService:
     # -- background ----------------------------------------------------------------------------------------------
     def poke(self) -> None:
         """An instance was stored: check soon (in the background thread)."""
-        self._wake.set()
+        self._loop.wake()
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="mpps", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.check()
-            except Exception:  # noqa: BLE001 - database hiccup: try again next poll
-                LOG.exception("MPPS completion check failed")
-            self._wake.wait(self.poll_seconds)
-            self._wake.clear()
+        self._loop.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loop.stop(timeout)

@@ -16,25 +16,12 @@ import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from pydicom import Dataset
+from sr_writer.kinds import ResultObject
 
 if TYPE_CHECKING:
     from dicomnode.config import NodeConfig
-
-ObjectKind = Literal["sr", "sc"]
-OBJECT_KINDS: tuple[ObjectKind, ...] = ("sr", "sc")
-
-
-@dataclass
-class ResultObject:
-    """One result dataset to deliver; ``kind`` picks the destinations that take it."""
-
-    kind: ObjectKind
-    dataset: Dataset
-    data: bytes | None = None  # its Part-10 encoding when the processor already made (and validated) one
-
 
 @dataclass
 class StudyInput:
@@ -54,7 +41,7 @@ class ResultRecord:
     json: str
 
 
-ProcessorOutput = ResultObject | ResultRecord
+ProcessorOutput = ResultObject | ResultRecord  # ResultObject: sr_writer.kinds (kind, dataset, Part-10 bytes)
 
 
 @runtime_checkable

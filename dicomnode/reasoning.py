@@ -9,36 +9,34 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import shutil
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from dicomnode import metrics
-from dicomnode.children import page_process_start
 from dicomnode.config import NodeConfig
 from dicomnode.datadir import DataDir
 from dicomnode.priors import fetch_prior
-from dicomnode.processing import ObjectKind, ProcessorOutput, ResultObject, ResultRecord, StudyInput
+from dicomnode.processing import ProcessorOutput, ResultRecord, StudyInput
+from dicomnode.result_making import ResultMaker
 from dicomnode.uids import result_uids
-from inference.chat import EngineUnavailable
+from inference.chat import ChatModel, EngineUnavailable
 from inference.flow import run_flow
-from inference.model.loading import load_chat_model
+from inference.model.open import ModelSpec, open_chat_model
 from inference.record import ReasoningRecord
 from inference.stages import StageBook, load_stages
-from sr_writer import OutputOptions, ResultObjects, ResultUids, make_result_objects
-from sr_writer.api import warm_up
+from sr_writer import OutputOptions, prepare
+from sr_writer.kinds import kind_of_sop_class
 
 log = logging.getLogger(__name__)
 
-SR_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.22")
 PAGE_ENCODINGS = {"rle": RLELossless, "explicit": ExplicitVRLittleEndian}
 
 
@@ -59,6 +57,15 @@ def output_options(config: NodeConfig, demo: bool = False) -> OutputOptions:
         page_transfer_syntax=PAGE_ENCODINGS[config.output.page_encoding],
         sr_sop_class=config.output.sr_sop_class,
     )
+
+
+def model_spec(config: NodeConfig) -> ModelSpec:
+    """The model the config's ``model:`` section names."""
+    m = config.model
+    return ModelSpec(backend=m.backend, path=m.path, quantization=m.quantization, device=m.device,
+                     skip_modules=m.skip_modules, profile=m.profile if m.backend == "openai" else None,
+                     seed=config.reasoning.seed, url=m.url, name=m.name, api_key_env=m.api_key_env,
+                     timeout_seconds=m.timeout_seconds, min_pixels=m.min_pixels, max_pixels=m.max_pixels)
 
 
 def read_datasets(paths: Sequence[Path]) -> list[Dataset]:
@@ -83,40 +90,26 @@ def latest_predecessor_sr(paths: Sequence[Path]) -> Dataset | None:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:
             continue
-        if str(ds.get("SOPClassUID", "")) in SR_SOP_CLASSES:
+        if kind_of_sop_class(str(ds.get("SOPClassUID", ""))) == "sr":
             found = ds  # paths come in generation order: the last SR is the newest
     return found
-
-
-def connect_engine(config: NodeConfig):
-    """The remote ChatModel of ``model.backend: openai`` (checks /v1/models; EngineUnavailable when down)."""
-    from inference.model.remote import connect
-
-    m = config.model
-    return connect(m.url or "", name=m.name, api_key_env=m.api_key_env, timeout_seconds=m.timeout_seconds,
-                   profile=m.profile, seed=config.reasoning.seed, min_pixels=m.min_pixels, max_pixels=m.max_pixels)
 
 
 class ReasoningProcessor:
     """Runs the reasoning flow and writes the result objects for one study at a time."""
 
-    def __init__(self, config: NodeConfig, model=None, stages: StageBook | None = None) -> None:
+    def __init__(self, config: NodeConfig, model: ChatModel | None = None, stages: StageBook | None = None) -> None:
         self.config = config
-        remote = model is None and config.model.backend == "openai"
-        if remote:
+        remote = model is None and self.spec.backend == "openai"
+        if model is None:
+            started = time.perf_counter()
             try:
-                model = connect_engine(config)
+                model = open_chat_model(self.spec)
             except EngineUnavailable as exc:  # the node starts anyway; studies wait in the queue for the engine
                 log.warning("serving engine not reachable at start-up (%s); connecting with the first study", exc)
                 metrics.set_engine_state(False, str(exc)[:300])
-        if model is None and not remote:
-            if config.model.path is None:
-                raise ValueError("model.path: the reasoning processor needs a local model directory")
-            started = time.perf_counter()
-            model = load_chat_model(config.model.path, quantization=config.model.quantization,
-                                    device=config.model.device, skip_modules=config.model.skip_modules,
-                                    seed=config.reasoning.seed)
-            metrics.observe_model("load", time.perf_counter() - started)
+            if not remote:
+                metrics.observe_model("load", time.perf_counter() - started)
         self.model = model
         metrics.set_model_loaded(model is not None)
         if not config.reasoning.constrain_closed_answers:
@@ -129,64 +122,15 @@ class ReasoningProcessor:
         self.options = output_options(config)
         # One conversation at a time with an in-process model (it holds its prefix cache); a serving engine takes
         # several studies at once (processing.workers > 1), each study's turns still in order.
-        self._model_lock = (contextlib.nullcontext() if remote or getattr(model, "concurrent", False)
-                            else threading.Lock())
+        self._model_lock: Any = (contextlib.nullcontext() if remote or getattr(model, "concurrent", False)
+                                 else threading.Lock())
         self._connect_lock = threading.Lock()
-        self._pages_lock = threading.Lock()
-        self._pages: ProcessPoolExecutor | None = None
-        if config.output.page_processes:
-            self._page_executor(wait=True)  # ready before the first study, not while it waits
-
-    def _page_executor(self, wait: bool = False) -> ProcessPoolExecutor | None:
-        """The page processes (started with the processor, each warmed up as it starts); None when configured off."""
-        workers = self.config.output.page_processes
-        if not workers:
-            return None
-        with self._pages_lock:
-            if self._pages is None:
-                # spawn, never fork: a forked copy of a process running torch threads can deadlock
-                # each watches its parent: a node killed with SIGKILL leaves no page process behind
-                self._pages = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=page_process_start)
-                # one submit starts one process; the task itself is a no-op once the initializer has run
-                started = [self._pages.submit(warm_up) for _ in range(workers)]
-                if wait:
-                    try:
-                        for future in started:
-                            future.result(timeout=120)
-                    except Exception as exc:  # noqa: BLE001 - pages are then made in the worker, see _result_objects
-                        log.warning("reasoning: page processes did not start: %s", exc)
-            return self._pages
-
-    def _result_objects(self, record: ReasoningRecord, current: list[Dataset], prior: list[Dataset],
-                        predecessor: Dataset | None,
-                        uids: ResultUids | None = None) -> Generator[ResultObject, None, ResultObjects]:
-        """Yields each result object as soon as it is final; returns the whole set."""
-        executor = self._page_executor()
-        making = make_result_objects(record, current, prior, self.options, predecessor, executor, uids)
-        while True:
-            try:
-                dataset, data = next(making)
-            except StopIteration as done:
-                objects: ResultObjects = done.value
-                break
-            kind: ObjectKind = "sr" if str(dataset.SOPClassUID) in SR_SOP_CLASSES else "sc"
-            yield ResultObject(kind, dataset, data)
-        if objects.page_executor_lost:  # a page process died (e.g. killed): start new ones next time
-            log.warning("reasoning: page process lost; some of this study's pages were made in the worker")
-            with self._pages_lock:
-                if self._pages is executor:
-                    self._pages = None
-            if executor is not None:
-                executor.shutdown(wait=False, cancel_futures=True)
-        return objects
+        self.results = ResultMaker(config.output.page_processes, config.output.objects)
+        self.results.start(wait=True)  # ready before the first study, not while it waits
 
     def close(self) -> None:
         """Stop the page processes."""
-        with self._pages_lock:
-            executor, self._pages = self._pages, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        self.results.close()
 
     def _prior(self, current: Dataset, job_id: int) -> list[Dataset]:
         priors = self.config.reasoning.priors
@@ -201,12 +145,17 @@ class ReasoningProcessor:
         log.info("reasoning: job %s: %s; %d prior image(s) usable", job_id, fetched.reason, len(datasets))
         return datasets
 
-    def _engine_model(self):
+    @property
+    def spec(self) -> ModelSpec:
+        """The model the config names."""
+        return model_spec(self.config)
+
+    def _engine_model(self) -> ChatModel:
         """The ChatModel; with an engine that was down at start-up, connect now (EngineUnavailable re-queues)."""
         if self.model is None:
             with self._connect_lock:
                 if self.model is None:
-                    self.model = connect_engine(self.config)
+                    self.model = open_chat_model(self.spec)
                     metrics.set_model_loaded(True)
         return self.model
 
@@ -235,8 +184,9 @@ class ReasoningProcessor:
             prior = self._prior(current[0], study.job_id)
             record = self.reason(current, prior)
             uids = result_uids(study.study_instance_uid, study.generation, self.config.node.ae_title)
-            objects = yield from self._result_objects(record, current, prior,
-                                                      latest_predecessor_sr(study.predecessor_results), uids)
+            sources, repairs = prepare(record, current, prior, self.options,
+                                       latest_predecessor_sr(study.predecessor_results), uids)
+            objects = yield from self.results.make(sources, repairs)
         finally:
             shutil.rmtree(prior_dir, ignore_errors=True)  # the prior stays in the PACS; our copy is transient
         for repair in objects.repairs:  # keywords and actions only: no patient data at INFO

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit import audit
+from dicomnode.background import BackgroundLoop
 from dicomnode.commitment import commitment_destinations, uncommitted_deliveries
 from dicomnode.config import NodeConfig
 from dicomnode.datadir import SPOOL_DIR, DataDir
@@ -146,28 +146,13 @@ class Retention:
                  interval_seconds: float = 3600.0) -> None:
         self.config = config
         self.session_factory = session_factory
-        self.interval_seconds = interval_seconds
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("retention", self.run_once, interval_seconds, LOG)
 
     def run_once(self) -> RetentionReport:
         return purge_expired(self.config, self.session_factory)
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - try again next interval
-                LOG.exception("retention pass failed")
-            self._stop.wait(self.interval_seconds)
+        self._loop.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loop.stop(timeout)

@@ -5,7 +5,7 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sr_writer.api import ResultUids
+    from sr_writer.kinds import ResultUids
 
 # Digits and dots, no empty component. PS3.5 also forbids leading zeros in a component, but modalities send such
 # UIDs and PACS (Orthanc) store them: a study is not refused for that (issue 11); its results keep the UID.
@@ -30,6 +30,6 @@ def result_uids(study_uid: str, generation: int, node_ae_title: str) -> ResultUi
     """The UIDs of the result set of ``study_uid``'s ``generation`` made by this node: the same every time the
     job runs (a re-run after a crash, an operator retry), so the PACS gets the same SOP Instances again and keeps
     one of each; a new generation (a late instance) gets new ones."""
-    from sr_writer.api import ResultUids  # here: the receive path imports this module and needs no page maker
+    from sr_writer.kinds import ResultUids  # here: the receive path imports this module and needs no page maker
 
     return ResultUids(seed=f"cxr-node-result|{node_ae_title.strip()}|{study_uid}|{generation}")

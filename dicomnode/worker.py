@@ -21,8 +21,9 @@ from dicomnode import metrics
 from dicomnode.audit import audit
 from dicomnode.config import NodeConfig
 from dicomnode.datadir import DataDir, remove_partial_files, write_durably
-from dicomnode.db.models import Delivery, Instance, Job, utcnow
-from dicomnode.db.states import DeliveryState, JobState
+from dicomnode.db.models import Delivery, Instance, Job
+from dicomnode.db.states import JobState
+from dicomnode.destinations import ResultSet, StoredObject
 from dicomnode.jobs import (
     STALE_SECONDS,
     ClaimedJob,
@@ -38,6 +39,7 @@ from dicomnode.jobs import (
     settle_job,
 )
 from dicomnode.processing import Processor, ResultObject, ResultRecord, StudyInput
+from dicomnode.queueing import RECORD_FILE, DeliveryQueue
 from dicomnode.uids import is_valid_uid
 from inference.chat import EngineUnavailable
 from sr_writer.validate import part10_bytes
@@ -80,7 +82,7 @@ def write_result_object(directory: Path, obj: ResultObject, fsync: bool = True) 
 
     A file already there (an earlier run of this job wrote it, and may have sent it) is kept: result UIDs are the
     same on every run of a job (:func:`dicomnode.uids.result_uids`), and what was stored stays what is sent."""
-    sop_uid = str(obj.dataset.SOPInstanceUID)
+    sop_uid = obj.sop_instance_uid
     if not is_valid_uid(sop_uid):
         raise ValueError(f"result object has invalid SOP Instance UID {sop_uid!r}")
     path = directory / f"{obj.kind}-{sop_uid}.dcm"
@@ -101,6 +103,7 @@ class Worker:
         self.data_dir = self.dirs.root
         self.worker_id = worker_id or default_worker_id()
         self.on_results = on_results  # called when deliveries were recorded: wakes an in-process deliverer
+        self.queue = DeliveryQueue(config)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -118,8 +121,9 @@ class Worker:
 
     def _run(self, claimed: ClaimedJob, worker_id: str) -> None:
         directory = self.dirs.results(claimed.study_instance_uid, claimed.job_id)
-        stored: dict[str, tuple[ResultObject, Path]] = {}  # SOP Instance UID -> object stored and queued
+        stored: dict[str, StoredObject] = {}  # SOP Instance UID -> object stored and queued
         record: Path | None = None
+        record_json: str | None = None
         remove_partial_files(directory)  # an earlier run of this job that crashed mid-write (the job is ours now)
         try:
             with self.session_factory() as session:
@@ -130,7 +134,7 @@ class Worker:
             with heartbeat(self.session_factory, claimed, worker_id):
                 for output in self.processor.process(study):
                     if isinstance(output, ResultRecord):
-                        record = directory / "record.json"
+                        record, record_json = directory / RECORD_FILE, output.json
                         write_durably(record, output.json.encode("utf-8"), self.config.storage.fsync)
                     else:
                         self._store(claimed, worker_id, directory, output, stored)
@@ -147,26 +151,29 @@ class Worker:
             error = f"{type(exc).__name__}: {exc}"
             if stored:
                 error += (f" ({len(stored)} result object(s) finished before the failure stay queued for "
-                          f"delivery: {', '.join(f'{o.kind} {uid}' for uid, (o, _) in stored.items())})")
+                          f"delivery: {', '.join(f'{o.kind} {uid}' for uid, o in stored.items())})")
             self._finish_failed(claimed, worker_id, error)
             return
-        self._finish_ok(claimed, worker_id, list(stored.values()), record)
+        result = ResultSet(claimed.job_id, claimed.study_instance_uid, claimed.generation, list(stored.values()),
+                           record_json)
+        self._finish_ok(claimed, worker_id, result, record)
 
     def _store(self, claimed: ClaimedJob, worker_id: str, directory: Path, obj: ResultObject,
-               stored: dict[str, tuple[ResultObject, Path]]) -> None:
+               stored: dict[str, StoredObject]) -> None:
         """Store one finished result object durably and queue it for its destinations now, so it is sent while the
         processor makes the others. ``JobLost`` when the job was taken from us. An object yielded twice is stored
         and queued once."""
-        sop_uid = str(obj.dataset.SOPInstanceUID)
+        sop_uid = obj.sop_instance_uid
         if sop_uid in stored:
             return
         path = write_result_object(directory, obj, self.config.storage.fsync)
+        kept = StoredObject(obj.kind, obj.sop_class_uid, sop_uid, obj.series_instance_uid, path)
         with self.session_factory.begin() as session:
             job = held_job(session, claimed, worker_id)
             if job is None:
                 raise JobLost(f"job {claimed.job_id} is no longer held by {worker_id}")
-            created = self._add_deliveries(session, job, obj, path)
-        stored[sop_uid] = (obj, path)
+            created = self.queue.object_stored(session, job, kept)
+        stored[sop_uid] = kept
         if created and self.on_results is not None:
             self.on_results()
 
@@ -188,43 +195,24 @@ class Worker:
             audit(session, "job.failed", level=logging.WARNING, study_instance_uid=claimed.study_instance_uid,
                   job_id=job.id, error=error[:500])
 
-    def _finish_ok(self, claimed: ClaimedJob, worker_id: str, stored: list[tuple[ResultObject, Path]],
-                   record: Path | None) -> None:
-        """Every object was stored and queued as it came (``_store``): the job now waits for its deliveries."""
+    def _finish_ok(self, claimed: ClaimedJob, worker_id: str, result: ResultSet, record: Path | None) -> None:
+        """Every object was stored and queued as it came (``_store``); now what destinations build from the whole
+        set (messages) is queued, and the job waits for its deliveries."""
         with self.session_factory.begin() as session:
             job = held_job(session, claimed, worker_id)
             if job is None:
                 return
             job.record_path = self.dirs.relative(record) if record else None
+            messages = self.queue.result_set_stored(session, job, result)
             deliveries = session.scalar(select(func.count(Delivery.id)).where(Delivery.job_id == job.id)) or 0
             state = JobState.RESULTS_READY if deliveries else JobState.DELIVERED
             set_job_state(session, job, state)
             audit(session, f"job.{state.value.lower()}", study_instance_uid=claimed.study_instance_uid,
-                  job_id=job.id, objects=len(stored), deliveries=deliveries)
+                  job_id=job.id, objects=len(result.objects), deliveries=deliveries)
             if deliveries:  # they may all be sent already
                 settle_job(session, job, claimed.study_instance_uid)
-
-    def _add_deliveries(self, session: Session, job: Job, obj: ResultObject, path: Path) -> int:
-        """A PENDING delivery row of the written ``obj`` for each destination that takes its kind (never a second
-        one for the same destination and SOP Instance UID); returns how many were added."""
-        now = utcnow()
-        sop_uid = str(obj.dataset.SOPInstanceUID)
-        created = 0
-        for destination in self.config.destinations:
-            if obj.kind not in destination.objects:
-                continue
-            exists = session.scalar(select(Delivery.id).where(
-                Delivery.destination == destination.name, Delivery.sop_instance_uid == sop_uid))
-            if exists is not None:  # already recorded for this destination: never send twice
-                continue
-            session.add(Delivery(
-                job_id=job.id, destination=destination.name, object_kind=obj.kind,
-                sop_instance_uid=sop_uid, sop_class_uid=str(obj.dataset.SOPClassUID),
-                path=self.dirs.relative(path), state=DeliveryState.PENDING.value,
-                attempts=0, next_attempt_at=now,
-            ))
-            created += 1
-        return created
+        if messages and self.on_results is not None:
+            self.on_results()
 
     # -- background threads ----------------------------------------------------------------------------------
     def start(self) -> None:

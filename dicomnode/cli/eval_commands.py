@@ -80,14 +80,14 @@ def _fail(message: str) -> int:
 
 
 def _load_model(args: argparse.Namespace, quantization: str) -> Any:
-    if getattr(args, "engine", None):
-        from inference.model.remote import connect
+    from inference.model import ModelSpec, open_chat_model
 
-        return connect(args.engine, name=args.engine_model, profile=args.engine_profile,
-                       max_pixels=args.engine_max_pixels)
-    from inference.model import load_chat_model
-
-    return load_chat_model(str(args.model), quantization=quantization, device=args.device)
+    engine = getattr(args, "engine", None)
+    spec = ModelSpec(backend="openai" if engine else "transformers", path=args.model, url=engine,
+                     name=getattr(args, "engine_model", None), profile=getattr(args, "engine_profile", None),
+                     max_pixels=getattr(args, "engine_max_pixels", None), quantization=quantization,
+                     device=args.device)
+    return open_chat_model(spec)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -71,14 +71,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
           f"{len(config.destinations)} destination(s), processor {config.processing.processor})")
     print(f"study completion: {config.study.completion}"
           + (" (MPPS only: no quiet timer)" if config.study.completion == "mpps" else ""))
+    print(f"result objects made: {','.join(config.output.objects)}")
     for d in config.destinations:
-        if d.type == "dicomweb":
-            secret = {"basic": f", password from ${d.auth.password_env}", "bearer": f", token from ${d.auth.token_env}"}
-            where = f"dicomweb STOW-RS {d.url}, auth {d.auth.type}{secret.get(d.auth.type, '')}"
-        else:
-            where = f"dimse {d.ae_title}@{d.host}:{d.port}" + (
-                f", storage commitment (timeout {d.commitment_timeout_seconds:g} s)" if d.storage_commitment else "")
-        print(f"destination {d.name}: {where}; objects {','.join(d.objects)}")
+        objects = getattr(d, "objects", None)
+        print(f"destination {d.name}: {d.describe()}" + (f"; objects {','.join(objects)}" if objects else ""))
     return 0
 
 

@@ -139,18 +139,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from inference.flow import run_flow  # heavy imports (torch, transformers) only once the input is known good
     from inference.images import ImageError
-    from inference.model import ModelLoadError, load_chat_model
+    from inference.model import ModelLoadError, ModelSpec, open_chat_model
 
+    spec = ModelSpec(backend="openai" if args.engine else "transformers", path=args.model, url=args.engine,
+                     name=args.engine_model, quantization=args.quantization, device=args.device, profile=args.profile,
+                     cache="none" if args.no_cache else "prefix", seed=args.seed)
     try:
-        if args.engine:
-            from inference.model.remote import connect
-
-            model = connect(args.engine, name=args.engine_model, profile=args.profile or "qwen2_5_vl", seed=args.seed)
-        else:
-            model = load_chat_model(args.model, quantization=args.quantization, device=args.device,
-                                    profile=args.profile, cache="none" if args.no_cache else "prefix", seed=args.seed)
+        model = open_chat_model(spec)
     except (ModelLoadError, OSError, ValueError, RuntimeError) as exc:
-        print(f"cxr-node reason: error: cannot load model {args.model or args.engine}: {exc}", file=sys.stderr)
+        print(f"cxr-node reason: error: cannot load model {spec.where}: {exc}", file=sys.stderr)
         return 2
     try:
         record = run_flow(model, current, prior, book, max_new_tokens=args.max_new_tokens, seed=args.seed,

@@ -50,15 +50,15 @@ def force_complete(session_factory: Factory, study_uid: str, user: str) -> str:
 
 
 def resend(session_factory: Factory, config: NodeConfig, job_id: int, destination: str, user: str) -> str:
-    """Send the results of job ``job_id`` to ``destination`` again (:func:`dicomnode.jobs.resend_job`), the
-    object kinds that destination takes."""
+    """Send the results of job ``job_id`` to ``destination`` again (:func:`dicomnode.jobs.resend_job`): what that
+    destination takes."""
     from dicomnode.jobs import resend_job
+    from dicomnode.queueing import DeliveryQueue
 
-    target = next((d for d in config.destinations if d.name == destination), None)
-    if target is None:
+    if destination not in {d.name for d in config.destinations}:
         raise ActionError(f"destination {destination!r} is not configured")
     try:
-        done = resend_job(session_factory, job_id, destination, list(target.objects))
+        done = resend_job(session_factory, job_id, destination, DeliveryQueue(config))
     except ValueError as exc:
         raise ActionError(str(exc)) from None
     with session_factory.begin() as session:

@@ -60,7 +60,7 @@ def destination_rows(session_factory: Factory, config: NodeConfig) -> list[Desti
         check = checks.get(f"destination:{name}")
         d = configured.get(name)
         rows.append(DestinationRow(
-            name=name, address=f"{d.ae_title}@{d.host}:{d.port}" if d else "(no longer configured)",
+            name=name, address=d.address if d else "(no longer configured)",
             up=None if check is None else check.ok, detail=check.detail if check else "no attempt yet",
             last_success=last_sent.get(name), pending=counts[name][DeliveryState.PENDING.value],
             dead=counts[name][DeliveryState.DEAD.value], configured=d is not None))

@@ -121,10 +121,15 @@ class Job(Base):
     study: Mapped[Study] = relationship(back_populates="jobs", lazy="raise_on_sql")
 
 
+def _sop_instance_uid(context: Any) -> str | None:
+    """The payload key of a DICOM object is its SOP Instance UID."""
+    return context.get_current_parameters().get("sop_instance_uid")
+
+
 class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
-        UniqueConstraint("destination", "sop_instance_uid", name="uq_deliveries_destination_sop"),
+        UniqueConstraint("destination", "payload_key", name="uq_deliveries_destination_payload"),
         Index("ix_deliveries_state_next", "state", "next_attempt_at"),
         Index("ix_deliveries_sop_instance_uid", "sop_instance_uid"),  # loop guard: "did this node write it?"
     )
@@ -132,10 +137,14 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    object_kind: Mapped[str] = mapped_column(String(8))
-    sop_instance_uid: Mapped[str] = mapped_column(String(64))
-    sop_class_uid: Mapped[str] = mapped_column(String(64))
-    path: Mapped[str] = mapped_column(Text)
+    object_kind: Mapped[str] = mapped_column(String(16))  # a result kind (sr, sc) or a message kind (hl7, ...)
+    # what the destination is never queued twice: a DICOM object's SOP Instance UID, a message's id
+    payload_key: Mapped[str] = mapped_column(String(128), default=_sop_instance_uid)
+    media_type: Mapped[str] = mapped_column(String(64), default="application/dicom",
+                                            server_default="application/dicom")
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)  # DICOM objects only
+    sop_class_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    path: Mapped[str] = mapped_column(Text)  # the payload's file, relative to data_dir
     state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

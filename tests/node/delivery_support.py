@@ -37,10 +37,14 @@ def orthanc_destination(orthanc: OrthancServer, name: str = "pacs", **kwargs: An
 
 
 def delivery_config(data_dir: Path, database_url: str, destinations: Sequence[dict[str, Any]] = (),
-                    processor: str = f"{PROCESSORS}:sc", **sections: dict[str, Any]) -> NodeConfig:
-    """``ingest_support.config_dict``'s loopback node (port 0: not listening) with destinations and a processor."""
+                    processor: str = f"{PROCESSORS}:sc", plugins: Sequence[str] = (),
+                    **sections: dict[str, Any]) -> NodeConfig:
+    """``ingest_support.config_dict``'s loopback node (port 0: not listening) with destinations, a processor and
+    ``plugins`` (modules that register destination types)."""
     data = config_dict(data_dir, database_url, node={"port": 0}, storage={"retention_days": 7},
                        destinations=list(destinations), processing={"processor": processor})
+    if plugins:
+        data["plugins"] = list(plugins)
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
     return config_from_dict(data, environ={})

@@ -61,7 +61,7 @@ def test_defaults_and_sqlite_url(tmp_path: Path) -> None:
         ({"node": {"ae_title": "A" * 17}}, "node.ae_title:"),
         ({"node": {"tls": {"enabled": True}}}, "node.tls:"),
         ({"destinations": [{"name": "p", "ae_title": "X", "host": "h", "port": 1, "objects": ["pdf"]}]},
-         "destinations.0.objects.0:"),
+         "destinations.0.objects: unknown result kind pdf (known: sr, sc)"),
         ({"destinations": [{"name": "p", "ae_title": "X", "host": "h", "port": 1, "retry": {"max_attempts": 0}}]},
          "destinations.0.retry.max_attempts:"),
         ({"study": {"quiet_seconds": 0}}, "study.quiet_seconds:"),

@@ -147,14 +147,16 @@ def test_auth_sessions_read_secrets_from_the_environment(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(("destination", "problem"), [
-    ({"name": "w", "type": "dicomweb"}, "needs url"),
-    ({"name": "w", "type": "dicomweb", "url": "ftp://x"}, "needs url"),
+    ({"name": "w", "type": "dicomweb"}, "destinations.0.url: Field required"),
+    ({"name": "w", "type": "dicomweb", "url": "ftp://x"}, "destinations.0.url: the DICOMweb root, http:// or https://"),
     ({"name": "w", "type": "dicomweb", "url": "http://x/dw", "auth": {"type": "bearer"}}, "needs token_env"),
     ({"name": "w", "type": "dicomweb", "url": "http://x/dw",
       "auth": {"type": "basic", "username": "u", "password_env": "CXR_TEST_UNSET_VARIABLE"}},
      "environment variable CXR_TEST_UNSET_VARIABLE is not set"),
-    ({"name": "w", "type": "dicomweb", "url": "http://x/dw", "storage_commitment": True}, "DIMSE only"),
-    ({"name": "d", "host": "h", "port": 104}, "ae_title missing"),
+    ({"name": "w", "type": "dicomweb", "url": "http://x/dw", "storage_commitment": True},
+     "destinations.0: storage_commitment is not a key of a dicomweb destination (it is one of dimse)"),
+    ({"name": "d", "host": "h", "port": 104}, "destinations.0.ae_title: Field required"),
+    ({"name": "d", "type": "fax", "host": "h"}, "destinations.0: unknown destination type 'fax' (known: dicomweb, dimse)"),
 ])
 def test_config_refuses_incomplete_destinations(destination: dict, problem: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -47,17 +47,17 @@ def test_page_processes_and_a_lost_one(tmp_path: Path, qwen_demo_dir: Path, capl
         assert all(p.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless for p in pages)
         assert sorted(int(p.InstanceNumber) for p in pages) == list(range(1, len(pages) + 1))
 
-        pool = processor._pages
+        pool = processor.results._pool
         assert pool is not None
         for process in list(pool._processes.values()):  # a page process dies (OOM killer, operator)
             process.kill()
-        with caplog.at_level(logging.WARNING, logger="dicomnode.reasoning"):
+        with caplog.at_level(logging.WARNING, logger="dicomnode.result_making"):
             second = _objects(processor.process(_study(tmp_path, 2)))
         assert [o.kind for o in second].count("sc") >= 2
         assert any("page process lost" in r.getMessage() for r in caplog.records)
         third = _objects(processor.process(_study(tmp_path, 3)))
-        assert processor._pages is not None and processor._pages is not pool  # new page processes
+        assert processor.results._pool is not None and processor.results._pool is not pool  # new page processes
         assert [o.kind for o in third].count("sc") >= 2
     finally:
         processor.close()
-    assert processor._pages is None
+    assert processor.results._pool is None

@@ -56,7 +56,7 @@ def test_migrations_create_schema_idempotently(db_url: str) -> None:
     engine = make_engine(db_url)
     try:
         assert TABLES <= set(inspect(engine).get_table_names())
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "0003"
     finally:
         engine.dispose()
 

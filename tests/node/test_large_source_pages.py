@@ -17,13 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PIXEL_BYTES = 10_000 * 10_000 * 2  # a 200 MB 16-bit frame
 
 SCRIPT = r"""
-import json, multiprocessing, sys
-from concurrent.futures import ProcessPoolExecutor, wait
+import json, sys
 from pathlib import Path
 from dicomnode.demo.synthetic import StudySpec, make_study
-from sr_writer import build_result_objects
-from sr_writer.api import warm_up
 from dicomnode.demo.records import make_record
+from dicomnode.result_making import ResultMaker
+from sr_writer import prepare
 
 
 def peak_rss(pid="self"):  # VmHWM, bytes
@@ -31,17 +30,23 @@ def peak_rss(pid="self"):  # VmHWM, bytes
     return int(line.split()[1]) * 1024
 
 
-pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
-wait([pool.submit(warm_up) for _ in range(2)])  # started before the study arrives, as the node starts them
+maker = ResultMaker(2)
+maker.start(wait=True)  # started before the study arrives, as the node starts them
 side = int(sys.argv[1])
 study = make_study(StudySpec(views=("PA",), rows=side, columns=side, bits_stored=16))
 assert len(study[0].PixelData) == side * side * 2
 record = make_record(study, [], positive=("pneumothorax",))
 Path("/proc/self/clear_refs").write_text("5")  # peak RSS from here on: making the result objects
-objects = build_result_objects(record, study, [], page_executor=pool)
+making = maker.make(*prepare(record, study, []))
+while True:
+    try:
+        next(making)
+    except StopIteration as done:
+        objects = done.value
+        break
 assert not objects.page_executor_lost and len(objects.pages) >= 1
-children = [peak_rss(pid) for pid in pool._processes]
-pool.shutdown()
+children = [peak_rss(pid) for pid in maker._pool._processes]
+maker.close()
 print(json.dumps({"node_peak": peak_rss(), "page_process_peak": max(children)}))
 """
 

@@ -1,0 +1,68 @@
+"""Result kind ``sc``: the Secondary Capture reasoning pages (the first one with the image, boxes and findings)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from pydicom import Dataset
+
+from sr_writer.kinds.base import Made, MakingTask, ResultObject, Sources
+from sr_writer.page import render_some_pages
+from sr_writer.sc import build_page_datasets, page_pixels
+from sr_writer.tree_bytes import tree_part10_bytes
+from sr_writer.validate import ValidationReport, ensure_valid_bytes
+
+SC_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.4"})
+
+# What each task makes: single pages first, so each is ready (and can be sent) as soon as it is made, then every
+# page after them in one task. The image page (frontal image, box table) is the first.
+PAGE_PARTS: tuple[range, ...] = (range(1, 2), range(2, 3), range(3, 4), range(4, 1_000_000))
+
+
+def make_pages(sources: Sources, only: Collection[int] | None = None, keep_images: bool = False) -> Made:
+    """The pages numbered in ``only`` (None: all), rendered, encoded, built and validated. Page N gets
+    ``uids.page(N)``; every page of the set shares the SC series and ``made_at``, whichever task made it."""
+    options = sources.options
+    started = time.perf_counter()
+    images, total = render_some_pages(sources.record, sources.current, sources.prior, options, only, sources.panel)
+    rendered = time.perf_counter()
+    pixels = [page_pixels(image, options.page_transfer_syntax) for image in images]
+    encoded = time.perf_counter()
+    first = next((n for n in range(1, total + 1) if only is None or n in only), 1)
+    pages = build_page_datasets(sources.record, pixels, sources.current, options,
+                                series_uid=sources.uids.sc_series, first_number=first, total=total,
+                                made_at=sources.made_at)
+    for page in pages:
+        page.SOPInstanceUID = page.file_meta.MediaStorageSOPInstanceUID = sources.uids.page(int(page.InstanceNumber))
+    built = time.perf_counter()
+
+    def check(page: Dataset) -> tuple[bytes, ValidationReport | None]:
+        data = tree_part10_bytes(page)
+        report = (ensure_valid_bytes(data, f"SC page {page.InstanceNumber}", sources.inherited)
+                  if options.validate else None)
+        return data, report
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="page-check") as pool:
+        checked = list(pool.map(check, pages))
+    objects = [ResultObject("sc", page, data, report) for page, (data, report) in zip(pages, checked, strict=True)]
+    seconds = {"pages_render": rendered - started, "pages_encode": encoded - rendered, "pages_build": built - encoded,
+               "pages_check": time.perf_counter() - built}
+    return Made(objects, seconds, images if keep_images else [])
+
+
+@dataclass(frozen=True)
+class ReasoningPagesKind:
+    name: str = "sc"
+    title: str = "Secondary Capture reasoning pages"
+    sop_classes: frozenset[str] = SC_SOP_CLASSES
+
+    def tasks(self, sources: Sources, split: bool = True) -> Sequence[MakingTask]:
+        """The page parts of ``PAGE_PARTS`` (``split``; only the first page's task carries the decoded panel), or
+        one task for every page (the layout is worked out once)."""
+        if not split:
+            return [MakingTask(self.name, "pages", make_pages, sources, (None,))]
+        return [MakingTask(self.name, f"pages {part.start}-{min(part.stop - 1, 99)}", make_pages,
+                           sources if 1 in part else sources.without_panel(), (part,))
+                for part in PAGE_PARTS]

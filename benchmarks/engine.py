@@ -34,12 +34,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dicomnode.demo.synthetic import StudySpec, make_study  # noqa: E402
-from dicomnode.peers.vllm import CPU_ARGS, CPU_ENV, VllmServer  # noqa: E402
-from inference.flow import run_flow  # noqa: E402
-from inference.model import build_demo_model, load_chat_model  # noqa: E402
-from inference.model.remote import connect  # noqa: E402
-from inference.record import ReasoningRecord  # noqa: E402
+from dicomnode.demo.synthetic import StudySpec, make_study
+from dicomnode.peers.vllm import CPU_ARGS, CPU_ENV, VllmServer
+from inference.flow import run_flow
+from inference.model import build_demo_model, load_chat_model
+from inference.model.remote import connect
+from inference.record import ReasoningRecord
 
 # A whole study with many positive findings runs past 4096 tokens of context; the tests' 4096 is too short here.
 BENCH_CPU_ARGS: tuple[str, ...] = tuple(a if a != "4096" else "16384" for a in CPU_ARGS)

@@ -54,5 +54,5 @@ def audit_now(session_factory: sessionmaker[Session], kind: str, **fields: Any) 
     try:
         with session_factory.begin() as session:
             audit(session, kind, **fields)
-    except Exception:  # noqa: BLE001 - auditing must not break the caller
+    except Exception:  # auditing must not break the caller
         LOG.exception("audit write failed", extra={"fields": {"kind": kind}})

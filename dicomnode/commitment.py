@@ -251,7 +251,7 @@ class Committer:
             error = None if status == STATUS_SUCCESS else f"N-ACTION status 0x{status:04X}"
         except ScuError as exc:
             error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - any failure: asked again after a delay
+        except Exception as exc:  # any failure: asked again after a delay
             LOG.exception("storage commitment request failed")
             error = f"{type(exc).__name__}: {exc}"
         if error is not None:
@@ -278,7 +278,7 @@ class Committer:
         while not self._stop.is_set():
             try:
                 self.run_once()
-            except Exception:  # noqa: BLE001 - database hiccup: try again next poll
+            except Exception:  # database hiccup: try again next poll
                 LOG.exception("storage commitment pass failed")
             self._stop.wait(self.poll_seconds)
 

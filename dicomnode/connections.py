@@ -177,7 +177,7 @@ class ConnectionGuard:
         while not self._stop.wait(self.sweep_seconds):
             try:
                 self.sweep()
-            except Exception:  # noqa: BLE001 - the watchdog must keep running
+            except Exception:  # the watchdog must keep running
                 LOG.exception("connection sweep failed")
 
 

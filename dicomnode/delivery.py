@@ -148,7 +148,7 @@ class Deliverer:
             error = None
         except ScuError as exc:
             outcomes, error = [None] * len(rows), str(exc)
-        except Exception as exc:  # noqa: BLE001 - any failure is a failed attempt, never a dead loop
+        except Exception as exc:  # any failure is a failed attempt, never a dead loop
             LOG.exception("delivery to %s failed", name)
             outcomes, error = [None] * len(rows), f"{type(exc).__name__}: {exc}"
         self._record(destination, rows, outcomes, error)
@@ -256,7 +256,7 @@ class Deliverer:
                 else:
                     self.run_destination_once(name, share=True)
                     due = self.next_due_in(name)
-            except Exception:  # noqa: BLE001 - database hiccup: log, wait, try again
+            except Exception:  # database hiccup: log, wait, try again
                 LOG.exception("delivery pass failed", extra={"fields": {"destination": name}})
                 due = None
             if name is None:  # the sweep (orphans, jobs left RESULTS_READY by a crash) runs less often

@@ -113,7 +113,7 @@ def stow_study(client: DICOMwebClient, study_uid: str, paths: Sequence[Path]) ->
     for path in paths:
         try:
             ds = dcmread(path)
-        except Exception as exc:  # noqa: BLE001 - an unreadable file is an outcome, not a crash
+        except Exception as exc:  # an unreadable file is an outcome, not a crash
             outcomes[path] = StoreOutcome(path, None, None, f"unreadable: {exc}", permanent=True)
             continue
         datasets.append(ds)
@@ -162,7 +162,7 @@ def _json_body(response: requests.Response) -> dict:
 def study_of(path: Path) -> str | None:
     try:
         return str(dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
-    except Exception:  # noqa: BLE001 - unreadable: the caller's outcome says so
+    except Exception:  # unreadable: the caller's outcome says so
         return None
 
 

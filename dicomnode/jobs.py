@@ -150,7 +150,7 @@ def heartbeat(session_factory: sessionmaker[Session], claimed: ClaimedJob, worke
                     session.execute(update(Job).where(
                         Job.id == claimed.job_id, Job.claimed_by == worker_id,
                         Job.state == JobState.PROCESSING.value).values(updated_at=utcnow()))
-            except Exception:  # noqa: BLE001 - a missed beat is retried; the job goes on
+            except Exception:  # a missed beat is retried; the job goes on
                 LOG.warning("heartbeat failed", extra={"fields": {"job_id": claimed.job_id}})
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{claimed.job_id}", daemon=True)

@@ -241,7 +241,7 @@ class Listener:
         if self.on_closed is not None:
             try:
                 self.on_closed(event.assoc)
-            except Exception:  # noqa: BLE001 - a study without its release still completes (thread-ended check)
+            except Exception:  # a study without its release still completes (thread-ended check)
                 LOG.exception("on_closed callback failed")
 
     def _handle_echo(self, event: Any) -> int:
@@ -260,7 +260,7 @@ class Listener:
                       sop_instance_uid=clean_uid(request.AffectedSOPInstanceUID), level=logging.WARNING,
                       status=f"0x{rej.status:04X}", reason=rej.reason)
             return rej.status
-        except Exception as exc:  # noqa: BLE001 - never crash the association; answer out-of-resources
+        except Exception as exc:  # never crash the association; answer out-of-resources
             # the exception text may quote header values (patient data): the full trace at DEBUG only
             LOG.debug("store failed", exc_info=True)
             metrics.instances_rejected.labels(reason="0xA700").inc()
@@ -271,7 +271,7 @@ class Listener:
         if outcome is not None and self.on_stored is not None:
             try:
                 self.on_stored(outcome)
-            except Exception:  # noqa: BLE001 - stored and committed; completion re-arms at start-up
+            except Exception:  # stored and committed; completion re-arms at start-up
                 LOG.exception("on_stored callback failed")
         log_event(LOG, logging.DEBUG, "store handled", ms=round((time.perf_counter() - started) * 1000, 1))
         return status

@@ -230,7 +230,7 @@ class MppsService:
         while not self._stop.is_set():
             try:
                 self.check()
-            except Exception:  # noqa: BLE001 - database hiccup: try again next poll
+            except Exception:  # database hiccup: try again next poll
                 LOG.exception("MPPS completion check failed")
             self._wake.wait(self.poll_seconds)
             self._wake.clear()

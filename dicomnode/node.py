@@ -242,7 +242,7 @@ class Node:
             if part is not None:
                 try:
                     part.stop(timeout=left())
-                except Exception:  # noqa: BLE001 - keep stopping the rest
+                except Exception:  # keep stopping the rest
                     LOG.exception("stopping %s failed", type(part).__name__)
         if self.status_server is not None:
             self.status_server.stop()

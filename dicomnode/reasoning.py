@@ -154,7 +154,7 @@ class ReasoningProcessor:
                     try:
                         for future in started:
                             future.result(timeout=120)
-                    except Exception as exc:  # noqa: BLE001 - pages are then made in the worker, see _result_objects
+                    except Exception as exc:  # pages are then made in the worker, see _result_objects
                         log.warning("reasoning: page processes did not start: %s", exc)
             return self._pages
 

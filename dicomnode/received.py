@@ -131,7 +131,7 @@ def parse_header(path: Path, request_sop_uid: str | None, request_sop_class: str
             view_position=(_text_or_none(ds, "ViewPosition") or None), patient_id=_text_or_none(ds, "PatientID"),
             accession_number=_text_or_none(ds, "AccessionNumber"), has_pixel_data=has_pixels,
         )
-    except Exception as exc:  # noqa: BLE001 - undecodable text values
+    except Exception as exc:  # undecodable text values
         raise Rejected(STATUS_UNREADABLE, f"unreadable attribute: {type(exc).__name__}") from None
 
 

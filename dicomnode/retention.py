@@ -162,7 +162,7 @@ class Retention:
         while not self._stop.is_set():
             try:
                 self.run_once()
-            except Exception:  # noqa: BLE001 - try again next interval
+            except Exception:  # try again next interval
                 LOG.exception("retention pass failed")
             self._stop.wait(self.interval_seconds)
 

@@ -238,7 +238,7 @@ def _generate(model: ChatModel, ask: _Ask, history: list[Turn]) -> tuple[Generat
                       if ask.constraint is not None else model.answer(list(history), ask.turn, ask.budget))
     except EngineUnavailable:
         raise
-    except Exception as exc:  # noqa: BLE001 - a model failure fails the stage, not the study
+    except Exception as exc:  # a model failure fails the stage, not the study
         log.error("model failed on question %s", ask.qid, exc_info=exc)
         return exc, time.perf_counter() - start
     return generation, time.perf_counter() - start

@@ -170,7 +170,7 @@ def to_pil(ds: Dataset, frame: int = 1, max_side: int | None = None) -> Image.Im
         raise ImageError(f"instance {sop} has no pixel data")
     try:
         pixels = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
+    except Exception as exc:  # decoder errors come in many types
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise ImageError(f"instance {sop}: cannot decode pixel data ({ts}): {exc}") from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)

@@ -350,7 +350,7 @@ def parse_answer(
     try:
         return _parse(raw, QType(qtype), options, box_convention, images, default_image_index, wrapper,
                       default_target)
-    except Exception as exc:  # noqa: BLE001 - a parser bug must not lose the answer
+    except Exception as exc:  # a parser bug must not lose the answer
         return ParsedAnswer(ok=False, error=f"parser error: {type(exc).__name__}: {exc}", text=str(raw))
 
 

@@ -31,7 +31,7 @@ def _database_error(command: str, config: NodeConfig, exc: Exception) -> int:
 
     try:
         where = make_url(config.database_url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - validated at load; keep the message whatever happens
+    except Exception:  # validated at load; keep the message whatever happens
         where = "the configured database"
     print(f"{command}: database error on {where}: {error_summary(exc)}", file=sys.stderr)
     return 1

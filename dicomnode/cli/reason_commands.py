@@ -55,7 +55,7 @@ def read_datasets(paths: list[Path]) -> list[Dataset]:
     for path in _expand(paths):
         try:
             datasets.append(pydicom.dcmread(path))
-        except Exception as exc:  # noqa: BLE001 - report which file and why
+        except Exception as exc:  # report which file and why
             raise ValueError(f"{path}: not a readable DICOM file ({exc})") from None
     return datasets
 

@@ -148,7 +148,7 @@ def choice_f1(predicted: set[str], gold: set[str]) -> float:
 
 
 @lru_cache(maxsize=1)
-def _rouge_scorer():  # noqa: ANN202 - third-party type
+def _rouge_scorer():  # third-party type
     from rouge_score import rouge_scorer
 
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs its tokenizer choice at INFO

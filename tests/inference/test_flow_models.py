@@ -43,7 +43,7 @@ BOOK = _small_book()
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def loaded(request: pytest.FixtureRequest, demo_model_dirs: dict[str, Path]) -> Iterator[tuple[str, Any]]:  # noqa: F811
+def loaded(request: pytest.FixtureRequest, demo_model_dirs: dict[str, Path]) -> Iterator[tuple[str, Any]]:
     from inference.model import load_chat_model
 
     model = load_chat_model(demo_model_dirs[request.param], quantization="nf4", device="cpu")

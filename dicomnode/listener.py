@@ -9,10 +9,11 @@ The C-STORE statuses and the header check are :mod:`dicomnode.received`'s (reaso
 
 Associations are rejected (A-ASSOCIATE-RJ) when the calling AE title is not in ``node.allowed_calling_aets``
 (permanent, calling-AE-title-not-recognized), when the called AE title is not ``node.ae_title`` and
-``node.check_called_aet`` is on (permanent, called-AE-title-not-recognized), or transiently (local-limit-exceeded) when ``max_associations`` are
-active or free disk in data_dir is below ``node.min_free_disk_mb``. With TLS enabled only TLS connections are
-served; ``require_client_cert`` demands a client certificate signed by ``ca``. Connections that are silent, slow
-or stuck in a TLS handshake are ended by :mod:`dicomnode.connections` and never hold a ``max_associations`` slot.
+``node.check_called_aet`` is on (permanent, called-AE-title-not-recognized), or transiently (local-limit-exceeded)
+when ``max_associations`` are active or free disk in data_dir is below ``node.min_free_disk_mb``. With TLS enabled
+only TLS connections are served; ``require_client_cert`` demands a client certificate signed by ``ca``. Connections
+that are silent, slow or stuck in a TLS handshake are ended by :mod:`dicomnode.connections` and never hold a
+``max_associations`` slot.
 """
 from __future__ import annotations
 

@@ -50,7 +50,8 @@ def setup_logging(level: str = "INFO", json_lines: bool = True, file: Path | Non
         # ours from an earlier call, or logging.basicConfig's plain stream handler; keep others (e.g. pytest's)
         if getattr(handler, _HANDLER_MARK, False) or type(handler) is logging.StreamHandler:
             root.removeHandler(handler)
-    handler: logging.Handler = logging.FileHandler(file, encoding="utf-8") if file else logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = (logging.FileHandler(file, encoding="utf-8") if file
+                                else logging.StreamHandler(sys.stderr))
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     setattr(handler, _HANDLER_MARK, True)
     root.addHandler(handler)

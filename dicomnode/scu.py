@@ -103,7 +103,8 @@ def store_files(peer: Peer, paths: Sequence[Path | str]) -> list[StoreOutcome]:
                              extra={"fields": {"sop_instance_uid": sop_uid, "peer": str(peer),
                                                "transfer_syntax": transfer_syntax}})
                 else:
-                    reason = "SOP class not accepted" if not accepted else f"transfer syntax {transfer_syntax} not accepted"
+                    reason = ("SOP class not accepted" if not accepted
+                              else f"transfer syntax {transfer_syntax} not accepted")
                     outcomes[path] = StoreOutcome(path, sop_uid, None, f"{peer}: {reason}")
                     continue
                 try:

@@ -310,7 +310,8 @@ def _result(sr: Dataset, sr_data: bytes, sr_report: ValidationReport | None, pag
             seconds: dict[str, float], lost: bool) -> ResultObjects:
     result = ResultObjects(sr=sr, pages=pages.pages, page_images=pages.images, seconds=seconds,
                            page_executor_lost=lost)
-    for dataset, data, report in [(sr, sr_data, sr_report), *zip(pages.pages, pages.encoded, pages.reports, strict=True)]:
+    for dataset, data, report in [(sr, sr_data, sr_report),
+                                  *zip(pages.pages, pages.encoded, pages.reports, strict=True)]:
         result.encoded[str(dataset.SOPInstanceUID)] = data
         if report is not None:
             result.reports[str(dataset.SOPInstanceUID)] = report

@@ -1,4 +1,5 @@
-"""The finding-code mapping table (package data ``sr_writer/data/finding_codes.yaml``): load, verify against pydicom, look up.
+"""The finding-code mapping table (package data ``sr_writer/data/finding_codes.yaml``): load, verify against pydicom,
+look up.
 
 Codes whose source is ``pydicom.sr.codedict codes.<SCHEME>.<Keyword>`` are checked against pydicom's dictionary
 when the table loads, and so is every finding site; other codes cite a published source. Every finding has a code.

@@ -39,7 +39,8 @@ def _find(name: str) -> Path:
         path = directory / name
         if path.is_file():
             return path
-    raise FontMissing(f"{name} not found in {[str(d) for d in FONT_DIRS]}: install the Debian package fonts-dejavu-core")
+    raise FontMissing(f"{name} not found in {[str(d) for d in FONT_DIRS]}: "
+                      "install the Debian package fonts-dejavu-core")
 
 
 def fallback_path() -> Path | None:

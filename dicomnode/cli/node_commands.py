@@ -229,8 +229,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     p = subparsers.add_parser("serve", help="run the DICOM node until SIGTERM/SIGINT")
     p.add_argument("--config", required=True, help="node YAML config")
-    p.add_argument("--role", choices=ROLES, default="all", help="listener, worker, both (all, the default; it also serves the dashboard when dashboard.enabled) or "
-                   "dashboard (only the admin dashboard)")
+    p.add_argument("--role", choices=ROLES, default="all",
+                   help="listener, worker, both (all, the default; it also serves the dashboard when "
+                        "dashboard.enabled) or dashboard (only the admin dashboard)")
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("status", help="queue and job summary")

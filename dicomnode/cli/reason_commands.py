@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weight quantization (default nf4; a pre-quantized checkpoint keeps its own)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--profile", help="model profile override (default: from the model's config)")
-    p.add_argument("--stages", type=Path, metavar="YAML", help="stage file (default: the stage book shipped with the package)")
+    p.add_argument("--stages", type=Path, metavar="YAML",
+                   help="stage file (default: the stage book shipped with the package)")
     p.add_argument("--max-new-tokens", type=int, metavar="N", help="cap every answer at N new tokens")
     p.add_argument("--max-side", type=int, metavar="PX", help="shrink images to at most PX on their longer side")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -50,7 +50,8 @@ def find_ohif_dist(explicit: Path | str | None = None) -> Path:
 
 
 def app_config(title: str = "Orthanc (loopback)") -> str:
-    """``app-config.js``: one DICOMweb data source on the same origin (QIDO/WADO-RS ``/dicom-web``, WADO-URI ``/wado``)."""
+    """``app-config.js``: one DICOMweb data source on the same origin (QIDO/WADO-RS ``/dicom-web``, WADO-URI
+    ``/wado``)."""
     source = {
         "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
         "sourceName": "orthanc",

@@ -103,7 +103,8 @@ def parse_for_item(
 def _from_texts(study: EvalStudy, texts: Sequence[str | None], convention: BoxConvention) -> StudyRun:
     return StudyRun(
         study.key,
-        [Prediction(raw=t, parsed=parse_for_item(item, t, box_convention=convention)) for item, t in zip(study.items, texts, strict=True)],
+        [Prediction(raw=t, parsed=parse_for_item(item, t, box_convention=convention))
+         for item, t in zip(study.items, texts, strict=True)],
     )
 
 

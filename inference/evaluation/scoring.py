@@ -259,7 +259,8 @@ def score_dataset(studies: Sequence[EvalStudy], answers: Mapping[str, Sequence[P
     return EvalScores(
         overall=aggregate(scored),
         by_stage={s: aggregate([i for i in scored if i.stage == s]) for s in stages},
-        by_qtype={q.value: aggregate([i for i in scored if i.qtype is q]) for q in QType if any(i.qtype is q for i in scored)},
+        by_qtype={q.value: aggregate([i for i in scored if i.qtype is q])
+                  for q in QType if any(i.qtype is q for i in scored)},
         report=aggregate(report_items) if report_items else None,
         items=scored,
     )

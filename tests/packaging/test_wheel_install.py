@@ -88,8 +88,9 @@ def _cxr_node(venv: Path) -> str:
 def test_the_project_comes_from_the_wheel_only(venv: Path, empty_dir: Path) -> None:
     code = ("import json, importlib.metadata as m, dicomnode, inference, sr_writer; "
             "d = m.distribution('cxr-reasoning-node'); "
-            "print(json.dumps([dicomnode.__file__, inference.__file__, sr_writer.__file__, d.read_text('direct_url.json'), "
-            "[x.metadata['Name'] for x in m.distributions() if x.metadata['Name'] in ('sacrebleu', 'rouge-score', 'matplotlib')]]))")
+            "print(json.dumps([dicomnode.__file__, inference.__file__, sr_writer.__file__, "
+            "d.read_text('direct_url.json'), [x.metadata['Name'] for x in m.distributions() "
+            "if x.metadata['Name'] in ('sacrebleu', 'rouge-score', 'matplotlib')]]))")
     result = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=empty_dir, env=_env(),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -136,7 +137,8 @@ def test_commands_from_an_empty_directory(venv: Path, empty_dir: Path) -> None:
     assert len(list((site / "batch").rglob("*.dcm"))) >= 2  # an SR and at least one page
 
     rule = subprocess.run([str(venv / "bin" / "python"), "-c",
-                           "from dicomnode.demo.run import routing_rule_path; print(routing_rule_path().read_text()[:40])"],
+                           "from dicomnode.demo.run import routing_rule_path; "
+                           "print(routing_rule_path().read_text()[:40])"],
                           cwd=site, env=_env(), capture_output=True, text=True, timeout=120)
     assert rule.returncode == 0 and rule.stdout.strip(), rule.stderr  # the Orthanc Lua rule `demo` installs
 

@@ -17,8 +17,16 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from inference.chat import IMAGE_PLACEHOLDER, BoxConvention, ChatModel, EngineUnavailable, Generation, Turn
-from inference.constraints import AnswerConstraint, constraint_for
+from inference.chat import (
+    IMAGE_PLACEHOLDER,
+    AnswerConstraint,
+    BoxConvention,
+    ChatModel,
+    EngineUnavailable,
+    Generation,
+    Turn,
+)
+from inference.constraints import constraint_for
 from inference.images import ModelImage, prepare_images
 from inference.parsing import ImageGeometry, option_label, parse_answer
 from inference.record import (

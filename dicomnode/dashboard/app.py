@@ -29,6 +29,7 @@ from dicomnode.dashboard import actions, queries
 from dicomnode.dashboard.auth import LOGIN_COOKIE, SESSION_COOKIE, Authenticator, SessionStore, same_token
 from dicomnode.dashboard.auth import Session as LoginSession
 from dicomnode.dashboard.svg import throughput_svg
+from dicomnode.status import status_summary
 from dicomnode.uids import is_valid_uid
 
 LOG = logging.getLogger("dicomnode.dashboard")
@@ -181,8 +182,6 @@ class Dashboard:
         return self.render(request, who, "overview.html", data=data, plot=Markup(throughput_svg(data["throughput"])))
 
     async def status_json(self, request: Request, who: Identity) -> Response:
-        from dicomnode.cli.node_commands import status_summary
-
         return JSONResponse(await run_in_threadpool(status_summary, self.session_factory))
 
     async def studies(self, request: Request, who: Identity) -> Response:

@@ -30,8 +30,8 @@ from typing import Any
 
 from PIL import Image
 
-from inference.chat import BoxConvention, ChatModel, Generation, Turn
-from inference.constraints import AnswerConstraint, constraint_for
+from inference.chat import AnswerConstraint, BoxConvention, ChatModel, Generation, Turn
+from inference.constraints import constraint_for
 from inference.evaluation.dataset import EvalItem, EvalStudy
 from inference.flow import MAX_IN_FLIGHT
 from inference.parsing import ImageGeometry, parse_answer

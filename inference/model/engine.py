@@ -21,8 +21,7 @@ import torch
 from PIL import Image
 from transformers import DynamicCache
 
-from inference.chat import IMAGE_PLACEHOLDER, BoxConvention, Generation, Turn
-from inference.constraints import GRACE_TOKENS, AnswerConstraint
+from inference.chat import GRACE_TOKENS, IMAGE_PLACEHOLDER, AnswerConstraint, BoxConvention, Generation, Turn
 from inference.model.profiles import ModelProfile
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,7 @@ import yaml
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from dicomnode.demo.synthetic import StudySpec, make_study, prior_spec
-from inference.chat import Generation, Turn
-from inference.constraints import GRACE_TOKENS
+from inference.chat import GRACE_TOKENS, Generation, Turn
 from inference.flow import run_flow
 from inference.record import Presence, QType, ReasoningRecord, StageStatus
 from inference.stages import DEFAULT_STAGES_PATH, StageBook

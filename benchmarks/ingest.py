@@ -7,7 +7,7 @@ Sends the same set of synthetic 2500x2048 16-bit DX instances with DCMTK storesc
 data dirty in the page cache; the node's fsyncs would otherwise wait behind that write-back). Prints per-round
 seconds and the median ratio node/storescp (goal: <= 1.0).
 
-    .venv/bin/python benchmarks/ingest.py [--count 40] [--rounds 4] [--role listener] [--workdir DIR]
+    .venv/bin/python -m benchmarks.ingest [--count 40] [--rounds 4] [--role listener] [--workdir DIR]
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,15 @@ def test_the_project_comes_from_the_wheel_only(venv: Path, empty_dir: Path) -> N
     assert all(f.startswith(site_packages) for f in files), files
     assert direct_url is None or '"editable": true' not in direct_url
     assert eval_packages == []  # the eval extra is not part of a plain install
+
+
+def test_the_wheel_holds_the_product_packages_only(venv: Path) -> None:
+    (wheel,) = (venv.parent / "dist").glob("cxr_reasoning_node-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {
+        "dicomnode", "inference", "sr_writer"}
+    assert "dicomnode/peers/ohif.py" in names
+    assert not [n for n in names if n.endswith("vllm.py")]  # the tests' vLLM launcher (tests/vllm_engine.py)
 
 
 def test_commands_from_an_empty_directory(venv: Path, empty_dir: Path) -> None:

@@ -265,5 +265,5 @@ def _receive_into(directory: Path) -> None:
                 kwargs["dir"] = str(_TMP_DIR[0])
             return _WriteBehindFile(original(*args, **kwargs))
 
-        dimse_messages.NamedTemporaryFile = _named_temporary_file  # type: ignore[assignment]
+        dimse_messages.NamedTemporaryFile = _named_temporary_file
         dimse_messages._cxr_patched = True  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from dicomnode.db.models import AuditEvent, utcnow
 from dicomnode.logs import log_event
 
 LOG = logging.getLogger("dicomnode.audit")
-_INSERT = insert(AuditEvent.__table__)
+_INSERT = insert(AuditEvent.metadata.tables[AuditEvent.__tablename__])  # a Core insert: no ORM unit of work
 
 
 def _trim(value: str | None, n: int) -> str | None:

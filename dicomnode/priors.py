@@ -44,7 +44,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
-from pynetdicom.sop_class import (
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom makes these names at import time
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
@@ -351,7 +352,8 @@ class _Receiver:
         self._lock = threading.Lock()
 
     def __call__(self, event: evt.Event) -> int:
-        uid = clean_uid(event.request.AffectedSOPInstanceUID)
+        request = event.request  # typed as any DIMSE primitive; a C-STORE here (EVT_C_STORE)
+        uid = clean_uid(request.AffectedSOPInstanceUID) if isinstance(request, C_STORE) else None
         if uid is None:
             self.errors.append("instance with an invalid SOP Instance UID refused")
             return 0xC210
@@ -436,6 +438,7 @@ def _move(s: PriorsConfig, study_uid: str, receiver: _Receiver) -> None:
         server = scp.start_server(("", int(s.move_port)), block=False, evt_handlers=[(evt.EVT_C_STORE, receiver)])
     except OSError as exc:
         raise _PriorsError(f"cannot listen for C-MOVE on port {s.move_port}: {exc.strerror or exc}") from None
+    assert server is not None  # block=False returns the running server (typed Optional for block=True)
     try:
         ae = requestor_ae(pacs)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)

@@ -18,7 +18,7 @@ def status_summary(session_factory: sessionmaker[Session],
     destination the objects committed / pending commitment / timed out."""
     with session_factory() as s:
         def by_state(model: type[Study] | type[Job] | type[Delivery]) -> dict[str, int]:
-            return {k: v for k, v in s.execute(select(model.state, func.count()).group_by(model.state)).tuples()}
+            return {k: v for k, v in s.execute(select(model.state, func.count()).group_by(model.state))}
 
         failed = s.execute(
             select(Job.id, Study.study_instance_uid, Job.generation, Job.error)

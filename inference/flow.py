@@ -99,7 +99,7 @@ class _State:
 
 
 def _provenance_fields(model: ChatModel, provenance: Any) -> dict[str, Any]:
-    source = provenance if provenance is not None else getattr(model, "info", None)
+    source: Any = provenance if provenance is not None else getattr(model, "info", None)
     if isinstance(source, Provenance):
         fields = source.model_dump()
     elif hasattr(source, "provenance_fields"):

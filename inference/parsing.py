@@ -297,7 +297,7 @@ def _make_box(
         image_index=index,
         raw=raw,
         normalized=(round(nx1, 6), round(ny1, 6), round(nx2, 6), round(ny2, 6)),
-        pixels=tuple(round(p, 2) for p in pixels),  # type: ignore[arg-type]
+        pixels=tuple(round(p, 2) for p in pixels),
     )
 
 

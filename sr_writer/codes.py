@@ -82,7 +82,8 @@ def _in_codedict(spec: dict[str, Any], where: str) -> CodedConcept:
 
 
 _CODEDICT_VALUES: dict[str, set[str]] = {
-    scheme: {value for entry in keywords.values() for value in entry} for scheme, keywords in concepts.items()
+    scheme: {value for entry in keywords.values() if isinstance(entry, dict) for value in entry}  # pydicom: untyped
+    for scheme, keywords in concepts.items()
 }
 
 

@@ -195,7 +195,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if failed == 0 else 1
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from dicomnode.node import ROLES
 
     p = subparsers.add_parser("serve", help="run the DICOM node until SIGTERM/SIGINT")

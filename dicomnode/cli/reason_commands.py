@@ -4,14 +4,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.dataset import Dataset
 
+if TYPE_CHECKING:
+    from inference.chat import ChatModel
+
 ANSWER_WIDTH = 110
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "reason",
         help="run the 8-stage chest X-ray reasoning flow on DICOM files",
@@ -52,7 +56,7 @@ def _expand(paths: list[Path]) -> list[Path]:
 
 def read_datasets(paths: list[Path]) -> list[Dataset]:
     """Read DICOM files (directories are searched); raise ValueError naming a file that is not DICOM."""
-    datasets = []
+    datasets: list[Dataset] = []
     for path in _expand(paths):
         try:
             datasets.append(pydicom.dcmread(path))
@@ -142,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from inference.images import ImageError
     from inference.model import ModelLoadError, load_chat_model
 
+    model: ChatModel
     try:
         if args.engine:
             from inference.model.remote import connect

@@ -9,7 +9,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "render",
         help="write the SR and SC reasoning pages (+ PNG copies) for a reasoning record",

@@ -68,7 +68,7 @@ _FINDING_BOXES = (  # positive findings take these in turn
 
 
 def image_refs(current: Sequence[Dataset], prior: Sequence[Dataset] = ()) -> list[ImageRef]:
-    refs = []
+    refs: list[ImageRef] = []
     for role, datasets in (("current", current), ("prior", prior)):
         for ds in datasets:
             position = str(ds.get("ViewPosition", ""))

@@ -1,6 +1,6 @@
 """Time the result-object writer on synthetic studies: SR build, page rendering, SC build, dciodvfy validation.
 
-Usage: .venv/bin/python benchmarks/bench_result_objects.py [--repeat N]
+Usage: .venv/bin/python -m benchmarks.bench_result_objects [--repeat N]
 Prints seconds per step (median of N) and each step's ratio to one dciodvfy run on the SR, a peer tool measured in
 the same run (timing goals are ratios, never absolute numbers).
 """

@@ -1,6 +1,6 @@
 """Load time of the dashboard's Studies page with N generated studies in the node's database (default 1,000).
 
-Usage: .venv/bin/python benchmarks/dashboard_studies.py [--studies 1000] [--repeat 20]
+Usage: .venv/bin/python -m benchmarks.dashboard_studies [--studies 1000] [--repeat 20]
 Generates the studies straight into a fresh SQLite database (each with 2 instances whose header files exist on
 disk, one job, SR + SC deliveries, audit rows; states mixed as a working node has them), starts the dashboard the
 way the node does (DashboardServer, token auth) and times full HTTP GETs from loopback: the first Studies page as an

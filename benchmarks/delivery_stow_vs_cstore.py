@@ -11,7 +11,7 @@ Then, per round, one Storage Commitment request for the set (``dicomnode.commitm
 the report received by a pynetdicom SCP (the node's listener's context and role): the round trip from sending the
 N-ACTION to the N-EVENT-REPORT arriving, median.
 
-    .venv/bin/python benchmarks/delivery_stow_vs_cstore.py [--rounds 7] [--pages-findings 5]
+    .venv/bin/python -m benchmarks.delivery_stow_vs_cstore [--rounds 7] [--pages-findings 5]
 """
 from __future__ import annotations
 

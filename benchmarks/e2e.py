@@ -6,7 +6,7 @@ a tiny untrained NF4 demo model, Orthanc as the destination, and N synthetic two
 after the other. Per study: overhead = last delivery sent_at - job queued_at - record.provenance.seconds.
 Prints the median and p95 (goal: median <= 1 s) and where the time goes.
 
-    .venv/bin/python benchmarks/e2e.py [--studies 20] [--stages full|short] [--page-encoding rle|explicit]
+    .venv/bin/python -m benchmarks.e2e [--studies 20] [--stages full|short] [--page-encoding rle|explicit]
                                        [--page-processes 2] [--associations 2]
 
 Defaults are the node's defaults (RLE pages, two page processes, two associations to the destination). The

@@ -17,29 +17,28 @@ Hit rate per study: prompt tokens the engine served from its prefix cache over a
 (``usage.prompt_tokens_details.cached_tokens``); the engine's own counters (``vllm:prefix_cache_hits`` /
 ``_queries``) are printed per setting beside it.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/engine.py [--studies 4] [--in-flight 1,2,4] [--json OUT]
-    PYTHONPATH=. .venv/bin/python benchmarks/engine.py --gpu --vllm-python /opt/vllm/bin/python
+    .venv/bin/python -m benchmarks.engine [--studies 4] [--in-flight 1,2,4] [--json OUT]
+    .venv/bin/python -m benchmarks.engine --gpu --vllm-python /opt/vllm/bin/python
+
+Run from the repository root: the engine launcher is the tests' ``tests/vllm_engine.py`` (not in the wheel).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dicomnode.demo.synthetic import StudySpec, make_study  # noqa: E402
-from dicomnode.peers.vllm import CPU_ARGS, CPU_ENV, VllmServer  # noqa: E402
-from inference.flow import run_flow  # noqa: E402
-from inference.model import build_demo_model, load_chat_model  # noqa: E402
-from inference.model.remote import connect  # noqa: E402
-from inference.record import ReasoningRecord  # noqa: E402
+from dicomnode.demo.synthetic import StudySpec, make_study
+from inference.flow import run_flow
+from inference.model import build_demo_model, load_chat_model
+from inference.model.remote import connect
+from inference.record import ReasoningRecord
+from tests.vllm_engine import CPU_ARGS, CPU_ENV, VllmServer
 
 # A whole study with many positive findings runs past 4096 tokens of context; the tests' 4096 is too short here.
 BENCH_CPU_ARGS: tuple[str, ...] = tuple(a if a != "4096" else "16384" for a in CPU_ARGS)

@@ -10,7 +10,7 @@ parallel-within-stage modes (constrained run only).
 
 Each run is its own ``cxr-node eval`` process (``--jobs 2`` runs them side by side, one thread each).
 
-    .venv/bin/python benchmarks/eval_demo.py [--limit N] [--model DIR] [--jobs 2] [--out DIR]
+    .venv/bin/python -m benchmarks.eval_demo [--limit N] [--model DIR] [--jobs 2] [--out DIR]
 """
 from __future__ import annotations
 

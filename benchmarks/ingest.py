@@ -4,10 +4,10 @@ Sends the same set of synthetic 2500x2048 16-bit DX instances with DCMTK storesc
 ``cxr-node serve`` (a subprocess with a YAML config: fsync on, SQLite WAL, completion timers) and to ``storescp``
 (writes files, no fsync). Rounds alternate which receiver goes first; each round uses fresh output directories
 (the node would otherwise answer duplicates without writing) and starts after a ``sync`` (storescp leaves its
-data dirty in the page cache; the node's fsyncs would otherwise wait behind that write-back). Prints per-round seconds and the median ratio
-node/storescp (goal: <= 1.0).
+data dirty in the page cache; the node's fsyncs would otherwise wait behind that write-back). Prints per-round
+seconds and the median ratio node/storescp (goal: <= 1.0).
 
-    .venv/bin/python benchmarks/ingest.py [--count 40] [--rounds 4] [--role listener] [--workdir DIR]
+    .venv/bin/python -m benchmarks.ingest [--count 40] [--rounds 4] [--role listener] [--workdir DIR]
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ Reference (transformers 5.23, bitsandbytes 0.50.2): bf16 6.99 GiB; NF4 vision ke
 Goals: vision kept within 2% of 0.45x; vision quantized <= 0.35x. Takes minutes and ~16 GB RAM;
 ``--size medium`` is a quick check of the script on the ~50 M model.
 
-    .venv/bin/python benchmarks/memory.py [--size qwen2_5_vl_3b_shape|medium] [--work DIR] [--keep]
+    .venv/bin/python -m benchmarks.memory [--size qwen2_5_vl_3b_shape|medium] [--work DIR] [--keep]
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 GIB = 1024 ** 3
+REPO = Path(__file__).resolve().parents[1]  # the child runs as ``-m benchmarks.memory`` from here
 VARIANTS: dict[str, dict] = {
     "bf16": {"quantization": "none", "skip_modules": None},
     "nf4_vision_kept": {"quantization": "nf4", "skip_modules": None},
@@ -105,7 +106,8 @@ def _child_load(model_dir: str, variant: str) -> dict:
 
 
 def _run_child(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", *args], cwd=REPO, capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

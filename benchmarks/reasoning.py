@@ -6,7 +6,7 @@ stage flow (``inference.flow.run_flow``) on a synthetic PA + lateral study with 
 study for both, the lower bound (every prompt token computed once: the length of the last prompt), and the
 wall-time ratio. Goals: cached <= 1.1x the lower bound; wall time >= 2x faster than naive.
 
-    .venv/bin/python benchmarks/reasoning.py [--model DIR] [--quantization nf4] [--max-new-tokens 16]
+    .venv/bin/python -m benchmarks.reasoning [--model DIR] [--quantization nf4] [--max-new-tokens 16]
 """
 from __future__ import annotations
 

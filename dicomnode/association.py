@@ -22,7 +22,7 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 
 if TYPE_CHECKING:
-    from dicomnode.config import PriorsConfig, TLSConfig
+    from dicomnode.config_types import TLSConfig
 
 _PEER_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d{1,5})$")
 WRITE_BEHIND_BYTES = 4 << 20
@@ -52,13 +52,6 @@ class Peer:
         if not match or not 0 < int(match["port"]) < 65536:
             raise ValueError(f"peer {text!r} is not AE@HOST:PORT")
         return cls(match["ae"], match["host"].strip("[]"), int(match["port"]), calling_aet)
-
-    @classmethod
-    def from_priors(cls, priors: PriorsConfig) -> Peer:
-        """The PACS queried for priors (host, port and query AE must be set)."""
-        timeout = float(priors.timeout_seconds)
-        return cls(str(priors.query_aet), str(priors.host), int(priors.port or 0), priors.calling_aet or "CXRNODE",
-                   connect_timeout=min(timeout, 10.0), acse_timeout=timeout, dimse_timeout=timeout)
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
@@ -257,5 +250,5 @@ def _receive_into(directory: Path) -> None:
                 kwargs["dir"] = str(_TMP_DIR[0])
             return _WriteBehindFile(original(*args, **kwargs))
 
-        dimse_messages.NamedTemporaryFile = _named_temporary_file  # type: ignore[assignment]
+        dimse_messages.NamedTemporaryFile = _named_temporary_file
         dimse_messages._cxr_patched = True  # type: ignore[attr-defined]

@@ -28,7 +28,7 @@ class BackgroundLoop:
         while not self._stop.is_set():
             try:
                 self.step()
-            except Exception:  # noqa: BLE001 - a database hiccup or the like: try again next pass
+            except Exception:
                 self.log.exception("%s pass failed", self.name)
             self._wake.wait(self.interval)
             self._wake.clear()

@@ -86,7 +86,7 @@ def record_report(session_factory: sessionmaker[Session], transaction_uid: str, 
         rows = list(session.scalars(select(Delivery).where(Delivery.commit_transaction_uid == transaction_uid)
                                     .with_for_update()))
         for row in rows:
-            common = {"sop_instance_uid": row.sop_instance_uid, "job_id": row.job_id, "peer": peer}
+            common: dict[str, Any] = {"sop_instance_uid": row.sop_instance_uid, "job_id": row.job_id, "peer": peer}
             if row.state != DeliveryState.SENT.value:
                 continue
             if row.sop_instance_uid in committed_uids:
@@ -97,7 +97,7 @@ def record_report(session_factory: sessionmaker[Session], transaction_uid: str, 
                 audit(session, "delivery.committed", destination=row.destination, transaction=transaction_uid,
                       **common)
                 n_ok += 1
-            elif row.sop_instance_uid in failed:
+            elif row.sop_instance_uid is not None and row.sop_instance_uid in failed:
                 reason = failed[row.sop_instance_uid]
                 row.state, row.next_attempt_at = DeliveryState.PENDING.value, now
                 row.commit_transaction_uid = row.commit_requested_at = None
@@ -241,7 +241,7 @@ class Committer:
                 Delivery.commit_transaction_uid.is_(None),
                 (Delivery.commit_requested_at.is_(None)) | (Delivery.commit_requested_at < retry_after))
                 .order_by(Delivery.id).limit(BATCH).with_for_update(skip_locked=True)))
-            objects = [(r.sop_class_uid, r.sop_instance_uid) for r in rows]
+            objects = [(r.sop_class_uid or '', r.sop_instance_uid or '') for r in rows]
             for row in rows:  # recorded before the request: a report may come before send_n_action returns
                 row.commit_transaction_uid, row.commit_requested_at = transaction, now
         if not rows:
@@ -252,7 +252,7 @@ class Committer:
             error = None if status == STATUS_SUCCESS else f"N-ACTION status 0x{status:04X}"
         except ScuError as exc:
             error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - any failure: asked again after a delay
+        except Exception as exc:  # any failure: asked again after a delay
             LOG.exception("storage commitment request failed")
             error = f"{type(exc).__name__}: {exc}"
         if error is not None:

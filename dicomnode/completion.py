@@ -165,7 +165,7 @@ class CompletionScheduler:
             return
         try:
             later = self.check_now(study_id)
-        except Exception:  # noqa: BLE001 - retry shortly rather than lose the study
+        except Exception:  # retry shortly rather than lose the study
             LOG.exception("completion check failed", extra={"fields": {"study_id": study_id}})
             later = utcnow() + dt.timedelta(seconds=min(5.0, self.quiet_seconds))
             later -= dt.timedelta(seconds=self.quiet_seconds)

@@ -385,7 +385,7 @@ def import_plugins(names: Any) -> None:
     for name in names:
         try:
             importlib.import_module(str(name))
-        except Exception as exc:  # noqa: BLE001 - any failure of a plugin is a config error
+        except Exception as exc:
             raise ConfigError([f"plugins: cannot import {name!r}: {type(exc).__name__}: {exc}"]) from None
 
 

@@ -177,7 +177,7 @@ class ConnectionGuard:
         while not self._stop.wait(self.sweep_seconds):
             try:
                 self.sweep()
-            except Exception:  # noqa: BLE001 - the watchdog must keep running
+            except Exception:  # the watchdog must keep running
                 LOG.exception("connection sweep failed")
 
 
@@ -214,7 +214,7 @@ class GuardedHandler(RequestHandler):
 
     def handle(self) -> None:
         guard = self.server.guard
-        raw: socket.socket = self.request  # type: ignore[assignment]
+        raw: socket.socket = self.request
         peer = f"{self.client_address[0]}:{self.client_address[1]}"
         conn = guard.register(raw, peer)
         sock: socket.socket = raw

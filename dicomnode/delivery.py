@@ -29,6 +29,7 @@ from dicomnode import metrics
 from dicomnode.association import configure_pynetdicom
 from dicomnode.audit import audit
 from dicomnode.config import NodeConfig, RetryConfig
+from dicomnode.db.engine import rowcount
 from dicomnode.db.models import Delivery, Job, Study, utcnow
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.destinations import DeliveryItem, DestinationConfig, Outcome, Sender, SendError
@@ -114,11 +115,11 @@ class Deliverer:
                 .with_for_update(skip_locked=True, of=Delivery)
             ).all()
             for row in rows:
-                won = session.execute(
+                won = rowcount(session.execute(
                     update(Delivery).where(Delivery.id == row.id, Delivery.state == DeliveryState.PENDING.value,
                                            Delivery.next_attempt_at <= now)
                     .values(next_attempt_at=lease_until).execution_options(synchronize_session=False)
-                ).rowcount
+                ))
                 if won == 1:
                     leased.append(DeliveryItem(row.id, row.job_id, row.study_instance_uid, row.object_kind,
                                                row.payload_key, row.media_type, self.data_dir / row.path,
@@ -145,7 +146,7 @@ class Deliverer:
             error = None
         except SendError as exc:
             outcomes, error = [None] * len(items), str(exc)
-        except Exception as exc:  # noqa: BLE001 - any failure is a failed attempt, never a dead loop
+        except Exception as exc:
             LOG.exception("delivery to %s failed", name)
             outcomes, error = [None] * len(items), f"{type(exc).__name__}: {exc}"
         self._record(sender.destination, items, outcomes, error)
@@ -159,9 +160,10 @@ class Deliverer:
                 if delivery is None or delivery.state != DeliveryState.PENDING.value:
                     continue
                 delivery.attempts += 1
-                common = {"study_instance_uid": item.study_instance_uid, "sop_instance_uid": delivery.sop_instance_uid,
-                          "job_id": delivery.job_id, "destination": delivery.destination, "object_kind": item.kind,
-                          "attempt": delivery.attempts}
+                common: dict[str, Any] = {
+                    "study_instance_uid": item.study_instance_uid, "sop_instance_uid": delivery.sop_instance_uid,
+                    "job_id": delivery.job_id, "destination": delivery.destination, "object_kind": item.kind,
+                    "attempt": delivery.attempts}
                 delivery.last_status = outcome.status if outcome else None
                 if outcome is not None and outcome.delivered:
                     delivery.state = DeliveryState.SENT.value
@@ -216,7 +218,7 @@ class Deliverer:
         self._stop.clear()
         loops: list[tuple[str | None, int]] = [
             (name, index) for name, destination in self.destinations.items()
-            for index in range(destination.associations)]
+            for index in range(destination.parallel_sends)]
         for name, index in [*loops, (None, 0)]:
             wake = self._wakes.setdefault((name, index), threading.Event())
             label = f"deliver-{name or 'orphans'}" + (f"-{index + 1}" if index else "")
@@ -246,7 +248,7 @@ class Deliverer:
                 else:
                     self.run_destination_once(name, share=True)
                     due = self.next_due_in(name)
-            except Exception:  # noqa: BLE001 - database hiccup: log, wait, try again
+            except Exception:  # database hiccup: log, wait, try again
                 LOG.exception("delivery pass failed", extra={"fields": {"destination": name}})
                 due = None
             if name is None:  # the sweep (orphans, jobs left RESULTS_READY by a crash) runs less often

@@ -20,7 +20,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import requests
 from dicomweb_client.api import DICOMwebClient
@@ -30,7 +30,15 @@ from dicomnode.scu import StoreOutcome
 
 if TYPE_CHECKING:
     from dicomnode.config_types import HttpAuth
-    from dicomnode.destinations.dicomweb import DicomwebDestination
+
+
+class StowTarget(Protocol):
+    """Where STOW-RS posts to (a ``type: dicomweb`` destination's config)."""
+
+    name: str
+    url: str
+    auth: HttpAuth
+    timeout_seconds: float
 
 LOG = logging.getLogger("dicomnode.dicomweb")
 REFERENCED_SOP_SEQUENCE = "00081199"
@@ -54,7 +62,7 @@ def make_session(auth: HttpAuth) -> requests.Session:
     return session
 
 
-def make_client(destination: DicomwebDestination) -> DICOMwebClient:
+def make_client(destination: StowTarget) -> DICOMwebClient:
     assert destination.url is not None
     client = DICOMwebClient(destination.url.rstrip("/"), session=make_session(destination.auth),
                             timeout=destination.timeout_seconds)
@@ -117,7 +125,7 @@ def stow_study(client: DICOMwebClient, study_uid: str, paths: Sequence[Path]) ->
     for path in paths:
         try:
             ds = dcmread(path)
-        except Exception as exc:  # noqa: BLE001 - an unreadable file is an outcome, not a crash
+        except Exception as exc:  # an unreadable file is an outcome, not a crash
             outcomes[path] = StoreOutcome(path, None, None, f"unreadable: {exc}", permanent=True)
             continue
         datasets.append(ds)
@@ -166,11 +174,11 @@ def _json_body(response: requests.Response) -> dict:
 def study_of(path: Path) -> str | None:
     try:
         return str(dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
-    except Exception:  # noqa: BLE001 - unreadable: the caller's outcome says so
+    except Exception:  # unreadable: the caller's outcome says so
         return None
 
 
-def store_files(destination: DicomwebDestination, items: Sequence[tuple[str, Path]]) -> list[StoreOutcome]:
+def store_files(destination: StowTarget, items: Sequence[tuple[str, Path]]) -> list[StoreOutcome]:
     """STOW-RS ``items`` (study UID the object belongs to, file) to ``destination``: one request per study; one
     outcome per item, in order. A study whose request got no answer gets outcomes with ``status`` None and the
     error (retried later); the other studies are unaffected."""

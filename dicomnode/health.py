@@ -92,7 +92,7 @@ class HealthChecks:
             return {}
         try:
             return self.soft()
-        except Exception as exc:  # noqa: BLE001 - a broken soft check degrades, it does not fail the node
+        except Exception as exc:  # a broken soft check degrades, it does not fail the node
             return {"deliveries": Check(False, f"cannot read delivery state: {type(exc).__name__}")}
 
     def run(self) -> dict[str, Check]:
@@ -128,7 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:  # stdlib name
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             self._send(HTTPStatus.OK, metrics.exposition(), CONTENT_TYPE_LATEST)
@@ -146,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # stdlib signature
         log.debug("status http: " + format, *args)
 
 

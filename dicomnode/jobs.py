@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode import metrics
 from dicomnode.audit import audit
+from dicomnode.db.engine import rowcount
 from dicomnode.db.models import Delivery, Job, Study, utcnow
 from dicomnode.db.states import DeliveryState, JobState
 
@@ -113,12 +114,12 @@ def claim_job(session_factory: sessionmaker[Session], worker_id: str) -> Claimed
             if job_id is None:
                 return None
             now = utcnow()
-            won = session.execute(
+            won = rowcount(session.execute(
                 update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED.value)
                 .values(state=JobState.PROCESSING.value, claimed_by=worker_id, claimed_at=now, updated_at=now,
                         attempts=Job.attempts + 1, error=None)
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            ))
             if won != 1:
                 continue
             job = session.get(Job, job_id, populate_existing=True)
@@ -154,7 +155,7 @@ def heartbeat(session_factory: sessionmaker[Session], claimed: ClaimedJob, worke
                     session.execute(update(Job).where(
                         Job.id == claimed.job_id, Job.claimed_by == worker_id,
                         Job.state == JobState.PROCESSING.value).values(updated_at=utcnow()))
-            except Exception:  # noqa: BLE001 - a missed beat is retried; the job goes on
+            except Exception:  # a missed beat is retried; the job goes on
                 LOG.warning("heartbeat failed", extra={"fields": {"job_id": claimed.job_id}})
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{claimed.job_id}", daemon=True)

@@ -9,10 +9,11 @@ The C-STORE statuses and the header check are :mod:`dicomnode.received`'s (reaso
 
 Associations are rejected (A-ASSOCIATE-RJ) when the calling AE title is not in ``node.allowed_calling_aets``
 (permanent, calling-AE-title-not-recognized), when the called AE title is not ``node.ae_title`` and
-``node.check_called_aet`` is on (permanent, called-AE-title-not-recognized), or transiently (local-limit-exceeded) when ``max_associations`` are
-active or free disk in data_dir is below ``node.min_free_disk_mb``. With TLS enabled only TLS connections are
-served; ``require_client_cert`` demands a client certificate signed by ``ca``. Connections that are silent, slow
-or stuck in a TLS handshake are ended by :mod:`dicomnode.connections` and never hold a ``max_associations`` slot.
+``node.check_called_aet`` is on (permanent, called-AE-title-not-recognized), or transiently (local-limit-exceeded)
+when ``max_associations`` are active or free disk in data_dir is below ``node.min_free_disk_mb``. With TLS enabled
+only TLS connections are served; ``require_client_cert`` demands a client certificate signed by ``ca``. Connections
+that are silent, slow or stuck in a TLS handshake are ended by :mod:`dicomnode.connections` and never hold a
+``max_associations`` slot.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from typing import Any
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.ae import ApplicationEntity
+from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,9 +72,9 @@ class _NodeAE(ApplicationEntity):
     reported is raised by the number of acceptors still negotiating, the asking one excepted.
     """
 
-    refuse: Callable[[], bool] = staticmethod(lambda: False)  # type: ignore[assignment]
+    refuse: Callable[[], bool] = staticmethod(lambda: False)
 
-    @property  # type: ignore[override]
+    @property
     def maximum_associations(self) -> int:
         if self.refuse():
             return 0
@@ -101,14 +103,16 @@ class Listener:
         self.on_stored = on_stored  # called in the association's thread (a pynetdicom Association is a Thread)
         self.on_closed = on_closed  # called with the association when its connection closes (completion hold)
         self._server: Any = None
-        self.extra_handlers: list[tuple[Any, Callable[..., Any]]] = []  # e.g. the MPPS SCP's, set before start()
+        self.extra_handlers: list[EventHandlerType] = []  # e.g. the MPPS SCP's, set before start()
         self._closed = False
         self._disk_checked = 0.0
         self._disk_low = False
-        self.ae = make_ae(config.node.ae_title, acse_timeout=config.node.acse_timeout_seconds,
-                          dimse_timeout=config.node.dimse_timeout_seconds,
-                          network_timeout=config.node.network_timeout_seconds, cls=_NodeAE)
-        self.ae.refuse = self._low_disk  # type: ignore[method-assign]
+        ae = make_ae(config.node.ae_title, acse_timeout=config.node.acse_timeout_seconds,
+                     dimse_timeout=config.node.dimse_timeout_seconds,
+                     network_timeout=config.node.network_timeout_seconds, cls=_NodeAE)
+        assert isinstance(ae, _NodeAE)
+        self.ae = ae
+        self.ae.refuse = self._low_disk
         self.ae.maximum_associations = config.node.max_associations
         self.ae.require_calling_aet = list(config.node.allowed_calling_aets)
         self.ae.require_called_aet = config.node.check_called_aet
@@ -119,7 +123,8 @@ class Listener:
             on_tls_failure=self._tls_failed,
         )
         for cx in AllStoragePresentationContexts:
-            self.ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+            if cx.abstract_syntax is not None:  # every one has one (the attribute is Optional)
+                self.ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
         self.ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
         # Storage Commitment reports (N-EVENT-REPORT) from destinations, on an association they open
         self.ae.add_supported_context(STORAGE_COMMITMENT_PUSH, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
@@ -134,7 +139,7 @@ class Listener:
         self.spool.prepare()
         configure_pynetdicom(receive_dir=self.spool.tmp)
         ssl_ctx = server_ssl_context(self.config.node.tls) if self.config.node.tls.enabled else None
-        handlers = [
+        handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_N_EVENT_REPORT, event_report_handler(self.session_factory)),
@@ -148,6 +153,7 @@ class Listener:
             (self.config.node.host, self.config.node.port), evt_handlers=handlers,
             server_class=GuardedServer, request_handler=GuardedHandler,
         )
+        assert isinstance(server, GuardedServer)  # make_server's type does not follow server_class
         server.guard = self.guard
         server.tls_context = ssl_ctx
         self.ae._servers.append(server)
@@ -241,7 +247,7 @@ class Listener:
         if self.on_closed is not None:
             try:
                 self.on_closed(event.assoc)
-            except Exception:  # noqa: BLE001 - a study without its release still completes (thread-ended check)
+            except Exception:  # a study without its release still completes (thread-ended check)
                 LOG.exception("on_closed callback failed")
 
     def _handle_echo(self, event: Any) -> int:
@@ -260,7 +266,7 @@ class Listener:
                       sop_instance_uid=clean_uid(request.AffectedSOPInstanceUID), level=logging.WARNING,
                       status=f"0x{rej.status:04X}", reason=rej.reason)
             return rej.status
-        except Exception as exc:  # noqa: BLE001 - never crash the association; answer out-of-resources
+        except Exception as exc:  # never crash the association; answer out-of-resources
             # the exception text may quote header values (patient data): the full trace at DEBUG only
             LOG.debug("store failed", exc_info=True)
             metrics.instances_rejected.labels(reason="0xA700").inc()
@@ -271,7 +277,7 @@ class Listener:
         if outcome is not None and self.on_stored is not None:
             try:
                 self.on_stored(outcome)
-            except Exception:  # noqa: BLE001 - stored and committed; completion re-arms at start-up
+            except Exception:  # stored and committed; completion re-arms at start-up
                 LOG.exception("on_stored callback failed")
         log_event(LOG, logging.DEBUG, "store handled", ms=round((time.perf_counter() - started) * 1000, 1))
         return status

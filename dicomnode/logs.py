@@ -46,11 +46,12 @@ class TextFormatter(logging.Formatter):
 def setup_logging(level: str = "INFO", json_lines: bool = True, file: Path | None = None) -> None:
     """Configure the root logger once (idempotent: replaces the handler set up before)."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
+    for old in list(root.handlers):
         # ours from an earlier call, or logging.basicConfig's plain stream handler; keep others (e.g. pytest's)
-        if getattr(handler, _HANDLER_MARK, False) or type(handler) is logging.StreamHandler:
-            root.removeHandler(handler)
-    handler: logging.Handler = logging.FileHandler(file, encoding="utf-8") if file else logging.StreamHandler(sys.stderr)
+        if getattr(old, _HANDLER_MARK, False) or type(old) is logging.StreamHandler:
+            root.removeHandler(old)
+    handler: logging.Handler = (logging.FileHandler(file, encoding="utf-8") if file
+                                else logging.StreamHandler(sys.stderr))
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     setattr(handler, _HANDLER_MARK, True)
     root.addHandler(handler)

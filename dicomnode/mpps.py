@@ -201,16 +201,16 @@ class MppsService:
                           generation=1)
             session.add(study)
             session.flush()
-            job = Job(study_id=study.id, generation=1, state=JobState.RECEIVING.value, attempts=0, created_at=now,
-                      updated_at=now)
+            job: Job | None = Job(study_id=study.id, generation=1, state=JobState.RECEIVING.value, attempts=0,
+                                  created_at=now, updated_at=now)
             session.add(job)
             session.flush()
-            set_job_state(session, job, JobState.SKIPPED, reason, now=now)
         else:
             job = newest_job(session, study.id, for_update=True)
             if job is None or job.state != JobState.RECEIVING.value or study.selected_count > 0:
                 return 0  # images of it did arrive: the quiet timer (or a later step) completes it
-            set_job_state(session, job, JobState.SKIPPED, reason, now=now)
+        assert job is not None
+        set_job_state(session, job, JobState.SKIPPED, reason, now=now)
         audit(session, "job.skipped", study_instance_uid=study.study_instance_uid, job_id=job.id,
               generation=job.generation, reason=reason, mpps=step.sop_instance_uid)
         return 1

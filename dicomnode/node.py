@@ -2,8 +2,8 @@
 
 ``Node(config, role)``: role ``listener`` receives and completes studies, ``worker`` processes and delivers,
 ``all`` does both in one process (and serves the dashboard when ``dashboard.enabled``), ``dashboard`` serves only
-the admin dashboard (dicomnode/dashboard) from the same database. ``run_until_signal()`` serves until SIGTERM/SIGINT, then stops accepting,
-finishes in-flight work and returns.
+the admin dashboard (dicomnode/dashboard) from the same database. ``run_until_signal()`` serves until
+SIGTERM/SIGINT, then stops accepting, finishes in-flight work and returns.
 """
 from __future__ import annotations
 
@@ -242,7 +242,7 @@ class Node:
             if part is not None:
                 try:
                     part.stop(timeout=left())
-                except Exception:  # noqa: BLE001 - keep stopping the rest
+                except Exception:  # keep stopping the rest
                     LOG.exception("stopping %s failed", type(part).__name__)
         if self.status_server is not None:
             self.status_server.stop()

@@ -44,7 +44,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
-from pynetdicom.sop_class import (
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom makes these names at import time
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
@@ -113,7 +114,9 @@ def _pacs(config: PriorsConfig) -> Peer:
     missing = [name for name, value in given.items() if not value]
     if missing:  # only possible for a disabled section used directly: config loading refuses an enabled one
         raise _PriorsError(f"priors not configured: {', '.join(missing)} missing")
-    return Peer.from_priors(config)
+    timeout = float(config.timeout_seconds)
+    return Peer(str(config.query_aet), str(config.host), int(config.port or 0), config.calling_aet or "CXRNODE",
+                connect_timeout=min(timeout, 10.0), acse_timeout=timeout, dimse_timeout=timeout)
 
 
 def _modalities(config: PriorsConfig) -> tuple[str, ...]:
@@ -351,7 +354,8 @@ class _Receiver:
         self._lock = threading.Lock()
 
     def __call__(self, event: evt.Event) -> int:
-        uid = clean_uid(event.request.AffectedSOPInstanceUID)
+        request = event.request  # typed as any DIMSE primitive; a C-STORE here (EVT_C_STORE)
+        uid = clean_uid(request.AffectedSOPInstanceUID) if isinstance(request, C_STORE) else None
         if uid is None:
             self.errors.append("instance with an invalid SOP Instance UID refused")
             return 0xC210
@@ -436,6 +440,7 @@ def _move(s: PriorsConfig, study_uid: str, receiver: _Receiver) -> None:
         server = scp.start_server(("", int(s.move_port)), block=False, evt_handlers=[(evt.EVT_C_STORE, receiver)])
     except OSError as exc:
         raise _PriorsError(f"cannot listen for C-MOVE on port {s.move_port}: {exc.strerror or exc}") from None
+    assert server is not None  # block=False returns the running server (typed Optional for block=True)
     try:
         ae = requestor_ae(pacs)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)

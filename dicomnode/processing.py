@@ -94,7 +94,7 @@ def _import_factory(spec: str) -> ProcessorFactory:
             raise ValueError(f"processing.processor: {module_name!r} has no {attr!r}") from None
     if not callable(obj):
         raise ValueError(f"processing.processor: {spec!r} is not callable")
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 def resolve_factory(spec: str) -> ProcessorFactory:

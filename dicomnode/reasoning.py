@@ -70,7 +70,7 @@ def model_spec(config: NodeConfig) -> ModelSpec:
 
 def read_datasets(paths: Sequence[Path]) -> list[Dataset]:
     """Every readable instance with pixel data; unreadable ones are logged and left out."""
-    datasets = []
+    datasets: list[Dataset] = []
     for path in paths:
         try:
             ds = pydicom.dcmread(path)

@@ -20,6 +20,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag, Tag
 
 from dicomnode.uids import clean_uid
 
@@ -31,11 +32,11 @@ STATUS_INVALID_UID = 0xC002
 STATUS_UID_MISMATCH = 0xC003
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
-HEADER_TAGS = [
+HEADER_TAGS: list[BaseTag] = [Tag(t) for t in (
     "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
     "BodyPartExamined", "ViewPosition", "PatientID", "AccessionNumber", "Rows", "Columns", "BitsAllocated",
     "SamplesPerPixel", "NumberOfFrames", *PIXEL_TAGS,
-]
+)]
 UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
@@ -69,6 +70,8 @@ class InstanceHeader:
 class ParsedHeader(InstanceHeader):
     """The header check's result (``modality`` and ``body_part`` are "" when absent)."""
 
+    modality: str
+    body_part: str
     has_pixel_data: bool
 
     def header_fields(self) -> dict[str, Any]:
@@ -131,7 +134,7 @@ def parse_header(path: Path, request_sop_uid: str | None, request_sop_class: str
             view_position=(_text_or_none(ds, "ViewPosition") or None), patient_id=_text_or_none(ds, "PatientID"),
             accession_number=_text_or_none(ds, "AccessionNumber"), has_pixel_data=has_pixels,
         )
-    except Exception as exc:  # noqa: BLE001 - undecodable text values
+    except Exception as exc:  # undecodable text values
         raise Rejected(STATUS_UNREADABLE, f"unreadable attribute: {type(exc).__name__}") from None
 
 

@@ -47,7 +47,7 @@ class ResultMaker:
             try:
                 for future in started:
                     future.result(timeout=START_TIMEOUT)
-            except Exception as exc:  # noqa: BLE001 - the tasks are then run here, see make()
+            except Exception as exc:
                 log.warning("result making: page processes did not start: %s", exc)
 
     def _page_processes(self) -> Executor:

@@ -74,7 +74,7 @@ def store_files(peer: Peer, paths: Sequence[Path | str]) -> list[StoreOutcome]:
     for path in files:
         try:
             headers[path] = _file_header(path)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is an outcome, not a crash
+        except Exception as exc:  # any unreadable file is an outcome, not a crash
             outcomes[path] = StoreOutcome(path, None, None, f"unreadable: {exc}")
     contexts = requested_contexts(headers.values())
     if len(contexts) > MAX_CONTEXTS:
@@ -96,19 +96,20 @@ def store_files(peer: Peer, paths: Sequence[Path | str]) -> list[StoreOutcome]:
                 elif _is_compressed(transfer_syntax) and accepted & UNCOMPRESSED:
                     try:  # the peer takes only uncompressed data: decode (lossless codecs give the same pixels)
                         payload = _decompressed(path)
-                    except Exception as exc:  # noqa: BLE001 - an undecodable file is an outcome, not a crash
+                    except Exception as exc:  # an undecodable file is an outcome, not a crash
                         outcomes[path] = StoreOutcome(path, sop_uid, None, f"cannot decompress for {peer}: {exc}")
                         continue
                     LOG.info("sent decompressed: the peer does not accept the compressed transfer syntax",
                              extra={"fields": {"sop_instance_uid": sop_uid, "peer": str(peer),
                                                "transfer_syntax": transfer_syntax}})
                 else:
-                    reason = "SOP class not accepted" if not accepted else f"transfer syntax {transfer_syntax} not accepted"
+                    reason = ("SOP class not accepted" if not accepted
+                              else f"transfer syntax {transfer_syntax} not accepted")
                     outcomes[path] = StoreOutcome(path, sop_uid, None, f"{peer}: {reason}")
                     continue
                 try:
                     status = assoc.send_c_store(payload)
-                except Exception as exc:  # noqa: BLE001 - network errors become outcomes
+                except Exception as exc:  # network errors become outcomes
                     outcomes[path] = StoreOutcome(path, sop_uid, None, f"{type(exc).__name__}: {exc}")
                     continue
                 if "Status" in status:
@@ -161,7 +162,7 @@ def _decompressed(path: Path) -> Dataset:
     return ds
 
 
-def _status_text(status) -> str:  # type: ignore[no-untyped-def]
+def _status_text(status: Dataset) -> str:
     code = int(status.Status)
     comment = status.get("ErrorComment")
     return f"C-STORE status 0x{code:04X}" + (f": {comment}" if comment else "")

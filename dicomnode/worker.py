@@ -146,7 +146,7 @@ class Worker:
         except EngineUnavailable as exc:  # the serving engine is down: retry later, the study is not at fault
             self._requeue_engine_down(claimed, worker_id, f"serving engine unavailable: {exc}")
             return
-        except Exception as exc:  # noqa: BLE001 - any processor failure fails the job, never the worker
+        except Exception as exc:  # any processor failure fails the job, never the worker
             LOG.exception("job failed", extra={"fields": {"job_id": claimed.job_id}})
             error = f"{type(exc).__name__}: {exc}"
             if stored:
@@ -235,7 +235,7 @@ class Worker:
                     requeued = requeue_processing(self.session_factory)  # jobs of workers that died meanwhile
                     if requeued:
                         LOG.warning("re-queued jobs of a lost worker", extra={"fields": {"jobs": requeued}})
-            except Exception:  # noqa: BLE001 - database hiccup: log and poll again
+            except Exception:  # database hiccup: log and poll again
                 LOG.exception("worker pass failed")
                 busy = False
             backoff = getattr(self, "_engine_backoff", 0.0)

@@ -1,22 +1,23 @@
 """The contract between the stage flow and a vision-language model.
 
 The flow (``inference.flow``) walks the stages as one growing conversation and asks a ``ChatModel`` for each
-answer. The model implementation (``inference.engine``) owns prompt formatting, image tokens, decoding and the
-prefix KV cache: since the history only ever grows by the last question and answer, it reuses the computed
-prefix for the next question. The flow never sees tokens or tensors.
+answer. The model implementation (``inference.model.engine``, ``inference.model.remote``) owns prompt formatting,
+image tokens, decoding and the prefix KV cache: since the history only ever grows by the last question and answer,
+it reuses the computed prefix for the next question. The flow never sees tokens or tensors. A closed question comes
+with an ``AnswerConstraint`` (made by ``inference.constraints``) that the decoding follows.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal, Protocol
+from functools import cached_property
+from typing import Any, Literal, Protocol
 
+import regex
 from PIL import Image
 
-if TYPE_CHECKING:
-    from inference.constraints import AnswerConstraint
-
 IMAGE_PLACEHOLDER = "<image>"  # where an image enters a user turn's text (CXRTrek wording)
+GRACE_TOKENS = 48  # tokens a constrained answer may take past its budget to finish its grammar
 
 
 class BoxConvention(StrEnum):
@@ -51,8 +52,57 @@ class Generation:
     token_ids: tuple[int, ...] = ()  # the answer's token ids where the backend reports them (parity tests)
 
 
+@dataclass(frozen=True)
+class AnswerConstraint:
+    """The form an answer must take. ``pattern`` is the whole answer (a regex vLLM and ``regex`` both accept);
+    ``choices`` is set when the answer is exactly one of them; ``head`` when only the start is constrained."""
+
+    kind: str  # yes_no | single_choice | multi_choice | detection
+    pattern: str
+    choices: tuple[str, ...] = ()
+    head: str | None = None  # after a match of this prefix the text is free
+
+    @cached_property
+    def compiled(self) -> Any:
+        return regex.compile(self.head if self.head else self.pattern)
+
+    def complete(self, text: str) -> bool:
+        """``text`` is a whole answer (for ``head`` constraints: the head is written)."""
+        return self.compiled.fullmatch(text) is not None
+
+    def viable(self, text: str) -> bool:
+        """``text`` can still be extended into a whole answer (or is free text after the head)."""
+        if self.head and self.compiled.match(text) is not None:
+            return True
+        return self.compiled.fullmatch(text, partial=True) is not None
+
+    def free(self, text: str) -> bool:
+        """The head is written: from here on nothing is constrained."""
+        return bool(self.head) and self.compiled.match(text) is not None
+
+    def max_tokens(self, budget: int) -> int:
+        """A hard token limit that lets the grammar finish (a free-tail constraint keeps its budget)."""
+        return budget if self.head else budget + GRACE_TOKENS
+
+    def structured_outputs(self) -> dict[str, Any]:
+        """vLLM's ``structured_outputs`` request field."""
+        if self.choices:
+            return {"choice": list(self.choices)}
+        return {"regex": self.pattern.replace("(?:", "(")}  # plain groups: the engine's regex dialects all take them
+
+
+class ModelIdentity(Protocol):
+    """What every model says of itself (``ChatModel.info``); backends add their own details."""
+
+    @property
+    def demo_model(self) -> bool: ...
+
+
 class ChatModel(Protocol):
     """A loaded vision-language model that answers the next user turn of a conversation."""
+
+    @property
+    def info(self) -> ModelIdentity: ...
 
     @property
     def box_convention(self) -> BoxConvention: ...

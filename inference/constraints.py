@@ -1,8 +1,9 @@
 """Closed answers constrained at decoding: the grammar a yes/no, choice or detection answer must follow.
 
-Pure core: a question type, its options and the model's box convention in, an ``AnswerConstraint`` out. One
-constraint serves both backends: the local engine checks each candidate token against ``pattern`` with partial
-regex matching (``regex`` package); a remote vLLM engine gets ``choice`` or ``regex`` as ``structured_outputs``.
+Pure core: a question type, its options and the model's box convention in, an ``AnswerConstraint`` (defined with
+the model contract in ``inference.chat``) out. One constraint serves both backends: the local engine checks each
+candidate token against ``pattern`` with partial regex matching (``regex`` package); a remote vLLM engine gets
+``choice`` or ``regex`` as ``structured_outputs``.
 
 - yes/no: the answer starts with ``Yes.`` or ``No.``; the text after it is free (``head``).
 - single choice: exactly one of the offered options, written ``A. body.`` (CXRTrek's answer form).
@@ -16,60 +17,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cached_property
-from typing import Any
 
-import regex
-
-from inference.chat import BoxConvention
+from inference.chat import AnswerConstraint, BoxConvention
 from inference.parsing import option_body, option_label
 from inference.record import QType
 
-__all__ = ["GRACE_TOKENS", "AnswerConstraint", "constraint_for", "int_upto_pattern", "MAX_BOXES"]
+__all__ = ["constraint_for", "int_upto_pattern", "MAX_BOXES"]
 
 MAX_BOXES = 4  # boxes one detection answer may hold
-GRACE_TOKENS = 48  # tokens a constrained answer may take past its budget to finish its grammar
 YES_NO_HEAD = r"(?:Yes|No)\."
-
-
-@dataclass(frozen=True)
-class AnswerConstraint:
-    """The form an answer must take. ``pattern`` is the whole answer (a regex vLLM and ``regex`` both accept);
-    ``choices`` is set when the answer is exactly one of them; ``head`` when only the start is constrained."""
-
-    kind: str  # yes_no | single_choice | multi_choice | detection
-    pattern: str
-    choices: tuple[str, ...] = ()
-    head: str | None = None  # after a match of this prefix the text is free
-
-    @cached_property
-    def compiled(self) -> Any:
-        return regex.compile(self.head if self.head else self.pattern)
-
-    def complete(self, text: str) -> bool:
-        """``text`` is a whole answer (for ``head`` constraints: the head is written)."""
-        return self.compiled.fullmatch(text) is not None
-
-    def viable(self, text: str) -> bool:
-        """``text`` can still be extended into a whole answer (or is free text after the head)."""
-        if self.head and self.compiled.match(text) is not None:
-            return True
-        return self.compiled.fullmatch(text, partial=True) is not None
-
-    def free(self, text: str) -> bool:
-        """The head is written: from here on nothing is constrained."""
-        return bool(self.head) and self.compiled.match(text) is not None
-
-    def max_tokens(self, budget: int) -> int:
-        """A hard token limit that lets the grammar finish (a free-tail constraint keeps its budget)."""
-        return budget if self.head else budget + GRACE_TOKENS
-
-    def structured_outputs(self) -> dict[str, Any]:
-        """vLLM's ``structured_outputs`` request field."""
-        if self.choices:
-            return {"choice": list(self.choices)}
-        return {"regex": self.pattern.replace("(?:", "(")}  # plain groups: the engine's regex dialects all take them
 
 
 def _labels(options: Sequence[str]) -> list[str]:

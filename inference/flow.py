@@ -17,8 +17,16 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from inference.chat import IMAGE_PLACEHOLDER, BoxConvention, ChatModel, EngineUnavailable, Generation, Turn
-from inference.constraints import AnswerConstraint, constraint_for
+from inference.chat import (
+    IMAGE_PLACEHOLDER,
+    AnswerConstraint,
+    BoxConvention,
+    ChatModel,
+    EngineUnavailable,
+    Generation,
+    Turn,
+)
+from inference.constraints import constraint_for
 from inference.images import ModelImage, prepare_images
 from inference.parsing import ImageGeometry, option_label, parse_answer
 from inference.record import (
@@ -91,7 +99,7 @@ class _State:
 
 
 def _provenance_fields(model: ChatModel, provenance: Any) -> dict[str, Any]:
-    source = provenance if provenance is not None else getattr(model, "info", None)
+    source: Any = provenance if provenance is not None else getattr(model, "info", None)
     if isinstance(source, Provenance):
         fields = source.model_dump()
     elif hasattr(source, "provenance_fields"):
@@ -238,7 +246,7 @@ def _generate(model: ChatModel, ask: _Ask, history: list[Turn]) -> tuple[Generat
                       if ask.constraint is not None else model.answer(list(history), ask.turn, ask.budget))
     except EngineUnavailable:
         raise
-    except Exception as exc:  # noqa: BLE001 - a model failure fails the stage, not the study
+    except Exception as exc:  # a model failure fails the stage, not the study
         log.error("model failed on question %s", ask.qid, exc_info=exc)
         return exc, time.perf_counter() - start
     return generation, time.perf_counter() - start

@@ -104,7 +104,7 @@ def _window(values: np.ndarray, center: float, width: float, function: str) -> n
 
 def _first(value: object) -> float:
     if isinstance(value, (list, tuple)) or hasattr(value, "__getitem__") and not isinstance(value, (str, bytes)):
-        return float(value[0])  # type: ignore[index]
+        return float(value[0])
     return float(value)  # type: ignore[arg-type]
 
 
@@ -170,7 +170,7 @@ def to_pil(ds: Dataset, frame: int = 1, max_side: int | None = None) -> Image.Im
         raise ImageError(f"instance {sop} has no pixel data")
     try:
         pixels = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
+    except Exception as exc:  # decoder errors come in many types
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise ImageError(f"instance {sop}: cannot decode pixel data ({ts}): {exc}") from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)

@@ -1,4 +1,5 @@
-"""The stage book (package data ``inference/data/stages.yaml``) loaded and validated (pydantic), errors reported with their line.
+"""The stage book (package data ``inference/data/stages.yaml``) loaded and validated (pydantic), errors reported with
+their line.
 
 A hospital edits the YAML, never code. ``load_stages()`` refuses a malformed file with
 ``StageConfigError("<file>:<line>: <where>: <reason>")``.
@@ -140,7 +141,8 @@ class QuestionDef(_Strict):
                              + (f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""))
         if self.groups is not None and self.for_each not in (ForEach.FINDING, ForEach.POSITIVE_FINDING):
             raise ValueError("@groups: groups needs for_each: finding or positive_finding")
-        if self.records is Records.PRESENCE and (self.qtype is not QType.YES_NO or self.for_each is not ForEach.FINDING):
+        if self.records is Records.PRESENCE and (self.qtype is not QType.YES_NO
+                                                 or self.for_each is not ForEach.FINDING):
             raise ValueError("@records: presence needs qtype yes_no and for_each: finding")
         if self.records is Records.BOXES and self.qtype is not QType.DETECTION:
             raise ValueError("@records: boxes needs qtype detection")

@@ -44,7 +44,7 @@ _HOOKED = "vllm.transformers_utils.processor"
 
 
 class _NoVideo:
-    class valid_kwargs:  # noqa: N801 - the attribute name vLLM reads
+    class valid_kwargs:  # the attribute name vLLM reads
         pass
 
 

@@ -6,7 +6,7 @@
 # to the CPU torch); a sitecustomize (scripts/vllm_sitecustomize.py, refreshed on every run) lets vLLM's Qwen-VL
 # models run without torchvision. The venv may have been moved: always call it as "$VENV/bin/python -m ...".
 # Start an engine with: $VENV/bin/python scripts/vllm_server.py --model DIR --enforce-eager --max-model-len 4096
-# (dicomnode/peers/vllm.py does that for the tests and benchmarks; keep VERSION in step with VLLM_VERSION there).
+# (tests/vllm_engine.py does that for the tests and benchmarks; keep VERSION in step with VLLM_VERSION there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=0.32.0

@@ -1,4 +1,5 @@
-"""The finding-code mapping table (package data ``sr_writer/data/finding_codes.yaml``): load, verify against pydicom, look up.
+"""The finding-code mapping table (package data ``sr_writer/data/finding_codes.yaml``): load, verify against pydicom,
+look up.
 
 Codes whose source is ``pydicom.sr.codedict codes.<SCHEME>.<Keyword>`` are checked against pydicom's dictionary
 when the table loads, and so is every finding site; other codes cite a published source. Every finding has a code.
@@ -81,7 +82,8 @@ def _in_codedict(spec: dict[str, Any], where: str) -> CodedConcept:
 
 
 _CODEDICT_VALUES: dict[str, set[str]] = {
-    scheme: {value for entry in keywords.values() for value in entry} for scheme, keywords in concepts.items()
+    scheme: {value for entry in keywords.values() if isinstance(entry, dict) for value in entry}  # pydicom: untyped
+    for scheme, keywords in concepts.items()
 }
 
 

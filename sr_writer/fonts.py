@@ -39,7 +39,8 @@ def _find(name: str) -> Path:
         path = directory / name
         if path.is_file():
             return path
-    raise FontMissing(f"{name} not found in {[str(d) for d in FONT_DIRS]}: install the Debian package fonts-dejavu-core")
+    raise FontMissing(f"{name} not found in {[str(d) for d in FONT_DIRS]}: "
+                      "install the Debian package fonts-dejavu-core")
 
 
 def fallback_path() -> Path | None:
@@ -104,40 +105,41 @@ class Face:
     def line_height(self) -> int:
         return int(round(self.size * 1.38))
 
-    def runs(self, text: str) -> Iterator[tuple[ImageFont.FreeTypeFont, str]]:
-        """Consecutive characters grouped by the first font that has their glyphs."""
+    def runs(self, text: str) -> Iterator[tuple[str, str]]:
+        """Consecutive characters grouped by the first font (its path) that has their glyphs."""
         if text and max(text) < _ALWAYS_PRIMARY:  # Latin text: one run in the primary font, no per-glyph lookup
-            yield _truetype(self.paths[0], self.size), text
+            yield self.paths[0], text
             return
         current: str | None = None
         buffer: list[str] = []
         for char in text:
             path = next((p for p in self.paths if _has_glyph(p, self.size, char)), self.paths[0])
-            if path != current and buffer:
-                yield _truetype(current, self.size), "".join(buffer)  # type: ignore[arg-type]
+            if current is not None and path != current and buffer:
+                yield current, "".join(buffer)
                 buffer = []
             current = path
             buffer.append(char)
         if buffer and current is not None:
-            yield _truetype(current, self.size), "".join(buffer)
+            yield current, "".join(buffer)
 
     def width(self, text: str) -> float:
-        return sum(_length(font.path, self.size, run) for font, run in self.runs(text))
+        return sum(_length(path, self.size, run) for path, run in self.runs(text))
 
     def draw(self, draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill: tuple[int, int, int]) -> float:
         """Draw ``text`` in a line box whose top-left is ``xy`` (runs share one baseline); return the x after it."""
         x, y = xy
         baseline = y + round(self.size * 1.05)
-        for font, run in self.runs(text):
+        for path, run in self.runs(text):
             if draw.fontmode != "L":  # not anti-aliased: let Pillow draw the run
+                font = _truetype(path, self.size)
                 draw.text((x, baseline), run, font=font, fill=fill, anchor="ls")
                 x += font.getlength(run)
                 continue
             for word in _WORDS.findall(run):  # word by word, each advancing by its measured width
                 glyphs = word.rstrip()
                 if glyphs:
-                    mask, dx, dy = _word_mask(font.path, self.size, glyphs)
-                    if mask.width and mask.height:
-                        draw.bitmap((int(x) + dx, baseline + dy), mask, fill=fill)
-                x += _length(font.path, self.size, word)
+                    mask, dx, dy = _word_mask(path, self.size, glyphs)
+                    if mask.width and mask.height:  # Pillow truncates the corner to int; done here, typed
+                        draw.bitmap((int(x) + dx, int(baseline + dy)), mask, fill=fill)
+                x += _length(path, self.size, word)
         return x

@@ -244,7 +244,7 @@ def clean_source(source: Dataset) -> tuple[Dataset, list[Repair]]:
             continue
         try:
             element = ds[tag]  # a raw element is converted here: a value pydicom cannot read raises
-        except Exception:  # noqa: BLE001 - any conversion failure is a defect of this attribute
+        except Exception:  # any conversion failure is a defect of this attribute
             repairs.append(_unrepaired(ds, tag, dictionary_VR(tag), keyword, kind, "value not readable for its VR"))
             continue
         try:

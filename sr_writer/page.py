@@ -251,8 +251,9 @@ class PageRenderer:
         p, ds, f = self.record.provenance, self.first, self.faces
         lines = [
             Line(f"Patient: {_person_name(ds)}   ID: {ds.get('PatientID', '') or '-'}", f.bold),
-            Line(f"Study date: {_date(str(ds.get('StudyDate', '')))}   Accession: {ds.get('AccessionNumber', '') or '-'}"
-                 f"   Study: {ds.get('StudyDescription', '') or '-'}", f.body),
+            Line(f"Study date: {_date(str(ds.get('StudyDate', '')))}   "
+                 f"Accession: {ds.get('AccessionNumber', '') or '-'}   "
+                 f"Study: {ds.get('StudyDescription', '') or '-'}", f.body),
             Line(f"Model: {prov.model_title(p)}   quantization {p.quantization}   "
                  f"{prov.served_by(p) or f'weights {p.weights_sha256[:16]}'}   cxr-node {p.software_version}",
                  f.body, MUTED),

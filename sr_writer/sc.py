@@ -18,7 +18,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from inference.record import UNVERIFIED_STATEMENT as UNVERIFIED
 from inference.record import ReasoningRecord
@@ -57,7 +57,7 @@ def set_pixel_data(ds: Dataset, page: PagePixels) -> None:
     element = ds["PixelData"]
     element.VR = "OB"
     element.is_undefined_length = page.transfer_syntax == RLELossless
-    ds.file_meta.TransferSyntaxUID = page.transfer_syntax
+    ds.file_meta.TransferSyntaxUID = UID(page.transfer_syntax)
 
 
 def build_pages(
@@ -151,7 +151,8 @@ def _template(record: ReasoningRecord, size: tuple[int, int], current: Sequence[
         content_date=now.date(),
         content_time=now.time().replace(microsecond=0),
     )
-    sc.PatientOrientation = None  # type 2: present, empty
+    # type 2: present, empty (pydicom's keyword attributes are typed without the None that empties them)
+    sc.PatientOrientation = None  # type: ignore[assignment]
     sc.SeriesDate, sc.SeriesTime = sc.ContentDate, sc.ContentTime
     _body_part(sc, ref)
     sc.BurnedInAnnotation = "YES"

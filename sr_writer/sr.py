@@ -30,6 +30,7 @@ from highdicom.sr import (
     Comprehensive3DSR,
     ComprehensiveSR,
     ContainerContentItem,
+    ContentSequence,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
     GraphicTypeValues,
@@ -75,7 +76,7 @@ def _text(name: CodedConcept, value: str) -> TextContentItem:
 
 def _container(name: CodedConcept) -> ContainerContentItem:
     item = ContainerContentItem(name=name, relationship_type=CONTAINS)
-    item.ContentSequence = []
+    item.ContentSequence = ContentSequence([])
     return item
 
 
@@ -133,8 +134,8 @@ def _qualitative_item(finding: Finding, table: CodeTable) -> CodeContentItem | T
         return _text(table.structure["generic_finding"], f"{entry.label}: {finding.presence.value}")
     item = CodeContentItem(name=entry.code, value=presence, relationship_type=CONTAINS)
     if entry.site is not None:
-        item.ContentSequence = [CodeContentItem(name=codes.SCT.FindingSite, value=entry.site,
-                                                relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD)]
+        item.ContentSequence = ContentSequence([CodeContentItem(
+            name=codes.SCT.FindingSite, value=entry.site, relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD)])
     return item
 
 
@@ -177,7 +178,7 @@ def _box_group(
     label = entry.label if entry is not None else (anatomy.label if anatomy else table.finding(box.target).label)
     tracking = TrackingIdentifier(uid=generate_uid(), identifier=f"Box {number}: {label}"[:_MAX_TRACKING_ID])
     finding_type = entry.code if entry is not None and entry.code is not None else table.structure["generic_finding"]
-    if anatomy is not None:
+    if anatomy is not None and anatomy.code is not None:  # the table gives every anatomy entry a code
         sites = [FindingSite(anatomic_location=anatomy.code, laterality=anatomy.laterality)]
     elif entry is not None and entry.site is not None:
         sites = [FindingSite(anatomic_location=entry.site)]
@@ -287,8 +288,8 @@ def build_sr(
     box_groups: list = []
     for box, finding in collect_boxes(record):
         ref = record.images[box.image_index] if 0 <= box.image_index < len(record.images) else None
-        source = sources.get(ref.sop_instance_uid) if ref else None
-        if source is None:
+        source = sources.get(ref.sop_instance_uid) if ref is not None else None
+        if ref is None or source is None:
             continue  # box on an image we were not given: it stays as text in the stage containers
         box_groups.append(_box_group(len(box_groups) + 1, box, finding, source, ref.frame, table, algorithm))
     # highdicom wants one measurement group; without a box a placeholder satisfies it and the Imaging Measurements

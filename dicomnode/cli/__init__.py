@@ -9,7 +9,8 @@ import importlib
 import logging
 import sys
 
-# Command-group modules, in help order. Each defines register(subparsers: argparse._SubParsersAction) -> None.
+# Command-group modules, in help order. Each defines
+# register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None.
 COMMAND_MODULES: tuple[str, ...] = (
     "dicomnode.cli.node_commands",  # serve, status, retry, config check, echo, send
     "dicomnode.cli.reason_commands",  # reason

@@ -20,7 +20,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("dashboard", help="admin dashboard tools")
     sub = p.add_subparsers(dest="dashboard_command", metavar="SUBCOMMAND")
     hp = sub.add_parser("hash-password", help="print a users-file line NAME:HASH for dashboard auth type basic")

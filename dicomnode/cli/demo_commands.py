@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = subparsers.add_parser(
         "demo", help="end-to-end demo: Orthanc PACS -> routing rule -> node -> SR + SC back in Orthanc",
         description="Builds the untrained demo model, starts Orthanc and the node on loopback (SQLite), sends a "

@@ -9,7 +9,7 @@ from typing import Any
 QUANTIZATIONS = ("nf4", "fp4", "int8", "none")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "eval",
         help="evaluate a model on CXRTrek-format data",

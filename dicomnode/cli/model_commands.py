@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("model", help="demo model, pre-quantized checkpoints, model info",
                               description="Model directory tools. Models load from local directories only.")
     sub = p.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)

@@ -31,7 +31,7 @@ def _database_error(command: str, config: NodeConfig, exc: Exception) -> int:
 
     try:
         where = make_url(config.database_url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - validated at load; keep the message whatever happens
+    except Exception:  # validated at load; keep the message whatever happens
         where = "the configured database"
     print(f"{command}: database error on {where}: {error_summary(exc)}", file=sys.stderr)
     return 1
@@ -99,36 +99,6 @@ def _session_factory(config: NodeConfig) -> Any:
     return make_session_factory(config.database_url)
 
 
-def status_summary(session_factory: Any, commitment_destinations: list[str] | None = None) -> dict[str, Any]:
-    """Counts of studies, jobs and deliveries by state, the latest failures, and per Storage Commitment
-    destination the objects committed / pending commitment / timed out."""
-    from sqlalchemy import func, select
-
-    from dicomnode.commitment import commitment_summary
-    from dicomnode.db import Delivery, Instance, Job, Study
-    from dicomnode.db.states import JobState
-
-    with session_factory() as s:
-        def by_state(model: Any) -> dict[str, int]:
-            return {k: v for k, v in s.execute(select(model.state, func.count()).group_by(model.state))}
-
-        failed = s.execute(
-            select(Job.id, Study.study_instance_uid, Job.generation, Job.error)
-            .join(Study, Study.id == Job.study_id).where(Job.state == JobState.FAILED.value)
-            .order_by(Job.updated_at.desc()).limit(10)
-        ).all()
-        return {
-            "studies": by_state(Study),
-            "jobs": by_state(Job),
-            "deliveries": by_state(Delivery),
-            "instances": int(s.scalar(select(func.count()).select_from(Instance)) or 0),
-            "queue_depth": int(s.scalar(select(func.count()).select_from(Job)
-                                        .where(Job.state == JobState.QUEUED.value)) or 0),
-            "failed_jobs": [{"job": j, "study": u, "generation": g, "error": e} for j, u, g, e in failed],
-            "commitment": commitment_summary(s, commitment_destinations or []),
-        }
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
@@ -137,6 +107,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     try:
         from dicomnode.commitment import commitment_destinations
+        from dicomnode.status import status_summary
 
         summary = status_summary(_session_factory(config), commitment_destinations(config))
     except SQLAlchemyError as exc:
@@ -220,13 +191,14 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if failed == 0 else 1
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from dicomnode.node import ROLES
 
     p = subparsers.add_parser("serve", help="run the DICOM node until SIGTERM/SIGINT")
     p.add_argument("--config", required=True, help="node YAML config")
-    p.add_argument("--role", choices=ROLES, default="all", help="listener, worker, both (all, the default; it also serves the dashboard when dashboard.enabled) or "
-                   "dashboard (only the admin dashboard)")
+    p.add_argument("--role", choices=ROLES, default="all",
+                   help="listener, worker, both (all, the default; it also serves the dashboard when "
+                        "dashboard.enabled) or dashboard (only the admin dashboard)")
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("status", help="queue and job summary")

@@ -4,14 +4,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.dataset import Dataset
 
+if TYPE_CHECKING:
+    pass
+
 ANSWER_WIDTH = 110
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "reason",
         help="run the 8-stage chest X-ray reasoning flow on DICOM files",
@@ -30,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weight quantization (default nf4; a pre-quantized checkpoint keeps its own)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--profile", help="model profile override (default: from the model's config)")
-    p.add_argument("--stages", type=Path, metavar="YAML", help="stage file (default: the stage book shipped with the package)")
+    p.add_argument("--stages", type=Path, metavar="YAML",
+                   help="stage file (default: the stage book shipped with the package)")
     p.add_argument("--max-new-tokens", type=int, metavar="N", help="cap every answer at N new tokens")
     p.add_argument("--max-side", type=int, metavar="PX", help="shrink images to at most PX on their longer side")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -51,11 +56,11 @@ def _expand(paths: list[Path]) -> list[Path]:
 
 def read_datasets(paths: list[Path]) -> list[Dataset]:
     """Read DICOM files (directories are searched); raise ValueError naming a file that is not DICOM."""
-    datasets = []
+    datasets: list[Dataset] = []
     for path in _expand(paths):
         try:
             datasets.append(pydicom.dcmread(path))
-        except Exception as exc:  # noqa: BLE001 - report which file and why
+        except Exception as exc:  # report which file and why
             raise ValueError(f"{path}: not a readable DICOM file ({exc})") from None
     return datasets
 

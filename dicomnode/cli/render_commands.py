@@ -9,7 +9,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "render",
         help="write the SR and SC reasoning pages (+ PNG copies) for a reasoning record",
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         sources = _read(args.sources)
         prior = _read(args.prior)
         predecessor = pydicom.dcmread(args.predecessor) if args.predecessor else None
-    except Exception as exc:  # noqa: BLE001 - any unreadable input gets one clear line
+    except Exception as exc:  # any unreadable input gets one clear line
         print(f"cxr-node render: error: cannot read input: {exc}", file=sys.stderr)
         return 2
     current = [ds for ds in sources if str(ds.StudyInstanceUID) == record.study_instance_uid]

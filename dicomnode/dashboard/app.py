@@ -29,6 +29,7 @@ from dicomnode.dashboard import actions, queries
 from dicomnode.dashboard.auth import LOGIN_COOKIE, SESSION_COOKIE, Authenticator, SessionStore, same_token
 from dicomnode.dashboard.auth import Session as LoginSession
 from dicomnode.dashboard.svg import throughput_svg
+from dicomnode.status import status_summary
 from dicomnode.uids import is_valid_uid
 
 LOG = logging.getLogger("dicomnode.dashboard")
@@ -181,8 +182,6 @@ class Dashboard:
         return self.render(request, who, "overview.html", data=data, plot=Markup(throughput_svg(data["throughput"])))
 
     async def status_json(self, request: Request, who: Identity) -> Response:
-        from dicomnode.cli.node_commands import status_summary
-
         return JSONResponse(await run_in_threadpool(status_summary, self.session_factory))
 
     async def studies(self, request: Request, who: Identity) -> Response:
@@ -266,21 +265,20 @@ class Dashboard:
         if not self.auth.enabled:
             return RedirectResponse("/", status_code=303)
         form = await request.form()
-        if not self.same_origin(request) or not same_token(form.get("csrf_token"), request.cookies.get(LOGIN_COOKIE)):
+        csrf = str(form.get("csrf_token", ""))
+        if not self.same_origin(request) or not same_token(csrf, request.cookies.get(LOGIN_COOKIE)):
             return PlainTextResponse("refused: missing or invalid CSRF token\n", status_code=403)
         user = await run_in_threadpool(self.auth.check_login, str(form.get("user", "")), str(form.get("secret", "")))
         if user is None:
             LOG.warning("dashboard: failed login from %s", request.client.host if request.client else "?")
-            response = self.render(request, None, "login.html", status=401, login_csrf=form.get("csrf_token"),
-                                   auth_type=self.auth.type, next=_safe_next(str(form.get("next", ""))),
-                                   error="wrong credentials")
-            return response
+            return self.render(request, None, "login.html", status=401, login_csrf=csrf, auth_type=self.auth.type,
+                               next=_safe_next(str(form.get("next", ""))), error="wrong credentials")
         session_id, _ = self.sessions.create(user)
         LOG.info("dashboard: %s logged in", user)
-        response = RedirectResponse(_safe_next(str(form.get("next", ""))), status_code=303)
-        self._set_session_cookie(response, session_id)
-        response.delete_cookie(LOGIN_COOKIE, path="/login")
-        return response
+        redirect = RedirectResponse(_safe_next(str(form.get("next", ""))), status_code=303)
+        self._set_session_cookie(redirect, session_id)
+        redirect.delete_cookie(LOGIN_COOKIE, path="/login")
+        return redirect
 
     async def logout(self, request: Request) -> Response:
         who = self.identify(request)

@@ -18,6 +18,7 @@ from dicomnode.config import NodeConfig
 from dicomnode.datadir import DataDir
 from dicomnode.db.models import AuditEvent, Delivery, Instance, Job, Study, utcnow
 from dicomnode.db.states import DeliveryState, JobState
+from dicomnode.status import status_summary
 from dicomnode.uids import is_valid_uid
 
 PAGE_SIZE = 50
@@ -48,7 +49,7 @@ def destination_rows(session_factory: Factory, config: NodeConfig) -> list[Desti
 
     checks = delivery_check(session_factory)()
     with session_factory() as s:
-        counts = defaultdict(Counter)
+        counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
         for name, state, n in s.execute(select(Delivery.destination, Delivery.state, func.count())
                                         .group_by(Delivery.destination, Delivery.state)):
             counts[name][state] = n
@@ -132,7 +133,6 @@ def processing_jobs(session_factory: Factory) -> list[dict[str, Any]]:
 
 
 def overview(session_factory: Factory, config: NodeConfig, live: dict[str, Any] | None) -> dict[str, Any]:
-    from dicomnode.cli.node_commands import status_summary
     from dicomnode.datadir import free_disk_mb
 
     summary = status_summary(session_factory)

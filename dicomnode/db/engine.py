@@ -6,9 +6,9 @@ failing on a read-to-write upgrade; ``synchronous=FULL`` makes each commit durab
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -103,3 +103,9 @@ def presize_sqlite_wal(engine: Engine, megabytes: int = 8) -> None:
         cur.close()
     finally:
         raw.close()
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched (``Session.execute`` returns a ``CursorResult`` for them, typed as
+    ``Result``): what decides who won a conditional update."""
+    return int(cast(CursorResult[Any], result).rowcount)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, replace
+from typing import Any
 
-from sqlalchemy import Connection, Integer, bindparam, insert, select, update
+from sqlalchemy import Connection, CursorResult, Integer, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.models import Instance, Job, Study
@@ -46,7 +47,7 @@ def fit_to_columns(rec: InstanceRecord) -> tuple[InstanceRecord, dict[str, int]]
     values (they may be patient data).
     """
     cut: dict[str, int] = {}
-    changes: dict[str, str] = {}
+    changes: dict[str, Any] = {}
     for name, column in _RECORD_COLUMNS.items():
         value = getattr(rec, name)
         limit = getattr(column.type, "length", None)
@@ -76,7 +77,7 @@ def instance_exists(session: Session, sop_uid: str) -> bool:
     return session.connection().execute(_INSTANCE_EXISTS, {"uid": sop_uid}).first() is not None
 
 
-_studies, _jobs, _instances = Study.__table__, Job.__table__, Instance.__table__
+_studies, _jobs, _instances = (model.metadata.tables[model.__tablename__] for model in (Study, Job, Instance))
 # Statements built once: this runs inside the acknowledgement latency of every received instance.
 _FIND_STUDY = (
     select(_studies.c.id, _studies.c.accession_number, _studies.c.last_received_at)
@@ -108,11 +109,11 @@ def record_instance(session: Session, rec: InstanceRecord, now: dt.datetime) -> 
     new_study = study is None
     reopened = False
     if study is None:
-        study_id = conn.execute(_INSERT_STUDY, {
+        study_id = _new_id(conn.execute(_INSERT_STUDY, {
             "study_instance_uid": rec.study_uid, "state": JobState.RECEIVING.value, "patient_id": rec.patient_id,
             "accession_number": rec.accession_number, "first_received_at": now, "last_received_at": now,
             "instance_count": 1, "selected_count": int(selected), "generation": 1,
-        }).inserted_primary_key[0]
+        }))
         job_id = _insert_job(conn, study_id, 1, now, None)
         generation, receiving, last = 1, True, now
     else:
@@ -146,7 +147,15 @@ def record_instance(session: Session, rec: InstanceRecord, now: dt.datetime) -> 
 
 
 def _insert_job(conn: Connection, study_id: int, generation: int, now: dt.datetime, predecessor: int | None) -> int:
-    return int(conn.execute(_INSERT_JOB, {
+    return _new_id(conn.execute(_INSERT_JOB, {
         "study_id": study_id, "generation": generation, "state": JobState.RECEIVING.value, "attempts": 0,
         "created_at": now, "updated_at": now, "predecessor_job_id": predecessor,
-    }).inserted_primary_key[0])
+    }))
+
+
+def _new_id(result: CursorResult[Any]) -> int:
+    """The primary key an INSERT made."""
+    key = result.inserted_primary_key
+    if key is None:
+        raise RuntimeError("the database returned no primary key for the new row")
+    return int(key[0])

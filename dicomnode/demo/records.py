@@ -68,9 +68,10 @@ _FINDING_BOXES = (  # positive findings take these in turn
 
 
 def image_refs(current: Sequence[Dataset], prior: Sequence[Dataset] = ()) -> list[ImageRef]:
-    refs = []
+    refs: list[ImageRef] = []
     for role, datasets in (("current", current), ("prior", prior)):
         for ds in datasets:
+            position = str(ds.get("ViewPosition", ""))
             refs.append(
                 ImageRef(
                     index=len(refs),
@@ -79,7 +80,7 @@ def image_refs(current: Sequence[Dataset], prior: Sequence[Dataset] = ()) -> lis
                     series_instance_uid=str(ds.SeriesInstanceUID),
                     sop_instance_uid=str(ds.SOPInstanceUID),
                     sop_class_uid=str(ds.SOPClassUID),
-                    view={"LL": "LATERAL", "RL": "LATERAL"}.get(str(ds.get("ViewPosition", "")), str(ds.get("ViewPosition", "")) or "UNKNOWN"),
+                    view={"LL": "LATERAL", "RL": "LATERAL"}.get(position, position or "UNKNOWN"),
                     rows=int(ds.Rows),
                     columns=int(ds.Columns),
                 )
@@ -167,7 +168,8 @@ def make_record(
                     else Presence.ABSENT)
         qid = f"s2.check:{key}"
         s2.append(_yes_no(qid, 2, f"Is there evidence of {label.lower()} in this image?",
-                          presence is Presence.PRESENT, f"{label} {'is' if presence is Presence.PRESENT else 'is not'} seen.",
+                          presence is Presence.PRESENT,
+                          f"{label} {'is' if presence is Presence.PRESENT else 'is not'} seen.",
                           finding=key))
         boxes: list[Box] = []
         attributes: list[str] = []
@@ -177,7 +179,8 @@ def make_record(
             raw = f"<|ref|> {key} <|/ref|> <|box|>({box.raw[0]}, {box.raw[1]}), ({box.raw[2]}, {box.raw[3]})<|/box|>"
             s3.append(_q(f"s3.box:{key}", 3, QType.DETECTION, f"Please locate the {label.lower()} in the image.",
                          raw, ParsedAnswer(ok=True, text=raw, boxes=[box]), finding=key))
-            attributes.append(f"{label}: moderate, in the {'right' if len(findings) % 2 else 'left'} mid zone. {words[0]}")
+            side = "right" if len(findings) % 2 else "left"
+            attributes.append(f"{label}: moderate, in the {side} mid zone. {words[0]}")
             s3.append(_open(f"s3.attr:{key}", 3, f"Describe the {label.lower()}.", attributes[-1]))
         findings.append(Finding(key=key, label=label, presence=presence, question_id=qid, attributes=attributes,
                                 boxes=boxes))
@@ -204,7 +207,8 @@ def make_record(
         if len(positives) >= 2 else [],
         5: [_open("s5.compare", 5, "Compare with the reference X-ray.", "Stable compared with the prior study.")]
         if has_prior else [],
-        6: [_open("s6.trend", 6, "What is the likely trend?", "Likely to resolve with treatment.")] if positives else [],
+        6: [_open("s6.trend", 6, "What is the likely trend?", "Likely to resolve with treatment.")]
+        if positives else [],
         7: [_open("s7.advice", 7, "What do you advise?", " ".join([words[1]] * max(1, long_text)))],
         8: [_open("s8.report", 8, "Write the report.", "FINDINGS: see above. IMPRESSION: see above.")],
     }

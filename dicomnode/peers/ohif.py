@@ -50,7 +50,8 @@ def find_ohif_dist(explicit: Path | str | None = None) -> Path:
 
 
 def app_config(title: str = "Orthanc (loopback)") -> str:
-    """``app-config.js``: one DICOMweb data source on the same origin (QIDO/WADO-RS ``/dicom-web``, WADO-URI ``/wado``)."""
+    """``app-config.js``: one DICOMweb data source on the same origin (QIDO/WADO-RS ``/dicom-web``, WADO-URI
+    ``/wado``)."""
     source = {
         "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
         "sourceName": "orthanc",
@@ -140,22 +141,22 @@ class _Handler(BaseHTTPRequestHandler):
     server_info: OhifServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet: a viewer makes many requests
+    def log_message(self, format: str, *args: object) -> None:  # quiet: a viewer makes many requests
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._dispatch()
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._dispatch()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch()
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._dispatch()
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._dispatch()
 
     def _dispatch(self) -> None:

@@ -30,12 +30,12 @@ from typing import Any
 
 from PIL import Image
 
-from inference.chat import BoxConvention, ChatModel, Generation, Turn
-from inference.constraints import AnswerConstraint, constraint_for
+from inference.chat import AnswerConstraint, BoxConvention, ChatModel, Generation, Turn
+from inference.constraints import constraint_for
 from inference.evaluation.dataset import EvalItem, EvalStudy
 from inference.flow import MAX_IN_FLIGHT
 from inference.parsing import ImageGeometry, parse_answer
-from inference.record import ParsedAnswer, QType, ReasoningRecord
+from inference.record import ParsedAnswer, QType, QuestionResult, ReasoningRecord
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,8 @@ def parse_for_item(
 def _from_texts(study: EvalStudy, texts: Sequence[str | None], convention: BoxConvention) -> StudyRun:
     return StudyRun(
         study.key,
-        [Prediction(raw=t, parsed=parse_for_item(item, t, box_convention=convention)) for item, t in zip(study.items, texts, strict=False)],
+        [Prediction(raw=t, parsed=parse_for_item(item, t, box_convention=convention))
+         for item, t in zip(study.items, texts, strict=False)],  # a shorter list: the rest is left out
     )
 
 
@@ -120,10 +121,10 @@ def _norm_question(text: str) -> str:
 
 
 def _from_record(study: EvalStudy, record: ReasoningRecord) -> StudyRun:
-    asked = {}
+    asked: dict[str, QuestionResult] = {}
     for stage in record.stages:
-        for q in stage.questions:
-            asked.setdefault(_norm_question(q.question), q)
+        for question in stage.questions:
+            asked.setdefault(_norm_question(question.question), question)
     predictions = []
     for item in study.items:
         q = asked.get(_norm_question(item.question))

@@ -107,7 +107,7 @@ def _jsonable(value: Any) -> Any:
 
 def model_info(model: Any) -> dict[str, Any]:
     """A loaded model's ``info`` (provenance, footprint) as a JSON-friendly dict; {} when it has none."""
-    info = getattr(model, "info", None)
+    info: Any = getattr(model, "info", None)  # duck-typed: pydantic model, dataclass, mapping or object
     raw: dict[str, Any] = {}
     if hasattr(info, "model_dump"):
         raw = info.model_dump()
@@ -155,7 +155,7 @@ def _figure(values: list[float], both_unparsed: int) -> Figure:
 
 
 def _boxes(parsed: ParsedAnswer) -> list[tuple[int, tuple[float, float, float, float]]]:
-    return [(x.image_index, tuple(x.normalized)) for x in parsed.boxes] if parsed.ok else []
+    return [(x.image_index, x.normalized) for x in parsed.boxes] if parsed.ok else []
 
 
 def _item_agreement(item: EvalItem, pa: ParsedAnswer, pb: ParsedAnswer) -> tuple[str, float]:

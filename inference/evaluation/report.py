@@ -101,6 +101,7 @@ def write_radar(path: str | Path, series: Mapping[str, Mapping[int, float]], tit
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.projections.polar import PolarAxes
 
     stages = list(STAGE_LABELS)
     present = {s for values in series.values() for s in values}
@@ -109,6 +110,7 @@ def write_radar(path: str | Path, series: Mapping[str, Mapping[int, float]], tit
     fig = plt.figure(figsize=(7.2, 6.8), dpi=100)
     try:
         ax = fig.add_subplot(polar=True)
+        assert isinstance(ax, PolarAxes)  # add_subplot is typed as returning plain Axes
         ax.set_theta_offset(math.pi / 2)
         ax.set_theta_direction(-1)
         ax.set_xticks(angles)

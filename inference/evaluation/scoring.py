@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from statistics import fmean
 
 from inference.evaluation.dataset import EvalItem, EvalStudy, NormBox
@@ -148,7 +148,7 @@ def choice_f1(predicted: set[str], gold: set[str]) -> float:
 
 
 @lru_cache(maxsize=1)
-def _rouge_scorer():  # noqa: ANN202 - third-party type
+def _rouge_scorer():  # third-party type
     from rouge_score import rouge_scorer
 
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs its tokenizer choice at INFO
@@ -170,7 +170,8 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
 
 def score_item(study_key: str, item: EvalItem, parsed: ParsedAnswer) -> ItemScore:
     """Score one answer against its gold item."""
-    base = dict(
+    scored = partial(
+        ItemScore,
         study_key=study_key,
         position=item.position,
         stage=item.stage,
@@ -180,23 +181,23 @@ def score_item(study_key: str, item: EvalItem, parsed: ParsedAnswer) -> ItemScor
     )
     if item.qtype is QType.YES_NO:
         correct = parsed.ok and parsed.yes_no is not None and parsed.yes_no == item.yes_no
-        return ItemScore(**base, score=float(correct), correct=correct)
+        return scored(score=float(correct), correct=correct)
     if item.qtype is QType.SINGLE_CHOICE:
         correct = parsed.ok and set(parsed.choices) == set(item.answer_list)
-        return ItemScore(**base, score=float(correct), correct=correct)
+        return scored(score=float(correct), correct=correct)
     if item.qtype is QType.MULTI_CHOICE:
         chosen = set(parsed.choices) if parsed.ok else set()
         gold = set(item.answer_list)
         f1 = choice_f1(chosen, gold) if parsed.ok else 0.0
-        return ItemScore(**base, score=f1, exact=parsed.ok and chosen == gold, f1=f1)
+        return scored(score=f1, exact=parsed.ok and chosen == gold, f1=f1)
     if item.qtype is QType.DETECTION:
         gold_boxes = [(item.image_index, b) for b in item.boxes]
-        predicted = [(b.image_index, tuple(b.normalized)) for b in parsed.boxes] if parsed.ok else []
+        predicted = [(b.image_index, b.normalized) for b in parsed.boxes] if parsed.ok else []
         value = _fraction(match_boxes(gold_boxes, predicted)) if parsed.ok else 0.0
-        return ItemScore(**base, score=value, iou=value)
+        return scored(score=value, iou=value)
     hypothesis = parsed.text if parsed.ok else ""
     value = rouge_l(hypothesis, item.answer)
-    return ItemScore(**base, score=value, rouge_l=value, hypothesis=hypothesis, reference=item.answer)
+    return scored(score=value, rouge_l=value, hypothesis=hypothesis, reference=item.answer)
 
 
 def _fraction(value: float) -> float:
@@ -259,7 +260,8 @@ def score_dataset(studies: Sequence[EvalStudy], answers: Mapping[str, Sequence[P
     return EvalScores(
         overall=aggregate(scored),
         by_stage={s: aggregate([i for i in scored if i.stage == s]) for s in stages},
-        by_qtype={q.value: aggregate([i for i in scored if i.qtype is q]) for q in QType if any(i.qtype is q for i in scored)},
+        by_qtype={q.value: aggregate([i for i in scored if i.qtype is q])
+                  for q in QType if any(i.qtype is q for i in scored)},
         report=aggregate(report_items) if report_items else None,
         items=scored,
     )

@@ -88,6 +88,13 @@ def build_tokenizer(special: list[str], vocab_size: int, **kwargs: Any) -> PreTr
     return PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
 
 
+def _token_ids(tokenizer: PreTrainedTokenizerFast, tokens: list[str]) -> dict[str, int]:
+    """Each token's id (``convert_tokens_to_ids`` of a list is a list; its annotation does not say so)."""
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    assert isinstance(ids, list)
+    return dict(zip(tokens, ids, strict=True))
+
+
 def _qwen(out: Path, size: str, seed: int, qwen2: bool = False) -> dict[str, Any]:
     from transformers import (
         Qwen2_5_VLConfig,
@@ -101,7 +108,7 @@ def _qwen(out: Path, size: str, seed: int, qwen2: bool = False) -> dict[str, Any
 
     s = QWEN_SIZES[size]
     tokenizer = build_tokenizer(QWEN_SPECIAL, s["vocab"], eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    ids = _token_ids(tokenizer, QWEN_SPECIAL)
     vocab_size = s["vocab_size"] or len(tokenizer)
     text_cfg = dict(vocab_size=vocab_size, hidden_size=s["hidden"], num_hidden_layers=s["layers"],
                     num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"], intermediate_size=s["inter"],
@@ -114,17 +121,20 @@ def _qwen(out: Path, size: str, seed: int, qwen2: bool = False) -> dict[str, Any
                       intermediate_size=s["v_inter"], out_hidden_size=s["hidden"], patch_size=14,
                       spatial_merge_size=2, temporal_patch_size=2, window_size=s["window"],
                       fullatt_block_indexes=s["fullatt"])
-    config_cls, model_cls, processor_cls = (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                                            Qwen2_5_VLImageOnlyProcessor)
+    config_cls: type[Qwen2_5_VLConfig | Qwen2VLConfig] = Qwen2_5_VLConfig
+    model_cls: type[Qwen2_5_VLForConditionalGeneration | Qwen2VLForConditionalGeneration]
+    model_cls = Qwen2_5_VLForConditionalGeneration
+    processor_cls: type[Qwen2_5_VLImageOnlyProcessor | Qwen2VLImageOnlyProcessor] = Qwen2_5_VLImageOnlyProcessor
     if qwen2:  # Qwen2-VL: a ViT with embed_dim / mlp_ratio instead of the windowed SwiGLU tower
         vision_cfg = dict(initializer_range=s["init"], depth=s["v_depth"], embed_dim=s["v_hidden"],
                           num_heads=s["v_heads"], mlp_ratio=4, hidden_size=s["hidden"], patch_size=14,
                           spatial_merge_size=2, temporal_patch_size=2)
         config_cls, model_cls, processor_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageOnlyProcessor
+    # PreTrainedConfig keeps keyword arguments its dataclass signature does not list (config.json has them)
     config = config_cls(text_config=text_cfg, vision_config=vision_cfg, image_token_id=ids["<|image_pad|>"],
-                              video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                              vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=s["tie"],
-                              initializer_range=s["init"])
+                        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                        vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=s["tie"],
+                        initializer_range=s["init"])  # type: ignore[call-arg]
     torch.manual_seed(seed)
     # The 3B shape is built directly in bf16 (7 GB) rather than fp32 (15 GB) then converted.
     dtype = torch.bfloat16 if size == "qwen2_5_vl_3b_shape" else torch.float32
@@ -158,8 +168,9 @@ def _llava(out: Path, size: str, seed: int) -> dict[str, Any]:
     s = LLAVA_SIZES[size]
     tokenizer = build_tokenizer(LLAVA_SPECIAL, s["vocab"], unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                 pad_token="<pad>")
-    tokenizer.add_bos_token = False
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in LLAVA_SPECIAL}
+    # a settable property; mypy sees it read-only because transformers defines its setter apart from the getter
+    tokenizer.add_bos_token = False  # type: ignore[misc]
+    ids = _token_ids(tokenizer, LLAVA_SPECIAL)
     text_cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=s["hidden"], num_hidden_layers=s["layers"],
                            num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
                            intermediate_size=s["inter"], max_position_embeddings=8192, bos_token_id=ids["<s>"],
@@ -168,11 +179,13 @@ def _llava(out: Path, size: str, seed: int) -> dict[str, Any]:
                                   num_attention_heads=s["v_heads"], intermediate_size=s["v_inter"],
                                   image_size=s["image_size"], patch_size=14, projection_dim=s["v_hidden"],
                                   initializer_range=s["init"])
-    config = LlavaConfig(vision_config=vision_cfg, text_config=text_cfg, image_token_id=ids["<image>"],
+    config = LlavaConfig(vision_config=vision_cfg, text_config=text_cfg, image_token_index=ids["<image>"],
                          vision_feature_layer=-2, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu", initializer_range=s["init"])
+                         projector_hidden_act="gelu",
+                         initializer_range=s["init"])  # type: ignore[call-arg]  # kept as for the Qwen config
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).to(torch.float32)
+    # transformers wraps ``to`` with functools.wraps(Module.to), which typeshed types as taking ``self`` first
+    model = LlavaForConditionalGeneration(config).to(torch.float32)  # type: ignore[arg-type]
     model.generation_config.eos_token_id = ids["</s>"]
     model.generation_config.pad_token_id = ids["<pad>"]
     px = s["image_size"]

@@ -21,8 +21,7 @@ import torch
 from PIL import Image
 from transformers import DynamicCache
 
-from inference.chat import IMAGE_PLACEHOLDER, BoxConvention, Generation, Turn
-from inference.constraints import GRACE_TOKENS, AnswerConstraint
+from inference.chat import GRACE_TOKENS, IMAGE_PLACEHOLDER, AnswerConstraint, BoxConvention, Generation, Turn
 from inference.model.profiles import ModelProfile
 
 log = logging.getLogger(__name__)
@@ -335,6 +334,8 @@ class LoadedModel:
     def _step_position(self, position: int, rope_deltas: torch.Tensor | None) -> torch.Tensor:
         if self.profile.position_ids != "mrope":
             return torch.tensor([[position]], device=self.device)
+        if rope_deltas is None:  # _positions gives mrope prompts their deltas
+            raise ValueError("mrope step positions need the prompt's rope deltas")
         return (torch.tensor([[position]], device=self.device) + rope_deltas).view(1, 1, 1).expand(3, 1, 1)
 
     # -- setup ---------------------------------------------------------------------------------------------

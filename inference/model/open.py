@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from inference.chat import ChatModel
 
@@ -47,8 +47,8 @@ def open_chat_model(spec: ModelSpec) -> ChatModel:
 
         if not spec.url:
             raise ValueError("an engine-served model needs its url")
-        grid = {key: value for key, value in (("min_pixels", spec.min_pixels), ("max_pixels", spec.max_pixels))
-                if value is not None}
+        grid: dict[str, Any] = {key: value for key, value in (("min_pixels", spec.min_pixels),
+                                                              ("max_pixels", spec.max_pixels)) if value is not None}
         return connect(spec.url, name=spec.name, api_key_env=spec.api_key_env, timeout_seconds=spec.timeout_seconds,
                        profile=spec.profile or REMOTE_DEFAULT_PROFILE, seed=spec.seed, **grid)
     from inference.model.loading import load_chat_model

@@ -1,4 +1,5 @@
-"""Model profiles (package data ``inference/data/model_profiles.yaml``): per-family chat, image, box and quantization conventions."""
+"""Model profiles (package data ``inference/data/model_profiles.yaml``): per-family chat, image, box and quantization
+conventions."""
 from __future__ import annotations
 
 from dataclasses import dataclass

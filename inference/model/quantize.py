@@ -43,7 +43,8 @@ def quantize_checkpoint(src: str | Path, dst: str | Path, quantization: str = "n
     prof = select_profile(config, profile or marker.get("profile"))
     torch_dtype = parse_dtype(dtype)
     dev = resolve_device(device)
-    qconfig = bnb_config(quantization, skip_modules if skip_modules is not None else prof.skip_modules, torch_dtype)
+    skip = list(skip_modules if skip_modules is not None else prof.skip_modules)
+    qconfig = bnb_config(quantization, skip, torch_dtype)
     start = time.perf_counter()
     model = AutoModelForImageTextToText.from_pretrained(
         str(src), local_files_only=True, dtype=torch_dtype, quantization_config=qconfig,
@@ -56,7 +57,7 @@ def quantize_checkpoint(src: str | Path, dst: str | Path, quantization: str = "n
             shutil.copy2(item, dst / item.name)
     model.save_pretrained(dst)
     marker.update({"quantized_from": {"model_dir": str(src.resolve()), "weights_sha256": weights_sha256(src),
-                                      "quantization": quantization, "skip_modules": list(qconfig.llm_int8_skip_modules),
+                                      "quantization": quantization, "skip_modules": skip,
                                       "seconds": round(time.perf_counter() - start, 1)}})
     if profile:
         marker["profile"] = profile

@@ -29,8 +29,7 @@ from typing import Any
 
 from PIL import Image
 
-from inference.chat import IMAGE_PLACEHOLDER, BoxConvention, EngineUnavailable, Generation, Turn
-from inference.constraints import AnswerConstraint
+from inference.chat import IMAGE_PLACEHOLDER, AnswerConstraint, BoxConvention, EngineUnavailable, Generation, Turn
 from inference.model.profiles import ModelProfile, select_profile
 
 

@@ -161,9 +161,14 @@ def run_task(task: MakingTask) -> Made:
 class ResultKind(Protocol):
     """A kind of result object: its config word, title, SOP classes and how its work is split into tasks."""
 
-    name: str
-    title: str
-    sop_classes: frozenset[str]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def sop_classes(self) -> frozenset[str]: ...
 
     def tasks(self, sources: Sources, split: bool = True) -> Sequence[MakingTask]:
         """The tasks that make this kind; ``split``: in parts that can run side by side and each yield early

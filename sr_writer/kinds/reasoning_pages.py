@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pydicom import Dataset
+from pydicom.uid import UID
 
 from sr_writer.kinds.base import Made, MakingTask, ResultObject, Sources
 from sr_writer.page import render_some_pages
@@ -35,7 +36,8 @@ def make_pages(sources: Sources, only: Collection[int] | None = None, keep_image
                                 series_uid=sources.uids.sc_series, first_number=first, total=total,
                                 made_at=sources.made_at)
     for page in pages:
-        page.SOPInstanceUID = page.file_meta.MediaStorageSOPInstanceUID = sources.uids.page(int(page.InstanceNumber))
+        uid = UID(sources.uids.page(int(page.InstanceNumber)))
+        page.SOPInstanceUID = page.file_meta.MediaStorageSOPInstanceUID = uid
     built = time.perf_counter()
 
     def check(page: Dataset) -> tuple[bytes, ValidationReport | None]:

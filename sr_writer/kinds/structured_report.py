@@ -5,6 +5,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pydicom.uid import UID
+
 from sr_writer.kinds.base import Made, MakingTask, ResultObject, Sources
 from sr_writer.sr import build_sr
 from sr_writer.tree_bytes import tree_part10_bytes
@@ -19,7 +21,7 @@ def make_sr(sources: Sources) -> Made:
     started = time.perf_counter()
     sr = build_sr(sources.record, sources.current, sources.prior, sources.options, sources.predecessor)
     sr.SeriesInstanceUID = sources.uids.sr_series
-    sr.SOPInstanceUID = sr.file_meta.MediaStorageSOPInstanceUID = sources.uids.sr_instance
+    sr.SOPInstanceUID = sr.file_meta.MediaStorageSOPInstanceUID = UID(sources.uids.sr_instance)
     built = time.perf_counter()
     data = tree_part10_bytes(sr)  # pydicom's bytes, made quickly from the content tree
     report = ensure_valid_bytes(data, "SR", sources.inherited) if sources.options.validate else None

@@ -27,7 +27,7 @@ from dicomnode.demo.run import results_of_study
 from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
-from dicomnode.peers.vllm import SKIP_ENV, VllmServer, engine_disabled
+from tests.vllm_engine import SKIP_ENV, VllmServer, engine_disabled
 
 from .conftest import wait_until
 

@@ -93,7 +93,8 @@ def test_perturbed_gold_gives_exact_expected_scores(demo_studies: list[EvalStudy
     put(*opens[-1], "")
 
     answers = {
-        s.key: [parse_for_item(item, text) for item, text in zip(s.items, texts[s.key], strict=False)] for s in demo_studies
+        s.key: [parse_for_item(item, text) for item, text in zip(s.items, texts[s.key], strict=False)]
+        for s in demo_studies
     }
     m = score_dataset(demo_studies, answers).overall
 

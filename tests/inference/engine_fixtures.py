@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.peers.vllm import SKIP_ENV, VllmError, VllmServer, engine_disabled
 from inference.model.demo import build_demo_model
+from tests.vllm_engine import SKIP_ENV, VllmError, VllmServer, engine_disabled
 
 START_TIMEOUT = 1200.0  # seconds; ~45 s on an idle 2-core machine, several minutes under load
 ENGINE_TEST_TIMEOUT = 1800  # pytest-timeout of a test that may be the one starting the engine

@@ -22,9 +22,9 @@ def test_engine_benchmark_on_gpu(tmp_path: Path) -> None:
     if not python:
         pytest.skip("CXR_VLLM_GPU_PYTHON (python of a venv with vLLM for CUDA) is not set")
     out = tmp_path / "engine.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engine.py"), "--gpu", "--vllm-python", python,
+    result = subprocess.run([sys.executable, "-m", "benchmarks.engine", "--gpu", "--vllm-python", python,
                              "--studies", "8", "--in-flight", "1,8", "--json", str(out)],
-                            capture_output=True, text=True, timeout=3300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            cwd=ROOT, capture_output=True, text=True, timeout=3300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["device"] == "cuda" and set(figures["engine"]) == {"1", "8"}

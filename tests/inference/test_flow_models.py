@@ -17,8 +17,7 @@ import yaml
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from dicomnode.demo.synthetic import StudySpec, make_study, prior_spec
-from inference.chat import Generation, Turn
-from inference.constraints import GRACE_TOKENS
+from inference.chat import GRACE_TOKENS, Generation, Turn
 from inference.flow import run_flow
 from inference.record import Presence, QType, ReasoningRecord, StageStatus
 from inference.stages import DEFAULT_STAGES_PATH, StageBook
@@ -43,7 +42,7 @@ BOOK = _small_book()
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def loaded(request: pytest.FixtureRequest, demo_model_dirs: dict[str, Path]) -> Iterator[tuple[str, Any]]:  # noqa: F811
+def loaded(request: pytest.FixtureRequest, demo_model_dirs: dict[str, Path]) -> Iterator[tuple[str, Any]]:
     from inference.model import load_chat_model
 
     model = load_chat_model(demo_model_dirs[request.param], quantization="nf4", device="cpu")

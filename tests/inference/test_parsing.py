@@ -171,7 +171,8 @@ def test_think_answer_wrapper_and_justification() -> None:
 
 def test_several_boxes_with_image_ids_and_conventions() -> None:
     raw = ("<|ref|> heart <|/ref|> <|box|>(250, 400), (750, 800)<|/box|> and in image 2 "
-           "<|ref|> pleural effusion <|/ref|> <|box|>(0, 500), (500, 1000)<|/box|><|box|>(600, 500), (1000, 900)<|/box|>")
+           "<|ref|> pleural effusion <|/ref|> <|box|>(0, 500), (500, 1000)<|/box|>"
+           "<|box|>(600, 500), (1000, 900)<|/box|>")
     parsed = parse_answer(raw, QType.DETECTION, box_convention=BoxConvention.PER_MILLE, images=GEOMETRY)
     assert parsed.ok, parsed.error
     assert [(b.target, b.image_index) for b in parsed.boxes] == [

@@ -31,7 +31,7 @@ def small_stages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_reason_prints_summary_and_writes_json(tmp_path: Path, qwen_demo_dir: Path, small_stages: Path) -> None:  # noqa: F811
+def test_reason_prints_summary_and_writes_json(tmp_path: Path, qwen_demo_dir: Path, small_stages: Path) -> None:
     files = write_study(tmp_path / "study", StudySpec(rows=256, columns=208, views=("PA",)))
     out = tmp_path / "out" / "record.json"
     result = _cli("reason", str(files[0].parent), "--model", str(qwen_demo_dir), "--stages", str(small_stages),

@@ -122,7 +122,7 @@ def test_the_venv_script_and_the_engine_helper_agree_on_version_and_place(monkey
     """bootstrap builds the venv where the tests and benchmarks look for it (outside the checkout)."""
     import re
 
-    from dicomnode.peers.vllm import ROOT, VLLM_VERSION, vllm_venv
+    from tests.vllm_engine import ROOT, VLLM_VERSION, vllm_venv
 
     script = (ROOT / "scripts" / "vllm_venv.sh").read_text()
     assert re.search(rf"^VERSION={re.escape(VLLM_VERSION)}$", script, flags=re.M)

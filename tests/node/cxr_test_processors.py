@@ -53,7 +53,8 @@ def secondary_capture(ref_path: Path, series_number: int = 9902) -> hd.sc.SCImag
     pixels = np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ref, pixel_array=pixels, photometric_interpretation="MONOCHROME2", bits_allocated=8,
-        coordinate_system="PATIENT", patient_orientation=("L", "F"), series_instance_uid=generate_uid(), sop_instance_uid=generate_uid(),
+        coordinate_system="PATIENT", patient_orientation=("L", "F"), series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
         series_number=series_number, instance_number=1, manufacturer="cxr-node tests",
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )

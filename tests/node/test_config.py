@@ -138,8 +138,8 @@ def test_priors_retrieve_modes() -> None:
     assert config_from_dict({"model": {"path": "m"}, "reasoning": {"priors": base}}).reasoning.priors.retrieve == "get"
     with pytest.raises(ConfigError, match=r"reasoning\.priors: .*move needs move_aet and move_port"):
         config_from_dict({"model": {"path": "m"}, "reasoning": {"priors": {**base, "retrieve": "move"}}})
-    moved = config_from_dict({"model": {"path": "m"}, "reasoning": {"priors": {**base, "retrieve": "move", "move_aet": "CXRPRIOR",
-                                                       "move_port": 11113}}}).reasoning.priors
+    moved_priors = {**base, "retrieve": "move", "move_aet": "CXRPRIOR", "move_port": 11113}
+    moved = config_from_dict({"model": {"path": "m"}, "reasoning": {"priors": moved_priors}}).reasoning.priors
     assert (moved.move_aet, moved.move_port) == ("CXRPRIOR", 11113)
     with pytest.raises(ConfigError, match=r"reasoning\.priors\.retrieve"):
         config_from_dict({"model": {"path": "m"}, "reasoning": {"priors": {**base, "retrieve": "ftp"}}})

@@ -156,7 +156,8 @@ def test_auth_sessions_read_secrets_from_the_environment(monkeypatch) -> None:
     ({"name": "w", "type": "dicomweb", "url": "http://x/dw", "storage_commitment": True},
      "destinations.0: storage_commitment is not a key of a dicomweb destination (it is one of dimse)"),
     ({"name": "d", "host": "h", "port": 104}, "destinations.0.ae_title: Field required"),
-    ({"name": "d", "type": "fax", "host": "h"}, "destinations.0: unknown destination type 'fax' (known: dicomweb, dimse)"),
+    ({"name": "d", "type": "fax", "host": "h"},
+     "destinations.0: unknown destination type 'fax' (known: dicomweb, dimse"),
 ])
 def test_config_refuses_incomplete_destinations(destination: dict, problem: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -28,7 +28,7 @@ from inference.model.remote import connect
 class _FakeEngine(BaseHTTPRequestHandler):
     mode = "503"  # what /chat/completions does: "503" or "slow"
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:  # stdlib name
         if self.path == "/v1/models":
             self._json(200, {"data": [{"id": "fake-vlm", "root": "/nonexistent"}]})
         elif self.path == "/version":
@@ -36,7 +36,7 @@ class _FakeEngine(BaseHTTPRequestHandler):
         else:
             self._json(404, {})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if type(self).mode == "slow":
             time.sleep(2)

@@ -14,7 +14,8 @@ from dicomnode.db import JobState
 from dicomnode.demo.synthetic import StudySpec, write_study
 
 _RSP_RE = re.compile(
-    r"Message Type\s*: C-STORE RSP.*?Affected SOP Instance UID\s*: (?P<uid>[0-9.]+).*?DIMSE Status\s*: 0x(?P<st>[0-9a-f]{4})",
+    r"Message Type\s*: C-STORE RSP.*?Affected SOP Instance UID\s*: (?P<uid>[0-9.]+)"
+    r".*?DIMSE Status\s*: 0x(?P<st>[0-9a-f]{4})",
     re.S,
 )
 

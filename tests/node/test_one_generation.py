@@ -100,7 +100,8 @@ def test_partial_study_found_at_restart_waits_a_full_quiet_period(data_dir, stud
     with running_node(config) as node:
         started = time.monotonic()
         time.sleep(1.5)  # the earlier code had completed the partial study at once
-        assert db.study_state(study.study_instance_uid) == JobState.RECEIVING.value, "completed before its sender could resend"
+        assert db.study_state(study.study_instance_uid) == JobState.RECEIVING.value, \
+            "completed before its sender could resend"
         assert store(study.files, node.port).statuses == [0, 0]  # the modality resends the whole study
         wait_until(lambda: db.study_state(study.study_instance_uid) == JobState.QUEUED.value, timeout=30, what="done")
         assert time.monotonic() - started >= quiet

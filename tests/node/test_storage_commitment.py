@@ -175,7 +175,8 @@ def test_running_node_commits_on_its_own(tmp_path: Path) -> None:
             assert store(files, node.port).statuses == [0]
             wait_until(lambda: [r.state for r in deliveries(db.session_factory)] == [DeliveryState.COMMITTED.value] * 2,
                        timeout=120, what="results delivered and committed")
-            assert sorted(orthanc.sop_instance_uids()) == sorted(r.sop_instance_uid for r in deliveries(db.session_factory))
+            delivered = sorted(r.sop_instance_uid for r in deliveries(db.session_factory))
+            assert sorted(orthanc.sop_instance_uids()) == delivered
         finally:
             db.close()
 

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -88,8 +89,9 @@ def _cxr_node(venv: Path) -> str:
 def test_the_project_comes_from_the_wheel_only(venv: Path, empty_dir: Path) -> None:
     code = ("import json, importlib.metadata as m, dicomnode, inference, sr_writer; "
             "d = m.distribution('cxr-reasoning-node'); "
-            "print(json.dumps([dicomnode.__file__, inference.__file__, sr_writer.__file__, d.read_text('direct_url.json'), "
-            "[x.metadata['Name'] for x in m.distributions() if x.metadata['Name'] in ('sacrebleu', 'rouge-score', 'matplotlib')]]))")
+            "print(json.dumps([dicomnode.__file__, inference.__file__, sr_writer.__file__, "
+            "d.read_text('direct_url.json'), [x.metadata['Name'] for x in m.distributions() "
+            "if x.metadata['Name'] in ('sacrebleu', 'rouge-score', 'matplotlib')]]))")
     result = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=empty_dir, env=_env(),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -98,6 +100,15 @@ def test_the_project_comes_from_the_wheel_only(venv: Path, empty_dir: Path) -> N
     assert all(f.startswith(site_packages) for f in files), files
     assert direct_url is None or '"editable": true' not in direct_url
     assert eval_packages == []  # the eval extra is not part of a plain install
+
+
+def test_the_wheel_holds_the_product_packages_only(venv: Path) -> None:
+    (wheel,) = (venv.parent / "dist").glob("cxr_reasoning_node-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {
+        "dicomnode", "inference", "sr_writer"}
+    assert "dicomnode/peers/ohif.py" in names
+    assert not [n for n in names if n.endswith("vllm.py")]  # the tests' vLLM launcher (tests/vllm_engine.py)
 
 
 def test_commands_from_an_empty_directory(venv: Path, empty_dir: Path) -> None:
@@ -136,7 +147,8 @@ def test_commands_from_an_empty_directory(venv: Path, empty_dir: Path) -> None:
     assert len(list((site / "batch").rglob("*.dcm"))) >= 2  # an SR and at least one page
 
     rule = subprocess.run([str(venv / "bin" / "python"), "-c",
-                           "from dicomnode.demo.run import routing_rule_path; print(routing_rule_path().read_text()[:40])"],
+                           "from dicomnode.demo.run import routing_rule_path; "
+                           "print(routing_rule_path().read_text()[:40])"],
                           cwd=site, env=_env(), capture_output=True, text=True, timeout=120)
     assert rule.returncode == 0 and rule.stdout.strip(), rule.stderr  # the Orthanc Lua rule `demo` installs
 

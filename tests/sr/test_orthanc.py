@@ -49,7 +49,8 @@ def test_orthanc_stores_sr_and_sc_and_previews_the_page(orthanc: OrthancServer, 
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
 
-    sent = storescu(files, orthanc.aet, "127.0.0.1", orthanc.dicom_port, extra_args=["-R", "-xr"], timeout=300)  # pages are RLE
+    # pages are RLE
+    sent = storescu(files, orthanc.aet, "127.0.0.1", orthanc.dicom_port, extra_args=["-R", "-xr"], timeout=300)
     assert sent.returncode == 0, sent.stdout + sent.stderr
 
     sr_id = _lookup(orthanc, str(result.sr.SOPInstanceUID))
@@ -66,7 +67,8 @@ def test_orthanc_stores_sr_and_sc_and_previews_the_page(orthanc: OrthancServer, 
         preview = Image.open(io.BytesIO(png)).convert("RGB")
         assert preview.size == image.size
         # Orthanc decoded our pixels: its preview matches the page we rendered
-        diff = sum(abs(a - b) for a, b in zip(preview.resize((96, 128)).tobytes(), image.resize((96, 128)).tobytes(), strict=False))
+        diff = sum(abs(a - b) for a, b in zip(preview.resize((96, 128)).tobytes(), image.resize((96, 128)).tobytes(),
+                                              strict=False))
         assert diff / (96 * 128 * 3) < 2.0
     study = orthanc.instances_of_study(str(current[0].StudyInstanceUID))
     assert len(study) == 1 + len(result.pages)

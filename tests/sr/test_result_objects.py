@@ -228,7 +228,8 @@ def test_sc_pages(case) -> None:
     _, record, current, _, result, _, out = case
     assert len(result.pages) == len(result.page_images) >= 1
     series = {p.SeriesInstanceUID for p in result.pages}
-    assert len(series) == 1 and series.isdisjoint({ds.SeriesInstanceUID for ds in current} | {result.sr.SeriesInstanceUID})
+    assert len(series) == 1
+    assert series.isdisjoint({ds.SeriesInstanceUID for ds in current} | {result.sr.SeriesInstanceUID})
     for number, (page, image) in enumerate(zip(result.pages, result.page_images, strict=False), start=1):
         back = _save_and_read(page, out / f"page{number}.dcm")
         assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"

@@ -38,7 +38,8 @@ CASES = {
     "few values": RNG.integers(0, 3, (40, 257), dtype=np.uint8),
     "run lengths at packet limits": _runs([1, 2, 127, 128, 129, 130, 255, 256, 257, 300], 300),
     "one column": RNG.integers(0, 2, (50, 1), dtype=np.uint8),
-    "rgb, grey rows and colour rows": np.dstack([np.tile(RNG.integers(0, 4, (6, 256), dtype=np.uint8), (2, 1))] * 3),  # two 128-column blocks
+    # two 128-column blocks
+    "rgb, grey rows and colour rows": np.dstack([np.tile(RNG.integers(0, 4, (6, 256), dtype=np.uint8), (2, 1))] * 3),
     "rgb noise": RNG.integers(0, 256, (5, 131, 3), dtype=np.uint8),
 }
 CASES["rgb, grey rows and colour rows"][3:7, 140:180, 0] = 200  # some rows where red differs from green and blue

@@ -149,7 +149,8 @@ def _assert_boxes_drawn(image: np.ndarray, colours: tuple[str, ...], study: View
         # the same box shifted by a tenth of the image is not there: the outline is where the record says
         shift = round(columns * rect[2] / 10)
         shifted = (box[0] + shift, box[1] + shift, box[2] + shift, box[3] + shift)
-        assert _edge_coverage(mask, shifted, tol=1, along=dash_gap) < 0.35, f"{what}: a box outline also lies at {shifted}"
+        assert _edge_coverage(mask, shifted, tol=1, along=dash_gap) < 0.35, \
+            f"{what}: a box outline also lies at {shifted}"
     assert all(c >= min_coverage for c in coverage.values()), f"{what}: box edges covered {coverage}"
     stray = mask & ~expected & ~_text_mask(mask.shape, texts)
     print(f"{what}: {mask.sum()} annotation pixels, {stray.sum()} away from boxes and labels")
@@ -199,7 +200,8 @@ def test_ohif_draws_sr_boxes_labelled_with_findings_and_shows_pages(
 
             # 2. Double-click the SR: OHIF's SR viewport draws its boxes on the referenced PA image.
             t = time.perf_counter()
-            sr_thumb = page.locator(f'[data-cy^="study-browser-thumbnail"][data-series="{viewer_study.sr_series_number}"]')
+            sr_thumb = page.locator(
+                f'[data-cy^="study-browser-thumbnail"][data-series="{viewer_study.sr_series_number}"]')
             sr_thumb.dblclick()
             prompt = page.get_by_text("Do you want to continue tracking measurements for this study?")
             try:

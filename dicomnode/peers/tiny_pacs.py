@@ -95,10 +95,10 @@ def _serve(config_path: str, host: str = LOOPBACK) -> None:
     """Run tiny-pacs with its DIMSE listener bound to ``host`` (it binds every interface otherwise)."""
     from tiny_pacs import ae, config, server
 
-    def bound_to_host(cls: type) -> type:
+    def bound_to_host(cls: Any) -> Any:
         class OnHost(cls):  # type: ignore[misc, valid-type]
             def server_bind(self) -> None:
-                self.server_address = (host, self.server_address[1])
+                self.server_address = (host, self.server_address[1])  # type: ignore[has-type]
                 super().server_bind()
 
         return OnHost

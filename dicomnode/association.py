@@ -7,6 +7,7 @@ listener, the deliverer); importing a module of this package changes nothing in 
 """
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import ssl
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pynetdicom import AE, dimse_messages
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom._validators import validate_ae
 from pynetdicom.association import Association
 
 if TYPE_CHECKING:
@@ -65,6 +67,154 @@ def tls_context(tls: TLSConfig) -> ssl.SSLContext:
     if tls.cert and tls.key:
         context.load_cert_chain(str(tls.cert), str(tls.key))
     return context
+
+
+# OpenSSL verify codes -> what an admin can do about them ({ca}: the trusted CAs)
+_VERIFY_HINTS = {
+    2: "the destination's certificate is not signed by a CA in {ca}",
+    9: "the destination's certificate is not valid yet (check its dates and this host's clock)",
+    10: "the destination's certificate has expired",
+    18: "the destination presents a self-signed certificate that is not in {ca}",
+    19: "the destination's certificate chain ends in a CA that is not in {ca}",
+    20: "the destination's certificate is not signed by a CA in {ca}",
+    21: "the destination's certificate is not signed by a CA in {ca}",
+    62: "the destination's certificate does not name its host",
+    64: "the destination's certificate does not name its IP address",
+}
+# TLS alerts a server sends when it does not take the client's certificate
+_CERTIFICATE_ALERTS = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN", "CERTIFICATE_EXPIRED",
+                       "CERTIFICATE_REVOKED", "UNSUPPORTED_CERTIFICATE", "CERTIFICATE_REQUIRED", "ACCESS_DENIED")
+
+
+def tls_failure_text(exc: ssl.SSLError, tls: TLSConfig) -> str:
+    """What went wrong in a TLS handshake, in terms of the node's ``tls`` settings."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        trusted = f"tls.ca {tls.ca}" if tls.ca else "the system's CAs (tls.ca is not set)"
+        hint = _VERIFY_HINTS.get(int(exc.verify_code or 0), "")
+        return f"certificate verify failed: {exc.verify_message}" + (f" ({hint.format(ca=trusted)})" if hint else "")
+    reason = str(exc.reason or "")
+    alert = reason.split("ALERT_", 1)[1] if "ALERT_" in reason else ""
+    if alert in _CERTIFICATE_ALERTS:
+        if not tls.cert:
+            return (f"the destination requires a client certificate (TLS alert {alert.lower().replace('_', ' ')}): "
+                    f"set tls.cert and tls.key")
+        return f"the destination refused the node's certificate (tls.cert {tls.cert})"
+    if alert:
+        return f"the destination ended the handshake (TLS alert {alert.lower().replace('_', ' ')})"
+    return reason.lower().replace("_", " ") or str(exc)
+
+
+class _TlsFailures:
+    """The TLS errors of one association's socket, which pynetdicom only logs (with a traceback, then aborts).
+
+    While :func:`associate` waits, the threads involved are known: the calling thread (pynetdicom negotiates a
+    requested association there) and, once an error is recorded, the DUL thread that met it. Their pynetdicom log
+    records are dropped (:class:`_QuietTlsFailures`) once an error is recorded; ``associate`` reports it instead."""
+
+    _lock = threading.Lock()
+    _silenced: set[int] = set()  # DUL threads that met a TLS error
+    _callers: dict[int, _TlsFailures] = {}  # calling thread -> its association's failures
+
+    def __init__(self) -> None:
+        self.errors: list[ssl.SSLError] = []
+        self._threads: set[int] = set()
+        self._caller = threading.get_ident()
+
+    def __enter__(self) -> _TlsFailures:
+        with self._lock:
+            self._callers[self._caller] = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._callers.pop(self._caller, None)
+            self._silenced.difference_update(self._threads)
+
+    def record(self, exc: ssl.SSLError) -> None:
+        with self._lock:
+            self.errors.append(exc)
+            self._threads.add(threading.get_ident())
+            self._silenced.add(threading.get_ident())
+
+    @classmethod
+    def calling(cls, thread: int | None) -> bool:
+        """True while ``thread`` waits in :func:`associate`."""
+        with cls._lock:
+            return (thread or 0) in cls._callers
+
+    @classmethod
+    def silences(cls, thread: int | None) -> bool:
+        with cls._lock:
+            caller = cls._callers.get(thread or 0)
+            return thread in cls._silenced or bool(caller and caller.errors)
+
+    def most_telling(self) -> ssl.SSLError:
+        """A certificate verdict, else a TLS alert from the peer, else the first error (often a bare EOF)."""
+        for wanted in (lambda e: isinstance(e, ssl.SSLCertVerificationError), lambda e: "ALERT_" in str(e.reason)):
+            found = [e for e in self.errors if wanted(e)]
+            if found:
+                return found[0]
+        return self.errors[0]
+
+    def socket_class(self, base: type[ssl.SSLSocket]) -> type[ssl.SSLSocket]:
+        failures = self
+
+        class RecordingSocket(base):  # type: ignore[valid-type, misc]
+            def connect(self, address: Any) -> None:
+                try:
+                    super().connect(address)
+                except ssl.SSLError as exc:
+                    failures.record(exc)
+                    raise
+
+            def recv(self, *args: Any, **kwargs: Any) -> bytes:
+                try:
+                    return super().recv(*args, **kwargs)
+                except ssl.SSLError as exc:
+                    failures.record(exc)
+                    raise
+
+            def send(self, *args: Any, **kwargs: Any) -> int:
+                try:
+                    return super().send(*args, **kwargs)
+                except ssl.SSLError as exc:
+                    failures.record(exc)
+                    raise
+
+        return RecordingSocket
+
+
+def _reported_by_associate(message: str) -> bool:
+    """pynetdicom's lines for what :func:`associate` puts in its ScuError (a rejection, no accepted context)."""
+    return (message in ("Association Rejected", "No accepted presentation contexts", "Aborting Association")
+            or message.startswith(("Reason: ", "Result: ")))
+
+
+class _QuietReportedFailures(logging.Filter):
+    """Drops pynetdicom's records of what :func:`associate` reports itself: a TLS failure (the tracebacks of TLS
+    errors, and every record of the threads that met one: "connection closed", "aborted") and, in the thread that
+    calls ``associate``, the lines of a rejection."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _TlsFailures.silences(record.thread):
+            return False
+        if record.exc_info and isinstance(record.exc_info[1], ssl.SSLError):
+            return False
+        message = str(record.msg)
+        if _TlsFailures.calling(record.thread) and _reported_by_associate(message):
+            return False
+        return not (message.startswith("TCP Initialisation Error: [SSL")
+                    or message == "Association request failed: unable to connect to remote")
+
+
+_QUIET = _QuietReportedFailures()
+
+
+def _quiet_reported_failures() -> None:
+    for name in ("pynetdicom.transport", "pynetdicom.dul", "pynetdicom.acse", "pynetdicom.association"):
+        logger = logging.getLogger(name)
+        if _QUIET not in logger.filters:
+            logger.addFilter(_QUIET)
 
 
 def server_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
@@ -117,22 +267,64 @@ def _unreachable(peer: Peer) -> str:
         return exc.strerror or str(exc)
 
 
+# A-ASSOCIATE-RJ (PS3.8 Table 9-21): result, source, (source, diagnostic) -> reason
+_REJECT_RESULTS = {1: "permanently", 2: "transiently"}
+_REJECT_SOURCES = {1: "the service user", 2: "the service provider (ACSE)", 3: "the service provider (presentation)"}
+_REJECT_REASONS = {
+    (1, 1): "no reason given", (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not recognized", (1, 7): "called AE title not recognized",
+    (2, 1): "no reason given", (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion", (3, 2): "local limit exceeded",
+}
+
+
+def rejection_text(answer: Any, peer: Peer) -> str:
+    """Why the peer rejected the association, in PS3.8 terms, with what to check for the reasons that name one."""
+    codes: list[Any] = [getattr(answer, name, None) for name in ("result", "result_source", "diagnostic")]
+    if None in codes:
+        return "association rejected (no reason received)"
+    result, source, diagnostic = (int(code) for code in codes)
+    reason = _REJECT_REASONS.get((source, diagnostic), f"reason {diagnostic}")
+    text = (f"association rejected {_REJECT_RESULTS.get(result, f'(result {result})')} by "
+            f"{_REJECT_SOURCES.get(source, f'source {source}')}: {reason}")
+    hints = {
+        (1, 7): f"the destination does not answer to AE title {peer.ae_title!r}: check the destination's ae_title",
+        (1, 3): f"the destination does not know the calling AE title {peer.calling_aet!r}: register it there",
+        (3, 2): "the destination has reached its limit of associations: try again later",
+        (3, 1): "the destination is busy: try again later",
+    }
+    hint = hints.get((source, diagnostic))
+    return f"{text} ({hint})" if hint else text
+
+
 def associate(ae: AE, peer: Peer, explain_unreachable: bool = False, **kwargs: Any) -> Association:
     """An established association with ``peer`` (TLS when ``peer.tls`` is enabled); ScuError saying why not.
 
     ``explain_unreachable``: when no association came, try a plain TCP connection to tell "unreachable (reason)"
     apart (costs up to ``connect_timeout`` more)."""
+    failures = _TlsFailures()
+    _quiet_reported_failures()
     if peer.tls is not None and peer.tls.enabled:
-        kwargs["tls_args"] = (tls_context(peer.tls), None)
+        context = tls_context(peer.tls)
+        context.sslsocket_class = failures.socket_class(context.sslsocket_class)
+        kwargs["tls_args"] = (context, None)
     try:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
+        with failures:
+            assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
     except (OSError, ssl.SSLError) as exc:
         raise ScuError(f"{peer}: {exc}") from exc
     if assoc.is_established:
         _no_delay(assoc)
         return assoc
+    if failures.errors and peer.tls is not None:
+        raise ScuError(f"TLS handshake with {peer} failed: {tls_failure_text(failures.most_telling(), peer.tls)}")
+    answer = assoc.acceptor.primitive  # the peer's A-ASSOCIATE-AC / -RJ, when one came
     if assoc.is_rejected:
-        raise ScuError(f"{peer}: association rejected")
+        raise ScuError(f"{peer}: {rejection_text(answer, peer)}")
+    if answer is not None and getattr(answer, "result", None) == 0 and not assoc.accepted_contexts:
+        raise ScuError(f"{peer}: association accepted, but with none of the {len(ae.requested_contexts)} proposed "
+                       f"presentation contexts (the destination takes none of these SOP classes in these transfer "
+                       f"syntaxes)")
     unreachable = _unreachable(peer) if explain_unreachable else ""
     if unreachable:
         raise ScuError(f"{peer}: unreachable ({unreachable})")
@@ -173,13 +365,27 @@ def configure_pynetdicom(receive_dir: Path | None = None) -> None:
       what this mode requires.
     - ``STORE_RECV_CHUNKED_DATASET``: write each received dataset to a temp file (``event.dataset_path``) instead
       of holding it in memory.
+    - AE titles padded with NUL are accepted (:func:`accept_nul_padded_ae_titles`).
     - with ``receive_dir``: those temp files go to ``receive_dir`` (the spool's temp directory, same file system:
       moved into place without a copy), with disk write-back started while the data still arrives.
     """
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+    accept_nul_padded_ae_titles()
     if receive_dir is not None:
         _receive_into(receive_dir)
+
+
+def _ae_title_valid(value: Any) -> tuple[bool, str]:
+    """pynetdicom's AE title check, with NUL padding taken for the padding it is."""
+    return validate_ae(value.rstrip("\x00") if isinstance(value, str) else value)
+
+
+def accept_nul_padded_ae_titles() -> None:
+    """Take AE titles padded with NUL instead of spaces (PS3.8 9.3.2 says spaces): pynetdicom2-based peers such as
+    tiny-pacs pad the Called AE Title of their C-MOVE sub-associations so, and pynetdicom refuses to decode such an
+    A-ASSOCIATE-RQ at all (the peer sees an abort, the node logs a traceback)."""
+    pynetdicom_config.VALIDATORS["AE"] = _ae_title_valid
 
 
 def _load_sync_file_range() -> Callable[[int, int, int], None] | None:

@@ -4,10 +4,13 @@ One POST per study (``{url}/studies/{StudyInstanceUID}``: the server checks ever
 node reasoned on). Outcomes, per object, in the terms of :class:`dicomnode.scu.StoreOutcome`:
 
 - 200, or 202 with the object in the ReferencedSOPSequence: stored (``status`` 0, or the HTTP status).
-- 4xx: refused for good (``permanent``): the delivery is dead-lettered with the server's reason; 409 names the
-  study mismatch.
-- 202 with the object in the FailedSOPSequence: its FailureReason; out-of-resources (0xA7xx) is retried, any other
-  reason is permanent.
+- 4xx: refused for good (``permanent``): the delivery is dead-lettered with the server's reason. A 409 (PS3.18: the
+  store failed) is read per object from the body's FailedSOPSequence: an object naming another study is a study
+  mismatch; one the server may already hold (FailureReason 0x0110 processing failure, 0x0111 duplicate) is fetched
+  back (WADO-RS): when the server holds it with the node's content it is delivered, with other content it is
+  refused naming the attributes that differ.
+- 202 with the object in the FailedSOPSequence: its FailureReason (0x0110/0x0111 checked as for a 409);
+  out-of-resources (0xA7xx) is retried, any other reason is permanent.
 - 5xx, timeouts and connection errors: no outcome (``status`` None): retried with the destination's backoff.
 
 ``dicomweb-client``'s own retries are turned off: the delivery loop owns retries, and a row once stored is never
@@ -18,13 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset, dcmread
+from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
 from dicomnode.scu import StoreOutcome
 
@@ -96,22 +100,92 @@ def _uids_in(response_ds: dict, sequence: str) -> dict[str, int | None]:
     return found
 
 
-def _refusal(status: int, reason: str, study_uid: str, studies: dict[str, str]) -> Callable[[str], str]:
-    """The dead-letter text of an object refused with HTTP ``status``; a 409 names the study mismatch."""
-    def text(sop_uid: str) -> str:
-        if status == 409:
-            own = studies.get(sop_uid) or "(none)"
-            detail = (f"the object's StudyInstanceUID {own} is not the study {study_uid} it belongs to"
-                      if own != study_uid else f"the server refused it for study {study_uid}")
-            return f"STOW-RS refused, HTTP 409 (study mismatch): {detail}"
-        return f"STOW-RS refused, HTTP {status}: {reason}"
-    return text
+# FailureReason values a server may give for an object it already holds (PS3.18 Table 10.5.3-1, PS3.7 Annex C)
+MAYBE_ALREADY_STORED = frozenset({0x0110, 0x0111})
 
 
-def _failure(path: Path, sop_uid: str, reason: int | None) -> StoreOutcome:
-    code = f"0x{reason:04X}" if reason is not None else "unknown"
-    transient = reason is not None and (reason & 0xFF00) == 0xA700
-    return StoreOutcome(path, sop_uid, reason, f"STOW-RS failure reason {code}", permanent=not transient)
+def failure_reason_text(reason: int | None) -> str:
+    """``0x0110 (processing failure)``: a FailureReason with its PS3.7 meaning."""
+    if reason is None:
+        return "no failure reason given"
+    meaning = STORAGE_SERVICE_CLASS_STATUS.get(reason, ("", ""))[1]
+    if not meaning and (reason & 0xF000) == 0xC000:
+        meaning = "cannot understand"
+    return f"0x{reason:04X}" + (f" ({meaning.lower()})" if meaning else "")
+
+
+def _differences(ours: Dataset, theirs: Dataset) -> list[str]:
+    """Keywords (or tags) of the elements of ``ours`` that ``theirs`` lacks or holds with another value; file meta
+    left out, pixel data compared decoded when the two are encoded differently. Names only: values may be patient
+    data."""
+    different = []
+    for element in ours:
+        if element.tag.group == 0x0002:
+            continue
+        name = element.keyword or str(element.tag)
+        if element.tag not in theirs:
+            different.append(name)
+        elif element.keyword == "PixelData":
+            if element.value != theirs[element.tag].value and not _same_pixels(ours, theirs):
+                different.append(name)
+        elif element.value != theirs[element.tag].value:
+            different.append(name)
+    return different
+
+
+def _same_pixels(ours: Dataset, theirs: Dataset) -> bool:
+    try:
+        return bool((ours.pixel_array == theirs.pixel_array).all())
+    except Exception:  # noqa: BLE001 - undecodable either side: not known to be the same
+        return False
+
+
+def _held(client: DICOMwebClient, study_uid: str, ds: Dataset) -> tuple[bool | None, list[str]]:
+    """Whether the server holds ``ds``'s SOP Instance (WADO-RS, as stored) and, if so, what differs from ``ds``.
+    None when it could not be asked."""
+    try:
+        stored = client.retrieve_instance(study_uid, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
+                                          media_types=(("application/dicom", "*"),))
+    except requests.HTTPError as exc:
+        if exc.response is not None and exc.response.status_code == 404:
+            return False, []
+        LOG.warning("WADO-RS check of an already stored object failed", extra={"fields": {"error": str(exc)}})
+        return None, []
+    except (requests.RequestException, ValueError) as exc:
+        LOG.warning("WADO-RS check of an already stored object failed", extra={"fields": {"error": str(exc)}})
+        return None, []
+    return True, _differences(ds, stored)
+
+
+def _failed_object(client: DICOMwebClient, status: int, study_uid: str, path: Path, ds: Dataset,
+                   reason: int | None) -> StoreOutcome:
+    """The outcome of an object the server named in its FailedSOPSequence (``status``: the HTTP status)."""
+    sop_uid, own_study = str(ds.SOPInstanceUID), str(ds.get("StudyInstanceUID", "")) or "(none)"
+    refused = f"STOW-RS refused, HTTP {status}, failure reason {failure_reason_text(reason)}"
+    code = status if status >= 400 or reason is None else reason  # the row's last_status: HTTP 4xx, else the reason
+    if own_study != study_uid:
+        return StoreOutcome(path, sop_uid, code, f"STOW-RS refused, HTTP {status} (study mismatch): the object's "
+                            f"StudyInstanceUID {own_study} is not the study {study_uid} it belongs to "
+                            f"(failure reason {failure_reason_text(reason)})", permanent=True)
+    if reason is not None and (reason & 0xFF00) == 0xA700:
+        return StoreOutcome(path, sop_uid, reason, f"{refused}: the server is out of resources")  # retried
+    if reason is None or reason in MAYBE_ALREADY_STORED:
+        held, different = _held(client, study_uid, ds)
+        if held and not different:
+            LOG.info("STOW-RS: the server already holds the object, with the node's content: delivered",
+                     extra={"fields": {"sop_instance_uid": sop_uid, "study_instance_uid": study_uid}})
+            return StoreOutcome(path, sop_uid, 0)
+        if held:
+            return StoreOutcome(path, sop_uid, code, (
+                f"{refused}: the server already holds SOP Instance {sop_uid} with other content "
+                f"({', '.join(different[:8])}{', ...' if len(different) > 8 else ''} differ), e.g. an earlier result "
+                f"with the same UIDs: delete it on the server, then retry the job to send this one"), permanent=True)
+        if held is None:  # could not look: try again later
+            return StoreOutcome(path, sop_uid, None, f"{refused}; whether the server already holds the object "
+                                                     f"could not be checked (WADO-RS failed)")
+        return StoreOutcome(path, sop_uid, code, f"{refused}; the server does not hold SOP Instance {sop_uid}",
+                            permanent=True)
+    return StoreOutcome(path, sop_uid, code, refused, permanent=True)
 
 
 def stow_study(client: DICOMwebClient, study_uid: str, paths: Sequence[Path]) -> list[StoreOutcome]:
@@ -120,8 +194,7 @@ def stow_study(client: DICOMwebClient, study_uid: str, paths: Sequence[Path]) ->
     Raises :class:`DicomwebError` when there is no answer to act on (connection error, timeout, 5xx)."""
     datasets: list[Dataset] = []
     outcomes: dict[Path, StoreOutcome] = {}
-    sent: list[tuple[Path, str]] = []
-    studies: dict[str, str] = {}  # SOP Instance UID -> the study its header names
+    sent: list[tuple[Path, Dataset]] = []
     for path in paths:
         try:
             ds = dcmread(path)
@@ -129,8 +202,7 @@ def stow_study(client: DICOMwebClient, study_uid: str, paths: Sequence[Path]) ->
             outcomes[path] = StoreOutcome(path, None, None, f"unreadable: {exc}", permanent=True)
             continue
         datasets.append(ds)
-        sent.append((path, str(ds.SOPInstanceUID)))
-        studies[str(ds.SOPInstanceUID)] = str(ds.get("StudyInstanceUID", ""))
+        sent.append((path, ds))
     if datasets:
         try:
             answer = client.store_instances(datasets, study_instance_uid=study_uid)
@@ -143,19 +215,26 @@ def stow_study(client: DICOMwebClient, study_uid: str, paths: Sequence[Path]) ->
                 raise DicomwebError(f"STOW-RS HTTP {code}: {reason}") from exc
             status, body = response.status_code, _json_body(response)
             if status not in (200, 202):
-                refused = _refusal(status, server_reason(response), study_uid, studies)
                 referenced = _uids_in(body, REFERENCED_SOP_SEQUENCE)  # a 4xx may still have stored some
-                for path, sop_uid in sent:
-                    outcomes[path] = (StoreOutcome(path, sop_uid, 0) if sop_uid in referenced else
-                                      StoreOutcome(path, sop_uid, status, refused(sop_uid), permanent=True))
+                failed = _uids_in(body, FAILED_SOP_SEQUENCE)
+                for path, obj in sent:
+                    sop_uid = str(obj.SOPInstanceUID)
+                    if sop_uid in referenced:
+                        outcomes[path] = StoreOutcome(path, sop_uid, 0)
+                    elif status == 409:  # PS3.18: the store failed; the reasons are per object, when given
+                        outcomes[path] = _failed_object(client, status, study_uid, path, obj, failed.get(sop_uid))
+                    else:
+                        outcomes[path] = StoreOutcome(path, sop_uid, status, f"STOW-RS refused, HTTP {status}: "
+                                                      f"{server_reason(response)}", permanent=True)
                 return [outcomes[p] for p in paths]
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise DicomwebError(f"STOW-RS to {client.base_url}: {type(exc).__name__}: {exc}") from exc
         referenced = _uids_in(body, REFERENCED_SOP_SEQUENCE)
         failed = _uids_in(body, FAILED_SOP_SEQUENCE)
-        for path, sop_uid in sent:
+        for path, obj in sent:
+            sop_uid = str(obj.SOPInstanceUID)
             if sop_uid in failed:
-                outcomes[path] = _failure(path, sop_uid, failed[sop_uid])
+                outcomes[path] = _failed_object(client, status, study_uid, path, obj, failed[sop_uid])
             elif sop_uid in referenced or (status == 200 and not failed):
                 outcomes[path] = StoreOutcome(path, sop_uid, 0)
             else:  # 202 that names neither: not known to be stored; try again later

@@ -28,10 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.pixels import get_decoder
 from pydicom.uid import (
+    HTJ2K,
     JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -42,9 +47,10 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom makes these names at import time
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -53,8 +59,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom m
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
+from pynetdicom.status import QR_GET_SERVICE_CLASS_STATUS, QR_MOVE_SERVICE_CLASS_STATUS
 
-from dicomnode.association import Peer, ScuError, association, make_ae, requestor_ae
+from dicomnode.association import Peer, ScuError, accept_nul_padded_ae_titles, association, make_ae, requestor_ae
 from dicomnode.config import PriorsConfig
 from dicomnode.uids import clean_uid
 
@@ -67,11 +74,25 @@ STORAGE_CLASSES: tuple[str, ...] = (
     DigitalXRayImageStorageForProcessing,
 )
 _MULTI_VALUE_MATCHING: set[tuple[str, int, str]] = set()  # PACS seen to match ModalitiesInStudy "CR\\DX"
-_UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-_COMPRESSED = [
-    JPEGLosslessSV1, JPEGLossless, JPEG2000Lossless, JPEG2000, JPEGLSLossless, JPEGLSNearLossless, RLELossless,
-    JPEGBaseline8Bit, JPEGExtended12Bit, DeflatedExplicitVRLittleEndian,
+_UNCOMPRESSED: list[str] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+# encapsulated syntaxes a prior may be stored in, lossless first; only those pydicom can decode here are negotiated
+_ENCAPSULATED = [
+    JPEGLosslessSV1, JPEGLossless, JPEG2000Lossless, JPEGLSLossless, RLELossless, HTJ2KLossless, HTJ2KLosslessRPCL,
+    JPEG2000, JPEGLSNearLossless, JPEGBaseline8Bit, JPEGExtended12Bit, HTJ2K, DeflatedExplicitVRLittleEndian,
 ]
+
+
+def decodable_syntaxes() -> list[str]:
+    """The encapsulated transfer syntaxes whose pixel data the node can decode (a pydicom decoder is available);
+    deflate needs none."""
+    usable: list[str] = []
+    for syntax in _ENCAPSULATED:
+        try:
+            if not UID(syntax).is_compressed or get_decoder(syntax).is_available:
+                usable.append(syntax)
+        except (NotImplementedError, ValueError):  # no decoder for this syntax in this pydicom
+            continue
+    return usable
 
 
 @dataclass(frozen=True)
@@ -130,14 +151,6 @@ def _associate(ae: AE, pacs: Peer, **kwargs: Any) -> Iterator[Association]:
             yield assoc
     except ScuError as exc:
         raise _PriorsError(f"PACS {exc}") from None
-
-
-def _add_storage_contexts(ae: AE, requested: bool) -> None:
-    for sop_class in STORAGE_CLASSES:
-        add = ae.add_requested_context if requested else ae.add_supported_context
-        add(sop_class, _UNCOMPRESSED)
-        for syntax in _COMPRESSED:
-            add(sop_class, syntax)
 
 
 def _answer_text(ds: Dataset, keyword: str) -> str:
@@ -304,15 +317,17 @@ def fetch_prior(
     current_study_date: str,
     dest_dir: str | Path,
     current_study_time: str | None = None,
+    listen_host: str = "",
 ) -> PriorFetch:
-    """Find and retrieve the prior in one call (what the reasoning worker needs); never raises, logs the outcome."""
+    """Find and retrieve the prior in one call (what the reasoning worker needs); never raises, logs the outcome.
+    ``listen_host``: where the C-MOVE receiver listens (pass the node's ``node.host``; "" is every interface)."""
     if not config_priors.enabled:
         return PriorFetch(None, [], "no prior: priors disabled")
     found = lookup_prior(config_priors, patient_id, current_study_uid, current_study_date, current_study_time)
     if found.prior is None:
         log.info("priors: study %s: %s", current_study_uid, found.reason)
         return PriorFetch(None, [], found.reason)
-    got = retrieve(config_priors, found.prior.study_instance_uid, dest_dir)
+    got = retrieve(config_priors, found.prior.study_instance_uid, dest_dir, listen_host)
     level = logging.INFO if got.files else logging.WARNING
     log.log(level, "priors: study %s: %s; %s", current_study_uid, found.reason, got.reason)
     return PriorFetch(found.prior, got.files, got.reason if not got.files else f"{found.reason}; {got.reason}")
@@ -379,7 +394,50 @@ class _Receiver:
         return 0x0000
 
 
-def _check_retrieve(assoc: Association, responses: Iterable[tuple[Dataset, Dataset | None]], what: str) -> None:
+@dataclass
+class _Retrieved:
+    """The final answer to a C-GET / C-MOVE: its status and sub-operation counts (None where the PACS gave none)."""
+
+    what: str
+    code: int
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
+    comment: str = ""
+
+    @property
+    def expected(self) -> int | None:
+        counts = [n for n in (self.completed, self.failed, self.warning) if n is not None]
+        return sum(counts) if counts else None
+
+    def missing(self, received: int) -> int:
+        """How many instances the PACS tried to send and did not (1 when it failed sub-operations without counts)."""
+        if self.expected is not None:
+            return max(0, self.expected - received)
+        return 1 if self.code in _SUBOPERATIONS_FAILED and not received else 0
+
+    def status_text(self) -> str:
+        statuses = QR_MOVE_SERVICE_CLASS_STATUS if self.what == "C-MOVE" else QR_GET_SERVICE_CLASS_STATUS
+        meaning = statuses.get(self.code, ("", ""))[1]
+        detail = "; ".join(part for part in (meaning, self.comment) if part)
+        return f"status 0x{self.code:04X}" + (f" ({detail})" if detail else "")
+
+
+# final statuses that mean "some or all instances could not be sent": asked again with other transfer syntaxes
+_SUBOPERATIONS_FAILED = frozenset({0xA702, 0xB000})
+
+
+def _count(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    try:
+        return int(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _final_status(assoc: Association, responses: Iterable[tuple[Dataset, Dataset | None]], what: str) -> _Retrieved:
+    """The final status of a C-GET / C-MOVE; _PriorsError when none came or when the PACS refused the request
+    itself (anything but success or failed sub-operations)."""
     final = None
     for status, _identifier in responses:
         if not status:
@@ -387,13 +445,23 @@ def _check_retrieve(assoc: Association, responses: Iterable[tuple[Dataset, Datas
         final = status
     if final is None:
         raise _PriorsError(f"{what}: no final status")
-    code = int(final.Status)
-    if code not in (0x0000, 0xB000):  # success, or warning (some sub-operations failed)
-        comment = _answer_text(final, "ErrorComment")
-        raise _PriorsError(f"{what} failed with status 0x{code:04X}{': ' + comment if comment else ''}")
-    failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
-    if failed:
-        log.warning("priors: %s: %d sub-operations failed", what, failed)
+    answer = _Retrieved(what, int(final.Status), _count(final, "NumberOfCompletedSuboperations"),
+                        _count(final, "NumberOfFailedSuboperations"), _count(final, "NumberOfWarningSuboperations"),
+                        _answer_text(final, "ErrorComment"))
+    if answer.code != 0x0000 and answer.code not in _SUBOPERATIONS_FAILED:
+        raise _PriorsError(f"{what} failed with {answer.status_text()}")
+    return answer
+
+
+def _combined(answers: list[_Retrieved]) -> _Retrieved | None:
+    """One answer for the requests of one pass (at most one today: all wanted series in one identifier)."""
+    if not answers:
+        return None
+    first = answers[0]
+    total = lambda name: (sum(getattr(a, name) or 0 for a in answers)  # noqa: E731
+                          if any(getattr(a, name) is not None for a in answers) else None)
+    worst = next((a for a in answers if a.code != 0x0000), first)
+    return _Retrieved(first.what, worst.code, total("completed"), total("failed"), total("warning"), worst.comment)
 
 
 def _retrieve_queries(assoc: Association, s: PriorsConfig, study_uid: str) -> list[Dataset]:
@@ -412,49 +480,156 @@ def _retrieve_queries(assoc: Association, s: PriorsConfig, study_uid: str) -> li
     ds.QueryRetrieveLevel = "SERIES" if wanted else "STUDY"
     ds.StudyInstanceUID = study_uid
     if wanted:  # one request for all wanted series (UID list matching)
-        uids = [x.series_instance_uid for x in wanted]
+        uids = list(dict.fromkeys(x.series_instance_uid for x in wanted))  # a PACS may list a series twice
         ds.SeriesInstanceUID = uids if len(uids) > 1 else uids[0]
     return [ds]
 
 
-def _get(s: PriorsConfig, study_uid: str, receiver: _Receiver) -> None:
-    pacs = _pacs(s)
+def _syntax_names(syntaxes: Iterable[str]) -> str:
+    return ", ".join(UID(ts).name for ts in syntaxes)
+
+
+def _get_pass(pacs: Peer, s: PriorsConfig, study_uid: str, receiver: _Receiver, offers: list[list[str]]
+              ) -> tuple[_Retrieved | None, list[str]]:
+    """One C-GET association offering, per CR/DX storage class, one SCP-role context per list in ``offers``; the
+    answer (None when the PACS has no CR/DX series) and the storage transfer syntaxes the PACS accepted."""
     ae = requestor_ae(pacs)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    _add_storage_contexts(ae, requested=True)
+    for sop_class in STORAGE_CLASSES:
+        for syntaxes in offers:
+            ae.add_requested_context(sop_class, syntaxes)
     roles = [build_role(sop_class, scp_role=True) for sop_class in STORAGE_CLASSES]
     with _associate(ae, pacs, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, receiver)]) as assoc:
-        for query in _retrieve_queries(assoc, s, study_uid):
-            _check_retrieve(assoc, assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet), "C-GET")
+        accepted = list(dict.fromkeys(str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
+                                      if cx.abstract_syntax in STORAGE_CLASSES))
+        answers = [_final_status(assoc, assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet), "C-GET")
+                   for query in _retrieve_queries(assoc, s, study_uid)]
+    return _combined(answers), accepted
 
 
-def _move(s: PriorsConfig, study_uid: str, receiver: _Receiver) -> None:
+def _get(s: PriorsConfig, study_uid: str, receiver: _Receiver) -> None:
+    """C-GET offering the uncompressed syntaxes and, each in a context of its own, every syntax the node decodes.
+
+    A PACS that cannot transcode may still send each instance in the context whose syntax is the stored one; but
+    some (DCMTK's dcmqrscp) send every instance of a SOP class in the first context accepted for it and fail those
+    stored otherwise. When instances are missing, the C-GET is asked again once per encapsulated syntax the PACS
+    accepted, offering that syntax alone."""
+    pacs = _pacs(s)
+    decodable = decodable_syntaxes()
+    first, accepted = _get_pass(pacs, s, study_uid, receiver, [_UNCOMPRESSED] + [[ts] for ts in decodable])
+    if first is None:
+        return
+    tried = [ts for ts in accepted if ts in _UNCOMPRESSED]
+    for syntax in (ts for ts in decodable if ts in accepted and UID(ts).is_compressed):
+        if not first.missing(len(receiver.files)):
+            break
+        log.info("priors: C-GET: %d instance(s) not sent (%s); asking again offering only %s",
+                 first.missing(len(receiver.files)), first.status_text(), UID(syntax).name)
+        tried.append(syntax)
+        try:
+            _get_pass(pacs, s, study_uid, receiver, [[syntax]])
+        except _PriorsError as exc:
+            log.warning("priors: C-GET offering only %s: %s", UID(syntax).name, exc)
+            break
+    _conclude(first, receiver, f"offered: {_syntax_names(tried)}" if tried else "the PACS accepted no storage context")
+
+
+def _conclude(first: _Retrieved, receiver: _Receiver, tried: str) -> None:
+    """Raise when nothing came although the PACS failed sub-operations; log what is still missing otherwise."""
+    missing = first.missing(len(receiver.files))
+    if not missing:
+        return
+    expected = f" of {first.expected}" if first.expected is not None else ""
+    text = (f"{first.what} failed with {first.status_text()}: the PACS did not send {missing}{expected} "
+            f"instance(s) in a transfer syntax the node accepts ({tried}); it may hold them in another syntax and "
+            f"be unable to convert")
+    if not receiver.files:
+        raise _PriorsError(text)
+    log.warning("priors: %s", text)
+
+
+class _MoveNegotiation:
+    """``EVT_REQUESTED`` handler of the C-MOVE receiver: its storage contexts for the association the PACS opens.
+
+    ``pacs_order``: accept, in each context, the first syntax the PACS proposes that the node can decode (a PACS
+    that cannot transcode proposes the stored syntax first); otherwise uncompressed first (the node's preference,
+    for a PACS that proposed a compressed syntax it cannot produce from an uncompressed file)."""
+
+    def __init__(self) -> None:
+        self.pacs_order = True
+
+    def __call__(self, event: evt.Event) -> None:
+        ours = _UNCOMPRESSED + decodable_syntaxes()
+        proposed: list[PresentationContext] = event.assoc.requestor.requested_contexts
+        contexts = []
+        for sop_class in STORAGE_CLASSES:
+            order = ours
+            if self.pacs_order:
+                offered = [ts for cx in proposed if cx.abstract_syntax == sop_class for ts in cx.transfer_syntax]
+                order = list(dict.fromkeys([ts for ts in offered if ts in ours] + ours))
+            contexts.append(build_context(sop_class, order))
+        event.assoc.acceptor.supported_contexts = contexts
+
+
+MOVE = StudyRootQueryRetrieveInformationModelMove
+
+
+def _move_pass(pacs: Peer, s: PriorsConfig, study_uid: str, move_aet: str) -> _Retrieved | None:
+    ae = requestor_ae(pacs)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(MOVE)
+    with _associate(ae, pacs) as assoc:
+        answers = [_final_status(assoc, assoc.send_c_move(query, move_aet, MOVE), "C-MOVE")
+                   for query in _retrieve_queries(assoc, s, study_uid)]
+    return _combined(answers)
+
+
+def _move(s: PriorsConfig, study_uid: str, receiver: _Receiver, listen_host: str) -> None:
+    """C-MOVE to ``move_aet``: a Storage SCP on ``listen_host``:``move_port`` for the duration of the retrieve.
+
+    The receiver accepts the syntax the PACS proposes first when the node can decode it; instances still missing
+    are asked for again with the receiver preferring uncompressed."""
     pacs = _pacs(s)
     if not s.move_port or not s.move_aet:
         raise _PriorsError("priors.retrieve is 'move' but move_aet / move_port are not set")
     scp = make_ae(s.move_aet, acse_timeout=pacs.acse_timeout, dimse_timeout=pacs.dimse_timeout,
                   network_timeout=pacs.dimse_timeout)
-    _add_storage_contexts(scp, requested=False)
+    for sop_class in STORAGE_CLASSES:  # replaced per association by _MoveNegotiation
+        scp.add_supported_context(sop_class, _UNCOMPRESSED + decodable_syntaxes())
+    accept_nul_padded_ae_titles()  # the PACS's sub-association may pad our AE title so (tiny-pacs)
+    negotiation = _MoveNegotiation()
+    handlers: list[Any] = [(evt.EVT_REQUESTED, negotiation), (evt.EVT_C_STORE, receiver)]
     try:
-        server = scp.start_server(("", int(s.move_port)), block=False, evt_handlers=[(evt.EVT_C_STORE, receiver)])
+        server = scp.start_server((listen_host, int(s.move_port)), block=False, evt_handlers=handlers)
     except OSError as exc:
-        raise _PriorsError(f"cannot listen for C-MOVE on port {s.move_port}: {exc.strerror or exc}") from None
+        where = f"{listen_host}:{s.move_port}" if listen_host else f"port {s.move_port}"
+        raise _PriorsError(f"cannot listen for C-MOVE on {where}: {exc.strerror or exc}") from None
     assert server is not None  # block=False returns the running server (typed Optional for block=True)
     try:
-        ae = requestor_ae(pacs)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        with _associate(ae, pacs) as assoc:
-            for query in _retrieve_queries(assoc, s, study_uid):
-                _check_retrieve(assoc, assoc.send_c_move(query, s.move_aet, StudyRootQueryRetrieveInformationModelMove),
-                                "C-MOVE")
+        first = _move_pass(pacs, s, study_uid, s.move_aet)
+        if first is None:
+            return
+        tried = "accepting the PACS's proposed syntax"
+        if first.missing(len(receiver.files)):
+            log.info("priors: C-MOVE: %d instance(s) not sent (%s); asking again accepting uncompressed first",
+                     first.missing(len(receiver.files)), first.status_text())
+            negotiation.pacs_order = False
+            tried += ", then uncompressed first"
+            try:
+                _move_pass(pacs, s, study_uid, s.move_aet)
+            except _PriorsError as exc:
+                log.warning("priors: C-MOVE accepting uncompressed first: %s", exc)
+        _conclude(first, receiver, tried)
     finally:
         server.shutdown()
 
 
-def retrieve(config_priors: PriorsConfig, study_uid: str, dest_dir: str | Path) -> RetrieveResult:
-    """Fetch the CR/DX images of ``study_uid`` into ``dest_dir``; files and, when empty, the reason."""
+def retrieve(config_priors: PriorsConfig, study_uid: str, dest_dir: str | Path, listen_host: str = ""
+             ) -> RetrieveResult:
+    """Fetch the CR/DX images of ``study_uid`` into ``dest_dir``; files and, when empty, the reason.
+
+    ``listen_host``: the address the C-MOVE receiver binds (the node's ``node.host``); "" binds every interface."""
     dest = Path(dest_dir)
     uid = clean_uid(study_uid)
     if uid is None:
@@ -464,7 +639,10 @@ def retrieve(config_priors: PriorsConfig, study_uid: str, dest_dir: str | Path) 
         _pacs(s)
         dest.mkdir(parents=True, exist_ok=True)
         receiver = _Receiver(dest)
-        (_move if s.retrieve == "move" else _get)(s, uid, receiver)
+        if s.retrieve == "move":
+            _move(s, uid, receiver, listen_host)
+        else:
+            _get(s, uid, receiver)
     except _PriorsError as exc:
         return RetrieveResult([], f"not retrieved: {exc}")
     except Exception as exc:
@@ -477,9 +655,10 @@ def retrieve(config_priors: PriorsConfig, study_uid: str, dest_dir: str | Path) 
     return RetrieveResult(files, f"retrieved {len(files)} instance(s) with C-{s.retrieve.upper()}")
 
 
-def retrieve_study(config_priors: PriorsConfig, study_uid: str, dest_dir: str | Path) -> list[Path]:
+def retrieve_study(config_priors: PriorsConfig, study_uid: str, dest_dir: str | Path, listen_host: str = ""
+                   ) -> list[Path]:
     """The retrieved files (``<SOPInstanceUID>.dcm`` in ``dest_dir``); [] with a logged reason on failure."""
-    result = retrieve(config_priors, study_uid, dest_dir)
+    result = retrieve(config_priors, study_uid, dest_dir, listen_host)
     if result.files:
         log.info("priors: study %s: %s", study_uid, result.reason)
     else:

@@ -140,7 +140,8 @@ class ReasoningProcessor:
             priors = priors.model_copy(update={"calling_aet": self.config.node.ae_title})
         dest = DataDir(self.config.storage.data_dir).priors(job_id)
         fetched = fetch_prior(priors, str(current.get("PatientID", "")), str(current.StudyInstanceUID),
-                              str(current.get("StudyDate", "")), dest, str(current.get("StudyTime", "")) or None)
+                              str(current.get("StudyDate", "")), dest, str(current.get("StudyTime", "")) or None,
+                              listen_host=self.config.node.host)
         datasets = read_datasets(fetched.files)
         log.info("reasoning: job %s: %s; %d prior image(s) usable", job_id, fetched.reason, len(datasets))
         return datasets

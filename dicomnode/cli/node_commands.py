@@ -176,6 +176,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     for item in args.files:
         p = Path(item)
         files.extend(sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])
+    if not getattr(args, "verbose", 0):  # pynetdicom's INFO lines ("Requesting Association") only with -v
+        logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger("pynetdicom").level))
     try:
         outcomes = store_files(_peer(args.to, args.aet), files)
     except (ScuError, ValueError) as exc:

@@ -25,6 +25,7 @@ from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.peers.ports import free_port
 from dicomnode.processing import make_processor
 from dicomnode.worker import Worker
+from tests.tiny_pacs_server import TinyPacs
 
 USER, PASSWORD, PASSWORD_ENV = "cxrnode", "s3cret-stow", "CXR_TEST_STOW_PASSWORD"
 
@@ -163,3 +164,66 @@ def test_config_refuses_incomplete_destinations(destination: dict, problem: str)
     with pytest.raises(ConfigError) as err:
         config_from_dict({"processing": {"processor": "passthrough"}, "destinations": [destination]}, environ={})
     assert problem in str(err.value)
+
+
+# --- a 409 from a server that refuses an instance it already holds: PyPI tiny-pacs-dicomweb ---------------------
+@pytest.fixture
+def tiny_web(tmp_path: Path) -> Iterator[TinyPacs]:
+    with TinyPacs(tmp_path / "tiny-pacs") as server:
+        yield server
+
+
+def _no_auth(url: str) -> dict:
+    return {"name": "web", "type": "dicomweb", "url": url, "timeout_seconds": 10,
+            "retry": {"max_attempts": 3, "initial_seconds": 0.2, "max_seconds": 1.0}}
+
+
+def _stow(server: TinyPacs, ds: pydicom.Dataset) -> None:
+    """Store ``ds`` the way an earlier delivery would have (its outcome lost, e.g. by a crash before recording)."""
+    DICOMwebClient(server.dicomweb_url).store_instances([ds], study_instance_uid=ds.StudyInstanceUID)
+
+
+def test_already_stored_with_our_content_is_delivered(data_dir, sqlite_url, session_factory, study_factory,
+                                                      tiny_web) -> None:
+    config = delivery_config(data_dir, sqlite_url, [_no_auth(tiny_web.dicomweb_url)])
+    job_id = _results(config, session_factory, study_factory().files)
+    [row] = deliveries(session_factory, job_id)
+    _stow(tiny_web, pydicom.dcmread(data_dir / row.path))
+    assert Deliverer(config, session_factory).run_once() == 1  # tiny-pacs answers 409, FailureReason 0x0110
+    [row] = deliveries(session_factory, job_id)
+    assert row.state == DeliveryState.SENT.value and row.last_error is None and row.attempts == 1
+    assert job(session_factory, job_id).state == JobState.DELIVERED.value
+
+
+def test_already_stored_with_other_content_is_refused_naming_what_differs(data_dir, sqlite_url, session_factory,
+                                                                          study_factory, tiny_web) -> None:
+    config = delivery_config(data_dir, sqlite_url, [_no_auth(tiny_web.dicomweb_url)])
+    job_id = _results(config, session_factory, study_factory().files)
+    [row] = deliveries(session_factory, job_id)
+    earlier = pydicom.dcmread(data_dir / row.path)  # an earlier result with the same UIDs and other pixels
+    earlier.PixelData = bytes(len(earlier.PixelData))
+    earlier.InstanceNumber = int(earlier.get("InstanceNumber", 1)) + 1
+    _stow(tiny_web, earlier)
+    assert Deliverer(config, session_factory).run_once() == 1
+    [row] = deliveries(session_factory, job_id)
+    assert row.state == DeliveryState.DEAD.value and row.attempts == 1 and row.last_status == 409
+    assert row.last_error == (
+        f"STOW-RS refused, HTTP 409, failure reason 0x0110 (processing failure): the server already holds SOP "
+        f"Instance {row.sop_instance_uid} with other content (InstanceNumber, PixelData differ), e.g. an earlier "
+        f"result with the same UIDs: delete it on the server, then retry the job to send this one")
+
+
+def test_study_mismatch_on_a_second_server(data_dir, sqlite_url, session_factory, study_factory, tiny_web) -> None:
+    config = delivery_config(data_dir, sqlite_url, [_no_auth(tiny_web.dicomweb_url)])
+    study = study_factory()
+    job_id = _results(config, session_factory, study.files)
+    [row] = deliveries(session_factory, job_id)
+    ds = pydicom.dcmread(data_dir / row.path)
+    ds.StudyInstanceUID = other = pydicom.uid.generate_uid()
+    ds.save_as(data_dir / row.path)
+    assert Deliverer(config, session_factory).run_once() == 1
+    [row] = deliveries(session_factory, job_id)
+    assert row.state == DeliveryState.DEAD.value and row.last_status == 409
+    assert row.last_error == (f"STOW-RS refused, HTTP 409 (study mismatch): the object's StudyInstanceUID {other} is "
+                              f"not the study {study.study_instance_uid} it belongs to (failure reason 0x0110 "
+                              f"(processing failure))")

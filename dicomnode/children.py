@@ -27,7 +27,15 @@ def watch_parent(interval: float = WATCH_SECONDS) -> None:
 
 
 def page_process_start() -> None:
-    """Initializer of a page process: the parent watchdog, then sr_writer's warm-up (fonts)."""
+    """Initializer of a page process: one thread for any OpenMP/BLAS runtime, the parent watchdog, then
+    sr_writer's warm-up (fonts).
+
+    A page process renders, encodes and validates; it never imports torch (sr_writer does not), and a runtime
+    that something loads later gets one thread, so page processes never spin beside the model's threads.
+    """
+    from inference.threads import single_thread_environment
+
+    single_thread_environment()
     watch_parent()
     from sr_writer.api import warm_up
 

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dicomnode.threads import add_threads_argument
+
 QUANTIZATIONS = ("nf4", "fp4", "int8", "none")
 
 
@@ -37,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the same inputs under two quantization settings (e.g. none,nf4) and report their agreement",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    add_threads_argument(p)
     p.add_argument("--limit", type=int, metavar="N", help="first N studies only")
     p.add_argument("--max-questions", type=int, metavar="N", help="first N questions of each study only")
     p.add_argument("--max-new-tokens", type=int, metavar="N", help="cap on generated tokens per answer")
@@ -87,7 +90,7 @@ def _load_model(args: argparse.Namespace, quantization: str) -> Any:
                        max_pixels=args.engine_max_pixels)
     from inference.model import load_chat_model
 
-    return load_chat_model(str(args.model), quantization=quantization, device=args.device)
+    return load_chat_model(str(args.model), quantization=quantization, device=args.device, threads=args.threads)
 
 
 def run(args: argparse.Namespace) -> int:

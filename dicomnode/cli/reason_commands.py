@@ -8,6 +8,8 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
+from dicomnode.threads import add_threads_argument
+
 ANSWER_WIDTH = 110
 
 
@@ -34,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, metavar="N", help="cap every answer at N new tokens")
     p.add_argument("--max-side", type=int, metavar="PX", help="shrink images to at most PX on their longer side")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_threads_argument(p)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prompt for every question")
     p.add_argument("--no-constrain", action="store_true",
                    help="let the model write closed answers freely (default: decoded under their grammar)")
@@ -148,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
             model = connect(args.engine, name=args.engine_model, profile=args.profile or "qwen2_5_vl", seed=args.seed)
         else:
             model = load_chat_model(args.model, quantization=args.quantization, device=args.device,
-                                    profile=args.profile, cache="none" if args.no_cache else "prefix", seed=args.seed)
+                                    profile=args.profile, cache="none" if args.no_cache else "prefix", seed=args.seed,
+                                    threads=args.threads)
     except (ModelLoadError, OSError, ValueError, RuntimeError) as exc:
         print(f"cxr-node reason: error: cannot load model {args.model or args.engine}: {exc}", file=sys.stderr)
         return 2

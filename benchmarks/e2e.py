@@ -125,6 +125,10 @@ def main() -> int:
     print(f"time inside the model (flow):                  median {statistics.median(model_s):.2f} s")
     print(f"node overhead (the figure that counts):        median {statistics.median(overheads):.3f} s, "
           f"p95 {percentile(overheads, 0.95):.3f} s   (goal: median <= 1 s)")
+    print("  per study, in order: " + " ".join(f"{o:.2f}" for o in overheads))
+    if builds:
+        print("    claimed -> written minus model: " + " ".join(f"{b:.2f}" for b in builds))
+        print("    written -> last ack:            " + " ".join(f"{s:.2f}" for s in sends))
     if waits:
         print(f"  of which: queued -> claimed {statistics.median(waits):.3f} s; claimed -> all results written minus "
               f"model {statistics.median(builds):.3f} s (read, SR, pages, dciodvfy, durable write; objects are "

@@ -149,13 +149,18 @@ def test_serve_logs_its_threads_at_start_up(tmp_path: Path, qwen_demo_dir: Path)
 
 
 PAGE_PARENT = """
-import json, multiprocessing, os, sys, threading
+import json, multiprocessing, os, sys, threading, time
 from concurrent.futures import ProcessPoolExecutor
 
 def probe():
     import sr_writer.api  # what a page task runs on
+    for _ in range(30):  # a thread the start-up rehearsal joined may take a moment to leave the OS's list
+        os_threads = len(os.listdir("/proc/self/task"))
+        if os_threads == threading.active_count():
+            break
+        time.sleep(0.1)
     return {"torch": "torch" in sys.modules, "numpy": "numpy" in sys.modules,
-            "os_threads": len(os.listdir("/proc/self/task")), "python_threads": threading.active_count(),
+            "os_threads": os_threads, "python_threads": threading.active_count(),
             "env": [os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")]}
 
 if __name__ == "__main__":
@@ -179,3 +184,17 @@ def test_page_processes_run_no_torch_and_no_native_threads(tmp_path: Path) -> No
     assert seen["env"] == ["1", "1", "1"]
     # every OS thread is a Python one (the watchdog): no OpenMP or OpenBLAS pool beside them
     assert seen["os_threads"] == seen["python_threads"], seen
+
+
+def test_page_process_rehearsal_makes_a_valid_sr_and_page(caplog: pytest.LogCaptureFixture) -> None:
+    """The rehearsal a page process runs at start-up (``children.rehearse``) goes through SR, page and dciodvfy."""
+    import logging
+
+    from dicomnode.children import rehearse
+    from sr_writer.validate import find_dciodvfy
+
+    find_dciodvfy.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="dicomnode.children"):
+        rehearse()
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert find_dciodvfy.cache_info().currsize == 1  # the validator was looked up (and run) already

@@ -14,7 +14,7 @@ import struct
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, features
+from PIL import Image, TiffImagePlugin, features
 
 MAX_PACKET = 128  # PackBits: a literal of 1..128 bytes, or one byte replicated 2..128 times
 MAX_SEGMENTS = 15
@@ -83,7 +83,7 @@ def packbits_rows(plane: np.ndarray | Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="TIFF", compression="packbits", tiffinfo={278: image.height})  # 278: RowsPerStrip
     data = buffer.getvalue()
-    with Image.open(io.BytesIO(data)) as tiff:
+    with TiffImagePlugin.TiffImageFile(io.BytesIO(data)) as tiff:
         offsets, counts = tiff.tag_v2[273], tiff.tag_v2[279]  # StripOffsets, StripByteCounts
     return b"".join(data[offset:offset + count] for offset, count in zip(offsets, counts, strict=True))
 

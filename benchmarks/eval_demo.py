@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -44,10 +43,11 @@ def run_eval(name: str, extra: list[str], args: argparse.Namespace, model: Path,
                "--save-predictions", str(out / f"{name}.predictions.json"), *extra]
     if args.limit:
         command += ["--limit", str(args.limit)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if args.jobs > 1 else dict(os.environ)
+    if args.jobs > 1:  # side by side: one thread each (else the node's thread policy, inference/threads.py)
+        command += ["--threads", "1"]
     start = time.perf_counter()
     with (out / f"{name}.log").open("w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
     doc = json.loads(doc_path.read_text())
     doc["wall_seconds"] = time.perf_counter() - start
     return doc

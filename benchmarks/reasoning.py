@@ -17,13 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from dicomnode.demo.synthetic import StudySpec, make_study, prior_spec
 from inference.flow import run_flow
 from inference.model import build_demo_model, load_chat_model
 from inference.model.engine import LoadedModel
 from inference.record import ReasoningRecord
+from inference.threads import ensure_threads
 
 
 def _run(model: LoadedModel, current: list, prior: list, max_new_tokens: int) -> tuple[ReasoningRecord, float]:
@@ -49,12 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="medium", choices=("tiny", "medium"), help="demo size when building")
     ap.add_argument("--no-prior", action="store_true", help="current study only (stages 5-6 not applicable)")
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (default 1: on a shared machine OpenMP spin-waits distort timings; 0 = torch's "
-                    "choice)")
+                    help="torch threads (default 1: a shared machine's other work distorts multi-thread timings; 0 = "
+                    "the node's thread policy, inference/threads.py)")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = ensure_threads(args.threads or None).threads  # before the model loads
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or build_demo_model(Path(tmp) / "demo", family="qwen2_5_vl", size=args.size)
         cached = load_chat_model(model_dir, quantization=args.quantization, dtype=args.dtype, cache="prefix")
@@ -64,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         prior = [] if args.no_prior else make_study(prior_spec(spec))
         print(f"model {cached.info.model_name} ({cached.info.parameters / 1e6:.1f} M params, {cached.info.profile}, "
               f"{cached.info.quantization}, {cached.info.dtype}, {cached.info.device}, "
-              f"{torch.get_num_threads()} threads); images {len(current)} current + {len(prior)} prior; "
+              f"{threads} threads); images {len(current)} current + {len(prior)} prior; "
               f"max_new_tokens {args.max_new_tokens}")
         _run(cached, current[:1], [], 2)  # warm-up (allocator, kernels)
         rec_cached, t_cached = _run(cached, current, prior, args.max_new_tokens)

@@ -7,10 +7,12 @@ needs them. The watchdog checks instead that the parent process is still the one
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
 WATCH_SECONDS = 0.5
+log = logging.getLogger(__name__)
 
 
 def watch_parent(interval: float = WATCH_SECONDS) -> None:
@@ -27,8 +29,34 @@ def watch_parent(interval: float = WATCH_SECONDS) -> None:
 
 
 def page_process_start() -> None:
-    """Initializer of a page process: the parent watchdog, then sr_writer's warm-up (fonts)."""
+    """Initializer of a page process: one thread for any OpenMP/BLAS runtime, the parent watchdog, then
+    sr_writer's warm-up (fonts) and a rehearsal.
+
+    A page process renders, encodes and validates; it never imports torch (sr_writer does not), and a runtime
+    that something loads later gets one thread, so page processes never spin beside the model's threads.
+    """
+    from inference.threads import single_thread_environment
+
+    single_thread_environment()
     watch_parent()
     from sr_writer.api import warm_up
 
     warm_up()
+    rehearse()
+
+
+def rehearse() -> None:
+    """Make a small SR and a reasoning page (built, encoded, validated) and drop them: the lazy imports, code table,
+    page layout and dciodvfy's first run that the first study would otherwise wait for (measured: its SR 0.44 s
+    instead of 0.17 s, its first page 0.17 s instead of 0.08 s). A failure here only costs that time later."""
+    try:
+        from dicomnode.demo.records import make_record
+        from dicomnode.demo.synthetic import StudySpec, make_study
+        from sr_writer import plan, prepare
+
+        study = make_study(StudySpec(views=("PA",), rows=64, columns=64))
+        sources, _ = prepare(make_record(study, positive=("pneumothorax",)), study)
+        for task in plan(sources)[:2]:  # the SR and the first page
+            task.run()
+    except Exception as exc:  # noqa: BLE001 - the page process serves anyway
+        log.warning("page process rehearsal failed: %s", exc)

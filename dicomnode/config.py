@@ -145,6 +145,9 @@ class ModelSection(ConfigModel):
     quantization: Literal["nf4", "fp4", "int8", "none"] = "nf4"
     device: str = "auto"
     skip_modules: list[str] | None = None
+    # torch threads of the in-process model; None = the usable cores less what the role runs beside it, or
+    # OMP_NUM_THREADS when the environment sets it (dicomnode/threads.py)
+    threads: int | None = Field(None, ge=1, le=1024)
     # backend "openai": an OpenAI-compatible engine (vLLM); the key is read from the named environment variable
     url: str | None = None  # e.g. http://vllm:8000/v1
     name: str | None = None  # served model id; null = the first one /v1/models lists

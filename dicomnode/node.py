@@ -165,6 +165,10 @@ class Node:
         from dicomnode.processing import make_processor
         from dicomnode.retention import Retention
 
+        if self.config.processing.processor == "reasoning" and self.config.model.backend == "transformers":
+            from dicomnode.threads import apply_node_threads
+
+            apply_node_threads(self.config, self.role)  # before the model loads (make_processor)
         self.deliverer = deliverer_cls(self.config, self.session_factory)
         self.worker = worker_cls(self.config, self.session_factory, make_processor(self.config),
                                  on_results=self.deliverer.wake)

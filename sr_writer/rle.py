@@ -1,16 +1,20 @@
-"""RLE Lossless (PS3.5 Annex G) encoding of 8-bit frames, vectorised with numpy.
+"""RLE Lossless (PS3.5 Annex G) encoding of 8-bit frames.
 
 A reasoning page is mostly runs of one colour, so RLE shrinks it about tenfold and every PACS and viewer decodes
-it. pydicom's own encoder and pylibjpeg-rle took 0.14-0.33 s per 1536 x 2048 RGB page here; this one takes a
-fraction of that by finding all runs of a plane at once instead of walking bytes. Each row is encoded on its own
-(G.3.1: a packet never continues into the next row), one segment per colour plane (R, G, B for colour-by-plane
-order, as G.2 requires).
+it. Each row is encoded on its own (G.3.1: a packet never continues into the next row), one segment per colour
+plane (R, G, B for colour-by-plane order, as G.2 requires). A segment is PackBits, the TIFF compression that
+libtiff (in Pillow) writes row by row in C: 2.5 ms per plane of a 1536 x 2048 page, against 15-25 ms for the
+numpy encoder below (``encode_rows``), which is used where Pillow has no libtiff. pydicom's own encoder and
+pylibjpeg-rle took 0.14-0.33 s per page.
 """
 from __future__ import annotations
 
+import io
 import struct
+from functools import lru_cache
 
 import numpy as np
+from PIL import Image, TiffImagePlugin, features
 
 MAX_PACKET = 128  # PackBits: a literal of 1..128 bytes, or one byte replicated 2..128 times
 MAX_SEGMENTS = 15
@@ -66,6 +70,24 @@ def encode_rows(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, np.diff(row_begin)
 
 
+@lru_cache(maxsize=1)
+def libtiff_packbits() -> bool:
+    """Whether Pillow can write PackBits TIFF (it needs libtiff, which Pillow's wheels include)."""
+    return bool(features.check("libtiff"))
+
+
+def packbits_rows(plane: np.ndarray | Image.Image) -> bytes:
+    """PackBits of every row of a 2-D uint8 array (or an "L" image), each row on its own, by libtiff: the strips
+    of a one-channel PackBits TIFF hold exactly that, row after row."""
+    image = plane if isinstance(plane, Image.Image) else Image.fromarray(np.ascontiguousarray(plane), "L")
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF", compression="packbits", tiffinfo={278: image.height})  # 278: RowsPerStrip
+    data = buffer.getvalue()
+    with TiffImagePlugin.TiffImageFile(io.BytesIO(data)) as tiff:
+        offsets, counts = tiff.tag_v2[273], tiff.tag_v2[279]  # StripOffsets, StripByteCounts
+    return b"".join(data[offset:offset + count] for offset, count in zip(offsets, counts, strict=True))
+
+
 def encode_frame(pixels: np.ndarray) -> bytes:
     """One RLE Lossless frame of uint8 ``pixels`` shaped (rows, cols) or (rows, cols, samples)."""
     if pixels.dtype != np.uint8:
@@ -74,6 +96,34 @@ def encode_frame(pixels: np.ndarray) -> bytes:
     rows, cols, samples = planes.shape
     if samples > MAX_SEGMENTS:
         raise ValueError(f"{samples} samples per pixel: RLE Lossless allows at most {MAX_SEGMENTS} segments")
+    if libtiff_packbits():
+        return _frame([packbits_rows(planes[..., sample]) for sample in range(samples)])
+    return encode_frame_numpy(planes)
+
+
+def encode_image(image: Image.Image) -> bytes:
+    """One RLE Lossless frame of an 8-bit "L" or "RGB" image (its bands are the segments)."""
+    if image.mode not in ("L", "RGB"):
+        raise ValueError(f"RLE encoder takes L or RGB images, not {image.mode}")
+    if libtiff_packbits():
+        return _frame([packbits_rows(band) for band in image.split()])
+    return encode_frame(np.asarray(image, dtype=np.uint8))
+
+
+def _frame(segments: list[bytes]) -> bytes:
+    """The RLE header (segment count and offsets) and the segments, each padded to even length."""
+    segments = [segment + b"\x00" * (len(segment) % 2) for segment in segments]
+    offsets, position = [], 64
+    for segment in segments:
+        offsets.append(position)
+        position += len(segment)
+    header = struct.pack("<16L", len(segments), *offsets, *([0] * (MAX_SEGMENTS - len(segments))))
+    return header + b"".join(segments)
+
+
+def encode_frame_numpy(planes: np.ndarray) -> bytes:
+    """``encode_frame`` of (rows, cols, samples) uint8 ``planes`` with the numpy encoder (no libtiff needed)."""
+    rows, cols, samples = planes.shape
     # Rows are cut into blocks of BLOCK columns, each encoded on its own (a packet holds at most 128 bytes anyway, so
     # this costs next to nothing in size): a colour plane then re-encodes only the blocks where it differs from
     # the first plane, e.g. a coloured label beside a grey image, not the whole row.
@@ -84,13 +134,7 @@ def encode_frame(pixels: np.ndarray) -> bytes:
     for sample in range(1, samples):
         plane = np.ascontiguousarray(planes[..., sample]).reshape(-1, block)
         segments.append(_segment_like(first, encoded, row_bytes, plane))
-    segments = [segment + b"\x00" * (len(segment) % 2) for segment in segments]  # even length, zero padded
-    offsets, position = [], 64
-    for segment in segments:
-        offsets.append(position)
-        position += len(segment)
-    header = struct.pack("<16L", len(segments), *offsets, *([0] * (MAX_SEGMENTS - len(segments))))
-    return header + b"".join(segments)
+    return _frame(segments)
 
 
 def _segment_like(first: np.ndarray, encoded: np.ndarray, row_bytes: np.ndarray, plane: np.ndarray) -> bytes:

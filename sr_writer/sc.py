@@ -24,7 +24,7 @@ from inference.record import UNVERIFIED_STATEMENT as UNVERIFIED
 from inference.record import ReasoningRecord
 from sr_writer import provenance as prov
 from sr_writer.options import OutputOptions
-from sr_writer.rle import encode_frame
+from sr_writer.rle import encode_frame, encode_image
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,10 @@ class PagePixels:
 
 def page_pixels(image: Image.Image, transfer_syntax: str = RLELossless) -> PagePixels:
     """Encode a rendered page for its SC instance."""
-    return encode_pixels(np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8),
-                         transfer_syntax)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    if transfer_syntax == RLELossless:  # straight from the image's bands, no array copy
+        return PagePixels(rgb.height, rgb.width, RLELossless, encapsulate([encode_image(rgb)]))
+    return encode_pixels(np.asarray(rgb, dtype=np.uint8), transfer_syntax)
 
 
 def encode_pixels(pixels: np.ndarray, transfer_syntax: str = RLELossless) -> PagePixels:

@@ -247,6 +247,13 @@ def _stage_container(stage: StageResult, record: ReasoningRecord, table: CodeTab
     return container
 
 
+def _imaging_measurements(root: Dataset) -> Dataset | None:
+    """The Imaging Measurements container (DCM 126010) of a TID 1500 root, or None."""
+    wanted = codes.DCM.ImagingMeasurements.value
+    return next((item for item in root.ContentSequence if item.ValueType == "CONTAINER"
+                 and item.ConceptNameCodeSequence[0].CodeValue == wanted), None)
+
+
 def _drop_imaging_measurements(root: Dataset) -> None:
     """Take the Imaging Measurements container (DCM 126010) out of a TID 1500 root (when no group has geometry)."""
     wanted = codes.DCM.ImagingMeasurements.value
@@ -310,15 +317,15 @@ def build_sr(
     root = report[0]
     if not box_groups:
         _drop_imaging_measurements(root)
-    root.ContentSequence.append(_qualitative_evaluations(record, table))
     comment = table.structure["comment"]
-    root.ContentSequence.append(_text(comment, UNVERIFIED_STATEMENT))
-    if p.demo_model:
-        root.ContentSequence.append(_text(comment, DEMO_STATEMENT))
-    root.ContentSequence.append(_text(table.private["algorithm"], prov.summary(p)))
     problems = completion_problems(record)
-    if problems:
-        root.ContentSequence.append(_text(comment, "Incomplete (PARTIAL): " + "; ".join(problems)))
+    # the rest of the root: no image references in it (see below where it joins the root)
+    rest = [_qualitative_evaluations(record, table), _text(comment, UNVERIFIED_STATEMENT),
+            *([_text(comment, DEMO_STATEMENT)] if p.demo_model else []),
+            _text(table.private["algorithm"], prov.summary(p)),
+            *([_text(comment, "Incomplete (PARTIAL): " + "; ".join(problems))] if problems else [])]
+    if not box_groups:  # then the root needs its qualitative evaluations while highdicom makes the SR
+        root.ContentSequence.extend(rest)
 
     now = dt.datetime.now(dt.UTC)
     equipment = ContributingEquipment(
@@ -333,6 +340,15 @@ def build_sr(
         contribution_description=f"Processing Algorithm: {prov.summary(p)}"[:64],
     )
     sr_class = ComprehensiveSR if options.sr_sop_class == "comprehensive" else Comprehensive3DSR
+    # The box groups (all but one) and the rest of the root are held out while highdicom makes the SR: it
+    # deep-copies and re-parses the whole content and searches it twice for image references (two thirds of the
+    # SR's cost with the 20-odd boxes of a study), yet the evidence it records is every dataset given as
+    # ``evidence`` whatever the content references, and every box references one of them (``sources``). They go
+    # back where they were afterwards (highdicom's SR shares the root's items): the same tree.
+    measurements = _imaging_measurements(root) if box_groups else None
+    held = list(measurements.ContentSequence) if measurements is not None else []
+    if measurements is not None:
+        measurements.ContentSequence = held[:1]  # one group keeps the container as highdicom checks it
     sr = sr_class(
         evidence=[*current, *prior],
         content=report,
@@ -360,6 +376,11 @@ def build_sr(
             )
         ],
     )
+    if measurements is not None:
+        sr_measurements = _imaging_measurements(sr)
+        assert sr_measurements is not None
+        sr_measurements.ContentSequence = held
+        sr.ContentSequence.extend(rest)
     if options.sr_sop_class == "comprehensive":
         _original_source_references(sr.ContentSequence, table.structure["original_source"])
     sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime

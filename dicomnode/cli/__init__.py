@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from inference.threads import passive_wait
+
+    passive_wait()  # first: OpenMP reads its wait policy once, when torch loads (no command module imports torch)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

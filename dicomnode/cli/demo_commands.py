@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from dicomnode.threads import add_threads_argument
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = subparsers.add_parser(
@@ -37,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--quantization", choices=("nf4", "fp4", "int8", "none"), help="override model.quantization")
     run.add_argument("--device", help="override model.device (auto, cpu, cuda)")
     run.add_argument("--max-new-tokens", type=int, help="override reasoning.max_new_tokens")
+    add_threads_argument(run, "model.threads, else every usable core, or OMP_NUM_THREADS when set")
     run.set_defaults(func=run_batch_command)
 
 
@@ -87,11 +90,16 @@ def run_batch_command(args: argparse.Namespace) -> int:
         config.model.device = args.device
     if args.max_new_tokens:
         config.reasoning.max_new_tokens = args.max_new_tokens
+    if args.threads:
+        config.model.threads = args.threads
     if not args.input.is_dir():
         print(f"cxr-node run: {args.input} is not a folder", file=sys.stderr)
         return 2
     from dicomnode.reasoning import ReasoningProcessor
+    from dicomnode.threads import apply_node_threads
 
+    if config.model.backend == "transformers":
+        apply_node_threads(config, "run")  # one study at a time, nothing else beside it
     studies, skipped = group_by_study(p for p in args.input.rglob("*") if p.is_file())
     for path, reason in skipped:
         print(f"  skipped {path}: {reason}")

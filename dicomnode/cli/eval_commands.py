@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dicomnode.threads import add_threads_argument
+
 QUANTIZATIONS = ("nf4", "fp4", "int8", "none")
 
 
@@ -37,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run the same inputs under two quantization settings (e.g. none,nf4) and report their agreement",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    add_threads_argument(p)
     p.add_argument("--limit", type=int, metavar="N", help="first N studies only")
     p.add_argument("--max-questions", type=int, metavar="N", help="first N questions of each study only")
     p.add_argument("--max-new-tokens", type=int, metavar="N", help="cap on generated tokens per answer")
@@ -86,7 +89,7 @@ def _load_model(args: argparse.Namespace, quantization: str) -> Any:
     spec = ModelSpec(backend="openai" if engine else "transformers", path=args.model, url=engine,
                      name=getattr(args, "engine_model", None), profile=getattr(args, "engine_profile", None),
                      max_pixels=getattr(args, "engine_max_pixels", None), quantization=quantization,
-                     device=args.device)
+                     device=args.device, threads=getattr(args, "threads", None))
     return open_chat_model(spec)
 
 

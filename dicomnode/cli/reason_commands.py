@@ -4,13 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.dataset import Dataset
 
-if TYPE_CHECKING:
-    pass
+from dicomnode.threads import add_threads_argument
 
 ANSWER_WIDTH = 110
 
@@ -39,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--max-new-tokens", type=int, metavar="N", help="cap every answer at N new tokens")
     p.add_argument("--max-side", type=int, metavar="PX", help="shrink images to at most PX on their longer side")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_threads_argument(p)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prompt for every question")
     p.add_argument("--no-constrain", action="store_true",
                    help="let the model write closed answers freely (default: decoded under their grammar)")
@@ -148,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = ModelSpec(backend="openai" if args.engine else "transformers", path=args.model, url=args.engine,
                      name=args.engine_model, quantization=args.quantization, device=args.device, profile=args.profile,
-                     cache="none" if args.no_cache else "prefix", seed=args.seed)
+                     cache="none" if args.no_cache else "prefix", seed=args.seed, threads=args.threads)
     try:
         model = open_chat_model(spec)
     except (ModelLoadError, OSError, ValueError, RuntimeError) as exc:

@@ -8,10 +8,16 @@ import os
 # local_files_only=True). Set before huggingface_hub is imported, where that has not happened yet.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from inference.model.demo import build_demo_model
-from inference.model.engine import LoadedModel, ModelInfo
-from inference.model.loading import ModelLoadError, load_chat_model, resolve_device
-from inference.model.open import ModelSpec, open_chat_model
+from inference.threads import passive_wait  # noqa: E402 - imports no torch
+
+# OpenMP reads its wait policy once, when torch loads it (just below): idle threads sleep instead of spinning
+# (inference/threads.py), unless the environment names a policy.
+passive_wait()
+
+from inference.model.demo import build_demo_model  # noqa: E402
+from inference.model.engine import LoadedModel, ModelInfo  # noqa: E402
+from inference.model.loading import ModelLoadError, load_chat_model, resolve_device  # noqa: E402
+from inference.model.open import ModelSpec, open_chat_model  # noqa: E402
 
 __all__ = ["LoadedModel", "ModelInfo", "ModelLoadError", "ModelSpec", "build_demo_model", "load_chat_model",
            "open_chat_model", "resolve_device"]

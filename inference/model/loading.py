@@ -22,6 +22,7 @@ from inference.model.engine import LoadedModel, ModelInfo
 from inference.model.processors import load_processor
 from inference.model.profiles import ModelProfile, select_profile
 from inference.model.quantization import bnb_config, describe_saved_quantization, dtype_name, parse_dtype
+from inference.threads import ensure_threads
 
 log = logging.getLogger(__name__)
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
@@ -122,17 +123,21 @@ def profile_for(model_dir: str | Path, override: str | None = None) -> ModelProf
 
 def load_chat_model(model_dir: str | Path, quantization: str = "nf4", device: str = "auto",
                     skip_modules: list[str] | None = None, dtype: str | torch.dtype | None = None,
-                    profile: str | None = None, cache: str = "prefix", seed: int = 0) -> LoadedModel:
+                    profile: str | None = None, cache: str = "prefix", seed: int = 0,
+                    threads: int | None = None) -> LoadedModel:
     """Load a local model directory as a ``ChatModel``.
 
     quantization: nf4 | fp4 | int8 | none (ignored for a pre-quantized checkpoint, which keeps its own).
     skip_modules: modules kept unquantized (default: the profile's vision tower, projector and lm_head).
     dtype: dtype of unquantized weights and 4-bit compute (default bfloat16).
     cache: "prefix" reuses the KV cache of the conversation so far; "none" recomputes every prompt.
+    threads: torch threads (default: the process's plan, e.g. the node's, else every usable core unless
+    OMP_NUM_THREADS says otherwise; inference/threads.py).
     """
     from transformers import AutoModelForImageTextToText
 
     start = time.perf_counter()
+    ensure_threads(threads)
     model_dir = Path(model_dir)
     config = read_config(model_dir)
     marker = read_marker(model_dir)

@@ -26,6 +26,7 @@ class ModelSpec:
     profile: str | None = None  # None: from the model's config (local), REMOTE_DEFAULT_PROFILE (engine)
     cache: Literal["prefix", "none"] = "prefix"
     seed: int = 0
+    threads: int | None = None  # torch threads of a local model (None: the process's plan, inference/threads.py)
     url: str | None = None
     name: str | None = None
     api_key_env: str | None = None
@@ -57,4 +58,4 @@ def open_chat_model(spec: ModelSpec) -> ChatModel:
         raise ValueError("a local model needs its directory (path)")
     return load_chat_model(spec.path, quantization=spec.quantization, device=spec.device,
                            skip_modules=spec.skip_modules, dtype=spec.dtype, profile=spec.profile, cache=spec.cache,
-                           seed=spec.seed)
+                           seed=spec.seed, threads=spec.threads)

@@ -1,4 +1,5 @@
-"""The RLE Lossless encoder: decoded by pydicom and by DCMTK's dcmdrle back to exactly the same pixels."""
+"""The RLE Lossless encoder (libtiff's PackBits, and the numpy one used without libtiff): decoded by pydicom and by
+DCMTK's dcmdrle back to exactly the same pixels, no packet across a row."""
 from __future__ import annotations
 
 import shutil
@@ -8,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels.decoders.rle import _rle_decode_frame
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage, generate_uid
 
-from sr_writer.rle import encode_frame
+from sr_writer.rle import encode_frame, encode_frame_numpy, encode_image, libtiff_packbits
 
 
 def _decode(frame: bytes, rows: int, cols: int, samples: int) -> np.ndarray:
@@ -49,10 +51,57 @@ PAPER[30:31, 0:512:2] = 0
 CASES["paper with text"] = PAPER
 
 
+def _numpy_encoder(pixels: np.ndarray) -> bytes:
+    return encode_frame_numpy(pixels[..., np.newaxis] if pixels.ndim == 2 else pixels)
+
+
+ENCODERS = {"libtiff": encode_frame, "numpy": _numpy_encoder}
+
+
+def test_pillow_here_has_libtiff() -> None:
+    assert libtiff_packbits()  # else every page goes through the slower numpy encoder
+
+
+def _packets_keep_to_rows(segment: bytes, rows: int, cols: int) -> bool:
+    """Walk the PackBits packets of one segment: each must end at or before the end of its row (G.3.1)."""
+    at, decoded = 0, 0
+    while decoded < rows * cols:
+        header = segment[at]
+        if header < 128:
+            length, at = header + 1, at + 2 + header
+        elif header > 128:
+            length, at = 257 - header, at + 2
+        else:
+            at += 1
+            continue
+        if decoded // cols != (decoded + length - 1) // cols:
+            return False
+        decoded += length
+    return decoded == rows * cols
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
 @pytest.mark.parametrize("name", CASES)
-def test_pydicom_decodes_the_same_pixels(name: str) -> None:
+def test_no_packet_crosses_a_row(name: str, encoder: str) -> None:
     pixels = np.ascontiguousarray(CASES[name])
-    frame = encode_frame(pixels)
+    frame = ENCODERS[encoder](pixels)
+    header = np.frombuffer(frame[:64], "<u4")
+    ends = [*header[1 : 1 + header[0]], len(frame)]
+    for begin, end in zip(ends, ends[1:], strict=False):
+        assert _packets_keep_to_rows(frame[begin:end], pixels.shape[0], pixels.shape[1])
+
+
+def test_an_image_encodes_as_its_array() -> None:
+    page = np.ascontiguousarray(CASES["rgb, grey rows and colour rows"])
+    assert encode_image(Image.fromarray(page, "RGB")) == encode_frame(page)
+    assert encode_image(Image.fromarray(PAPER, "L")) == encode_frame(PAPER)
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+@pytest.mark.parametrize("name", CASES)
+def test_pydicom_decodes_the_same_pixels(name: str, encoder: str) -> None:
+    pixels = np.ascontiguousarray(CASES[name])
+    frame = ENCODERS[encoder](pixels)
     samples = pixels.shape[2] if pixels.ndim == 3 else 1
     assert len(frame) % 2 == 0
     header = np.frombuffer(frame[:64], "<u4")
@@ -60,9 +109,10 @@ def test_pydicom_decodes_the_same_pixels(name: str) -> None:
     assert (_decode(frame, pixels.shape[0], pixels.shape[1], samples) == pixels).all()
 
 
-def test_rows_are_encoded_separately() -> None:
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_rows_are_encoded_separately(encoder: str) -> None:
     """PS3.5 G.3.1: no packet crosses a row; a row of one value costs ceil(cols / 128) two-byte packets."""
-    frame = encode_frame(np.full((3, 300), 9, np.uint8))
+    frame = ENCODERS[encoder](np.full((3, 300), 9, np.uint8))
     segment = frame[64:]
     assert segment[:6] == bytes([129, 9, 129, 9, 213, 9])  # 128 + 128 + 44 per row
     assert len(segment) == 3 * 6

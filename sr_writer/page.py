@@ -245,6 +245,7 @@ class PageRenderer:
         self.margin = max(32, self.width // 32)
         self.inner = self.width - 2 * self.margin
         self.boxes = [(b, f) for b, f in collect_boxes(record)]
+        self._layout: Layout | None = None
 
     # -- header and footer -------------------------------------------------------------------------------
     def _header_lines(self) -> list[Line]:
@@ -460,7 +461,13 @@ class PageRenderer:
 
     # -- pages ----------------------------------------------------------------------------------------------
     def layout(self) -> Layout:
-        """Where everything goes: panel geometry and, per page, each reasoning line with its top y."""
+        """Where everything goes: panel geometry and, per page, each reasoning line with its top y (worked out
+        once per renderer)."""
+        if self._layout is None:
+            self._layout = self._make_layout()
+        return self._layout
+
+    def _make_layout(self) -> Layout:
         probe = Image.new("RGB", (self.width, self.height), WHITE)
         header_bottom = self._draw_header(ImageDraw.Draw(probe), 1, 1)
         bottom = self.height - self.margin - self._footer_height()

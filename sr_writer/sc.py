@@ -84,19 +84,21 @@ def build_page_datasets(
     first_number: int = 1,
     total: int | None = None,
     made_at: dt.datetime | None = None,
+    templates: dict[tuple[int, int], Dataset] | None = None,
 ) -> list[Dataset]:
     """One SC instance per encoded page, numbered from ``first_number`` of ``total`` (default: these pages are all).
 
     highdicom builds (and checks) the first of each page size; the other pages are copies of it that differ in
     their UID, number, texts and pixel data. Pages of one study made in several calls (page processes) share
-    ``series_uid`` and ``made_at``."""
+    ``series_uid`` and ``made_at``; ``templates`` (page size -> template), when given, is reused and filled across
+    calls for the same set."""
     options = options or OutputOptions()
     if not current:
         raise ValueError("at least one current source dataset is needed")
     series_uid = series_uid or generate_uid()
     made_at = made_at or dt.datetime.now(dt.UTC)
     total = total if total is not None else len(pages)
-    templates: dict[tuple[int, int], Dataset] = {}
+    templates = {} if templates is None else templates
     out: list[Dataset] = []
     for number, page in enumerate(pages, start=first_number):
         size = (page.rows, page.columns)

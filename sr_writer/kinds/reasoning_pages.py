@@ -4,22 +4,51 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydicom import Dataset
 from pydicom.uid import UID
 
 from sr_writer.kinds.base import Made, MakingTask, ResultObject, Sources
-from sr_writer.page import render_some_pages
+from sr_writer.page import PageRenderer
 from sr_writer.sc import build_page_datasets, page_pixels
 from sr_writer.tree_bytes import tree_part10_bytes
 from sr_writer.validate import ValidationReport, ensure_valid_bytes
 
 SC_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.4"})
 
-# What each task makes: single pages first, so each is ready (and can be sent) as soon as it is made, then every
-# page after them in one task. The image page (frontal image, box table) is the first.
-PAGE_PARTS: tuple[range, ...] = (range(1, 2), range(2, 3), range(3, 4), range(4, 1_000_000))
+# What each task makes: one page each, so each is ready (and can be sent) as soon as it is made and no task ends
+# with several pages to store at once, then every page after them in one task (a task for a page the record does
+# not have returns nothing at once). The image page (frontal image, box table) is the first.
+PAGE_PARTS: tuple[range, ...] = (*(range(n, n + 1) for n in range(1, 7)), range(7, 1_000_000))
+
+
+@dataclass
+class _SetWork:
+    """What every page task of one result set would work out again: the layout (in a renderer; one with the
+    decoded panel for page 1, one without for the others) and the SC template. A page process keeps it for the set
+    it is making: its next task is usually of the same set."""
+
+    renderers: dict[bool, PageRenderer] = field(default_factory=dict)
+    templates: dict[tuple[int, int], Dataset] = field(default_factory=dict)
+
+    def renderer(self, sources: Sources) -> PageRenderer:
+        with_panel = sources.panel is not None
+        if with_panel not in self.renderers:
+            self.renderers[with_panel] = PageRenderer(sources.record, sources.current, sources.prior,
+                                                      sources.options, sources.panel)
+        return self.renderers[with_panel]
+
+
+_WORK: dict[tuple[str, str], _SetWork] = {}
+
+
+def _set_work(sources: Sources) -> _SetWork:
+    key = (sources.uids.seed, sources.made_at.isoformat())
+    if key not in _WORK:
+        _WORK.clear()  # one set at a time: a process never holds another study's pages
+        _WORK[key] = _SetWork()
+    return _WORK[key]
 
 
 def make_pages(sources: Sources, only: Collection[int] | None = None, keep_images: bool = False) -> Made:
@@ -27,14 +56,15 @@ def make_pages(sources: Sources, only: Collection[int] | None = None, keep_image
     ``uids.page(N)``; every page of the set shares the SC series and ``made_at``, whichever task made it."""
     options = sources.options
     started = time.perf_counter()
-    images, total = render_some_pages(sources.record, sources.current, sources.prior, options, only, sources.panel)
+    work = _set_work(sources)
+    images, total = work.renderer(sources).render(only)
     rendered = time.perf_counter()
     pixels = [page_pixels(image, options.page_transfer_syntax) for image in images]
     encoded = time.perf_counter()
     first = next((n for n in range(1, total + 1) if only is None or n in only), 1)
     pages = build_page_datasets(sources.record, pixels, sources.current, options,
                                 series_uid=sources.uids.sc_series, first_number=first, total=total,
-                                made_at=sources.made_at)
+                                made_at=sources.made_at, templates=work.templates)
     for page in pages:
         uid = UID(sources.uids.page(int(page.InstanceNumber)))
         page.SOPInstanceUID = page.file_meta.MediaStorageSOPInstanceUID = uid

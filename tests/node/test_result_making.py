@@ -121,7 +121,9 @@ def test_page_processes_get_headers_and_one_decoded_panel(study: list[Dataset], 
     with pool:
         _, objects = _made(ResultMaker(2, make_pool=lambda: pool), record, study, prior_study)
     given = pool.given  # type: ignore[attr-defined]
-    assert [task.kind for task in given] == ["sr", "sc", "sc", "sc", "sc"]  # the SR and four page tasks
+    from sr_writer.kinds.reasoning_pages import PAGE_PARTS
+
+    assert [task.kind for task in given] == ["sr"] + ["sc"] * len(PAGE_PARTS)  # the SR, then the page tasks
     for task in given:
         datasets = [*task.sources.current, *task.sources.prior]
         assert len(datasets) == len(study) + len(prior_study)

@@ -23,7 +23,15 @@ from pydantic import (
     model_validator,
 )
 
-from dicomnode.config_types import ConfigModel, HttpAuth, RetryConfig, TLSConfig, ae_title
+from dicomnode.config_types import (
+    ConfigModel,
+    HttpAuth,
+    ResultKinds,
+    RetryConfig,
+    TLSConfig,
+    ae_title,
+    registered_kinds,
+)
 from dicomnode.datadir import DataDir
 from dicomnode.destinations import DestinationConfig
 from dicomnode.destinations.registry import validate_destination
@@ -276,24 +284,14 @@ class OutputSection(ConfigModel):
     # for Orthanc Stone's viewer and PACS that do not know 3D SR).
     sr_sop_class: Literal["comprehensive3d", "comprehensive"] = "comprehensive3d"
     # the result kinds the node makes (sr_writer.kinds: "sr" the Structured Report, "sc" the reasoning pages)
-    objects: list[str] = Field(default_factory=lambda: _result_kinds())
+    objects: ResultKinds = Field(default_factory=registered_kinds)
 
     @field_validator("objects")
     @classmethod
-    def _known_kinds(cls, values: list[str]) -> list[str]:
-        known = _result_kinds()
-        unknown = [value for value in values if value not in known]
-        if unknown:
-            raise ValueError(f"unknown result kind {', '.join(unknown)} (known: {', '.join(known)})")
+    def _some_kind(cls, values: list[str]) -> list[str]:
         if not values:
             raise ValueError("at least one result kind (to make none, use processing.processor: passthrough)")
         return values
-
-
-def _result_kinds() -> list[str]:
-    from sr_writer.kinds import kind_names
-
-    return kind_names()
 
 
 class NodeConfig(ConfigModel):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 class ConfigModel(BaseModel):
@@ -25,6 +25,25 @@ def ae_title(value: str) -> str:
     if not value or len(value) > 16 or "\\" in value or not value.isascii():
         raise ValueError("AE title must be 1-16 ASCII characters without backslash")
     return value
+
+
+def registered_kinds() -> list[str]:
+    """The result kinds the node can make (sr_writer.kinds), in the order they are made."""
+    from sr_writer.kinds import kind_names
+
+    return kind_names()
+
+
+def _known_kinds(values: list[str]) -> list[str]:
+    known = registered_kinds()
+    unknown = [value for value in values if value not in known]
+    if unknown:
+        raise ValueError(f"unknown result kind {', '.join(unknown)} (known: {', '.join(known)})")
+    return values
+
+
+# a list of registered result kind names (``output.objects``, a destination's ``objects``)
+ResultKinds = Annotated[list[str], AfterValidator(_known_kinds)]
 
 
 class TLSConfig(ConfigModel):

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from dicomnode.config_types import ConfigModel, RetryConfig
+from dicomnode.config_types import ConfigModel, ResultKinds, RetryConfig, registered_kinds
 
 DICOM_MEDIA_TYPE = "application/dicom"
 
@@ -53,28 +53,13 @@ class DestinationConfig(ConfigModel):
         return False
 
 
-def _registered_kinds() -> list[str]:
-    from sr_writer.kinds import kind_names
-
-    return kind_names()
-
-
 class DicomObjectDestination(DestinationConfig):
     """A destination that is sent the DICOM result objects of the kinds in ``objects`` (default: all)."""
 
-    objects: list[str] = Field(default_factory=_registered_kinds)
+    objects: ResultKinds = Field(default_factory=registered_kinds)
     # at most this many associations (requests) at once: objects that are ready while another is being sent go on
     # a second one instead of waiting (1: one object after the other)
     associations: int = Field(2, ge=1, le=8)
-
-    @field_validator("objects")
-    @classmethod
-    def _known_kinds(cls, values: list[str]) -> list[str]:
-        known = _registered_kinds()
-        unknown = [value for value in values if value not in known]
-        if unknown:
-            raise ValueError(f"unknown result kind {', '.join(unknown)} (known: {', '.join(known)})")
-        return values
 
     @property
     def parallel_sends(self) -> int:

@@ -148,6 +148,8 @@ def _qualitative_evaluations(record: ReasoningRecord, table: CodeTable) -> Conta
 
 
 def _region(box: Box, source: Dataset, frame: int) -> ImageRegion:
+    """The box as an image-region SCOORD on its source. The source reference is built from its UIDs, not with
+    ``SourceImageForRegion.from_source_image``, which reads Modality (Type 1, yet absent in some real headers)."""
     rows, cols = int(source.Rows), int(source.Columns)
     x1, y1, x2, y2 = box.pixels
     x1, x2 = sorted((min(max(x1, 0.0), cols), min(max(x2, 0.0), cols)))
@@ -157,7 +159,9 @@ def _region(box: Box, source: Dataset, frame: int) -> ImageRegion:
     return ImageRegion(
         graphic_type=GraphicTypeValues.POLYLINE,
         graphic_data=points,
-        source_image=SourceImageForRegion.from_source_image(source, referenced_frame_numbers=frames),
+        source_image=SourceImageForRegion(referenced_sop_class_uid=str(source.SOPClassUID),
+                                          referenced_sop_instance_uid=str(source.SOPInstanceUID),
+                                          referenced_frame_numbers=frames),
     )
 
 

@@ -62,7 +62,7 @@ from inference.record import (
 from sr_writer import provenance as prov
 from sr_writer.codes import CodeTable, load_table
 from sr_writer.options import OutputOptions
-from sr_writer.text import completion_problems, dicom_text, parsed_text, stage_status_text
+from sr_writer.text import completion_problems, dicom_text, parsed_text, stage_status_text, sweep_text
 
 CONTAINS = RelationshipTypeValues.CONTAINS
 _MAX_TRACKING_ID = 64
@@ -370,4 +370,5 @@ def build_sr(
     # collected the evidence and copied the content, they add nothing to evidence and cost no second copy.
     for stage in sorted(record.stages, key=lambda s: s.number):
         sr.ContentSequence.append(_stage_container(stage, record, table))
+    sweep_text(sr)  # no TAB or control character in any text, whatever it came from (sr_writer.text)
     return sr

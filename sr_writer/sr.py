@@ -9,8 +9,9 @@ Layout of the content tree (root: Imaging Measurement Report, DCM 126000, for de
 - qualitative evaluations (UMLS C0034375): <finding concept> = present | absent | uncertain for every checklist
   finding (study level, no geometry);
 - comments: the unverified statement, the demo statement, an algorithm summary;
-- one container per stage with its status and a question/answer container per question; stage 8 also holds the
-  report findings and impression.
+- one container per stage with its status and a question/answer container per question; stage 5 (comparison) also
+  cites each prior image the model compared as an IMAGE item (the prior is in the image library and in Pertinent
+  Other Evidence too); stage 8 also holds the report findings and impression.
 
 CompletionFlag is COMPLETE only when no stage failed and every answer parsed; otherwise PARTIAL, and a comment
 lists why. VerificationFlag is UNVERIFIED and PreliminaryFlag PRELIMINARY: nobody has reviewed AI output.
@@ -33,6 +34,7 @@ from highdicom.sr import (
     DeviceObserverIdentifyingAttributes,
     FindingSite,
     GraphicTypeValues,
+    ImageContentItem,
     ImageLibraryEntryDescriptors,
     ImageRegion,
     MeasurementReport,
@@ -237,9 +239,31 @@ def _question_text(question: QuestionResult) -> str:
     return question.question
 
 
-def _stage_container(stage: StageResult, record: ReasoningRecord, table: CodeTable) -> ContainerContentItem:
+COMPARISON_STAGE = 5
+
+
+def _prior_images(record: ReasoningRecord, sources: dict[str, Dataset], table: CodeTable) -> list[ImageContentItem]:
+    """IMAGE items (CONTAINS) citing each prior image of the record that is among the sources: what stage 5
+    compared the current study with."""
+    items = []
+    for ref in record.images:
+        source = sources.get(ref.sop_instance_uid)
+        if ref.role != "prior" or source is None:
+            continue
+        frames = [ref.frame] if int(getattr(source, "NumberOfFrames", 1) or 1) > 1 else None
+        items.append(ImageContentItem(
+            name=table.private["prior_image"], referenced_sop_class_uid=str(source.SOPClassUID),
+            referenced_sop_instance_uid=str(source.SOPInstanceUID), referenced_frame_numbers=frames,
+            relationship_type=CONTAINS))
+    return items
+
+
+def _stage_container(stage: StageResult, record: ReasoningRecord, table: CodeTable,
+                     sources: dict[str, Dataset]) -> ContainerContentItem:
     container = _container(table.stage_code(stage.number, stage.title))
     container.ContentSequence.append(_text(table.private["stage_status"], stage_status_text(stage)))
+    if stage.number == COMPARISON_STAGE and stage.questions:
+        container.ContentSequence.extend(_prior_images(record, sources, table))
     for question in stage.questions:
         container.ContentSequence.append(_qa_container(question, table))
     if stage.number == 8:
@@ -308,7 +332,7 @@ def build_sr(
         procedure_reported=table.structure["procedure_reported"],
         imaging_measurements=box_groups or placeholder,
         title=codes.DCM.ImagingMeasurementReport,
-        referenced_images=_library_images(current),
+        referenced_images=_library_images([*current, *prior]),  # TID 1600: a prior compared is referenced too
     )
     root = report[0]
     if not box_groups:
@@ -366,9 +390,10 @@ def build_sr(
     if options.sr_sop_class == "comprehensive":
         _original_source_references(sr.ContentSequence, table.structure["original_source"])
     sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
-    # The stage containers (most of the tree) hold text only, no image references: appended after highdicom has
-    # collected the evidence and copied the content, they add nothing to evidence and cost no second copy.
+    # The stage containers (most of the tree) are appended after highdicom has collected the evidence and copied the
+    # content, so they cost no second copy; their only image references (stage 5's prior images) are evidence
+    # already (Pertinent Other Evidence).
     for stage in sorted(record.stages, key=lambda s: s.number):
-        sr.ContentSequence.append(_stage_container(stage, record, table))
+        sr.ContentSequence.append(_stage_container(stage, record, table, sources))
     sweep_text(sr)  # no TAB or control character in any text, whatever it came from (sr_writer.text)
     return sr

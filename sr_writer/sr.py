@@ -192,10 +192,14 @@ def _box_group(
     evaluations = None
     if finding is not None and entry is not None and entry.code is not None:
         evaluations = [QualitativeEvaluation(name=entry.code, value=table.presence[finding.presence.value])]
-    return PlanarROIMeasurementsAndQualitativeEvaluations(
+    group = PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking, referenced_region=_region(box, source, frame), algorithm_id=algorithm,
         finding_type=finding_type, finding_sites=sites, qualitative_evaluations=evaluations,
     )
+    # The box's name as a Comment (DCM 121106): what OHIF labels a hydrated measurement with (the Measurements
+    # panel), where it would otherwise fall back to the Finding's meaning ("Clinical finding" for an anatomy box).
+    group[0].ContentSequence.append(_text(table.structure["comment"], label))
+    return group
 
 
 def collect_boxes(record: ReasoningRecord) -> list[tuple[Box, Finding | None]]:

@@ -2,10 +2,11 @@
 
 Layout of the content tree (root: Imaging Measurement Report, DCM 126000, for demo models too):
 - observer context: device observer = the algorithm (UID from the weights hash; name, model, weights hash);
-- procedure reported: XR (CID 100); image library: the source images;
+- procedure reported: XR (CID 100); image library: the source images, current and prior;
 - imaging measurements (only when there are boxes): one planar ROI group (TID 1410) per detection box, an
   image-region SCOORD on its source image; its Finding is the finding's code (what a viewer labels the box with),
-  its Finding Site the anatomy it was grounded on; the tracking identifier names the finding too;
+  its Finding Site the anatomy it was grounded on; the tracking identifier and a Comment name the box (its finding,
+  or its anatomy and side: what OHIF lists a box by);
 - qualitative evaluations (UMLS C0034375): <finding concept> = present | absent | uncertain for every checklist
   finding (study level, no geometry);
 - comments: the unverified statement, the demo statement, an algorithm summary;

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from highdicom import ContributingEquipment
+from highdicom._standard_utils import is_multiframe_image
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
     AlgorithmIdentification,
@@ -150,6 +151,13 @@ def _qualitative_evaluations(record: ReasoningRecord, table: CodeTable) -> Conta
     return container
 
 
+def _frame_numbers(source: Dataset, frame: int) -> list[int] | None:
+    """The Referenced Frame Number of a reference to ``source``: only for a multi-frame SOP class with several frames
+    (dciodvfy refuses one for a single-frame class, even when the instance says Number of Frames 2)."""
+    several = int(getattr(source, "NumberOfFrames", 1) or 1) > 1
+    return [frame] if several and is_multiframe_image(source) else None
+
+
 def _region(box: Box, source: Dataset, frame: int) -> ImageRegion:
     """The box as an image-region SCOORD on its source. The source reference is built from its UIDs, not with
     ``SourceImageForRegion.from_source_image``, which reads Modality (Type 1, yet absent in some real headers)."""
@@ -158,13 +166,12 @@ def _region(box: Box, source: Dataset, frame: int) -> ImageRegion:
     x1, x2 = sorted((min(max(x1, 0.0), cols), min(max(x2, 0.0), cols)))
     y1, y2 = sorted((min(max(y1, 0.0), rows), min(max(y2, 0.0), rows)))
     points = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]], dtype=float)
-    frames = [frame] if int(getattr(source, "NumberOfFrames", 1) or 1) > 1 else None
     return ImageRegion(
         graphic_type=GraphicTypeValues.POLYLINE,
         graphic_data=points,
         source_image=SourceImageForRegion(referenced_sop_class_uid=str(source.SOPClassUID),
                                           referenced_sop_instance_uid=str(source.SOPInstanceUID),
-                                          referenced_frame_numbers=frames),
+                                          referenced_frame_numbers=_frame_numbers(source, frame)),
     )
 
 
@@ -255,10 +262,10 @@ def _prior_images(record: ReasoningRecord, sources: dict[str, Dataset], table: C
         source = sources.get(ref.sop_instance_uid)
         if ref.role != "prior" or source is None:
             continue
-        frames = [ref.frame] if int(getattr(source, "NumberOfFrames", 1) or 1) > 1 else None
         items.append(ImageContentItem(
             name=table.private["prior_image"], referenced_sop_class_uid=str(source.SOPClassUID),
-            referenced_sop_instance_uid=str(source.SOPInstanceUID), referenced_frame_numbers=frames,
+            referenced_sop_instance_uid=str(source.SOPInstanceUID),
+            referenced_frame_numbers=_frame_numbers(source, ref.frame),
             relationship_type=CONTAINS))
     return items
 

@@ -18,7 +18,9 @@ never modified) and the list of what it did, by attribute keyword and never by v
   characters: a replaced StudyInstanceUID would file the result in another study, a replaced Frame of Reference UID
   would name a frame nobody has. ``invalid_reference_uids`` lists them so that validation accepts exactly those
   inherited values;
-- a defect nothing can repair (no StudyInstanceUID) raises ``UnrepairableHeader`` naming the attribute.
+- a defect nothing can repair (no StudyInstanceUID; a SOP class with no IOD in the current standard, such as the
+  retired Ultrasound Image Storage, whose patient and study modules highdicom cannot look up) raises
+  ``UnrepairableHeader`` naming the attribute.
 
 Checked: the root attributes of the Patient, Clinical Trial Subject, General Study, Patient Study and Clinical
 Trial Study modules (what highdicom copies into the SR and SC), the equipment attributes highdicom copies into the
@@ -37,7 +39,7 @@ from importlib import resources
 from typing import Any
 
 import yaml
-from highdicom._standard_utils import get_module_attribute_map
+from highdicom._standard_utils import get_module_attribute_map, get_sop_class_iod_map
 from pydicom.datadict import dictionary_VM, dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -298,6 +300,11 @@ def clean_source(source: Dataset) -> tuple[Dataset, list[Repair]]:
     utf8_guess = not charset or str(charset) in ("ISO_IR 6", "")
     if "StudyInstanceUID" not in ds or not str(ds.StudyInstanceUID or "").strip():
         raise UnrepairableHeader("StudyInstanceUID is missing: the result cannot be filed in its study")
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+    if sop_class not in get_sop_class_iod_map():  # highdicom copies patient and study by the source's IOD
+        name = getattr(ds.get("SOPClassUID"), "name", "") or "unknown"
+        raise UnrepairableHeader(f"SOPClassUID {sop_class or '(missing)'} ({name}) has no IOD in the standard this "
+                                 "node knows (a retired or private class): no result can copy its patient and study")
     for keyword, kind in types.items():
         tag = tag_for_keyword(keyword)
         if tag is None or tag not in ds:

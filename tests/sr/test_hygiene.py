@@ -233,3 +233,27 @@ def test_a_source_without_modality_still_gets_its_boxes() -> None:
     assert len(regions) == 1 + 3  # the finding's box, and heart, right and left lung
     for region in regions:
         assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == current[0].SOPInstanceUID
+
+
+def test_a_retired_sop_class_is_unrepairable_and_named(source: Dataset) -> None:
+    """highdicom copies patient and study by the source's IOD; a retired class has none (pydicom's color-pl.dcm,
+    Ultrasound Image Storage 1.2.840.10008.5.1.4.1.1.6, raised a bare KeyError in the SR before)."""
+    source.SOPClassUID = "1.2.840.10008.5.1.4.1.1.6"
+    with pytest.raises(UnrepairableHeader, match=r"SOPClassUID 1\.2\.840\.10008\.5\.1\.4\.1\.1\.6 .*retired"):
+        clean_source(source)
+
+
+def test_hash_uids_of_a_deidentified_study_are_kept_and_accepted() -> None:
+    """De-identification tools that hash UIDs (pydicom's bad_sequence.dcm): dciodvfy reports them as 'Illegal root
+    for UID - "..."' (quoted, not <...>); the results keep and reference them all the same."""
+    current = make_study(small_spec())
+    study_hash, instance_hash = "05fa52f0e599f17b8186ff18fcdf2b55", "dccc9599087131742838cc1162a630fe"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for ds in current:
+            ds.StudyInstanceUID = study_hash
+        current[0].SOPInstanceUID = instance_hash
+        result = build_result_objects(make_record(current, positive=("pneumothorax",)), current)
+    accepted = [e for r in result.reports.values() for e in r.accepted]
+    assert any(f'"{instance_hash}"' in e for e in accepted) and any(f'"{study_hash}"' in e for e in accepted)
+    assert all(ds.StudyInstanceUID == study_hash for ds in result.datasets)

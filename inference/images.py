@@ -1,9 +1,10 @@
-"""DICOM instances -> model images: decoded, Modality LUT, VOI LUT / window, MONOCHROME1 inverted, 8-bit RGB PIL.
+"""DICOM instances -> display images (``display_image``: the one rule the model's input and the reasoning page
+both use) and the model's images of a study, ordered by view.
 
-Any transfer syntax pydicom can decode with the installed plugins (pylibjpeg + openjpeg + libjpeg + rle) works.
-Without a VOI LUT or window, a robust percentile window (0.5 %-99.5 %) is used. Views come from ViewPosition, then
-ViewCodeSequence, then series/protocol description; frontal views (PA, AP) are ordered before laterals.
-ImageLaterality is not used: on chest radiographs it names the body side (usually B), not the projection.
+Any transfer syntax pydicom can decode with the installed plugins works, and what it cannot GDCM may
+(``inference.pixels``). Views come from ViewPosition, then ViewCodeSequence, then series/protocol description;
+frontal views (PA, AP) are ordered before laterals. ImageLaterality is not used: on chest radiographs it names the
+body side (usually B), not the projection.
 """
 from __future__ import annotations
 
@@ -16,18 +17,16 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut
 
+from inference.pixels import DecodeError, decoded_pixels
 from inference.record import ImageRef
 
 log = logging.getLogger(__name__)
 
 FRONTAL = ("PA", "AP")
 LATERAL = ("LATERAL", "LL", "RL")
-PERCENTILES = (0.5, 99.5)
 CHUNK_PIXELS = 1 << 22  # pixels converted to floating point at a time (32 MB as float64)
-SAMPLE_PIXELS = 1 << 24  # above this (4096 x 4096) the percentile window comes from a strided sample
-SAMPLE_TARGET = 1 << 22  # of about this many pixels
 
 _VIEW_POSITION = {"PA": "PA", "AP": "AP", "LL": "LL", "RL": "RL", "LATERAL": "LATERAL", "LAT": "LATERAL",
                   "LLD": "LL", "RLD": "RL"}
@@ -93,13 +92,12 @@ def _view_rank(view: str) -> int:
 
 
 def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1.2 windowing to [0, 1]."""
+    """DICOM PS3.3 C.11.2.1.2 windowing to [0, 1] (LINEAR, LINEAR_EXACT, SIGMOID)."""
     if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6)))
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
     if function == "LINEAR_EXACT":
-        return np.clip((values - (center - width / 2)) / max(width, 1e-6), 0, 1)
-    width = max(width, 1.0)
-    return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0, 1)
+        return np.clip((values - (center - width / 2)) / width, 0, 1)
+    return np.clip((values - (center - 0.5)) / max(width - 1, 1e-6) + 0.5, 0, 1)
 
 
 def _first(value: object) -> float:
@@ -125,30 +123,42 @@ def _apply_lut(values: np.ndarray, item: Dataset) -> np.ndarray:
     return np.clip(lut[index] / top, 0, 1)
 
 
+def _voi_window(ds: Dataset) -> tuple[float, float, str] | None:
+    """The first Window Center / Width pair and its VOI LUT Function; None without one (or a width of zero)."""
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        return None
+    try:
+        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    except (TypeError, ValueError, IndexError):
+        return None
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if width <= 0 or (function == "LINEAR" and width < 1):
+        return None
+    return center, width, function if function in ("LINEAR", "LINEAR_EXACT", "SIGMOID") else "LINEAR"
+
+
+def _value_range(ds: Dataset, raw: np.ndarray, rows: int) -> tuple[float, float]:
+    """The smallest and largest modality value in the frame, taken in blocks of ``rows`` rows."""
+    lo, hi = np.inf, -np.inf
+    for start in range(0, raw.shape[0], rows):
+        block = apply_modality_lut(raw[start:start + rows], ds)
+        lo, hi = min(lo, float(np.min(block))), max(hi, float(np.max(block)))
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
 def _grey_to_uint8(ds: Dataset, raw: np.ndarray) -> np.ndarray:
-    """Modality LUT, then VOI LUT or window (or a percentile window), MONOCHROME2 sense, as 8-bit grey.
+    """One grey frame as 8-bit grey by the rule in ``display_image``.
 
     Works through the frame in blocks of rows, so the floating-point working copy stays a few tens of MB
-    whatever the image size: the decoded frame is the only full-size copy besides the 8-bit result. The percentile
-    window of a very large image (over ``SAMPLE_PIXELS``) is taken from an evenly strided sample of it.
+    whatever the image size: the decoded frame is the only full-size copy besides the 8-bit result.
     """
     voi = ds.VOILUTSequence[0] if "VOILUTSequence" in ds and len(ds.VOILUTSequence) else None
-    window = None
-    if voi is None and ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-        window = (_first(ds.WindowCenter), _first(ds.WindowWidth), function)
-    lo = hi = 0.0
-    if voi is None and window is None:
-        step = 1 if raw.size <= SAMPLE_PIXELS else int(np.ceil(np.sqrt(raw.size / SAMPLE_TARGET)))
-        sample = apply_modality_lut(raw[::step, ::step] if raw.ndim == 2 else raw, ds).astype(np.float64)
-        lo, hi = (float(v) for v in np.percentile(sample, PERCENTILES))
-        del sample
-        if hi <= lo:
-            hi = lo + 1.0
-    invert = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
-    out = np.empty(raw.shape, dtype=np.uint8)
+    window = _voi_window(ds) if voi is None else None
     width = int(np.prod(raw.shape[1:])) if raw.ndim > 1 else 1
     rows = max(1, CHUNK_PIXELS // max(1, width))
+    lo, hi = _value_range(ds, raw, rows) if voi is None and window is None else (0.0, 1.0)
+    invert = str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1"
+    out = np.empty(raw.shape, dtype=np.uint8)
     for start in range(0, raw.shape[0], rows):
         values = apply_modality_lut(raw[start:start + rows], ds).astype(np.float64)
         if voi is not None:
@@ -163,18 +173,42 @@ def _grey_to_uint8(ds: Dataset, raw: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_pil(ds: Dataset, frame: int = 1, max_side: int | None = None) -> Image.Image:
-    """Decode one frame of ``ds`` into an 8-bit RGB image, original size unless ``max_side`` shrinks it."""
+def _colour_to_uint8(pixels: np.ndarray, bits: int) -> np.ndarray:
+    arr = pixels.astype(np.float64)
+    if bits > 8:
+        arr = arr / (2**bits - 1) * 255.0
+    return np.clip(arr + 0.5, 0, 255).astype(np.uint8)
+
+
+def display_image(ds: Dataset, frame: int = 1, size: tuple[int, int] | None = None) -> Image.Image:
+    """One frame of ``ds`` as an 8-bit RGB image for display: what the model is given and what the reasoning page
+    shows, by one rule, the one a radiologist's viewer applies when it opens the image:
+
+    1. the Modality LUT (Rescale Slope / Intercept, or the Modality LUT Sequence);
+    2. the VOI the modality chose: the first item of the VOI LUT Sequence when there is one, else the first
+       Window Center / Width pair with its VOI LUT Function (LINEAR, LINEAR_EXACT or SIGMOID; PS3.3 C.11.2.1.2).
+       A 12-bit image whose window is 4096 wide and whose values lie in 1000-2000 is shown in greys 62-125,
+       exactly as its window says, not stretched;
+    3. without a VOI LUT or a usable window: the range of the values the frame holds, its smallest value black and
+       its largest white;
+    4. MONOCHROME1 inverted (its smallest value is white). The Presentation LUT Shape INVERSE that DX requires
+       with MONOCHROME1 says the same thing and is not applied a second time.
+
+    Colour: RGB as decoded (pydicom converts YBR to RGB), more than 8 bits scaled by Bits Stored; PALETTE COLOR
+    through its palette. ``size`` (width, height) resizes (LANCZOS), a grey image while still one byte a pixel.
+    Raises ``ImageError`` saying which instance and why.
+    """
     sop = str(ds.get("SOPInstanceUID", "?"))
     if "PixelData" not in ds:
         raise ImageError(f"instance {sop} has no pixel data")
     try:
-        pixels = ds.pixel_array
-    except Exception as exc:  # decoder errors come in many types
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise ImageError(f"instance {sop}: cannot decode pixel data ({ts}): {exc}") from exc
+        pixels = decoded_pixels(ds)
+    except DecodeError as exc:
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = f"{ts.name} ({ts})" if ts is not None else "no transfer syntax"
+        raise ImageError(f"instance {sop}: cannot decode pixel data, {name}: {exc}") from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if frames > 1:
         if not 1 <= frame <= frames:
@@ -182,24 +216,35 @@ def to_pil(ds: Dataset, frame: int = 1, max_side: int | None = None) -> Image.Im
         pixels = pixels[frame - 1]
     if samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2"):
         grey = Image.fromarray(_grey_to_uint8(ds, pixels), mode="L")
-        if max_side and max(grey.size) > max_side:  # shrink before RGB: 1 byte a pixel, same result
-            scale = max_side / max(grey.size)
-            grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))),
-                               Image.Resampling.BICUBIC)
-        image = grey.convert("RGB")
-    elif samples == 3:
-        arr = pixels.astype(np.float64)
-        bits = int(ds.get("BitsStored", 8) or 8)
-        if bits > 8:
-            arr = arr / (2**bits - 1) * 255.0
-        image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB")
+        if size and size != grey.size:
+            grey = grey.resize(size, Image.Resampling.LANCZOS)
+        return grey.convert("RGB")
+    if samples == 3:
+        image = Image.fromarray(_colour_to_uint8(pixels, int(ds.get("BitsStored", 8) or 8)), mode="RGB")
+    elif samples == 1 and photometric == "PALETTE COLOR":
+        try:
+            rgb = apply_color_lut(pixels, ds)
+        except Exception as exc:  # noqa: BLE001 - a broken palette comes in many forms
+            raise ImageError(f"instance {sop}: palette cannot be applied: {exc}") from exc
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2]) if "RedPaletteColorLookupTableDescriptor" in ds else 8
+        image = Image.fromarray(_colour_to_uint8(rgb, bits), mode="RGB")
     else:
-        raise ImageError(f"instance {sop}: photometric interpretation {photometric or 'missing'} is not supported")
-    if max_side and max(image.size) > max_side:
-        scale = max_side / max(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BICUBIC)
-    return image
+        raise ImageError(f"instance {sop}: photometric interpretation {photometric or 'missing'} "
+                         f"with {samples} sample(s) per pixel is not supported")
+    return image.resize(size, Image.Resampling.LANCZOS) if size and size != image.size else image
+
+
+def fit_size(rows: int, columns: int, max_side: int | None) -> tuple[int, int] | None:
+    """(width, height) of a rows x columns image shrunk to ``max_side`` on its longer side; None when it fits."""
+    if not max_side or max(rows, columns) <= max_side:
+        return None
+    scale = max_side / max(rows, columns)
+    return max(1, round(columns * scale)), max(1, round(rows * scale))
+
+
+def to_pil(ds: Dataset, frame: int = 1, max_side: int | None = None) -> Image.Image:
+    """The model's image of one frame: ``display_image``, original size unless ``max_side`` shrinks it."""
+    return display_image(ds, frame, fit_size(int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), max_side))
 
 
 def _sort_key(ds: Dataset) -> tuple[int, int, int]:

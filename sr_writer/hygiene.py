@@ -5,16 +5,27 @@ an impossible birth date, ...). ``clean_sources`` returns checked copies of the 
 never modified) and the list of what it did, by attribute keyword and never by value:
 
 - a value whose repair is unambiguous is repaired (``75Y`` -> ``075Y``, ``2024-01-31`` -> ``20240131``, ``12:30``
-  -> ``1230``, lower-case code strings, control characters, surrounding spaces, UTF-8 text without a character set);
-- otherwise a Type 2 attribute is emptied and a Type 3 (or 1C) attribute dropped; a missing Type 2 attribute is
-  added empty (a missing PatientID, PatientName or StudyDate must not stop a result);
-- a UID that the result must reference (study, series, instance, SOP class) is kept as the PACS holds it, even with
-  leading-zero components or more than 64 characters: a replaced StudyInstanceUID would file the result in another
-  study. ``invalid_reference_uids`` lists them so that validation accepts exactly those inherited values;
-- a defect nothing can repair (no StudyInstanceUID) raises ``UnrepairableHeader`` naming the attribute.
+  -> ``1230``, lower-case code strings, surrounding spaces, UTF-8 text without a character set, an enumerated value
+  spelled out: ``MALE`` -> ``M``, ``LEFT`` -> ``L``, ``Y`` -> ``YES``);
+- text keeps only what the strictest reading of PS3.5 allows: TAB (and, outside ST/LT/UT, CR, LF, FF, VT) becomes a
+  space (the 2022 dciodvfy refuses a TAB in any text VR), other control characters are removed;
+- an enumerated attribute (``sr_writer/data/enumerated_values.yaml``) outside its values, like any value invalid for
+  its VR, is handled by its Type: a Type 2 attribute is emptied and a Type 3 (or 1C) attribute dropped; a sequence
+  with an invalid value anywhere in its items is dropped whole; a missing Type 2 attribute is added empty (a missing
+  PatientID, PatientName or StudyDate must not stop a result);
+- a UID that the result must reference (study, series, instance, SOP class, and the Frame of Reference UID that
+  the SR's image library names) is kept as the PACS holds it, even with leading-zero components or more than 64
+  characters: a replaced StudyInstanceUID would file the result in another study, a replaced Frame of Reference UID
+  would name a frame nobody has. ``invalid_reference_uids`` lists them so that validation accepts exactly those
+  inherited values;
+- a defect nothing can repair (no StudyInstanceUID; a SOP class with no IOD in the current standard, such as the
+  retired Ultrasound Image Storage, whose patient and study modules highdicom cannot look up) raises
+  ``UnrepairableHeader`` naming the attribute.
 
 Checked: the root attributes of the Patient, Clinical Trial Subject, General Study, Patient Study and Clinical
-Trial Study modules (what highdicom copies into the SR and SC), plus the references and Body Part Examined.
+Trial Study modules (what highdicom copies into the SR and SC), the equipment attributes highdicom copies into the
+acquisition equipment item of Contributing Equipment, the references, Frame of Reference UID, Laterality and Body
+Part Examined.
 """
 from __future__ import annotations
 
@@ -24,24 +35,37 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from typing import Any
 
-from highdicom._standard_utils import get_module_attribute_map
+import yaml
+from highdicom._standard_utils import get_module_attribute_map, get_sop_class_iod_map
 from pydicom.datadict import dictionary_VM, dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 COPIED_MODULES = ("patient", "clinical-trial-subject", "general-study", "patient-study", "clinical-trial-study")
-REFERENCED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-EXTRA_TYPES = {"SeriesInstanceUID": "1", "SOPInstanceUID": "1", "SOPClassUID": "1", "BodyPartExamined": "3"}
+REFERENCED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID")
+IDENTIFYING_UIDS = frozenset(REFERENCED_UIDS) - {"SOPClassUID"}  # values that name the sources, never our objects
+# Beyond the copied modules: the references, what the pages copy (Laterality; Body Part Examined), and what highdicom
+# copies into the SR's and pages' acquisition equipment item (ContributingEquipment.for_image_acquisition; an
+# attribute dropped here is left out of that item, which is optional).
+EXTRA_TYPES = {"SeriesInstanceUID": "1", "SOPInstanceUID": "1", "SOPClassUID": "1", "FrameOfReferenceUID": "1",
+               "BodyPartExamined": "3", "Laterality": "2C",
+               **dict.fromkeys(("Manufacturer", "ManufacturerModelName", "SoftwareVersions", "DeviceSerialNumber",
+                                "InstitutionName", "InstitutionalDepartmentName", "InstitutionAddress", "StationName",
+                                "AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime"), "3")}
 REQUIRED_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                   "ReferringPhysicianName", "StudyID", "AccessionNumber")
 MAX_LENGTH = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "DT": 26, "IS": 12, "LO": 64, "LT": 10240, "SH": 16,
               "ST": 1024, "TM": 14, "UI": 64, "UC": 1 << 30, "UT": 1 << 30}
 TEXT_VRS = ("AE", "CS", "SH", "LO", "PN", "ST", "LT", "UT", "UC")
 MULTILINE_VRS = ("ST", "LT", "UT")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")  # ESC (\x1b) starts ISO 2022 escapes
-_CONTROL_ONE_LINE = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
+# PS3.5 6.1.3 (strictest reading): ST, LT and UT may hold CR, LF and FF; no text VR may hold TAB or another control
+# character. ESC (\x1b) stays: it starts ISO 2022 code extensions.
+_SPACE_LIKE = re.compile(r"[\t\x0b]")
+_SPACE_LIKE_ONE_LINE = re.compile(r"[\t-\r]")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f-\x9f]")
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _AS = re.compile(r"^[0-9]{3}[DWMY]$")
 _AS_SHORT = re.compile(r"^([0-9]{1,2})\s*([DWMYdwmy])$")
@@ -102,11 +126,7 @@ class _Bad(Exception):
 
 def _check_text(vr: str, text: str, utf8_guess: bool) -> tuple[str, list[str]]:
     notes: list[str] = []
-    control = _CONTROL if vr in MULTILINE_VRS else _CONTROL_ONE_LINE
-    if control.search(text):
-        text = control.sub("", text)
-        notes.append("control characters removed")
-    if utf8_guess and any(ord(c) > 127 for c in text):
+    if utf8_guess and any(ord(c) > 127 for c in text):  # before the control characters: C1 bytes are UTF-8 here
         try:
             redecoded = text.encode("latin-1").decode("utf-8")
         except (UnicodeEncodeError, UnicodeDecodeError):
@@ -114,10 +134,44 @@ def _check_text(vr: str, text: str, utf8_guess: bool) -> tuple[str, list[str]]:
         if redecoded != text:
             text = redecoded
             notes.append("UTF-8 text without Specific Character Set re-decoded")
+    spaces = _SPACE_LIKE if vr in MULTILINE_VRS else _SPACE_LIKE_ONE_LINE
+    if spaces.search(text):
+        text = spaces.sub(" ", text)
+        notes.append("tabs or line breaks replaced by spaces")
+    if _CONTROL.search(text):
+        text = _CONTROL.sub("", text)
+        notes.append("control characters removed")
     if vr not in MULTILINE_VRS and text != text.strip():
         text = text.strip()
         notes.append("surrounding spaces removed")
     return text, notes
+
+
+@lru_cache(maxsize=1)
+def enumerated_values() -> dict[str, tuple[frozenset[str], dict[str, str]]]:
+    """Keyword -> (its enumerated values, spellings repaired to a value), from ``data/enumerated_values.yaml``."""
+    text = resources.files("sr_writer.data").joinpath("enumerated_values.yaml").read_text(encoding="utf-8")
+    table: dict[str, tuple[frozenset[str], dict[str, str]]] = {}
+    for keyword, entry in yaml.safe_load(text).items():
+        values, spelled = entry["values"], entry.get("spelled", {})
+        strings = [*values, *spelled, *spelled.values()]
+        if tag_for_keyword(keyword) is None or not all(isinstance(v, str) for v in strings):
+            raise ValueError(f"enumerated_values.yaml: {keyword}: unknown keyword or an unquoted value")
+        if not set(spelled.values()) <= set(values):
+            raise ValueError(f"enumerated_values.yaml: {keyword}: a spelling repairs to a value not in its list")
+        table[keyword] = (frozenset(values), dict(spelled))
+    return table
+
+
+def _check_enumerated(keyword: str, text: str) -> tuple[str, list[str]]:
+    """An enumerated value as given, or repaired from a known spelling; raises _Bad for anything else."""
+    values, spelled = enumerated_values()[keyword]
+    key = text.strip().upper()
+    if text in values:
+        return text, []
+    if key in values or key in spelled:
+        return spelled.get(key, key), ["enumerated value spelled differently"]
+    raise _Bad(f"not one of its enumerated values ({', '.join(sorted(values))})")
 
 
 def _check_value(vr: str, text: str, utf8_guess: bool) -> tuple[str, list[str]]:
@@ -198,16 +252,22 @@ def _as_strings(element: DataElement) -> list[str]:
 def _check_element(element: DataElement, utf8_guess: bool) -> tuple[Any, list[str]] | None:
     """None when the element is fine; (new value, notes) when repaired; raises _Bad otherwise."""
     vr = element.VR
+    enumerated = element.keyword in enumerated_values()
     if vr == "SQ":
         for item in element.value:
             for child in item:
                 if child.VR == "SQ" or child.value not in (None, "", b""):
                     if _check_element(child, utf8_guess) is not None:
-                        raise _Bad("a sequence item holds a value that is not valid for its VR")
-        return None
-    if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN", "US", "SS", "UL", "SL", "FL", "FD", "AT", "SV", "UV"):
+                        raise _Bad("a sequence item holds a value not valid for its VR or enumerated values")
         return None
     if element.value in (None, "", b""):
+        return None
+    if vr in ("US", "SS", "UL", "SL", "SV", "UV") and enumerated:  # binary: checked, never rewritten
+        for text in _as_strings(element):
+            if _check_enumerated(element.keyword, text)[1]:
+                raise _Bad("not one of its enumerated values")
+        return None
+    if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN", "US", "SS", "UL", "SL", "FL", "FD", "AT", "SV", "UV"):
         return None
     strings = _as_strings(element)
     vm = dictionary_VM(element.tag) if element.tag.is_private is False else "1-n"
@@ -216,6 +276,9 @@ def _check_element(element: DataElement, utf8_guess: bool) -> tuple[Any, list[st
     checked, notes = [], []
     for text in strings:
         new, why = _check_value(vr, text, utf8_guess)
+        if enumerated and new:
+            new, spelled = _check_enumerated(element.keyword, new)
+            why = why + spelled
         checked.append(new)
         notes += why
     if not notes:
@@ -238,6 +301,11 @@ def clean_source(source: Dataset) -> tuple[Dataset, list[Repair]]:
     utf8_guess = not charset or str(charset) in ("ISO_IR 6", "")
     if "StudyInstanceUID" not in ds or not str(ds.StudyInstanceUID or "").strip():
         raise UnrepairableHeader("StudyInstanceUID is missing: the result cannot be filed in its study")
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+    if sop_class not in get_sop_class_iod_map():  # highdicom copies patient and study by the source's IOD
+        name = getattr(ds.get("SOPClassUID"), "name", "") or "unknown"
+        raise UnrepairableHeader(f"SOPClassUID {sop_class or '(missing)'} ({name}) has no IOD in the standard this "
+                                 "node knows (a retired or private class): no result can copy its patient and study")
     for keyword, kind in types.items():
         tag = tag_for_keyword(keyword)
         if tag is None or tag not in ds:
@@ -293,12 +361,15 @@ def clean_sources(*groups: Sequence[Dataset]) -> tuple[list[list[Dataset]], list
 
 
 def invalid_reference_uids(datasets: Iterable[Dataset]) -> frozenset[str]:
-    """Invalid UIDs that the results must still reference (kept by ``clean_source``): validation accepts these."""
+    """Inherited UIDs whose validator findings are accepted: every study, series, instance and Frame of Reference
+    UID of the sources (the results must reference them as the PACS holds them; a well-formed UID can still be
+    reported, e.g. dciodvfy's "Illegal root for UID uses non-existent ISO arc" for "1.9.999..." in pydicom's test
+    data, and those values identify the sources only), and a malformed SOP Class UID (a valid one is also ours)."""
     found = set()
     for ds in datasets:
         for keyword in REFERENCED_UIDS:
             value = str(ds.get(keyword, "") or "")
-            if value and not valid_uid(value):
+            if value and (keyword in IDENTIFYING_UIDS or not valid_uid(value)):
                 found.add(value)
     return frozenset(found)
 

@@ -12,11 +12,11 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+from inference.images import display_image
 from inference.record import (
     DEMO_STATEMENT,
     UNVERIFIED_STATEMENT,
@@ -127,55 +127,10 @@ class Faces:
         self.title = Face.make(body + 12, bold=True)
 
 
-CHUNK_PIXELS = 1 << 22  # pixels converted to floating point at a time (32 MB as float64)
-SAMPLE_PIXELS = 1 << 24  # above this (4096 x 4096) the display window comes from a strided sample
-SAMPLE_TARGET = 1 << 22  # of about this many pixels
-
-
-def to_rgb8(ds: Dataset, frame: int = 1, size: tuple[int, int] | None = None) -> Image.Image:
-    """A grayscale source image as 8-bit RGB for display: modality and VOI LUT applied, MONOCHROME1 inverted;
-    resized to ``size`` (LANCZOS) when given.
-
-    Grey images are converted in blocks of rows and resized while still 8-bit grey, so a very large source costs
-    its decoded frame plus one byte a pixel, not several floating-point copies.
-    """
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    pixels = ds.pixel_array
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        pixels = pixels[frame - 1]
-    if pixels.ndim == 3:  # colour source
-        image = Image.fromarray(pixels.astype(np.uint8)).convert("RGB")
-        return image.resize(size, Image.Resampling.LANCZOS) if size else image
-    voi = "WindowCenter" in ds or "VOILUTSequence" in ds
-
-    def display_values(block: np.ndarray) -> np.ndarray:
-        data = apply_modality_lut(block, ds)
-        if voi:
-            data = apply_voi_lut(data, ds)
-        return data.astype(np.float64)
-
-    step = 1 if pixels.size <= SAMPLE_PIXELS else int(np.ceil(np.sqrt(pixels.size / SAMPLE_TARGET)))
-    sample = display_values(pixels[::step, ::step])
-    lo, hi = float(np.percentile(sample, 0.5)), float(np.percentile(sample, 99.5))
-    del sample
-    invert = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
-    grey = np.empty(pixels.shape, dtype=np.uint8)
-    rows = max(1, CHUNK_PIXELS // max(1, pixels.shape[1]))
-    for start in range(0, pixels.shape[0], rows):
-        scaled = np.clip((display_values(pixels[start:start + rows]) - lo) / max(hi - lo, 1e-6), 0, 1)
-        if invert:
-            scaled = 1.0 - scaled
-        grey[start:start + rows] = (scaled * 255).astype(np.uint8)
-    image = Image.fromarray(grey, mode="L")
-    if size:
-        image = image.resize(size, Image.Resampling.LANCZOS)
-    return image.convert("RGB")
-
-
 @dataclass(frozen=True)
 class Panel:
-    """The first page's image, decoded once: the frontal source at display contrast, no larger than a panel can be.
+    """The first page's image, decoded once: the frontal source as ``inference.images.display_image`` shows it (the
+    window the model sees too), no larger than a panel can be.
 
     Pages are drawn from this, not from the source's pixels, so page processes get headers only (a 200 MB source is
     decoded once, in the caller, instead of once per page process)."""
@@ -196,7 +151,7 @@ def panel_image(record: ReasoningRecord, current: Sequence[Dataset], prior: Sequ
     rows, cols = int(source.Rows), int(source.Columns)
     scale = min(1.0, options.page_width * PANEL_WIDTH_SHARE / cols, options.page_height / rows)
     size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
-    return Panel(ref.sop_instance_uid, to_rgb8(source, ref.frame, size))
+    return Panel(ref.sop_instance_uid, display_image(source, ref.frame, size))  # the model's rule (inference.images)
 
 
 PANEL_WIDTH_SHARE = 0.55  # of the page's inner width: the image panel's; the findings table has the rest

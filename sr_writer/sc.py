@@ -25,6 +25,7 @@ from inference.record import ReasoningRecord
 from sr_writer import provenance as prov
 from sr_writer.options import OutputOptions
 from sr_writer.rle import encode_frame, encode_image
+from sr_writer.text import sweep_text
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ def _template(record: ReasoningRecord, size: tuple[int, int], current: Sequence[
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.SourceImageSequence = [_source_item(ds) for ds in current]
     del sc.PixelData  # each page brings its own; copies of the template stay small
+    sweep_text(sc)  # no TAB or control character in any text (sr_writer.text); the per-page texts are ours
     return sc
 
 

@@ -2,15 +2,17 @@
 
 Layout of the content tree (root: Imaging Measurement Report, DCM 126000, for demo models too):
 - observer context: device observer = the algorithm (UID from the weights hash; name, model, weights hash);
-- procedure reported: XR (CID 100); image library: the source images;
+- procedure reported: XR (CID 100); image library: the source images, current and prior;
 - imaging measurements (only when there are boxes): one planar ROI group (TID 1410) per detection box, an
   image-region SCOORD on its source image; its Finding is the finding's code (what a viewer labels the box with),
-  its Finding Site the anatomy it was grounded on; the tracking identifier names the finding too;
+  its Finding Site the anatomy it was grounded on; the tracking identifier and a Comment name the box (its finding,
+  or its anatomy and side: what OHIF lists a box by);
 - qualitative evaluations (UMLS C0034375): <finding concept> = present | absent | uncertain for every checklist
   finding (study level, no geometry);
 - comments: the unverified statement, the demo statement, an algorithm summary;
-- one container per stage with its status and a question/answer container per question; stage 8 also holds the
-  report findings and impression.
+- one container per stage with its status and a question/answer container per question; stage 5 (comparison) also
+  cites each prior image the model compared as an IMAGE item (the prior is in the image library and in Pertinent
+  Other Evidence too); stage 8 also holds the report findings and impression.
 
 CompletionFlag is COMPLETE only when no stage failed and every answer parsed; otherwise PARTIAL, and a comment
 lists why. VerificationFlag is UNVERIFIED and PreliminaryFlag PRELIMINARY: nobody has reviewed AI output.
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from highdicom import ContributingEquipment
+from highdicom._standard_utils import is_multiframe_image
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
     AlgorithmIdentification,
@@ -34,6 +37,7 @@ from highdicom.sr import (
     DeviceObserverIdentifyingAttributes,
     FindingSite,
     GraphicTypeValues,
+    ImageContentItem,
     ImageLibraryEntryDescriptors,
     ImageRegion,
     MeasurementReport,
@@ -63,7 +67,7 @@ from inference.record import (
 from sr_writer import provenance as prov
 from sr_writer.codes import CodeTable, load_table
 from sr_writer.options import OutputOptions
-from sr_writer.text import completion_problems, dicom_text, parsed_text, stage_status_text
+from sr_writer.text import completion_problems, dicom_text, parsed_text, stage_status_text, sweep_text
 
 CONTAINS = RelationshipTypeValues.CONTAINS
 _MAX_TRACKING_ID = 64
@@ -148,17 +152,27 @@ def _qualitative_evaluations(record: ReasoningRecord, table: CodeTable) -> Conta
     return container
 
 
+def _frame_numbers(source: Dataset, frame: int) -> list[int] | None:
+    """The Referenced Frame Number of a reference to ``source``: only for a multi-frame SOP class with several frames
+    (dciodvfy refuses one for a single-frame class, even when the instance says Number of Frames 2)."""
+    several = int(getattr(source, "NumberOfFrames", 1) or 1) > 1
+    return [frame] if several and is_multiframe_image(source) else None
+
+
 def _region(box: Box, source: Dataset, frame: int) -> ImageRegion:
+    """The box as an image-region SCOORD on its source. The source reference is built from its UIDs, not with
+    ``SourceImageForRegion.from_source_image``, which reads Modality (Type 1, yet absent in some real headers)."""
     rows, cols = int(source.Rows), int(source.Columns)
     x1, y1, x2, y2 = box.pixels
     x1, x2 = sorted((min(max(x1, 0.0), cols), min(max(x2, 0.0), cols)))
     y1, y2 = sorted((min(max(y1, 0.0), rows), min(max(y2, 0.0), rows)))
     points = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]], dtype=float)
-    frames = [frame] if int(getattr(source, "NumberOfFrames", 1) or 1) > 1 else None
     return ImageRegion(
         graphic_type=GraphicTypeValues.POLYLINE,
         graphic_data=points,
-        source_image=SourceImageForRegion.from_source_image(source, referenced_frame_numbers=frames),
+        source_image=SourceImageForRegion(referenced_sop_class_uid=str(source.SOPClassUID),
+                                          referenced_sop_instance_uid=str(source.SOPInstanceUID),
+                                          referenced_frame_numbers=_frame_numbers(source, frame)),
     )
 
 
@@ -187,10 +201,14 @@ def _box_group(
     evaluations = None
     if finding is not None and entry is not None and entry.code is not None:
         evaluations = [QualitativeEvaluation(name=entry.code, value=table.presence[finding.presence.value])]
-    return PlanarROIMeasurementsAndQualitativeEvaluations(
+    group = PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking, referenced_region=_region(box, source, frame), algorithm_id=algorithm,
         finding_type=finding_type, finding_sites=sites, qualitative_evaluations=evaluations,
     )
+    # The box's name as a Comment (DCM 121106): what OHIF labels a hydrated measurement with (the Measurements
+    # panel), where it would otherwise fall back to the Finding's meaning ("Clinical finding" for an anatomy box).
+    group[0].ContentSequence.append(_text(table.structure["comment"], label))
+    return group
 
 
 def collect_boxes(record: ReasoningRecord) -> list[tuple[Box, Finding | None]]:
@@ -234,9 +252,31 @@ def _question_text(question: QuestionResult) -> str:
     return question.question
 
 
-def _stage_container(stage: StageResult, record: ReasoningRecord, table: CodeTable) -> ContainerContentItem:
+COMPARISON_STAGE = 5
+
+
+def _prior_images(record: ReasoningRecord, sources: dict[str, Dataset], table: CodeTable) -> list[ImageContentItem]:
+    """IMAGE items (CONTAINS) citing each prior image of the record that is among the sources: what stage 5
+    compared the current study with."""
+    items = []
+    for ref in record.images:
+        source = sources.get(ref.sop_instance_uid)
+        if ref.role != "prior" or source is None:
+            continue
+        items.append(ImageContentItem(
+            name=table.private["prior_image"], referenced_sop_class_uid=str(source.SOPClassUID),
+            referenced_sop_instance_uid=str(source.SOPInstanceUID),
+            referenced_frame_numbers=_frame_numbers(source, ref.frame),
+            relationship_type=CONTAINS))
+    return items
+
+
+def _stage_container(stage: StageResult, record: ReasoningRecord, table: CodeTable,
+                     sources: dict[str, Dataset]) -> ContainerContentItem:
     container = _container(table.stage_code(stage.number, stage.title))
     container.ContentSequence.append(_text(table.private["stage_status"], stage_status_text(stage)))
+    if stage.number == COMPARISON_STAGE and stage.questions:
+        container.ContentSequence.extend(_prior_images(record, sources, table))
     for question in stage.questions:
         container.ContentSequence.append(_qa_container(question, table))
     if stage.number == 8:
@@ -312,7 +352,7 @@ def build_sr(
         procedure_reported=table.structure["procedure_reported"],
         imaging_measurements=box_groups or placeholder,
         title=codes.DCM.ImagingMeasurementReport,
-        referenced_images=_library_images(current),
+        referenced_images=_library_images([*current, *prior]),  # TID 1600: a prior compared is referenced too
     )
     root = report[0]
     if not box_groups:
@@ -384,8 +424,10 @@ def build_sr(
     if options.sr_sop_class == "comprehensive":
         _original_source_references(sr.ContentSequence, table.structure["original_source"])
     sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
-    # The stage containers (most of the tree) hold text only, no image references: appended after highdicom has
-    # collected the evidence and copied the content, they add nothing to evidence and cost no second copy.
+    # The stage containers (most of the tree) are appended after highdicom has collected the evidence and copied the
+    # content, so they cost no second copy; their only image references (stage 5's prior images) are evidence
+    # already (Pertinent Other Evidence).
     for stage in sorted(record.stages, key=lambda s: s.number):
-        sr.ContentSequence.append(_stage_container(stage, record, table))
+        sr.ContentSequence.append(_stage_container(stage, record, table, sources))
+    sweep_text(sr)  # no TAB or control character in any text, whatever it came from (sr_writer.text)
     return sr

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import re
 
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
 from inference.record import Box, Presence, QuestionResult, ReasoningRecord, StageResult, StageStatus
 
 
@@ -56,15 +59,48 @@ def completion_problems(record: ReasoningRecord) -> list[str]:
     return problems
 
 
-# C0 controls other than TAB, LF, FF, CR; DEL; C1 controls. DICOM text VRs allow only CR, LF, FF, TAB (and ESC for
-# ISO 2022 code extensions, which UTF-8 (ISO_IR 192) never needs).
-_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
-_REPLACEMENT = "\ufffd"
+# What the strictest reading of PS3.5 (6.1.3, 6.2) lets a text value hold: ST, LT and UT the graphic characters and
+# CR, LF, FF (ESC only for ISO 2022 code extensions, which UTF-8, ISO_IR 192, never needs); the one-line VRs no
+# control character at all, and no backslash (it separates values). The 2022 dciodvfy (Debian dicom3tools) refuses a
+# TAB in UT, where the 2026 build accepts it. Characters that separate words (TAB, VT, NEL, the Unicode line and
+# paragraph separators; CR, LF, FF in a one-line VR) become spaces; other control characters are dropped, since a
+# space would split the word they sit in; U+FFFD (an undecodable byte) and lone surrogates become '?'.
+_SPACE_LIKE = re.compile("[\t\x0b\x85\u2028\u2029]")
+_SPACE_LIKE_ONE_LINE = re.compile("[\t-\r\x85\u2028\u2029]")
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]")
+_UNENCODABLE = re.compile("[\ufffd\ud800-\udfff]")
+MULTILINE_VRS = frozenset({"ST", "LT", "UT"})
+ONE_LINE_VRS = frozenset({"SH", "LO", "PN", "UC"})
 
 
 def dicom_text(value: str) -> str:
-    """Model text made safe for DICOM text VRs: control characters dropped, undecodable bytes (U+FFFD) as '?'.
+    """Model text made safe for DICOM's multi-line text VRs (ST, LT, UT; what an SR TEXT item holds) and for the
+    page: line breaks kept, TAB and the other separators as spaces, other control characters dropped, undecodable
+    bytes as '?'. The record keeps the raw answer; the result objects carry this clean one."""
+    return _UNENCODABLE.sub("?", _CONTROL.sub("", _SPACE_LIKE.sub(" ", value)))
 
-    The record keeps the raw answer; the result objects carry this clean one.
-    """
-    return _CONTROL.sub("", value).replace(_REPLACEMENT, "?")
+
+def dicom_line(value: str) -> str:
+    """``dicom_text`` for the one-line VRs (SH, LO, PN, UC): line breaks as spaces too, backslash as '/'."""
+    return _UNENCODABLE.sub("?", _CONTROL.sub("", _SPACE_LIKE_ONE_LINE.sub(" ", value))).replace("\\", "/")
+
+
+def sweep_text(ds: Dataset) -> list[str]:
+    """Every text value of ``ds`` (sequences included) made to pass ``dicom_text`` / ``dicom_line``, in place.
+
+    The last step before a result object is encoded: whatever a value came from (model text, a configured name, a
+    code meaning, a copied source attribute), the object carries no character the strictest validator refuses.
+    Returns the keywords (or tags) of the elements changed, for tests and logs; never their values."""
+    changed: list[str] = []
+    for element in ds.iterall():
+        vr = element.VR
+        if vr not in MULTILINE_VRS and vr not in ONE_LINE_VRS or element.value in (None, ""):
+            continue
+        clean = dicom_text if vr in MULTILINE_VRS else dicom_line
+        values = element.value if isinstance(element.value, MultiValue) else [element.value]
+        texts = [str(v) for v in values]
+        cleaned = [clean(t) for t in texts]
+        if cleaned != texts:
+            element.value = cleaned if isinstance(element.value, MultiValue) else cleaned[0]
+            changed.append(element.keyword or str(element.tag))
+    return changed

@@ -46,7 +46,7 @@ class ValidationReport:
             return
         kept = []
         for error in self.errors:
-            if any(f"<{value}>" in error for value in values):
+            if any(f"<{value}>" in error or f'"{value}"' in error for value in values):  # both quotings dciodvfy uses
                 self.accepted.append(error)
             else:
                 kept.append(error)

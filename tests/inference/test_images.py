@@ -13,7 +13,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from dicomnode.demo.synthetic import StudySpec, make_instance, make_study, write_study
-from inference.images import ImageError, order_views, prepare_images, to_pil, view_of
+from inference.images import ImageError, display_image, order_views, prepare_images, to_pil, view_of
 
 
 def _ramp_instance(values: np.ndarray, **attrs: object) -> Dataset:
@@ -62,13 +62,23 @@ def test_voi_lut_sequence_wins_over_window() -> None:
     assert (out[RAMP[0] < 2048] == 0).all() and (out[RAMP[0] >= 2048] == 255).all()
 
 
-def test_percentile_window_without_voi() -> None:
-    values = RAMP.copy()
-    values[0, 0] = 4095  # an outlier must not stretch the window
-    values[1, :] = 1000
-    out = _grey(_ramp_instance(values))
-    assert out.min() == 0 and out.max() == 255
-    assert 100 < out[0][RAMP[0] == 2048][0] < 155  # the middle of the data maps near the middle
+def test_stored_range_without_voi() -> None:
+    """No VOI LUT, no window: the frame's smallest value is black, its largest white (as a viewer shows it)."""
+    values = np.tile(np.arange(1000, 3048, 8, dtype=np.uint16), (4, 1))  # 1000..3040
+    out = _grey(_ramp_instance(values))[0]
+    assert out[0] == 0 and out[-1] == 255 and (np.diff(out) >= 0).all()
+    assert 120 < out[len(out) // 2] < 136  # linear between them
+    outlier = values.copy()
+    outlier[0, 0] = 4095  # the range is the data's: one bright pixel widens it
+    assert _grey(_ramp_instance(outlier))[1].max() < 200
+
+
+def test_a_wide_window_is_shown_as_wide_not_stretched() -> None:
+    """A 12-bit image with a 4096-wide window and values 1000-2000 is grey 62-125, by the window, as the modality
+    chose (issue 22: the model saw 62-125, the page 0-255)."""
+    values = np.tile(np.linspace(1000, 2000, 256).astype(np.uint16), (4, 1))
+    out = _grey(_ramp_instance(values, WindowCenter=2048, WindowWidth=4096))
+    assert out.min() == 62 and out.max() == 125
 
 
 def test_monochrome1_is_inverted() -> None:
@@ -165,3 +175,97 @@ def test_undecodable_pixels_raise_image_error() -> None:
     ds.PixelData = b"\x00" * 10
     with pytest.raises(ImageError, match="cannot decode"):
         to_pil(ds)
+
+
+def test_window_width_zero_falls_back_to_the_stored_range() -> None:
+    out = _grey(_ramp_instance(RAMP, WindowCenter=2048, WindowWidth=0))[0]
+    assert out[0] == 0 and out[-1] == 255
+
+
+def test_palette_colour_is_shown_through_its_palette() -> None:
+    ds = _ramp_instance(np.tile(np.arange(0, 256, dtype=np.uint16), (4, 1)))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = np.tile(np.arange(256, dtype=np.uint8), (4, 1)).tobytes()
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    for colour, table in (("Red", np.arange(256)), ("Green", 255 - np.arange(256)), ("Blue", np.zeros(256))):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 8])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", table.astype(np.uint8).tobytes())
+    for keyword in ("WindowCenter", "WindowWidth"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    arr = np.asarray(display_image(ds))
+    assert (arr[0, :, 0] == np.arange(256)).all() and (arr[0, :, 1] == 255 - np.arange(256)).all()
+    assert (arr[..., 2] == 0).all()
+
+
+# -- GDCM's reader as the decoder's fallback ---------------------------------------------------------------
+def _jpeg_lossless_frames(tmp_path: Path, frames: int = 4) -> tuple[Path, np.ndarray]:
+    """A multi-frame 8-bit JPEG Lossless file made by DCMTK, and the pixels it holds."""
+    if not shutil.which("dcmcjpeg"):
+        pytest.skip("dcmcjpeg (DCMTK) not installed")
+    ds = _ramp_instance(np.zeros((64, 64), np.uint16))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    for keyword in ("WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ramp = (np.add.outer(np.arange(64), np.arange(64)) * 2 % 256).astype(np.uint8)
+    pixels = np.stack([np.roll(ramp, 9 * i, axis=0) for i in range(frames)])
+    ds.NumberOfFrames = frames
+    ds.PixelData = pixels.tobytes()
+    plain, compressed = tmp_path / "plain.dcm", tmp_path / "jpll.dcm"
+    ds.save_as(plain, enforce_file_format=True)
+    subprocess.run(["dcmcjpeg", str(plain), str(compressed)], check=True, capture_output=True, timeout=120)
+    return compressed, pixels
+
+
+def _rewrite_offsets(path: Path, out: Path, shift: int) -> None:
+    """The same fragments with a Basic Offset Table whose offsets after the first are ``shift`` bytes off (GDCM's
+    example 00191113.dcm is off by one)."""
+    import struct
+
+    from pydicom.encaps import generate_frames
+
+    ds = pydicom.dcmread(path)
+    frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    offsets, position = [], 0
+    for frame in frames:
+        offsets.append(position + (shift if position else 0))
+        position += len(frame) + 8
+
+    def item(data: bytes) -> bytes:
+        return b"\xfe\xff\x00\xe0" + struct.pack("<I", len(data)) + data
+
+    ds.PixelData = item(b"".join(struct.pack("<I", o) for o in offsets)) + b"".join(item(f) for f in frames)
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(out)
+
+
+def test_a_basic_offset_table_off_by_one_is_decoded_by_gdcm(tmp_path: Path) -> None:
+    pytest.importorskip("gdcm")  # python-gdcm: an install requirement
+    compressed, pixels = _jpeg_lossless_frames(tmp_path)
+    bad = tmp_path / "offsets-off-by-one.dcm"
+    _rewrite_offsets(compressed, bad, 1)
+    ds = pydicom.dcmread(bad)
+    with pytest.raises(StopIteration):  # what pydicom (every plug-in) says: an empty message
+        _ = pydicom.dcmread(bad).pixel_array
+    for frame in (1, 4):
+        shown = np.asarray(to_pil(ds, frame))[..., 0]
+        assert np.array_equal(shown, np.asarray(to_pil(pydicom.dcmread(compressed), frame))[..., 0])
+        assert np.array_equal(np.argsort(shown[:, 0], kind="stable"),
+                              np.argsort(pixels[frame - 1][:, 0], kind="stable"))  # the frame asked for
+
+
+def test_undecodable_pixels_give_each_decoders_reason(tmp_path: Path) -> None:
+    compressed, _ = _jpeg_lossless_frames(tmp_path, frames=1)
+    ds = pydicom.dcmread(compressed)
+    fragment = b"\xff\xd8\xff\xc3" + b"\x00" * 30  # a JPEG Lossless start, then nothing a decoder can use
+    ds.PixelData = b"\xfe\xff\x00\xe0\x00\x00\x00\x00" + b"\xfe\xff\x00\xe0" + len(fragment).to_bytes(4, "little") \
+        + fragment
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(tmp_path / "broken.dcm")
+    with pytest.raises(ImageError) as raised:
+        to_pil(pydicom.dcmread(tmp_path / "broken.dcm"))
+    message = str(raised.value)
+    assert "JPEG Lossless" in message and "pydicom: " in message and "GDCM: " in message
+    for part in message.split(": ", 1)[1].split("; "):
+        assert part.split(": ", 1)[-1].strip(), message  # every decoder's reason has words

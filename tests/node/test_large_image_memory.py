@@ -13,8 +13,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from inference.images import to_pil
-from sr_writer.page import to_rgb8
+from inference.images import display_image, to_pil
 
 SIDE = 8192
 
@@ -51,7 +50,7 @@ def test_large_frame_converted_within_three_decoded_copies(big: Dataset, convert
         image, peak = _peak(lambda: to_pil(big, 1, max_side=1024))
         assert image.size == (1024, 1024)  # type: ignore[attr-defined]
     else:
-        image, peak = _peak(lambda: to_rgb8(big, 1, (800, 800)))
+        image, peak = _peak(lambda: display_image(big, 1, (800, 800)))  # as sr_writer.page.panel_image calls it
         assert image.size == (800, 800)  # type: ignore[attr-defined]
     pixels = np.asarray(image)
     assert pixels[:, 0].mean() < 40 and pixels[:, -1].mean() > 215  # the ramp survived: dark left, bright right

@@ -66,6 +66,6 @@ def test_page_processes_never_hold_the_source_pixels() -> None:
           f"{large['node_peak'] / 2**20:.0f} MiB, page process {large['page_process_peak'] / 2**20:.0f} MiB")
     # a page process gets headers and a page-sized panel: the size of the source's pixels hardly matters to it
     assert large["page_process_peak"] - small["page_process_peak"] < PIXEL_BYTES / 4, (small, large)
-    # the caller holds the source, one decoded copy, its 8-bit display copy and working blocks (to_rgb8's float
-    # chunks and sample, 32 MB each), not several copies
+    # the caller holds the source, one decoded copy, its 8-bit display copy and working blocks (display_image's
+    # float chunks, 32 MB each), not several copies
     assert large["node_peak"] - small["node_peak"] < 3 * PIXEL_BYTES + 128 * 2**20, (small, large)

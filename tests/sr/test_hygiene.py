@@ -13,12 +13,26 @@ from pydicom.tag import Tag
 from dicomnode.demo.records import make_record
 from dicomnode.demo.synthetic import make_study
 from sr_writer import build_result_objects, validate
-from sr_writer.hygiene import UnrepairableHeader, clean_source, clean_sources, invalid_reference_uids
-from tests.sr.conftest import small_spec
+from sr_writer.hygiene import (
+    UnrepairableHeader,
+    clean_source,
+    clean_sources,
+    enumerated_values,
+    invalid_reference_uids,
+)
+from tests.sr.conftest import content_items, small_spec
 
 
 def _raw(ds: Dataset, tag: int, vr: str, value: bytes) -> None:
     ds._dict[Tag(tag)] = RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
+
+
+def _code(**extra: object) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "RPID1", "RADLEX", "XR chest"
+    for keyword, value in extra.items():
+        setattr(item, keyword, value)
+    return item
 
 
 @pytest.fixture
@@ -51,6 +65,27 @@ CASES = [
     ("weight", lambda ds: _raw(ds, 0x00101030, "DS", b"70kg"), "PatientWeight", "dropped", None),
     ("description_long", lambda ds: setattr(ds, "StudyDescription", "x" * 70), "StudyDescription", "dropped", None),
     ("id_two_values", lambda ds: setattr(ds, "PatientID", ["A", "B"]), "PatientID", "emptied", ""),
+    # enumerated values (sr_writer/data/enumerated_values.yaml): spelled out -> repaired, unknown -> by Type
+    ("sex_spelled_out", lambda ds: setattr(ds, "PatientSex", "MALE"), "PatientSex", "repaired", "M"),
+    ("sex_female_lower", lambda ds: setattr(ds, "PatientSex", " female"), "PatientSex", "repaired", "F"),
+    ("sex_unknown", lambda ds: setattr(ds, "PatientSex", "U"), "PatientSex", "emptied", ""),
+    ("identity_y", lambda ds: (setattr(ds, "PatientIdentityRemoved", "Y"), setattr(ds, "DeidentificationMethod", "x")),
+     "PatientIdentityRemoved", "repaired", "YES"),
+    ("identity_maybe", lambda ds: setattr(ds, "PatientIdentityRemoved", "MAYBE"), "PatientIdentityRemoved", "dropped",
+     None),
+    ("laterality_word", lambda ds: setattr(ds, "Laterality", "LEFT"), "Laterality", "repaired", "L"),
+    ("laterality_both", lambda ds: setattr(ds, "Laterality", "B"), "Laterality", "emptied", ""),
+    ("smoking", lambda ds: setattr(ds, "SmokingStatus", "n"), "SmokingStatus", "repaired", "NO"),
+    ("pregnancy", lambda ds: setattr(ds, "PregnancyStatus", 7), "PregnancyStatus", "dropped", None),
+    ("neutered", lambda ds: setattr(ds, "PatientSexNeutered", "YES"), "PatientSexNeutered", "emptied", ""),
+    ("code_flag", lambda ds: setattr(ds, "ProcedureCodeSequence", [_code(ContextGroupExtensionFlag="YES")]),
+     "ProcedureCodeSequence", "dropped", None),
+    # text: TAB and line breaks become spaces (the 2022 dciodvfy refuses a TAB in any text VR)
+    ("description_tab", lambda ds: setattr(ds, "StudyDescription", "Chest\tPA"), "StudyDescription", "repaired",
+     "Chest PA"),
+    ("comments_tab", lambda ds: setattr(ds, "PatientComments", "one\ttwo\r\nthree"), "PatientComments", "repaired",
+     "one two\r\nthree"),
+    ("station_newline", lambda ds: setattr(ds, "StationName", "ROOM\n1"), "StationName", "repaired", "ROOM 1"),
 ]
 
 
@@ -99,7 +134,33 @@ def test_invalid_reference_uids_are_kept_and_listed(source: Dataset) -> None:
         cleaned, repairs = clean_source(source)
     assert cleaned.StudyInstanceUID == "1.2.840.0010.5.01"  # the study the PACS has
     assert {r.keyword for r in repairs if r.action == "kept"} == {"StudyInstanceUID", "SOPInstanceUID"}
-    assert invalid_reference_uids([cleaned]) == {"1.2.840.0010.5.01", "1.2." + "3" * 70}
+    accepted = invalid_reference_uids([cleaned])
+    assert {"1.2.840.0010.5.01", "1.2." + "3" * 70} <= accepted
+    assert str(cleaned.SOPClassUID) not in accepted  # a well-formed SOP class UID is ours too: never accepted
+
+
+def test_an_invalid_frame_of_reference_uid_is_kept_and_listed(source: Dataset) -> None:
+    """The SR's image library names the source's Frame of Reference UID: handled like the study UID."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source.FrameOfReferenceUID = "1.2.840.0010.7.01"
+        cleaned, repairs = clean_source(source)
+    assert cleaned.FrameOfReferenceUID == "1.2.840.0010.7.01"
+    assert [r.action for r in repairs if r.keyword == "FrameOfReferenceUID"] == ["kept"]
+    assert "1.2.840.0010.7.01" in invalid_reference_uids([cleaned])
+
+
+def test_every_enumerated_value_in_the_table_is_accepted_as_it_is(source: Dataset) -> None:
+    for keyword, (values, _) in enumerated_values().items():
+        for value in values:
+            ds = copy.deepcopy(source)
+            if keyword == "ContextGroupExtensionFlag":
+                ds.ProcedureCodeSequence = [_code(ContextGroupExtensionFlag=value)]
+            else:
+                setattr(ds, keyword, int(value) if keyword == "PregnancyStatus" else value)
+            if keyword == "PatientIdentityRemoved":
+                ds.DeidentificationMethod = "tool"
+            assert clean_source(ds)[1] == [], (keyword, value)
 
 
 def test_an_invalid_uid_in_a_type_3_sequence_drops_it(source: Dataset) -> None:
@@ -136,6 +197,7 @@ def test_dirty_study_gives_valid_results_and_keeps_its_uid() -> None:
             ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.0012.7"
             ds.PatientAge, ds.StudyID, ds.PatientIdentityRemoved = "75Y", "X" * 20, "YES"
             ds.PatientBirthDate, ds.BodyPartExamined = "20230229", "THORAX"
+            ds.PatientSex, ds.Laterality, ds.FrameOfReferenceUID = "MALE", "LEFT", "1.2.840.0010.7.01"
             for keyword in ("PatientID", "PatientName", "StudyDate"):
                 delattr(ds, keyword)
         originals = copy.deepcopy(current)
@@ -148,8 +210,64 @@ def test_dirty_study_gives_valid_results_and_keeps_its_uid() -> None:
         assert not ds.PatientID and not str(ds.PatientName or "") and not ds.StudyDate  # present, empty (type 2)
         assert all(k in ds for k in ("PatientID", "PatientName", "StudyDate"))
         assert ds.get("PatientAge") in (None, "075Y") and "PatientIdentityRemoved" not in ds
+        assert ds.PatientSex == "M"
         report = validate(ds)
-        assert report.errors and all("0012" in e or "invalid data values" in e for e in report.errors)
+        assert report.errors and all("0012" in e or "0010.7" in e or "invalid data values" in e for e in report.errors)
+    assert result.pages[0].Laterality == "L"
+    library_uids = [str(i.UID) for i in content_items(result.sr.ContentSequence) if i.ValueType == "UIDREF"]
+    assert "1.2.840.0010.7.01" in library_uids  # the image library's Frame of Reference UID, as the PACS has it
     accepted = [e for r in result.reports.values() for e in r.accepted]
-    assert accepted and all("1.2.826.0.1.3680043.8.498.0012.7" in e or "invalid data values" in e for e in accepted)
+    assert accepted and all("1.2.826.0.1.3680043.8.498.0012.7" in e or "1.2.840.0010.7.01" in e
+                            or "invalid data values" in e for e in accepted)
+    assert any("1.2.840.0010.7.01" in e for e in accepted)
     assert "PatientAge: repaired (age zero-padded to nnnX)" in result.repairs
+
+
+def test_a_source_without_modality_still_gets_its_boxes() -> None:
+    """Modality is Type 1, yet absent in some real headers: highdicom's from_source_image read it and raised
+    ``AttributeError: ... no attribute 'Modality'`` for every box."""
+    current = make_study(small_spec())
+    for ds in current:
+        del ds.Modality
+    record = make_record(current, positive=("pneumothorax",))
+    result = build_result_objects(record, current)
+    regions = [i for i in content_items(result.sr.ContentSequence) if i.ValueType == "SCOORD"]
+    assert len(regions) == 1 + 3  # the finding's box, and heart, right and left lung
+    for region in regions:
+        assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == current[0].SOPInstanceUID
+
+
+def test_a_retired_sop_class_is_unrepairable_and_named(source: Dataset) -> None:
+    """highdicom copies patient and study by the source's IOD; a retired class has none (pydicom's color-pl.dcm,
+    Ultrasound Image Storage 1.2.840.10008.5.1.4.1.1.6, raised a bare KeyError in the SR before)."""
+    source.SOPClassUID = "1.2.840.10008.5.1.4.1.1.6"
+    with pytest.raises(UnrepairableHeader, match=r"SOPClassUID 1\.2\.840\.10008\.5\.1\.4\.1\.1\.6 .*retired"):
+        clean_source(source)
+
+
+def test_hash_uids_of_a_deidentified_study_are_kept_and_accepted() -> None:
+    """De-identification tools that hash UIDs (pydicom's bad_sequence.dcm): dciodvfy reports them as 'Illegal root
+    for UID - "..."' (quoted, not <...>); the results keep and reference them all the same."""
+    current = make_study(small_spec())
+    study_hash, instance_hash = "05fa52f0e599f17b8186ff18fcdf2b55", "dccc9599087131742838cc1162a630fe"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for ds in current:
+            ds.StudyInstanceUID = study_hash
+        current[0].SOPInstanceUID = instance_hash
+        result = build_result_objects(make_record(current, positive=("pneumothorax",)), current)
+    accepted = [e for r in result.reports.values() for e in r.accepted]
+    assert any(f'"{instance_hash}"' in e for e in accepted) and any(f'"{study_hash}"' in e for e in accepted)
+    assert all(ds.StudyInstanceUID == study_hash for ds in result.datasets)
+
+
+def test_a_well_formed_uid_under_an_arc_that_does_not_exist_is_accepted() -> None:
+    """pydicom's rtdose*.dcm: instance UID 1.9.999... is well formed, but dciodvfy reports 'Illegal root for UID
+    uses non-existent ISO arc' on the pages' Source Image Sequence, which must name it."""
+    current = make_study(small_spec())
+    current[0].SOPInstanceUID = "1.9.999.999.99.9.9999.9999.20030818153516"
+    result = build_result_objects(make_record(current, positive=("pneumothorax",)), current)  # validated
+    accepted = [e for r in result.reports.values() for e in r.accepted]
+    assert any("1.9.999.999.99.9.9999.9999.20030818153516" in e for e in accepted)
+    for page in result.pages:
+        assert current[0].SOPInstanceUID in {str(i.ReferencedSOPInstanceUID) for i in page.SourceImageSequence}

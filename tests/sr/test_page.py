@@ -145,3 +145,28 @@ def test_finding_labels_never_run_into_their_badges(study: list[Dataset]) -> Non
     table_y = slice(plan.header_bottom + renderer.faces.heading.line_height + 6, plan.first_text_top - 24)
     ink = np.all(page[table_y, gap_x] < 70, axis=-1)  # label text is near-black
     assert not ink.any(), f"{int(ink.sum())} label pixels in the gap before the badges"
+
+
+def test_the_model_and_the_page_see_the_same_window() -> None:
+    """One display rule (inference.images.display_image): a 12-bit image with a 4096-wide window and values
+    1000-2000 is grey 62-125 for the model and on the page alike (the page stretched it to 0-255 before)."""
+    import copy
+
+    from dicomnode.demo.synthetic import make_study
+    from inference.images import prepare_images
+    from sr_writer.page import panel_image
+    from tests.sr.conftest import small_spec
+
+    study = make_study(small_spec(views=("PA",)))
+    source = copy.deepcopy(study[0])
+    rows, columns = int(source.Rows), int(source.Columns)
+    source.BitsStored, source.HighBit = 12, 11
+    source.PixelData = np.tile(np.linspace(1000, 2000, columns).astype(np.uint16), (rows, 1)).tobytes()
+    source.WindowCenter, source.WindowWidth, source.RescaleSlope, source.RescaleIntercept = 2048, 4096, 1, 0
+    record = make_record([source])
+    model = np.asarray(prepare_images([source])[0].image)
+    panel = panel_image(record, [source], [], OutputOptions())
+    assert panel is not None and panel.image.size == (columns, rows)  # small enough for the panel at 1:1
+    page = np.asarray(panel.image)
+    assert (model.min(), model.max()) == (62, 125)
+    assert np.array_equal(model, page)

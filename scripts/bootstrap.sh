@@ -48,7 +48,8 @@ if ! grep -qs "\"version\": \"$OHIF_VERSION\"" "$OHIF_DIR/package.json" || [ ! -
 fi
 
 # The vLLM CPU engine for the openai-backend tests (own venv, cached by a stamp). CXR_SKIP_VLLM=1 skips it (and
-# the tests that need the engine: they fail without it otherwise).
-if [ "${CXR_SKIP_VLLM:-0}" != "1" ]; then
+# the tests that need the engine: they fail without it otherwise). CXR_VLLM_LATER=1 leaves it to the caller
+# (scripts/test.sh builds it while the tests run).
+if [ "${CXR_SKIP_VLLM:-0}" != "1" ] && [ "${CXR_VLLM_LATER:-0}" != "1" ]; then
   scripts/vllm_venv.sh
 fi

@@ -9,6 +9,7 @@ so it is always run as ``<venv>/bin/python <script>``, never through its console
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -46,6 +47,32 @@ def vllm_venv() -> Path:
 
 def vllm_python(venv: Path | None = None) -> Path:
     return (venv or vllm_venv()) / "bin" / "python"
+
+
+def build_lock(venv: Path) -> Path:
+    """The file ``scripts/vllm_venv.sh`` holds an exclusive flock on while it builds or checks ``venv``."""
+    return venv.with_name(venv.name + ".lock")
+
+
+def wait_for_build(venv: Path, timeout: float) -> float:
+    """Wait until no ``scripts/vllm_venv.sh`` holds the venv's build lock (``scripts/test.sh`` builds the venv
+    while the tests run); returns the seconds waited. VllmError after ``timeout`` s."""
+    lock = build_lock(venv)
+    if not lock.exists():
+        return 0.0
+    started = time.monotonic()
+    with open(lock, "rb") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() - started > timeout:
+                    raise VllmError(f"the vLLM venv {venv} was still being built after {timeout:.0f} s "
+                                    f"(scripts/vllm_venv.sh holds {lock})") from None
+                time.sleep(1.0)
+                continue
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return time.monotonic() - started
 
 
 def engine_disabled() -> bool:
@@ -98,6 +125,7 @@ class VllmServer:
         """Start the engine and wait until ``/v1/models`` lists the model (minutes on a loaded CPU)."""
         if self.running:
             return self
+        timeout -= wait_for_build(self.python.parent.parent, timeout)
         if not self.python.exists():
             raise VllmError(f"no vLLM venv at {self.python.parent.parent}: run scripts/vllm_venv.sh "
                             f"(scripts/bootstrap.sh does)")

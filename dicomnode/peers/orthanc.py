@@ -153,6 +153,10 @@ class OrthancServer:
         """Stop Orthanc (SIGTERM, then SIGKILL); storage stays in ``workdir``."""
         self._process.stop(timeout)
 
+    def kill(self) -> None:
+        """SIGKILL at once: a crash, or an archive thrown away with its directory (a clean stop takes Orthanc 2-4 s)."""
+        self._process.kill()
+
     def restart(self, timeout: float = 90.0) -> OrthancServer:
         self.stop()
         return self.start(timeout)

@@ -137,7 +137,7 @@ class CrashSite:
             self.process.kill()
             self.process.wait(30)
         self.engine.dispose()
-        self.orthanc.stop()
+        self.orthanc.kill()  # thrown away with the test's directory
 
     # -- the modality ---------------------------------------------------------------------------------------
     def new_study(self, views: Sequence[str] = ("PA", "LATERAL"), rows: int = 256, columns: int = 224,

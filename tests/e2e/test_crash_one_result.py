@@ -22,7 +22,9 @@ from dicomnode.db.states import DeliveryState, JobState
 from .conftest import wait_until
 from .crash_support import CrashSite, Sent, jitter
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # 10 restarts of a model-loading node per phase
+# 10 restarts of a model-loading node per phase; the phases share nothing: xdist may run them side by side
+# (tests/conftest.py: SPREAD_MODULES)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 KILLS = int(os.environ.get("CXR_CRASH_KILLS", "10"))
 RECEIVE_VIEWS = ("PA", "LATERAL", "PA", "LATERAL", "PA", "LATERAL")
 

@@ -181,7 +181,12 @@ def test_every_dirty_study_gets_its_sr_and_pages(site: Site, sent: dict[str, Stu
 def test_each_repair_is_in_the_record_without_the_value(site: Site, sent: dict[str, StudySpec]) -> None:
     for spec in sent.values():
         wait_until(partial(_sr, site, spec.study_instance_uid), timeout=600, what="results", interval=1.0)
-    records = _records(site)
+    # the SR and pages are sent while the study is still processed; its record is written last
+    def every_record() -> list[str] | None:
+        found = _records(site)
+        return found if len(found) >= len(sent) else None
+
+    records = wait_until(every_record, timeout=120, what="a record of every study", interval=0.5)
     repairs = [r for text in records for r in json.loads(text).get("provenance", {}).get("header_repairs", [])]
     assert repairs, "no record with header repairs found in the node's database"
     for name, (_, _, expected) in DEFECTS.items():

@@ -101,3 +101,43 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def _held(lock: Path) -> bool:
+    """Someone else holds an exclusive flock on ``lock``."""
+    import fcntl
+
+    if not lock.exists():
+        return False
+    with open(lock, "rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def test_vllm_engine_waits_for_the_venv_build_lock(tmp_path: Path) -> None:
+    """An engine start waits while scripts/vllm_venv.sh holds its flock (scripts/test.sh builds the venv beside the
+    tests), and gives up with a clear error after its timeout."""
+    import subprocess
+    import time
+
+    from tests.vllm_engine import VllmError, build_lock, wait_for_build
+
+    venv = tmp_path / "vllm-venv"
+    assert wait_for_build(venv, timeout=0.1) == 0.0  # no build ever ran here
+    lock = build_lock(venv)
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "1.5"])  # as the script holds it
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _held(lock):
+            time.sleep(0.02)
+        with pytest.raises(VllmError, match="still being built"):
+            wait_for_build(venv, timeout=0.2)
+        assert wait_for_build(venv, timeout=30) > 0.5
+        assert holder.wait(10) == 0
+    finally:
+        holder.kill()
+    assert wait_for_build(venv, timeout=0.1) < 0.1  # the file stays, nobody holds it

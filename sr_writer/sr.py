@@ -51,7 +51,9 @@ from highdicom.sr import (
     TextContentItem,
     TrackingIdentifier,
 )
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
@@ -76,6 +78,38 @@ _MAX_TRACKING_ID = 64
 def _text(name: CodedConcept, value: str) -> TextContentItem:
     value = dicom_text(value)
     return TextContentItem(name=name, value=value if value.strip() else "(empty)", relationship_type=CONTAINS)
+
+
+def _code_item(concept: CodedConcept) -> Dataset:
+    """A plain copy of a code item (its own elements)."""
+    item = Dataset()
+    for element in concept:
+        item.add(DataElement(element.tag, element.VR, element.value))
+    return item
+
+
+def _plain_text(name: CodedConcept, value: str) -> Dataset:
+    """The TEXT item ``_text`` makes, as a plain dataset: for the stage containers (most of the tree), which join
+    the SR after highdicom has made it; highdicom's item constructors check every attribute they set, which made
+    them half of the SR's cost. The same elements, in the same order (``tests/sr/test_sr_items.py``)."""
+    value = dicom_text(value)
+    item = Dataset()
+    item.add_new(0x0040A010, "CS", "CONTAINS")  # Relationship Type
+    item.add_new(0x0040A040, "CS", "TEXT")  # Value Type
+    item.add_new(0x0040A043, "SQ", DicomSequence([_code_item(name)]))  # Concept Name Code Sequence
+    item.add_new(0x0040A160, "UT", value if value.strip() else "(empty)")  # Text Value
+    return item
+
+
+def _plain_container(name: CodedConcept) -> Dataset:
+    """The CONTAINER item ``_container`` makes, as a plain dataset (see ``_plain_text``)."""
+    item = Dataset()
+    item.add_new(0x0040A010, "CS", "CONTAINS")
+    item.add_new(0x0040A040, "CS", "CONTAINER")
+    item.add_new(0x0040A043, "SQ", DicomSequence([_code_item(name)]))
+    item.add_new(0x0040A050, "CS", "CONTINUOUS")  # Continuity Of Content
+    item.add_new(0x0040A730, "SQ", DicomSequence())  # Content Sequence
+    return item
 
 
 def _container(name: CodedConcept) -> ContainerContentItem:
@@ -230,18 +264,19 @@ def collect_boxes(record: ReasoningRecord) -> list[tuple[Box, Finding | None]]:
     return result
 
 
-def _qa_container(question: QuestionResult, table: CodeTable) -> ContainerContentItem:
+def _qa_container(question: QuestionResult, table: CodeTable) -> Dataset:
     private = table.private
-    qa = _container(private["question_answer"])
-    items = [_text(private["question_id"], question.id), _text(private["question"], _question_text(question))]
+    qa = _plain_container(private["question_answer"])
+    items = [_plain_text(private["question_id"], question.id),
+             _plain_text(private["question"], _question_text(question))]
     if question.parsed.think:
-        items.append(_text(private["model_reasoning"], question.parsed.think))
-    items.append(_text(private["answer"], question.raw_answer))
+        items.append(_plain_text(private["model_reasoning"], question.parsed.think))
+    items.append(_plain_text(private["answer"], question.raw_answer))
     value = parsed_text(question)
     if value:
-        items.append(_text(private["parsed_answer"], value))
+        items.append(_plain_text(private["parsed_answer"], value))
     if not question.parsed.ok:
-        items.append(_text(private["parse_error"], question.parsed.error or "answer did not parse"))
+        items.append(_plain_text(private["parse_error"], question.parsed.error or "answer did not parse"))
     qa.ContentSequence.extend(items)
     return qa
 
@@ -272,18 +307,19 @@ def _prior_images(record: ReasoningRecord, sources: dict[str, Dataset], table: C
 
 
 def _stage_container(stage: StageResult, record: ReasoningRecord, table: CodeTable,
-                     sources: dict[str, Dataset]) -> ContainerContentItem:
-    container = _container(table.stage_code(stage.number, stage.title))
-    container.ContentSequence.append(_text(table.private["stage_status"], stage_status_text(stage)))
+                     sources: dict[str, Dataset]) -> Dataset:
+    container = _plain_container(table.stage_code(stage.number, stage.title))
+    container.ContentSequence.append(_plain_text(table.private["stage_status"], stage_status_text(stage)))
     if stage.number == COMPARISON_STAGE and stage.questions:
         container.ContentSequence.extend(_prior_images(record, sources, table))
     for question in stage.questions:
         container.ContentSequence.append(_qa_container(question, table))
     if stage.number == 8:
         if record.report.findings:
-            container.ContentSequence.append(_text(table.structure["report_findings"], record.report.findings))
+            container.ContentSequence.append(_plain_text(table.structure["report_findings"], record.report.findings))
         if record.report.impression:
-            container.ContentSequence.append(_text(table.structure["report_impression"], record.report.impression))
+            container.ContentSequence.append(_plain_text(table.structure["report_impression"],
+                                                         record.report.impression))
     return container
 
 
@@ -427,7 +463,8 @@ def build_sr(
     # The stage containers (most of the tree) are appended after highdicom has collected the evidence and copied the
     # content, so they cost no second copy; their only image references (stage 5's prior images) are evidence
     # already (Pertinent Other Evidence).
-    for stage in sorted(record.stages, key=lambda s: s.number):
-        sr.ContentSequence.append(_stage_container(stage, record, table, sources))
+    stages = [_stage_container(stage, record, table, sources)
+              for stage in sorted(record.stages, key=lambda s: s.number)]
+    sr.ContentSequence = DicomSequence([*sr.ContentSequence, *stages])  # plain items: a plain sequence
     sweep_text(sr)  # no TAB or control character in any text, whatever it came from (sr_writer.text)
     return sr

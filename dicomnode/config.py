@@ -299,6 +299,14 @@ class FeedbackSection(ConfigModel):
     def _upper_statuses(cls, values: list[str]) -> list[str]:
         return [v.strip().upper() for v in values]
 
+    @model_validator(mode="after")
+    def _terms_readable(self) -> FeedbackSection:
+        if self.enabled and self.terms_file is not None:
+            from dicomnode.feedback.terms import load_terms
+
+            load_terms(self.terms_file)  # TermsError (a ValueError) names the file and the key
+        return self
+
 
 class LoggingSection(ConfigModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -66,8 +66,9 @@ class Intake:
         """Validate, store and answer one message (the MLLP payload)."""
         try:
             text = decode(payload)
-        except Refusal as refusal:
-            return self._refuse(payload.decode("latin-1"), Header(), refusal, peer, MessageState.REJECTED)
+        except Refusal as refusal:  # the header is ASCII: read as ISO 8859-1 for the ACK to name the message
+            text = payload.decode("latin-1").replace("\r\n", "\r").replace("\n", "\r")
+            return self._refuse(text, parse_header(text)[1], refusal, peer, MessageState.REJECTED)
         message, header = parse_header(text)
         if message is not None:
             not_allowed = self._sender_not_allowed(header)

@@ -153,8 +153,8 @@ def disagreements(session_factory: Factory, limit: int = 100) -> list[Disagreeme
 def message_counts(session_factory: Factory) -> dict[str, int]:
     """Received messages by state (``compared``, ``unmatched``, ``rejected``, ...)."""
     with session_factory() as session:
-        return dict(session.execute(select(FeedbackMessage.state, func.count()).group_by(FeedbackMessage.state))
-                    .tuples().all())
+        return {state: n for state, n in session.execute(select(FeedbackMessage.state, func.count())
+                                                          .group_by(FeedbackMessage.state))}
 
 
 def percent(value: float | None) -> str:

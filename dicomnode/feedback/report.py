@@ -167,13 +167,13 @@ def format_table(rows: list[AgreementRow]) -> str:
     if not rows:
         return "no compared reports yet\n"
     lines: list[str] = []
-    header = (f"{'finding':<28} {'agree':>6} {'disagree':>8} {'agreement':>9} {'uncertain':>9} {'no answer':>9}"
+    header = (f"{'finding':<28} {'agree':>6} {'disagree':>8} {'agreement':>9} {'uncertain':>9} {'unanswered':>10}"
               f" {'TP':>4} {'FP':>4} {'FN':>4} {'TN':>4}")
     for model in dict.fromkeys(r.model for r in rows):
         lines += [f"model {model}", header]
         for r in (r for r in rows if r.model == model):
             lines.append(f"{r.finding:<28} {r.agree:>6} {r.disagree:>8} {percent(r.agreement):>9} {r.uncertain:>9}"
-                         f" {r.not_compared:>9} {r.tp:>4} {r.fp:>4} {r.fn:>4} {r.tn:>4}")
+                         f" {r.not_compared:>10} {r.tp:>4} {r.fp:>4} {r.fn:>4} {r.tn:>4}")
         lines.append("")
     return "\n".join(lines)
 

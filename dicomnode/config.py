@@ -7,7 +7,9 @@ lines read ``path.to.key: reason``. Unknown keys are errors.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -252,6 +254,68 @@ class DashboardSection(ConfigModel):
         return self
 
 
+HL7_FIELD = r"^(OBR|ORC)-[1-9][0-9]?$"  # where an accession number may be read
+
+
+class FeedbackSection(ConfigModel):
+    """The radiologist's final report back to the node: HL7 v2 ``ORU^R01`` over MLLP (dicomnode/feedback), served by
+    the roles that run the DICOM listener. Off unless enabled."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = Field(2575, ge=0, le=65535)
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+    # empty = any; otherwise MSH-3 (sending application, its first component) / MSH-4 must be listed
+    allowed_sending_applications: list[str] = Field(default_factory=list)
+    allowed_sending_facilities: list[str] = Field(default_factory=list)
+    # empty = any; otherwise the peer's address must be in one of these (an address or a network, 10.1.2.0/24)
+    allowed_hosts: list[str] = Field(default_factory=list)
+    application: str = "CXRNODE"  # MSH-3 of our ACKs
+    facility: str = ""  # MSH-4 of our ACKs
+    # where the accession number is read, the first non-empty field wins
+    accession_fields: list[str] = Field(default_factory=lambda: ["OBR-3", "OBR-2", "OBR-18", "ORC-3"])
+    # OBR-25 result statuses whose verdicts count (F final, C corrected); other reports are stored, not compared
+    final_statuses: list[str] = Field(default_factory=lambda: ["F", "C"])
+    terms_file: Path | None = None  # finding synonyms and negation/uncertainty cues; null = the packaged file
+    max_connections: int = Field(10, ge=1)
+    max_message_bytes: int = Field(1024 * 1024, ge=1024)
+    idle_timeout_seconds: float = Field(300, gt=0)
+    tls_handshake_timeout_seconds: float = Field(10, gt=0)
+    match_seconds: float = Field(30, gt=0)  # how often unmatched reports are matched again (and new results compared)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or network") from None
+        return values
+
+    @field_validator("accession_fields")
+    @classmethod
+    def _check_fields(cls, values: list[str]) -> list[str]:
+        values = [v.strip().upper() for v in values]
+        bad = [v for v in values if not re.match(HL7_FIELD, v)]
+        if bad or not values:
+            raise ValueError(f"fields are OBR-N or ORC-N (got {bad or 'none'})")
+        return values
+
+    @field_validator("final_statuses")
+    @classmethod
+    def _upper_statuses(cls, values: list[str]) -> list[str]:
+        return [v.strip().upper() for v in values]
+
+    @model_validator(mode="after")
+    def _terms_readable(self) -> FeedbackSection:
+        if self.enabled and self.terms_file is not None:
+            from dicomnode.feedback.terms import load_terms
+
+            load_terms(self.terms_file)  # TermsError (a ValueError) names the file and the key
+        return self
+
+
 class LoggingSection(ConfigModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_: bool = Field(True, alias="json")
@@ -306,6 +370,7 @@ class NodeConfig(ConfigModel):
     reasoning: ReasoningSection = Field(default_factory=ReasoningSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     dashboard: DashboardSection = Field(default_factory=DashboardSection)
+    feedback: FeedbackSection = Field(default_factory=FeedbackSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     output: OutputSection = Field(default_factory=OutputSection)
 

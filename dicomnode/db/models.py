@@ -62,7 +62,7 @@ class Study(Base):
     state: Mapped[str] = mapped_column(String(16), default=JobState.RECEIVING.value, index=True)
     state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     patient_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    accession_number: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    accession_number: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     first_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -190,3 +190,56 @@ class AuditEvent(Base):
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class FeedbackMessage(Base):
+    """An HL7 v2 message the feedback listener received (dicomnode.feedback), stored before it is acknowledged.
+
+    ``raw`` is the whole message as received (it holds patient data, like the spool). ``dedup_key`` is set for
+    accepted messages only (sending application, facility and control id): a message sent again is not stored
+    twice."""
+
+    __tablename__ = "feedback_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    peer: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    sending_application: Mapped[str | None] = mapped_column(String(180), nullable=True)
+    sending_facility: Mapped[str | None] = mapped_column(String(180), nullable=True)
+    control_id: Mapped[str | None] = mapped_column(String(199), nullable=True)
+    dedup_key: Mapped[str | None] = mapped_column(String(600), nullable=True, unique=True)
+    message_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    accession_number: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    result_status: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    raw: Mapped[str] = mapped_column(Text)
+    ack_code: Mapped[str] = mapped_column(String(2))  # AA, AE, AR: what the sender was answered
+    state: Mapped[str] = mapped_column(String(24), index=True)  # dicomnode.feedback.states.MessageState
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why refused, rejected, unmatched, not compared
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), nullable=True, index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+    compared_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class FeedbackVerdict(Base):
+    """One finding of one compared report: the radiologist's verdict, the node's answer, and whether they agree.
+    The node's side is copied from the job's record when the report is compared (retention may delete the record
+    later)."""
+
+    __tablename__ = "feedback_verdicts"
+    __table_args__ = (
+        UniqueConstraint("message_id", "finding", name="uq_feedback_verdicts_message_finding"),
+        Index("ix_feedback_verdicts_finding_reported", "finding", "reported_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("feedback_messages.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    finding: Mapped[str] = mapped_column(String(64))
+    radiologist: Mapped[str] = mapped_column(String(16))  # present, absent, uncertain, not_mentioned
+    model: Mapped[str | None] = mapped_column(String(16), nullable=True)  # present, absent, uncertain; None: no answer
+    agreement: Mapped[str] = mapped_column(String(16))  # agree, disagree, uncertain, not_compared
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(80))
+    evidence: Mapped[str | None] = mapped_column(Text, nullable=True)  # the report sentence that decided it
+    reported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)  # when the report was received

@@ -25,7 +25,7 @@ def _client(node: Node) -> Client:
 
 def test_unauthenticated_requests_are_refused(token_node: Node) -> None:
     client = _client(token_node)
-    for path in ("/", "/studies", "/failures", "/api/status", "/studies/1.2.3"):
+    for path in ("/", "/studies", "/failures", "/feedback", "/api/status", "/studies/1.2.3"):
         reply = client.get(path)
         assert reply.status == 401, (path, reply.status)
         assert "WWW-Authenticate".lower() in reply.headers
@@ -39,7 +39,7 @@ def test_unauthenticated_requests_are_refused(token_node: Node) -> None:
 def test_bearer_token_reads_every_page(token_node: Node) -> None:
     client = _client(token_node)
     bearer = {"Authorization": f"Bearer {TOKEN}"}
-    for path in ("/", "/studies", "/failures"):
+    for path in ("/", "/studies", "/failures", "/feedback"):
         reply = client.get(path, headers=bearer)
         assert reply.status == 200, path
         assert "signed in as token" in reply.body

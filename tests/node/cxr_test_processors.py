@@ -151,3 +151,26 @@ def publishing_then_failing(config: NodeConfig) -> PublishingProcessor:
 
 def publishing_after_losing_the_job(config: NodeConfig) -> PublishingProcessor:
     return PublishingProcessor(config, lose_job=True)
+
+
+class RecordProcessor:
+    """Writes a full reasoning record (``dicomnode.demo.records.make_record``) whose findings are ``positive`` (the
+    environment's ``CXR_TEST_POSITIVE``, comma-separated, else pneumothorax and cardiomegaly) and ``uncertain``
+    (``CXR_TEST_UNCERTAIN``); every other checklist finding absent. With it one SC, a result object."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+
+    def process(self, study: StudyInput) -> Iterator[ProcessorOutput]:
+        from dicomnode.demo.records import make_record
+
+        _log_call(self.data_dir, study)
+        positive = os.environ.get("CXR_TEST_POSITIVE", "pneumothorax,cardiomegaly").split(",")
+        uncertain = [k for k in os.environ.get("CXR_TEST_UNCERTAIN", "").split(",") if k]
+        sources = [dcmread(p, stop_before_pixels=True) for p in study.instance_paths]
+        yield ResultObject("sc", secondary_capture(study.instance_paths[0]))
+        yield ResultRecord(make_record(sources, positive=positive, uncertain=uncertain).to_json())
+
+
+def reasoning_record(config: NodeConfig) -> RecordProcessor:
+    return RecordProcessor(config.storage.data_dir)

@@ -30,7 +30,8 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         for name, field in type(model).model_fields.items():  # type: ignore[attr-defined]
             out.add(field.alias or name)
         return out
-    for section in ("node", "storage", "study", "processing", "model", "reasoning", "metrics", "logging", "output"):
+    for section in ("node", "storage", "study", "processing", "model", "reasoning", "metrics", "logging", "output",
+                    "feedback"):
         for key in keys(getattr(config, section)):
             assert f" {key}:" in text or f"\n{key}:" in text, f"{section}.{key} missing in the example"
     # destinations: the DIMSE one, and the commented-out DICOMweb one, which is valid once uncommented

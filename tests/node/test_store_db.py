@@ -23,7 +23,8 @@ from dicomnode.peers.dcmtk import echoscu
 from tests.postgres_server import PostgresServer
 
 SMALL = {"rows": 128, "columns": 104}
-TABLES = {"studies", "instances", "jobs", "deliveries", "audit_events", "performed_procedure_steps", "alembic_version"}
+TABLES = {"studies", "instances", "jobs", "deliveries", "audit_events", "performed_procedure_steps", "alembic_version",
+          "feedback_messages", "feedback_verdicts"}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_migrations_create_schema_idempotently(db_url: str) -> None:
     engine = make_engine(db_url)
     try:
         assert TABLES <= set(inspect(engine).get_table_names())
-        assert current_revision(engine) == "0003"
+        assert current_revision(engine) == "0005_feedback"
     finally:
         engine.dispose()
 

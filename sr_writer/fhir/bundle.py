@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import re
 import uuid
 from typing import Any
 
@@ -45,6 +46,28 @@ PRESENCE_INTERPRETATION = {Presence.PRESENT: ("POS", "Positive"), Presence.ABSEN
                            Presence.UNCERTAIN: ("IND", "Indeterminate")}
 FLAG_PRIORITY = {Priority.URGENT: ("PM", "Medium priority"), Priority.STAT: ("PH", "High priority")}
 REQUEST_PRIORITY = {Priority.URGENT: ("urgent", "Urgent"), Priority.STAT: ("stat", "STAT")}
+
+
+_NOT_FHIR_STRING = re.compile(r"[^\S \r\n\t]|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def fhir_string(text: str) -> str:
+    """``text`` as a FHIR string may hold it (FHIR's string regex allows space, CR, LF and TAB as its only
+    whitespace): other whitespace and control characters become spaces, no surrounding whitespace."""
+    return _NOT_FHIR_STRING.sub(" ", text).strip()
+
+
+def _clean(value: Any) -> Any:
+    """Every string of a resource made a valid FHIR string; elements left empty are dropped (FHIR has no "")."""
+    if isinstance(value, str):
+        return fhir_string(value)
+    if isinstance(value, list):
+        items = [_clean(item) for item in value]
+        return [item for item in items if item not in ("", [], {})]
+    if isinstance(value, dict):
+        items = {key: _clean(item) for key, item in value.items()}
+        return {key: item for key, item in items.items() if item not in ("", [], {})}
+    return value
 
 
 def resource_id(study_instance_uid: str, role: str) -> str:
@@ -158,7 +181,7 @@ def build_bundle(record: ReasoningRecord, header: StudyHeader, triage: Triage, c
     resources = [report, *observations]
     if triage.raised:
         resources.append(_flag(header, common, triage, report_id, table))
-    return {"resourceType": "Bundle", "type": "transaction", "entry": [_entry(r) for r in resources]}
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [_entry(_clean(r)) for r in resources]}
 
 
 def _flag(header: StudyHeader, common: dict[str, Any], triage: Triage, report_id: str,

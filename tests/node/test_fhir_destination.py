@@ -24,7 +24,7 @@ from sr_writer.fhir import resource_id
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 TOKEN = "fhir-test-token"
-REPORT = "Line one | ^ ~ \\ & end\rsecond: Größe 胸部"
+REPORT = "Line one | ^ ~ \\ & end\rsecond: Größe 胸部\x0c\u00a0\u2028\x00 last"  # not all valid in a FHIR string
 
 
 def _bearer(url: str, **keys: object) -> dict[str, object]:
@@ -50,7 +50,7 @@ def test_a_bundle_is_stored_validated_and_marked(tmp_path, data_dir, database_ur
     with FhirServer(tmp_path / "fhir", token=TOKEN) as server:
         config = ris_config(data_dir, database_url, [_bearer(server.url)])
         job_id = process(config, session_factory, study.files, positive=("pneumothorax",), uncertain=("edema",),
-                         findings_text=REPORT)
+                         findings_text=REPORT, impression_text=REPORT)
         [row] = deliveries(session_factory, job_id)
         assert (row.object_kind, row.media_type) == ("fhir", "application/fhir+json")
         body = json.loads((data_dir / row.path).read_text(encoding="utf-8"))  # stored before it is sent
@@ -68,7 +68,9 @@ def test_a_bundle_is_stored_validated_and_marked(tmp_path, data_dir, database_ur
     conclusion = str(report["conclusion"])
     assert conclusion.startswith("AI-generated, not verified by a physician. DEMO: output of an untrained demo")
     text = base64.b64decode(report["presentedForm"][0]["data"]).decode("utf-8")  # type: ignore[index]
-    assert REPORT.replace("\r", "\n") in text.replace("\r", "\n")  # non-ASCII and delimiters intact
+    assert REPORT.replace("\r", "\n") in text.replace("\r", "\n")  # the attachment keeps the text as it was
+    assert "Line one | ^ ~ \\ & end\rsecond: Größe 胸部" in conclusion and conclusion.endswith(" last")
+    assert "\u00a0" not in json.dumps(report, ensure_ascii=False)  # the strings hold what FHIR strings may
     assert len(observations) == 18 and len(report["result"]) == 18  # type: ignore[arg-type]
     by_code = {o["code"]["coding"][0]["code"]: o for o in observations}  # type: ignore[index]
     pneumothorax, edema = by_code["36118008"], by_code["19242006"]

@@ -62,11 +62,11 @@ def _clean(value: Any) -> Any:
     if isinstance(value, str):
         return fhir_string(value)
     if isinstance(value, list):
-        items = [_clean(item) for item in value]
-        return [item for item in items if item not in ("", [], {})]
+        cleaned = [_clean(item) for item in value]
+        return [item for item in cleaned if item not in ("", [], {})]
     if isinstance(value, dict):
-        items = {key: _clean(item) for key, item in value.items()}
-        return {key: item for key, item in items.items() if item not in ("", [], {})}
+        fields = {key: _clean(item) for key, item in value.items()}
+        return {key: item for key, item in fields.items() if item not in ("", [], {})}
     return value
 
 

@@ -31,7 +31,8 @@ TRIAGE = {"rules": [{"finding": r.finding, "priority": r.priority.value, "when":
 
 class ReasonedProcessor:
     """Each study: the record ``make_record`` writes for its images (``positive`` / ``uncertain`` findings,
-    ``findings_text`` and ``impression_text`` as the stage-8 report), then its SR and pages, yielded as the reasoning processor does."""
+    ``findings_text`` and ``impression_text`` as the stage-8 report), then its SR and pages, yielded as the reasoning
+    processor does."""
 
     def __init__(self, config: NodeConfig, positive: Sequence[str] = ("pneumothorax",),
                  uncertain: Sequence[str] = (), findings_text: str | None = None,

@@ -37,6 +37,8 @@ from dicomnode.config_types import (
 from dicomnode.datadir import DataDir
 from dicomnode.destinations import DestinationConfig
 from dicomnode.destinations.registry import validate_destination
+from inference.record import Presence
+from inference.triage import Priority, TriageRule
 
 ENV_PREFIX = "CXR_NODE__"
 
@@ -210,6 +212,26 @@ class ReasoningSection(ConfigModel):
     parallel_within_stage: bool = False  # independent questions of a stage asked together (blind to each other)
 
 
+class TriageRuleConfig(ConfigModel):
+    """One triage rule: ``finding`` (a checklist key of the stage book) answered ``when`` raises ``priority``."""
+
+    finding: str = Field(min_length=1)
+    priority: Literal["urgent", "stat"]
+    when: Literal["present", "uncertain"] = "present"
+
+    def rule(self) -> TriageRule:
+        return TriageRule(self.finding, Priority(self.priority), Presence(self.when))
+
+
+class TriageSection(ConfigModel):
+    """Which findings put a study on top of the worklist (``inference.triage``); none: no triage."""
+
+    rules: list[TriageRuleConfig] = Field(default_factory=list)
+
+    def as_rules(self) -> tuple[TriageRule, ...]:
+        return tuple(r.rule() for r in self.rules)
+
+
 class MetricsSection(ConfigModel):
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -373,6 +395,7 @@ class NodeConfig(ConfigModel):
     feedback: FeedbackSection = Field(default_factory=FeedbackSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     output: OutputSection = Field(default_factory=OutputSection)
+    triage: TriageSection = Field(default_factory=TriageSection)
 
     @model_validator(mode="after")
     def _reasoning_needs_a_model(self) -> NodeConfig:
@@ -396,6 +419,27 @@ class NodeConfig(ConfigModel):
             if missing:
                 raise ValueError(f"destinations.{index}.objects: {', '.join(missing)} not made (output.objects is "
                                  f"{', '.join(self.output.objects)})")
+            needed = [kind for kind in getattr(destination, "built_from", ()) if kind not in made]
+            if needed:
+                raise ValueError(f"destinations.{index}: a {destination.type} message is built from the "
+                                 f"{', '.join(needed)}, which output.objects does not make")
+        return self
+
+    @model_validator(mode="after")
+    def _triage_rules_can_fire(self) -> NodeConfig:
+        """A rule for a finding the checklist does not ask about could never fire: an error, not a silent no-op."""
+        if not self.triage.rules:
+            return self
+        from inference.stages import StageConfigError, load_stages
+        from inference.triage import asked_findings, rule_problems
+
+        try:
+            book = load_stages(self.reasoning.stages_file)
+        except StageConfigError as exc:
+            raise ValueError(f"triage.rules: cannot be checked against the stage book: {exc}") from None
+        problems = rule_problems(self.triage.as_rules(), asked_findings(book))
+        if problems:
+            raise ValueError("; ".join(f"triage.rules.{index}.finding: {text}" for index, text in problems))
         return self
 
     @property

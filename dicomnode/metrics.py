@@ -69,6 +69,10 @@ tokens = Counter(
     f"{PREFIX}_tokens", "Model tokens by kind: prompt (computed), cached (reused prefix), generated.", ["kind"],
     registry=REGISTRY,
 )
+triage_assessed = Counter(
+    f"{PREFIX}_triage", "Result sets assessed by triage (inference.triage), by the priority they raised: routine, "
+    "urgent, stat.", ["priority"], registry=REGISTRY,
+)
 delivery_attempts = Counter(
     f"{PREFIX}_delivery_attempts", "C-STORE attempts of result objects, by destination.", ["destination"],
     registry=REGISTRY,

@@ -30,7 +30,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 def senders(config: NodeConfig, association_timeout: float = 30.0) -> dict[str, Sender[Any]]:
     """destination name -> its sender."""
-    node = NodeIdentity(config.node.ae_title, association_timeout)
+    node = NodeIdentity(config.node.ae_title, association_timeout, config.triage.as_rules())
     return {d.name: make_sender(d, node) for d in config.destinations}
 
 

@@ -56,6 +56,7 @@ def output_options(config: NodeConfig, demo: bool = False) -> OutputOptions:
         sc_series_description=f"{prefix} page (unverified)"[:64],
         page_transfer_syntax=PAGE_ENCODINGS[config.output.page_encoding],
         sr_sop_class=config.output.sr_sop_class,
+        triage_rules=config.triage.as_rules(),
     )
 
 

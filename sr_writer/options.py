@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
+from inference.triage import TriageRule
+
 PAGE_TRANSFER_SYNTAXES = (RLELossless, ExplicitVRLittleEndian)
 SR_SOP_CLASSES = ("comprehensive3d", "comprehensive")
 
@@ -32,6 +34,9 @@ class OutputOptions:
     # (image references under a region then named DCM 111040 "Original Source", as Stone reads them)
     sr_sop_class: str = "comprehensive3d"
     validate: bool = True  # run dciodvfy on every object; refuse to return one with errors
+    # triage rules (inference.triage): a raised priority is coded in the SR, named in its series description and
+    # shown on the pages' banner; none: no triage (the node passes its config's triage.rules)
+    triage_rules: tuple[TriageRule, ...] = ()
 
     def __post_init__(self) -> None:
         if self.page_transfer_syntax not in PAGE_TRANSFER_SYNTAXES:

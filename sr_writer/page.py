@@ -26,7 +26,9 @@ from inference.record import (
     ReasoningRecord,
     StageStatus,
 )
+from inference.triage import assess_record
 from sr_writer import provenance as prov
+from sr_writer import triage as triage_marks
 from sr_writer.fonts import Face
 from sr_writer.options import OutputOptions
 from sr_writer.sr import collect_boxes
@@ -38,6 +40,7 @@ MUTED = (90, 90, 90)
 RULE = (170, 170, 170)
 RED = (190, 20, 20)
 DEMO_BG = (200, 30, 30)
+TRIAGE_BG = (150, 0, 90)  # the AI-triage banner: not the DEMO red
 PRESENCE_COLOUR = {Presence.PRESENT: (200, 40, 20), Presence.UNCERTAIN: (190, 130, 0), Presence.ABSENT: (60, 110, 60)}
 BOX_COLOURS = ((255, 80, 40), (40, 200, 255), (255, 220, 0), (120, 255, 80), (255, 90, 220), (255, 160, 40))
 FRONTAL_VIEWS = ("PA", "AP")
@@ -232,6 +235,11 @@ class PageRenderer:
             return []
         return [Line(t, self.faces.bold, WHITE) for t in wrap(DEMO_STATEMENT, self.faces.bold, self.inner - 32)]
 
+    def _triage_lines(self) -> list[Line]:
+        """The AI-triage banner (sr_writer/triage.py), when a triage rule raised the priority."""
+        text = triage_marks.statement(assess_record(self.record, self.options.triage_rules))
+        return [Line(t, self.faces.bold, WHITE) for t in wrap(text, self.faces.bold, self.inner - 32)] if text else []
+
     def _draw_header(self, draw: ImageDraw.ImageDraw, page: int, pages: int) -> int:
         f, y = self.faces, self.margin
         title = ("DEMO - " if self.record.provenance.demo_model else "") + "AI chest X-ray reasoning"
@@ -239,12 +247,13 @@ class PageRenderer:
         numbering = f"page {page} of {pages}"
         f.heading.draw(draw, (self.width - self.margin - f.heading.width(numbering), y + 6), numbering, INK)
         y += f.title.line_height + 8
-        demo = self._demo_lines()
-        if demo:
-            band = sum(line.height for line in demo) + 24
-            draw.rectangle([self.margin, y, self.width - self.margin, y + band], fill=DEMO_BG)
+        for banner, colour in ((self._demo_lines(), DEMO_BG), (self._triage_lines(), TRIAGE_BG)):
+            if not banner:
+                continue
+            band = sum(line.height for line in banner) + 24
+            draw.rectangle([self.margin, y, self.width - self.margin, y + band], fill=colour)
             yy = y + 12
-            for line in demo:
+            for line in banner:
                 line.face.draw(draw, (self.margin + 16, yy), line.text, line.colour)
                 yy += line.height
             y += band + 12

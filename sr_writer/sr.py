@@ -66,7 +66,9 @@ from inference.record import (
     ReasoningRecord,
     StageResult,
 )
+from inference.triage import assess_record
 from sr_writer import provenance as prov
+from sr_writer import triage as triage_marks
 from sr_writer.codes import CodeTable, load_table
 from sr_writer.options import OutputOptions
 from sr_writer.text import completion_problems, dicom_text, parsed_text, stage_status_text, sweep_text
@@ -396,7 +398,9 @@ def build_sr(
     comment = table.structure["comment"]
     problems = completion_problems(record)
     # the rest of the root: no image references in it (see below where it joins the root)
-    rest = [_qualitative_evaluations(record, table), _text(comment, UNVERIFIED_STATEMENT),
+    triage = assess_record(record, options.triage_rules)  # a raised priority: coded item, comment, series label
+    rest = [triage_marks.add_priority(_qualitative_evaluations(record, table), triage, table),
+            *triage_marks.comments(triage, table), _text(comment, UNVERIFIED_STATEMENT),
             *([_text(comment, DEMO_STATEMENT)] if p.demo_model else []),
             _text(table.private["algorithm"], prov.summary(p)),
             *([_text(comment, "Incomplete (PARTIAL): " + "; ".join(problems))] if problems else [])]
@@ -441,7 +445,8 @@ def build_sr(
         previous_versions=[predecessor] if predecessor is not None else None,
         contributing_equipment=[equipment],
         specific_character_set="ISO_IR 192",
-        series_description=options.series_description(options.sr_series_description, p.demo_model),
+        series_description=options.series_description(
+            triage_marks.series_description(options.sr_series_description, triage), p.demo_model),
         manufacturer_model_name=prov.model_title(p)[:64],
         software_versions=prov.software_versions(p),
         coding_schemes=[

@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       "viewer URL; implies --keep-running")
     demo.add_argument("--ohif-dist", type=Path, metavar="DIR",
                       help="OHIF's prebuilt dist/ (default: $CXR_OHIF_DIST or .cache/ohif/app/dist from bootstrap)")
+    demo.add_argument("--ris", action="store_true",
+                      help="also send the results as an HL7 v2 ORU^R01 to an MLLP receiver (npm node-hl7-server) and "
+                      "as a FHIR Bundle to a FHIR server (npm @medplum/fhir-router), both on loopback, and print what "
+                      "each received (scripts/bootstrap.sh installs them)")
     demo.set_defaults(func=run_demo_command)
 
     run = subparsers.add_parser(
@@ -56,14 +60,16 @@ def run_demo_command(args: argparse.Namespace) -> int:
     keep_running = args.keep_running or args.viewer  # the viewer is only up while the demo runs
     try:
         result = run_demo(args.workdir, timeout=args.timeout, keep_running=keep_running,
-                          say=lambda text: print(text, flush=True), viewer=args.viewer, ohif_dist=args.ohif_dist)
+                          say=lambda text: print(text, flush=True), viewer=args.viewer, ohif_dist=args.ohif_dist,
+                          ris=args.ris)
     except (RuntimeError, TimeoutError, OSError) as exc:
         print(f"cxr-node demo: failed: {exc}", file=sys.stderr)
         return 1
     if not keep_running:
         result.dashboard_url = ""  # stopped with the node
         print_result(result, print)
-        print("Orthanc and the node have been stopped; run with --keep-running to browse the URLs.")
+        print("Orthanc, the node" + (" and the RIS peers" if args.ris else "")
+              + " have been stopped; run with --keep-running to browse the URLs.")
     return 0
 
 

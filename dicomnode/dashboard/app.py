@@ -189,7 +189,9 @@ class Dashboard:
     async def studies(self, request: Request, who: Identity) -> Response:
         params = request.query_params
         f = queries.StudyFilter(state=params.get("state", "") if params.get("state") in queries.STATES else "",
-                                destination=params.get("destination", "")[:64], q=params.get("q", "")[:64])
+                                destination=params.get("destination", "")[:64], q=params.get("q", "")[:64],
+                                triage=params.get("triage", "") if params.get("triage") in (*queries.TRIAGE, "raised")
+                                else "")
         try:
             f.received_from = dt.date.fromisoformat(params["from"]) if params.get("from") else None
             f.received_to = dt.date.fromisoformat(params["to"]) if params.get("to") else None
@@ -208,7 +210,7 @@ class Dashboard:
         rows, total, destinations = await run_in_threadpool(load)
         pages = max(1, -(-total // queries.PAGE_SIZE))
         return self.render(request, who, "studies.html", rows=rows, total=total, f=f, pages=pages,
-                           states=queries.STATES, destinations=destinations)
+                           states=queries.STATES, destinations=destinations, triage=queries.TRIAGE)
 
     async def study(self, request: Request, who: Identity) -> Response:
         uid = request.path_params["uid"]

@@ -20,9 +20,11 @@ from dicomnode.db.models import AuditEvent, Delivery, Instance, Job, Study, utcn
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.status import status_summary
 from dicomnode.uids import is_valid_uid
+from inference.triage import Priority
 
 PAGE_SIZE = 50
 STATES = [s.value for s in JobState]
+TRIAGE = [p.value for p in reversed(Priority)]  # stat first
 Factory = sessionmaker[Session]
 
 
@@ -165,6 +167,7 @@ class StudyFilter:
     received_from: dt.date | None = None
     received_to: dt.date | None = None
     q: str = ""  # accession number, or study UID (or its beginning)
+    triage: str = ""  # a priority (TRIAGE), or "raised" (urgent or stat)
     page: int = 1
 
     def query_string(self, **override: Any) -> str:
@@ -172,7 +175,8 @@ class StudyFilter:
 
         values = {"state": self.state, "destination": self.destination,
                   "from": self.received_from.isoformat() if self.received_from else "",
-                  "to": self.received_to.isoformat() if self.received_to else "", "q": self.q, "page": self.page}
+                  "to": self.received_to.isoformat() if self.received_to else "", "q": self.q,
+                  "triage": self.triage, "page": self.page}
         values.update(override)
         return urlencode({k: v for k, v in values.items() if v not in ("", None)})
 
@@ -192,6 +196,7 @@ class StudyRow:
     generation: int
     deliveries: Counter[str] = field(default_factory=Counter)
     patient_name: str | None = None
+    triage_priority: str | None = None  # of its newest results (None: not assessed)
 
 
 def _study_conditions(f: StudyFilter) -> list[Any]:
@@ -206,6 +211,10 @@ def _study_conditions(f: StudyFilter) -> list[Any]:
     if f.destination:
         where.append(select(Delivery.id).join(Job, Job.id == Delivery.job_id)
                      .where(Job.study_id == Study.id, Delivery.destination == f.destination).exists())
+    if f.triage == "raised":
+        where.append(Study.triage_priority.in_([p.value for p in Priority if p is not Priority.ROUTINE]))
+    elif f.triage:
+        where.append(Study.triage_priority == f.triage)
     q = f.q.strip()
     if q:
         escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -222,7 +231,7 @@ def list_studies(session_factory: Factory, f: StudyFilter, page_size: int = PAGE
                             .limit(page_size).offset(max(f.page - 1, 0) * page_size)).all()
         rows = [StudyRow(st.id, st.study_instance_uid, st.accession_number, st.patient_id, st.state, st.state_reason,
                          st.first_received_at, st.last_received_at, st.instance_count, st.selected_count,
-                         st.generation) for st in studies]
+                         st.generation, triage_priority=st.triage_priority) for st in studies]
         by_id = {r.id: r for r in rows}
         if by_id:
             for study_id, state, n in s.execute(

@@ -68,6 +68,8 @@ class Study(Base):
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     selected_count: Mapped[int] = mapped_column(Integer, default=0)
     generation: Mapped[int] = mapped_column(Integer, default=1)
+    # the triage priority of its newest results (routine, urgent, stat; NULL: none assessed), dicomnode/triage.py
+    triage_priority: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="study", lazy="raise_on_sql")
     jobs: Mapped[list[Job]] = relationship(back_populates="study", lazy="raise_on_sql")
@@ -117,6 +119,8 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     record_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     predecessor_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+    triage_priority: Mapped[str | None] = mapped_column(String(16), nullable=True)  # NULL: no reasoning record
+    triage_reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # "Pneumothorax present", no patient data
 
     study: Mapped[Study] = relationship(back_populates="jobs", lazy="raise_on_sql")
 

@@ -1,6 +1,7 @@
-"""Destination types, one module each (``dimse``, ``dicomweb``), registered with ``@handler_for``; see
-:mod:`dicomnode.destinations.base` for what a type is made of and ``docs/ARCHITECTURE.md`` for adding one."""
-from dicomnode.destinations import dicomweb, dimse  # noqa: F401 - importing registers the built-in types
+"""Destination types, one module each (``dimse``, ``dicomweb``, ``hl7``, ``fhir``), registered with
+``@handler_for``; see :mod:`dicomnode.destinations.base` for what a type is made of and ``docs/ARCHITECTURE.md`` for
+adding one."""
+from dicomnode.destinations import dicomweb, dimse, fhir, hl7  # noqa: F401 - importing registers the built-in types
 from dicomnode.destinations.base import (
     DeliveryItem,
     DestinationConfig,
@@ -15,8 +16,10 @@ from dicomnode.destinations.base import (
 )
 from dicomnode.destinations.dicomweb import DicomwebDestination
 from dicomnode.destinations.dimse import DimseDestination
+from dicomnode.destinations.fhir import FhirDestination
+from dicomnode.destinations.hl7 import Hl7Destination
 from dicomnode.destinations.registry import destination_type, handler_for, make_sender, type_names
 
 __all__ = ["DeliveryItem", "DestinationConfig", "DicomObjectDestination", "DicomwebDestination", "DimseDestination",
-           "NodeIdentity", "Outcome", "Payload", "ResultSet", "SendError", "Sender", "StoredObject",
-           "destination_type", "handler_for", "make_sender", "type_names"]
+           "FhirDestination", "Hl7Destination", "NodeIdentity", "Outcome", "Payload", "ResultSet", "SendError",
+           "Sender", "StoredObject", "destination_type", "handler_for", "make_sender", "type_names"]

@@ -23,6 +23,7 @@ from typing import ClassVar, Generic, TypeVar
 from pydantic import Field
 
 from dicomnode.config_types import ConfigModel, ResultKinds, RetryConfig, registered_kinds
+from inference.triage import TriageRule
 
 DICOM_MEDIA_TYPE = "application/dicom"
 
@@ -75,6 +76,7 @@ class NodeIdentity:
 
     ae_title: str = "CXRNODE"
     association_timeout: float = 30.0
+    triage_rules: tuple[TriageRule, ...] = ()  # the config's triage.rules: message types mark a raised priority
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,8 @@ def test_the_wheel_holds_the_product_packages_only(venv: Path) -> None:
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {
         "dicomnode", "inference", "sr_writer"}
     assert "dicomnode/peers/ohif.py" in names
+    assert {"dicomnode/peers/js/mllp_receiver.mjs", "dicomnode/peers/js/package-lock.json"} <= set(names)
+    assert not [n for n in names if "node_modules" in n]  # `npm ci` installs the peers' packages, never the wheel
     assert not [n for n in names if n.endswith("vllm.py")]  # the tests' vLLM launcher (tests/vllm_engine.py)
 
 

@@ -2,14 +2,14 @@
 per-finding verdicts of the compared reports; an index on studies.accession_number (reports are matched by it).
 
 Revision ID: 0005_feedback
-Revises: 0003 (helper ris's 0004 may come between; the merge chains them)
+Revises: 0004 (triage)
 Create Date: 2026-12-07
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0005_feedback'
-down_revision = '0003'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 

@@ -28,7 +28,8 @@ SOP_CLASSES = {"comprehensive3d": "1.2.840.10008.5.1.4.1.1.88.34", "comprehensiv
 def written(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     spec = small_spec()
     current, prior = make_study(spec), make_study(prior_spec(spec))
-    record = make_record(current, prior, positive=POSITIVE, uncertain=("edema",))
+    # probabilities on every finding (make_record's default) and one operating point: their NUM items validated too
+    record = make_record(current, prior, positive=POSITIVE, uncertain=("edema",), thresholds={"pneumothorax": 0.3})
     result = build_result_objects(record, current, prior, OutputOptions(sr_sop_class=request.param))
     path = tmp_path_factory.mktemp(request.param) / "sr.dcm"
     path.write_bytes(result.encoded[str(result.sr.SOPInstanceUID)])  # the bytes the node stores and sends

@@ -155,7 +155,7 @@ class RemoteChatModel:
         return Generation(text=str(choice["message"].get("content") or "").strip(), prompt_tokens=prompt - cached,
                           cached_tokens=cached, generated_tokens=generated,
                           seconds=time.perf_counter() - start, model_image_sizes=tuple(sizes),
-                          token_ids=tuple(int(t) for t in choice.get("token_ids") or ()))
+                          token_ids=_answer_token_ids(choice))
 
     def _chat(self, body: dict[str, Any]) -> dict[str, Any]:
         with self._count_lock:
@@ -201,7 +201,7 @@ class RemoteChatModel:
         return Generation(text=(chosen + tail).strip(), prompt_tokens=prompt + more_prompt - cached - more_cached,
                           cached_tokens=cached + more_cached, generated_tokens=len(head_ids) + generated,
                           seconds=time.perf_counter() - start, model_image_sizes=tuple(sizes),
-                          token_ids=(*head_ids, *(int(t) for t in answer.get("token_ids") or ())),
+                          token_ids=(*head_ids, *_answer_token_ids(answer)),
                           choice_probabilities=probabilities)
 
     # -- conversation ----------------------------------------------------------------------------------------
@@ -281,6 +281,15 @@ class RemoteChatModel:
 
 class ChoicesUnscored(RuntimeError):
     """The engine refused a choice-scoring request (no ``prompt_logprobs`` / ``continue_final_message``)."""
+
+
+def _answer_token_ids(choice: dict[str, Any]) -> tuple[int, ...]:
+    """A response choice's generated token ids without the end token it stopped at (the text has none either;
+    vLLM lists it when ``finish_reason`` is ``stop`` with no stop string: ``stop_reason`` null)."""
+    ids = tuple(int(t) for t in choice.get("token_ids") or ())
+    if ids and choice.get("finish_reason") == "stop" and choice.get("stop_reason") is None:
+        return ids[:-1]
+    return ids
 
 
 def _usage(*responses: dict[str, Any]) -> tuple[int, int, int]:

@@ -89,48 +89,58 @@ def test_engine_responses_without_prompt_logprobs_are_refused() -> None:
 @pytest.fixture(scope="module")
 def scripted(qwen_demo_dir: Path):
     """The tiny Qwen2.5-VL with logits fixed to one vector at every position: the output layer's weights are zero,
-    its bias is the vector. "N" (the first token of "No.") has the largest logit, so greedy decoding under the
-    grammar would write "No."; "o" after it is unlikely, so the whole "No." is less probable than "Yes."."""
+    its bias is the vector (set by each test)."""
     model = load_chat_model(qwen_demo_dir, quantization="none", dtype="float32")
     head = model.model.lm_head
-    vocab = head.out_features
-    constant = torch.nn.Linear(head.in_features, vocab, bias=True)
+    constant = torch.nn.Linear(head.in_features, head.out_features, bias=True)
     torch.nn.init.zeros_(constant.weight)
-    bias = torch.zeros(vocab)
-    tokens = model.choice_tokens("<|im_start|>assistant\n", (YES_HEAD, NO_HEAD))
-    assert [len(tokens[YES_HEAD]), len(tokens[NO_HEAD])] == [2, 3]  # Yes . / N o .
-    (yes, dot), (n, o, _) = tokens[YES_HEAD], tokens[NO_HEAD]
-    bias[n], bias[yes], bias[o], bias[dot] = 3.0, 2.0, -2.0, 0.5
-    with torch.no_grad():
-        constant.bias.copy_(bias)
+    torch.nn.init.zeros_(constant.bias)
     model.model.lm_head = constant
-    return model, bias, tokens
+    return model
+
+
+def _set_logits(model, values: dict[int, float]) -> torch.Tensor:
+    bias = torch.zeros(model.model.lm_head.out_features)
+    for token, value in values.items():
+        bias[token] = value
+    with torch.no_grad():
+        model.model.lm_head.bias.copy_(bias)
+    return bias
+
+
+def _by_hand(bias: torch.Tensor, tokens: dict[str, list[int]]) -> dict[str, float]:
+    """Every token's log-probability is its logit minus log Z, whatever came before it."""
+    log_z = float(torch.logsumexp(bias, 0))
+    return normalise({choice: sum(float(bias[t]) for t in ids) - len(ids) * log_z for choice, ids in tokens.items()})
 
 
 def test_a_model_with_known_logits_gives_known_scores(scripted) -> None:
-    model, bias, tokens = scripted
     history, question = _conversation()
-    generation = model.answer(history, question, 8, constraint_for(QType.YES_NO))
-    log_z = float(torch.logsumexp(bias, 0))  # every token's log-probability is its logit minus log Z
-    by_hand = {choice: sum(float(bias[t]) for t in ids) - len(ids) * log_z for choice, ids in tokens.items()}
-    expected_yes = 1 / (1 + math.exp(by_hand[NO_HEAD] - by_hand[YES_HEAD]))
-    assert generation.choice_probabilities[YES_HEAD] == pytest.approx(expected_yes, abs=1e-6)
-    assert sum(generation.choice_probabilities.values()) == pytest.approx(1.0, abs=1e-4)
-    assert int(bias.argmax()) == tokens[NO_HEAD][0]  # token by token, "N" would have come first
-    assert generation.text.startswith(YES_HEAD)  # the most probable whole choice is the answer
-
-
-def test_a_single_choice_answer_is_its_most_probable_option(scripted) -> None:
-    model, bias, _ = scripted
-    history, question = _conversation()
-    constraint = constraint_for(QType.SINGLE_CHOICE, SEVERITY)
-    generation = model.answer(history, Turn("user", "How severe? [ A. Mild; B. Moderate; C. Severe ]."), 24,
-                              constraint)
-    tokens = model.choice_tokens("<|im_start|>assistant\n", constraint.choices)
-    log_z = float(torch.logsumexp(bias, 0))
-    expected = normalise({c: sum(float(bias[t]) for t in ids) - len(ids) * log_z for c, ids in tokens.items()})
+    tokens = scripted.choice_tokens("<|im_start|>assistant\n", (YES_HEAD, NO_HEAD))
+    bias = _set_logits(scripted, {tokens[NO_HEAD][0]: 3.0, tokens[YES_HEAD][0]: 2.0, tokens[YES_HEAD][-1]: 0.5})
+    generation = scripted.answer(history, question, 8, constraint_for(QType.YES_NO))
+    expected = _by_hand(bias, tokens)
+    assert tokens[YES_HEAD][1:] == tokens[NO_HEAD][1:]  # "Yes" "." and "No" ".": P(Yes.) = sigmoid(2 - 3)
+    assert expected[YES_HEAD] == pytest.approx(1 / (1 + math.e), abs=1e-9)
     assert generation.choice_probabilities == pytest.approx(expected, abs=1e-6)
-    assert generation.text == max(expected, key=lambda c: expected[c])
+    assert sum(generation.choice_probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert generation.text.startswith(NO_HEAD)
+
+
+def test_the_answer_is_the_most_probable_whole_choice_not_the_likeliest_first_token(scripted) -> None:
+    """"B" has the largest logit of all, so greedy decoding under the grammar would write "B. Moderate.", but the
+    rest of that option is unlikely: "A. Mild." is the more probable answer, and the one given."""
+    constraint = constraint_for(QType.SINGLE_CHOICE, SEVERITY)
+    tokens = scripted.choice_tokens("<|im_start|>assistant\n", constraint.choices)
+    unlikely = set(tokens["B. Moderate."][3:]) - set(tokens["A. Mild."]) - set(tokens["C. Severe."])
+    bias = _set_logits(scripted, {tokens["B. Moderate."][0]: 4.0, **dict.fromkeys(unlikely, -3.0)})
+    history, _ = _conversation()
+    generation = scripted.answer(history, Turn("user", "How severe? [ A. Mild; B. Moderate; C. Severe ]."), 24,
+                                 constraint)
+    expected = _by_hand(bias, tokens)
+    assert int(bias.argmax()) == tokens["B. Moderate."][0]
+    assert generation.choice_probabilities == pytest.approx(expected, abs=1e-6)
+    assert generation.text == max(expected, key=lambda c: expected[c]) != "B. Moderate."
     assert set(generation.choice_probabilities) == set(constraint.choices)
 
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import yaml
+
 from inference.record import Presence
 
-__all__ = ["decide_presence", "applied_threshold", "check_thresholds"]
+__all__ = ["decide_presence", "applied_threshold", "check_thresholds", "read_thresholds"]
 
 
 def decide_presence(answer: bool | None, probability: float | None, threshold: float | None = None, *,
@@ -47,3 +49,21 @@ def check_thresholds(thresholds: Mapping[str, float], known: Mapping[str, str] |
         problems += [f"{key}: not a checklist finding (known: {', '.join(known)})" for key in thresholds
                      if key not in known]
     return problems
+
+
+def read_thresholds(text: str) -> dict[str, float]:
+    """Finding key -> threshold from YAML with a ``findings:`` section (a node config, or the proposal file);
+    ValueError naming the problem."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"invalid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("findings", {}) or {}, dict):
+        raise ValueError("expected a mapping with a 'findings:' section")
+    out: dict[str, float] = {}
+    for key, point in (data.get("findings") or {}).items():
+        value = point.get("threshold") if isinstance(point, dict) else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"findings.{key}.threshold: a number in [0, 1] is required")
+        out[str(key)] = float(value)
+    return out

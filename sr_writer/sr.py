@@ -7,7 +7,9 @@ Layout of the content tree (root: Imaging Measurement Report, DCM 126000, for de
   image-region SCOORD on its source image; its Finding is the finding's code (what a viewer labels the box with),
   its Finding Site the anatomy it was grounded on; the tracking identifier names the finding too;
 - qualitative evaluations (UMLS C0034375): <finding concept> = present | absent | uncertain for every checklist
-  finding (study level, no geometry);
+  finding (study level, no geometry), with HAS PROPERTIES the model's probability of presence (DCM 111012
+  Certainty of Finding, UCUM %) and the threshold that decided it (private Presence threshold, %) where the record
+  has them, and a comment saying what decided presence;
 - comments: the unverified statement, the demo statement, an algorithm summary;
 - one container per stage with its status and a question/answer container per question; stage 8 also holds the
   report findings and impression.

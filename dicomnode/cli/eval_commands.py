@@ -205,17 +205,16 @@ def _operating_points(path: Path | None) -> tuple[Any, dict[str, float]]:
     (its ``findings:`` section), checked against the book's findings."""
     import yaml
 
-    from inference.evaluation.findings import read_thresholds
-    from inference.operating_points import check_thresholds
+    from inference.operating_points import check_thresholds, read_thresholds
     from inference.stages import load_stages
 
     if path is None:
         return load_stages(), {}
     text = path.read_text(encoding="utf-8")
+    thresholds = read_thresholds(text)  # ValueError for bad YAML
     data = yaml.safe_load(text) or {}
     stages_file = ((data.get("reasoning") or {}).get("stages_file") if isinstance(data, dict) else None)
     book = load_stages(stages_file)
-    thresholds = read_thresholds(text)
     problems = check_thresholds(thresholds, {f.key: f.label for f in book.findings})
     if problems:
         raise ValueError("; ".join(problems))

@@ -255,18 +255,3 @@ def thresholds_yaml(chosen: Sequence[ChosenThreshold], skipped: Sequence[str], t
     if skipped:
         lines.append(f"# left at the model's own answer (no positive item with a probability): {', '.join(skipped)}")
     return "\n".join(lines) + "\n"
-
-
-def read_thresholds(text: str) -> dict[str, float]:
-    """Finding key -> threshold from YAML with a ``findings:`` section (a node config, or the proposal file);
-    ValueError naming the problem."""
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict) or not isinstance(data.get("findings", {}) or {}, dict):
-        raise ValueError("expected a mapping with a 'findings:' section")
-    out: dict[str, float] = {}
-    for key, point in (data.get("findings") or {}).items():
-        value = point.get("threshold") if isinstance(point, dict) else None
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"findings.{key}.threshold: a number in [0, 1] is required")
-        out[str(key)] = float(value)
-    return out

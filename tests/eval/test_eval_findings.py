@@ -20,11 +20,11 @@ from inference.evaluation.findings import (
     expected_calibration_error,
     finding_key,
     metrics,
-    read_thresholds,
     reliability,
     target_text,
     thresholds_yaml,
 )
+from inference.operating_points import read_thresholds
 from inference.stages import load_stages
 
 BOOK = load_stages()

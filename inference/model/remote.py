@@ -139,17 +139,20 @@ class RemoteChatModel:
                                 "temperature": 0.0, "seed": self.seed, "skip_special_tokens": True}
         if self.return_token_ids:
             body["return_token_ids"] = True
+        refused: ChoicesUnscored | None = None
         if constraint is not None and constraint.scored and self.scores:
             try:
                 return self._answer_by_choice(body, constraint, max_new_tokens, sizes, start)
             except ChoicesUnscored as exc:
-                self.scores = False
-                log.warning("the engine does not score choices (%s); closed answers go as structured_outputs, "
-                            "without probabilities", exc)
+                refused = exc
         if constraint is not None:
             body["structured_outputs"] = constraint.structured_outputs()
             body["max_tokens"] = constraint.max_tokens(max_new_tokens)  # the grammar may finish past the budget
-        response = self._chat(body)
+        response = self._chat(body)  # a 4xx here too: the request itself was wrong (e.g. too long), not scoring
+        if refused is not None and self.scores:
+            self.scores = False
+            log.warning("the engine does not score choices (%s); closed answers go as structured_outputs, "
+                        "without probabilities", refused)
         choice = response["choices"][0]
         prompt, cached, generated = _usage(response)
         return Generation(text=str(choice["message"].get("content") or "").strip(), prompt_tokens=prompt - cached,

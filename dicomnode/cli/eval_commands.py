@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     if rows:
         report.print_findings(rows, console)
     if args.choose_thresholds:
-        _write_thresholds(args, items, meta, console)
+        _write_thresholds(args, items, meta, console, [f.key for f in book.findings])
     if args.json:
         document = report.scores_document(scores, **meta)
         document["findings"] = [row.to_dict() for row in rows]
@@ -230,10 +230,13 @@ def _per_finding(studies: list[Any], runs: dict[str, Any], book: Any,
     return items, (per_finding(items, thresholds, book) if items else [])
 
 
-def _write_thresholds(args: argparse.Namespace, items: list[Any], meta: dict[str, Any], console: Any) -> None:
+def _write_thresholds(args: argparse.Namespace, items: list[Any], meta: dict[str, Any], console: Any,
+                      order: list[str]) -> None:
     from inference.evaluation.findings import choose_thresholds, thresholds_yaml
 
     chosen, skipped = choose_thresholds(items, args.target_sensitivity)
+    chosen.sort(key=lambda c: order.index(c.finding))  # the stage book's order
+    skipped.sort(key=order.index)
     source = f"{meta['dataset']} ({meta['studies']} studies, {meta['source']})"
     args.choose_thresholds.write_text(thresholds_yaml(chosen, skipped, args.target_sensitivity, source,
                                                       demo=_is_demo(meta)), encoding="utf-8")

@@ -6,7 +6,9 @@ The untrained demo model (built offline unless ``--model`` is given) answers eve
 paths (the public file carries no images). Prints, per question type, the unparsed answers and the score of each
 run side by side; open questions are never constrained, so their figures must agree. Goal: 0 unparsed closed
 answers constrained. ``--parallel-within-stage`` adds the eval's own comparison of the sequential and the
-parallel-within-stage modes (constrained run only).
+parallel-within-stage modes (constrained run only). Then the constrained run's per-finding table of the checklist
+(AUROC, sensitivity / specificity at the model's own answer, ECE of the probability of presence; issue 26): the
+free run has no probabilities (its closed answers are not decoded as choices), so only the constrained one is shown.
 
 Each run is its own ``cxr-node eval`` process (``--jobs 2`` runs them side by side, one thread each).
 
@@ -79,6 +81,28 @@ def print_table(constrained: dict[str, Any], free: dict[str, Any]) -> None:
               f"{doc['seconds_per_study']:.1f} s/study of answering, {doc['wall_seconds']:.0f} s wall")
 
 
+def print_findings(doc: dict[str, Any]) -> None:
+    """The per-finding rows of an eval document (``findings``), and its calibration bins."""
+    rows = doc.get("findings") or []
+    if not rows:
+        print("no checklist items")
+        return
+    print(f"{'finding':<28}{'N':>5}{'pos':>5}{'unp':>5}{'scored':>8}{'AUROC':>8}{'sens':>7}{'spec':>7}{'ECE':>8}")
+    for row in rows:
+        cells = [_num(row[k]) for k in ("auroc", "sensitivity", "specificity")]
+        print(f"{row['finding']:<28}{row['count']:>5}{row['positives']:>5}{row['unparsed']:>5}{row['scored']:>8}"
+              f"{cells[0]:>8}{cells[1]:>7}{cells[2]:>7}{_num(row['ece'], 3):>8}")
+    pooled = rows[-1]
+    print("calibration (all scored checklist items): " + "; ".join(
+        f"{b['lower']:.1f}-{b['upper']:.1f}: n={b['count']}" + (
+            f" p={b['mean_probability']:.2f} obs={b['observed']:.2f}" if b["count"] else "")
+        for b in pooled["bins"]))
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, default=DEMO_FILE)
@@ -103,6 +127,7 @@ def main() -> int:
                        for name, extra in runs.items()}
             docs = {name: future.result() for name, future in futures.items()}
     print_table(docs["constrained"], docs["free"])
+    print_findings(docs["constrained"])
     comparison = docs["constrained"].get("parallel_within_stage")
     if comparison:
         cost = comparison["cost"]["overall"]

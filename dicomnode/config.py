@@ -232,6 +232,24 @@ class TriageSection(ConfigModel):
         return tuple(r.rule() for r in self.rules)
 
 
+class FindingOperatingPoint(ConfigModel):
+    """A site's operating point for one checklist finding (``findings:``; inference.operating_points)."""
+
+    # present when the model's probability of presence is at least this; absent below
+    threshold: float = Field(ge=0.0, le=1.0)
+
+
+def _finding_labels(stages_file: Path | None) -> dict[str, str] | None:
+    """Checklist finding key -> label of the stage book the node will use; None when it cannot be read (the
+    reasoning processor reports that at start-up)."""
+    from inference.stages import StageConfigError, load_stages
+
+    try:
+        return {f.key: f.label for f in load_stages(stages_file).findings}
+    except (StageConfigError, OSError):
+        return None
+
+
 class MetricsSection(ConfigModel):
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -396,6 +414,22 @@ class NodeConfig(ConfigModel):
     logging: LoggingSection = Field(default_factory=LoggingSection)
     output: OutputSection = Field(default_factory=OutputSection)
     triage: TriageSection = Field(default_factory=TriageSection)
+    # finding key -> operating point; findings not named follow the model's own answer
+    findings: dict[str, FindingOperatingPoint] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_findings(self) -> NodeConfig:
+        known = _finding_labels(self.reasoning.stages_file) if self.findings else None
+        unknown = [key for key in self.findings if known is not None and key not in known]
+        if unknown:
+            raise ValueError(f"findings: {', '.join(unknown)} not in the stage book's checklist (known: "
+                             f"{', '.join(known or {})})")
+        return self
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Finding key -> threshold of every configured operating point (``inference.flow.run_flow``)."""
+        return {key: point.threshold for key, point in self.findings.items()}
 
     @model_validator(mode="after")
     def _reasoning_needs_a_model(self) -> NodeConfig:

@@ -175,6 +175,8 @@ class Node:
             from dicomnode.threads import apply_node_threads
 
             apply_node_threads(self.config, self.role)  # before the model loads (make_processor)
+        if self.config.processing.processor == "reasoning":
+            self._log_decision_rules()
         self.deliverer = deliverer_cls(self.config, self.session_factory)
         self.worker = worker_cls(self.config, self.session_factory, make_processor(self.config),
                                  on_results=self.deliverer.wake)
@@ -186,6 +188,18 @@ class Node:
         self.committer.start()
         self.retention = Retention(self.config, self.session_factory)
         self.retention.start()
+
+    def _log_decision_rules(self) -> None:
+        """Start-up: which operating points decide presence and which findings raise a study's priority (none: said
+        as a warning, since the worklist and the RIS then get no urgent flag)."""
+        points = ", ".join(f"{key} >= {value:g}" for key, value in self.config.thresholds.items())
+        log_event(LOG, logging.INFO, "operating points", findings=points or "none: the model's own answer decides")
+        rules = self.config.triage.as_rules()
+        if rules:
+            log_event(LOG, logging.INFO, "triage rules", rules=", ".join(r.describe() for r in rules))
+        else:
+            log_event(LOG, logging.WARNING, "triage.rules is empty: no study is flagged urgent (worklist, SR, RIS "
+                      "messages); config/node.example.yaml has the shipped rule")
 
     def _start_status_server(self) -> None:
         if not self.config.metrics.enabled:

@@ -168,7 +168,7 @@ class ReasoningProcessor:
                               max_new_tokens=self.config.reasoning.max_new_tokens, seed=self.config.reasoning.seed,
                               constrain=self.config.reasoning.constrain_closed_answers,
                               parallel_within_stage=self.config.reasoning.parallel_within_stage,
-                              max_side=MODEL_IMAGE_MAX_SIDE)
+                              max_side=MODEL_IMAGE_MAX_SIDE, thresholds=self.config.thresholds)
         metrics.observe_model("study", time.perf_counter() - started)
         for stage in record.stages:
             metrics.observe_stage(stage.key, stage.seconds)

@@ -8,6 +8,7 @@ with an ``AnswerConstraint`` (made by ``inference.constraints``) that the decodi
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -50,17 +51,28 @@ class Generation:
     # For RESIZED_PIXELS boxes: (width, height) of each image as the model saw it, in conversation order.
     model_image_sizes: tuple[tuple[int, int], ...] = field(default=())
     token_ids: tuple[int, ...] = ()  # the answer's token ids where the backend reports them (parity tests)
+    # A closed answer with enumerable choices (``AnswerConstraint.scored``): each choice's probability, normalised
+    # over the choices (``inference.scores``); empty where the backend gives none.
+    choice_probabilities: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class AnswerConstraint:
     """The form an answer must take. ``pattern`` is the whole answer (a regex vLLM and ``regex`` both accept);
-    ``choices`` is set when the answer is exactly one of them; ``head`` when only the start is constrained."""
+    ``choices`` is set when the answer is exactly one of them; ``head`` when only the start is constrained, and
+    ``heads`` lists the texts that head may be (yes/no: ``Yes.``, ``No.``)."""
 
     kind: str  # yes_no | single_choice | multi_choice | detection
     pattern: str
     choices: tuple[str, ...] = ()
     head: str | None = None  # after a match of this prefix the text is free
+    heads: tuple[str, ...] = ()  # every text ``head`` matches, when they can be listed
+
+    @property
+    def scored(self) -> tuple[str, ...]:
+        """The enumerable choices a backend scores and picks from (the whole answer or its head); () for grammars
+        without a finite list (multi choice, boxes), which are decoded token by token."""
+        return self.choices or self.heads
 
     @cached_property
     def compiled(self) -> Any:

@@ -22,9 +22,10 @@ from inference.chat import AnswerConstraint, BoxConvention
 from inference.parsing import option_body, option_label
 from inference.record import QType
 
-__all__ = ["constraint_for", "int_upto_pattern", "MAX_BOXES"]
+__all__ = ["constraint_for", "int_upto_pattern", "MAX_BOXES", "NO_HEAD", "YES_HEAD"]
 
 MAX_BOXES = 4  # boxes one detection answer may hold
+YES_HEAD, NO_HEAD = "Yes.", "No."  # the two heads of a yes/no answer (its probability of "yes" is P(YES_HEAD))
 YES_NO_HEAD = r"(?:Yes|No)\."
 
 
@@ -94,7 +95,7 @@ def constraint_for(
     """
     qtype = QType(qtype)
     if qtype is QType.YES_NO:
-        return AnswerConstraint("yes_no", YES_NO_HEAD + r"[\s\S]*", head=YES_NO_HEAD)
+        return AnswerConstraint("yes_no", YES_NO_HEAD + r"[\s\S]*", head=YES_NO_HEAD, heads=(YES_HEAD, NO_HEAD))
     if qtype in (QType.SINGLE_CHOICE, QType.MULTI_CHOICE) and options:
         answers = _option_answers(options)
         if qtype is QType.SINGLE_CHOICE:

@@ -28,6 +28,7 @@ from inference.chat import (
 )
 from inference.constraints import constraint_for
 from inference.images import ModelImage, prepare_images
+from inference.operating_points import applied_threshold, decide_presence
 from inference.parsing import ImageGeometry, option_label, parse_answer
 from inference.record import (
     Box,
@@ -42,6 +43,7 @@ from inference.record import (
     StageResult,
     StageStatus,
 )
+from inference.scores import answer_probability, presence_probability
 from inference.stages import (
     CANONICAL_STAGES,
     AnatomyDef,
@@ -92,6 +94,7 @@ class _State:
     generated_tokens: int = 0
     constrain: bool = True  # closed answers constrained at decoding
     parallel_within_stage: bool = False  # a stage's independent questions asked together
+    thresholds: Mapping[str, float] = field(default_factory=dict)  # finding key -> operating point
 
     @property
     def positive_keys(self) -> list[str]:
@@ -176,14 +179,15 @@ def _update_geometry(state: _State, generation: Generation) -> None:
 
 
 def _apply(book: StageBook, question: QuestionDef, item: FindingDef | AnatomyDef | None, qid: str,
-           parsed: ParsedAnswer, raw: str, state: _State) -> None:
+           parsed: ParsedAnswer, raw: str, state: _State, probabilities: Mapping[str, float]) -> None:
     """Carry an answer into findings and report as ``records`` says."""
     if question.records is Records.PRESENCE and isinstance(item, FindingDef):
-        if not parsed.ok or parsed.yes_no is None or book.is_hedged(parsed.justification):
-            presence = Presence.UNCERTAIN
-        else:
-            presence = Presence.PRESENT if parsed.yes_no else Presence.ABSENT
-        state.findings[item.key] = Finding(key=item.key, label=item.label, presence=presence, question_id=qid)
+        answer = parsed.yes_no if parsed.ok else None
+        probability = presence_probability(probabilities)
+        threshold = applied_threshold(probability, state.thresholds.get(item.key))
+        presence = decide_presence(answer, probability, threshold, hedged=book.is_hedged(parsed.justification))
+        state.findings[item.key] = Finding(key=item.key, label=item.label, presence=presence, question_id=qid,
+                                           probability=probability, threshold=threshold)
     elif question.records is Records.ATTRIBUTES and isinstance(item, FindingDef) and parsed.ok:
         finding = state.findings.get(item.key)
         if finding is not None:
@@ -279,7 +283,8 @@ def _record(model: ChatModel, book: StageBook, ask: _Ask, outcome: Generation | 
     state.prompt_tokens += generation.prompt_tokens
     state.cached_tokens += generation.cached_tokens
     state.generated_tokens += generation.generated_tokens
-    _apply(book, question, item, qid, parsed, generation.text, state)
+    probabilities = dict(generation.choice_probabilities)
+    _apply(book, question, item, qid, parsed, generation.text, state, probabilities)
     if not parsed.ok:
         log.debug("answer to %s did not parse: %s", qid, parsed.error)
     return QuestionResult(
@@ -287,6 +292,8 @@ def _record(model: ChatModel, book: StageBook, ask: _Ask, outcome: Generation | 
         finding=finding_key, raw_answer=generation.text, parsed=parsed,
         prompt_tokens=generation.prompt_tokens, cached_tokens=generation.cached_tokens,
         generated_tokens=generation.generated_tokens, seconds=round(generation.seconds, 4),
+        choice_probabilities=probabilities,
+        answer_probability=answer_probability(probabilities, question.qtype, parsed, generation.text),
     ), None
 
 
@@ -435,6 +442,7 @@ def run_flow_images(
     seed: int = 0,
     constrain: bool = True,
     parallel_within_stage: bool = False,
+    thresholds: Mapping[str, float] | None = None,
 ) -> ReasoningRecord:
     """Run the flow on prepared images (current study first, frontal first). See :func:`run_flow`."""
     if not current:
@@ -448,7 +456,7 @@ def run_flow_images(
     all_images = [*current, *prior]
     refs = [m.ref(i) for i, m in enumerate(all_images)]
     state = _State(geometry=[ImageGeometry(i, m.columns, m.rows) for i, m in enumerate(all_images)],
-                   constrain=constrain, parallel_within_stage=parallel_within_stage)
+                   constrain=constrain, parallel_within_stage=parallel_within_stage, thresholds=dict(thresholds or {}))
     stage_results = [_run_stage(model, book, n, state, current, prior, max_new_tokens) for n in CANONICAL_STAGES]
     fields = _provenance_fields(model, provenance)
     fields.update(seed=seed, started_at=started, finished_at=_now(), seconds=round(time.perf_counter() - wall, 4),
@@ -477,6 +485,7 @@ def run_flow(
     max_side: int | None = None,
     constrain: bool = True,
     parallel_within_stage: bool = False,
+    thresholds: Mapping[str, float] | None = None,
 ) -> ReasoningRecord:
     """Walk the stages for one study (and optionally its prior) and return the reasoning record.
 
@@ -486,11 +495,13 @@ def run_flow(
     to source pixels). ``constrain``: closed answers (yes/no, choices, boxes) are decoded under their grammar
     (``inference.constraints``); False lets the model write freely (for comparison). ``parallel_within_stage``:
     the independent questions of a stage are asked together, blind to each other's answers (concurrently when the
-    model is a serving engine; see ``_ask_together``).
+    model is a serving engine; see ``_ask_together``). ``thresholds``: finding key -> operating point; a finding
+    with one is present when its probability of presence reaches it (``inference.operating_points``), the others
+    follow the model's answer. Presence decides which findings stages 3-5 ask about.
     Raises ``inference.images.ImageError`` when a study has no usable image.
     """
     current_images = prepare_images(current, "current", max_side)
     prior_images = prepare_images(prior, "prior", max_side) if prior else []
     return run_flow_images(model, current_images, prior_images, stages, provenance,
                            max_new_tokens=max_new_tokens, seed=seed, constrain=constrain,
-                           parallel_within_stage=parallel_within_stage)
+                           parallel_within_stage=parallel_within_stage, thresholds=thresholds)

@@ -11,7 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+# 2: choice probabilities on closed questions, probability and threshold on findings (version 1 records still load:
+# the new fields have defaults).
+SCHEMA_VERSION = 2
 
 UNVERIFIED_STATEMENT = "AI-generated, not verified by a physician."
 DEMO_STATEMENT = "DEMO: output of an untrained demo model with random weights; meaningless, for testing only."
@@ -92,6 +94,10 @@ class QuestionResult(_Model):
     cached_tokens: int = 0  # prompt tokens reused from the prefix cache
     generated_tokens: int = 0
     seconds: float = 0.0
+    # Closed questions with enumerable choices (yes/no heads, single choice): each choice's probability, normalised
+    # over the choices (inference.scores); empty when the backend gave none or the answer was not constrained.
+    choice_probabilities: dict[str, float] = Field(default_factory=dict)
+    answer_probability: float | None = None  # the probability of the choice the answer made
 
 
 class StageResult(_Model):
@@ -111,6 +117,11 @@ class Finding(_Model):
     question_id: str  # the checklist question that decided presence
     attributes: list[str] = Field(default_factory=list)  # stage-3 attribute answers (text)
     boxes: list[Box] = Field(default_factory=list)
+    # The model's probability that the finding is present (P("Yes.") of its checklist question), None when the
+    # backend gave none; and the operating point that decided ``presence`` (present at probability >= threshold),
+    # None when the model's own answer decided (no threshold configured for the finding, or no probability).
+    probability: float | None = None
+    threshold: float | None = None
 
 
 class Report(_Model):

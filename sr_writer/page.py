@@ -32,7 +32,14 @@ from sr_writer import triage as triage_marks
 from sr_writer.fonts import Face
 from sr_writer.options import OutputOptions
 from sr_writer.sr import collect_boxes
-from sr_writer.text import dicom_text, findings_summary, parsed_text, stage_status_text
+from sr_writer.text import (
+    dicom_text,
+    findings_summary,
+    operating_points_text,
+    parsed_text,
+    score_text,
+    stage_status_text,
+)
 
 WHITE = (255, 255, 255)
 INK = (20, 20, 20)
@@ -346,16 +353,21 @@ class PageRenderer:
         f.heading.draw(draw, (left, top), "Findings (stage 2 checklist)", INK)
         y = top + f.heading.line_height + 6
         status_x = left + width - 190
+        scores = [score_text(finding) for finding in self.record.findings]
+        score_width = max((f.small.width(text) for text in scores), default=0.0)
+        label_right = status_x - (score_width + 24 if score_width else 12)
         frontal = _frontal_index(self.record, self.sources)
         numbers = {id(b): n for n, (b, _) in enumerate(self._boxes_on(frontal), start=1)} if frontal is not None else {}
-        for finding in self.record.findings:
+        for finding, score in zip(self.record.findings, scores, strict=True):
             colour = PRESENCE_COLOUR[finding.presence]
             box_numbers = [str(numbers[id(b)]) for b in finding.boxes if id(b) in numbers]
             label = finding.label + (f"  [box {', '.join(box_numbers)}]" if box_numbers else "")
             face = f.bold if finding.presence is not Presence.ABSENT else f.body
-            label_lines = wrap(label, face, status_x - left - 12)  # measured in the face it is drawn in
+            label_lines = wrap(label, face, label_right - left)  # measured in the face it is drawn in
             for i, text in enumerate(label_lines):
                 face.draw(draw, (left, y + i * f.body.line_height), text, INK)
+            if score:  # the probability of presence (and the threshold that decided), beside the badge
+                f.small.draw(draw, (status_x - 12 - f.small.width(score), y + 3), score, MUTED)
             draw.rounded_rectangle([status_x, y + 3, status_x + 180, y + f.body.line_height - 3], radius=8, fill=colour)
             status = finding.presence.value.upper()
             f.bold.draw(draw, (status_x + (180 - f.bold.width(status)) / 2, y + 1), status, WHITE)
@@ -365,6 +377,10 @@ class PageRenderer:
         for text in wrap(summary, f.bold, width):
             f.bold.draw(draw, (left, y), text, INK)
             y += f.bold.line_height
+        if self.record.findings:  # what the percentages are and what decided presence
+            for text in wrap(operating_points_text(self.record), f.small, width):
+                f.small.draw(draw, (left, y), text, MUTED)
+                y += f.small.line_height
         return y
 
     # -- reasoning text -----------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ Layout of the content tree (root: Imaging Measurement Report, DCM 126000, for de
   its Finding Site the anatomy it was grounded on; the tracking identifier and a Comment name the box (its finding,
   or its anatomy and side: what OHIF lists a box by);
 - qualitative evaluations (UMLS C0034375): <finding concept> = present | absent | uncertain for every checklist
-  finding (study level, no geometry);
+  finding (study level, no geometry), with HAS PROPERTIES the model's probability of presence (DCM 111012
+  Certainty of Finding, UCUM %) and the threshold that decided it (private Presence threshold, %) where the record
+  has them, and a comment saying what decided presence;
 - comments: the unverified statement, the demo statement, an algorithm summary;
 - one container per stage with its status and a question/answer container per question; stage 5 (comparison) also
   cites each prior image the model compared as an IMAGE item (the prior is in the image library and in Pertinent
@@ -42,6 +44,7 @@ from highdicom.sr import (
     ImageRegion,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
+    NumContentItem,
     ObservationContext,
     ObserverContext,
     PlanarROIMeasurementsAndQualitativeEvaluations,
@@ -71,7 +74,14 @@ from sr_writer import provenance as prov
 from sr_writer import triage as triage_marks
 from sr_writer.codes import CodeTable, load_table
 from sr_writer.options import OutputOptions
-from sr_writer.text import completion_problems, dicom_text, parsed_text, stage_status_text, sweep_text
+from sr_writer.text import (
+    completion_problems,
+    dicom_text,
+    operating_points_text,
+    parsed_text,
+    stage_status_text,
+    sweep_text,
+)
 
 CONTAINS = RelationshipTypeValues.CONTAINS
 _MAX_TRACKING_ID = 64
@@ -166,25 +176,48 @@ def _observation_context(record: ReasoningRecord, options: OutputOptions) -> Obs
 def _qualitative_item(finding: Finding, table: CodeTable) -> CodeContentItem | TextContentItem:
     """One study-level result: <finding concept> = present | absent | uncertain (TID 1500 Qualitative Evaluations).
 
-    A post-coordinated finding carries its Finding Site as a HAS CONCEPT MOD child. A key the table does not know
+    A post-coordinated finding carries its Finding Site as a HAS CONCEPT MOD child, and its probability of
+    presence and operating point as HAS PROPERTIES numbers (``_score_items``). A key the table does not know
     (none today) is written as text under the generic Clinical finding concept, never under DCM 121071."""
     entry = table.finding(finding.key)
     presence = table.presence[finding.presence.value]
     if entry.code is None:
         return _text(table.structure["generic_finding"], f"{entry.label}: {finding.presence.value}")
     item = CodeContentItem(name=entry.code, value=presence, relationship_type=CONTAINS)
+    children: list[CodeContentItem | NumContentItem] = []
     if entry.site is not None:
-        item.ContentSequence = ContentSequence([CodeContentItem(
-            name=codes.SCT.FindingSite, value=entry.site, relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD)])
+        children.append(CodeContentItem(name=codes.SCT.FindingSite, value=entry.site,
+                                        relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD))
+    children += _score_items(finding, table)
+    if children:
+        item.ContentSequence = ContentSequence(children)
     return item
 
 
+def _score_items(finding: Finding, table: CodeTable) -> list[NumContentItem]:
+    """The finding's probability of presence, (DCM 111012) Certainty of Finding in UCUM %, and the threshold
+    that decided its presence (private Presence threshold, %), when the record has them (issue 26)."""
+    items = []
+    if finding.probability is not None:
+        items.append(NumContentItem(name=table.structure["certainty_of_finding"],
+                                    value=round(100 * finding.probability, 4), unit=table.structure["percent"],
+                                    relationship_type=RelationshipTypeValues.HAS_PROPERTIES))
+    if finding.threshold is not None:
+        items.append(NumContentItem(name=table.private["presence_threshold"],
+                                    value=round(100 * finding.threshold, 4), unit=table.structure["percent"],
+                                    relationship_type=RelationshipTypeValues.HAS_PROPERTIES))
+    return items
+
+
 def _qualitative_evaluations(record: ReasoningRecord, table: CodeTable) -> ContainerContentItem:
-    """The Qualitative Evaluations container (UMLS C0034375): every checklist finding's presence, no geometry."""
+    """The Qualitative Evaluations container (UMLS C0034375): every checklist finding's presence, no geometry;
+    and a comment saying what decided presence (the model's answer or the site's operating points)."""
     container = _container(table.structure["qualitative_evaluations"])
     container.ContentSequence.extend(_qualitative_item(f, table) for f in record.findings)
     if not record.findings:
         container.ContentSequence.append(_text(table.structure["comment"], "The record holds no checklist findings."))
+    else:
+        container.ContentSequence.append(_text(table.structure["comment"], operating_points_text(record)))
     return container
 
 

@@ -6,7 +6,7 @@ import re
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from inference.record import Box, Presence, QuestionResult, ReasoningRecord, StageResult, StageStatus
+from inference.record import Box, Finding, Presence, QuestionResult, ReasoningRecord, StageResult, StageStatus
 
 
 def box_text(box: Box) -> str:
@@ -26,6 +26,8 @@ def parsed_text(question: QuestionResult) -> str | None:
         parts.append("choice: " + "; ".join(parsed.choices))
     if parsed.boxes:
         parts.append("boxes: " + "; ".join(box_text(b) for b in parsed.boxes))
+    if parts and question.answer_probability is not None:
+        parts.append(f"probability {percent(question.answer_probability)}")
     return ", ".join(parts) or None
 
 
@@ -104,3 +106,42 @@ def sweep_text(ds: Dataset) -> list[str]:
             element.value = cleaned if isinstance(element.value, MultiValue) else cleaned[0]
             changed.append(element.keyword or str(element.tag))
     return changed
+
+
+def percent(value: float) -> str:
+    """A probability as a rounded percentage ("73%"; "<1%" and ">99%" rather than a misleading 0 or 100)."""
+    if 0.0 < value < 0.005:
+        return "<1%"
+    if 0.995 <= value < 1.0:
+        return ">99%"
+    return f"{100 * value:.0f}%"
+
+
+def score_text(finding: Finding) -> str:
+    """A finding's probability of presence and the threshold that decided it, for a table cell: "73%",
+    "34% >= 30%", "12% < 30%"; "" when the record has no probability."""
+    if finding.probability is None:
+        return ""
+    if finding.threshold is None:
+        return percent(finding.probability)
+    relation = ">=" if finding.probability >= finding.threshold else "<"
+    return f"{percent(finding.probability)} {relation} {threshold_percent(finding.threshold)}"
+
+
+def threshold_percent(threshold: float) -> str:
+    """An operating point as a percentage with the digits it was set with ("30%", "41.23%")."""
+    return f"{100 * threshold:.4g}%"
+
+
+def operating_points_text(record: ReasoningRecord) -> str:
+    """Which operating points decided presence, in one sentence (the SR's comment, the page's note)."""
+    thresholded = [f for f in record.findings if f.threshold is not None]
+    scored = any(f.probability is not None for f in record.findings)
+    basis = ("Probability: the model's probability that the finding is present. " if scored
+             else "No probabilities (the model gave none). ")
+    if not thresholded:
+        return basis + "Presence: the model's own answer for every finding."
+    points = "; ".join(f"{f.label} at >= {threshold_percent(f.threshold or 0.0)}" for f in thresholded)
+    rest = len(record.findings) - len(thresholded)
+    return (basis + f"Presence by operating point: {points}"
+            + (f"; the other {rest} as the model answered." if rest else "."))

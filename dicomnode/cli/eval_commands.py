@@ -52,6 +52,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", type=Path, metavar="OUT", help="write scores as JSON")
     p.add_argument("--radar", type=Path, metavar="PNG", help="write a radar chart of stage scores")
     p.add_argument("--save-predictions", type=Path, metavar="OUT", help="write the raw answers (re-scorable)")
+    p.add_argument("--thresholds", type=Path, metavar="YAML",
+                   help="operating points for the per-finding sensitivity / specificity: a node config or a "
+                        "--choose-thresholds file (its findings: section); default: the model's own answer")
+    p.add_argument("--choose-thresholds", type=Path, metavar="OUT",
+                   help="write per-finding thresholds reaching --target-sensitivity as node-config YAML")
+    p.add_argument("--target-sensitivity", type=float, default=0.9, metavar="S",
+                   help="sensitivity the proposed thresholds reach on the data (default 0.9)")
+    p.add_argument("--calibration", type=Path, metavar="PNG", help="write the reliability diagram and ROC curves")
+    p.add_argument("--html", type=Path, metavar="OUT", help="write the whole report as one HTML page")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--engine-model", metavar="NAME", help="served model id (default: the engine's first)")
     p.add_argument("--engine-profile", default="qwen2_5_vl", help="model profile of the served model")
@@ -66,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 EVAL_EXTRA = "cxr-reasoning-node[eval]"
 SCORING_MODULES = ("sacrebleu", "rouge_score")  # BLEU and ROUGE-L
-PLOT_MODULES = ("matplotlib",)  # --radar
+PLOT_MODULES = ("matplotlib",)  # --radar, --calibration, --html
 
 
 def missing_eval_modules(radar: bool) -> list[str]:
@@ -102,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from inference.evaluation.dataset import DatasetError, load_dataset
     from inference.evaluation.scoring import score_dataset
 
-    missing = missing_eval_modules(radar=bool(args.radar))
+    missing = missing_eval_modules(radar=bool(args.radar or args.calibration or args.html))
     if missing:
         return _fail(f"evaluation needs the 'eval' extra ({', '.join(missing)} not installed): "
                      f"pip install '{EVAL_EXTRA}'")
@@ -114,6 +123,12 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--compare-quantization needs --model")
     if args.limit is not None and args.limit < 1:
         return _fail("--limit must be at least 1")
+    if not 0.0 < args.target_sensitivity <= 1.0:
+        return _fail("--target-sensitivity must be in (0, 1]")
+    try:
+        book, thresholds = _operating_points(args.thresholds)
+    except (OSError, ValueError) as exc:
+        return _fail(f"--thresholds {args.thresholds}: {exc}")
     try:
         studies = load_dataset(args.dataset, args.limit)
     except (OSError, DatasetError) as exc:
@@ -167,11 +182,66 @@ def run(args: argparse.Namespace) -> int:
         comparison = compare_modes(studies, by_mode)
         print_comparison(comparison, console)
         meta["parallel_within_stage"] = comparison.to_dict()
+    items, rows = _per_finding(studies, runs, book, thresholds)
+    if rows:
+        report.print_findings(rows, console)
+    if args.choose_thresholds:
+        _write_thresholds(args, items, meta, console, [f.key for f in book.findings])
     if args.json:
-        report.write_json(args.json, report.scores_document(scores, **meta))
+        document = report.scores_document(scores, **meta)
+        document["findings"] = [row.to_dict() for row in rows]
+        report.write_json(args.json, document)
     if args.radar:
         report.write_radar(args.radar, {meta["source"]: scores.stage_scores()})
+    if args.calibration and rows:
+        report.write_calibration_png(args.calibration, rows, items)
+    if args.html:
+        report.write_html(args.html, scores, rows, items, meta)
     return 0
+
+
+def _operating_points(path: Path | None) -> tuple[Any, dict[str, float]]:
+    """The stage book (a node config's reasoning.stages_file, else the shipped one) and the thresholds in ``path``
+    (its ``findings:`` section), checked against the book's findings."""
+    import yaml
+
+    from inference.operating_points import check_thresholds, read_thresholds
+    from inference.stages import load_stages
+
+    if path is None:
+        return load_stages(), {}
+    text = path.read_text(encoding="utf-8")
+    thresholds = read_thresholds(text)  # ValueError for bad YAML
+    data = yaml.safe_load(text) or {}
+    stages_file = ((data.get("reasoning") or {}).get("stages_file") if isinstance(data, dict) else None)
+    book = load_stages(stages_file)
+    problems = check_thresholds(thresholds, {f.key: f.label for f in book.findings})
+    if problems:
+        raise ValueError("; ".join(problems))
+    return book, thresholds
+
+
+def _per_finding(studies: list[Any], runs: dict[str, Any], book: Any,
+                 thresholds: dict[str, float]) -> tuple[list[Any], list[Any]]:
+    from inference.evaluation import predictions as preds
+    from inference.evaluation.findings import checklist_items, per_finding
+
+    items = checklist_items(studies, preds.parsed_answers(runs), preds.presence_probabilities(runs), book)
+    return items, (per_finding(items, thresholds, book) if items else [])
+
+
+def _write_thresholds(args: argparse.Namespace, items: list[Any], meta: dict[str, Any], console: Any,
+                      order: list[str]) -> None:
+    from inference.evaluation.findings import choose_thresholds, thresholds_yaml
+
+    chosen, skipped = choose_thresholds(items, args.target_sensitivity)
+    chosen.sort(key=lambda c: order.index(c.finding))  # the stage book's order
+    skipped.sort(key=order.index)
+    source = f"{meta['dataset']} ({meta['studies']} studies, {meta['source']})"
+    args.choose_thresholds.write_text(thresholds_yaml(chosen, skipped, args.target_sensitivity, source,
+                                                      demo=_is_demo(meta)), encoding="utf-8")
+    console.print(f"{len(chosen)} proposed threshold(s) for sensitivity >= {args.target_sensitivity:g} written to "
+                  f"{args.choose_thresholds}" + (f"; none for {', '.join(skipped)}" if skipped else ""))
 
 
 def _is_demo(meta: dict[str, Any]) -> bool:

@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="let the model write closed answers freely (default: decoded under their grammar)")
     p.add_argument("--parallel-within-stage", action="store_true",
                    help="ask a stage's independent questions together (blind to each other's answers)")
+    p.add_argument("--thresholds", type=Path, metavar="YAML",
+                   help="operating points per finding: a node config or a cxr-node eval --choose-thresholds file")
     p.set_defaults(func=run)
 
 
@@ -113,6 +115,8 @@ def print_summary(record: object, console: object | None = None) -> None:
                                    f"({b.pixels[2]:.0f},{b.pixels[3]:.0f}) px" for b in parsed.boxes)
             else:
                 answer = _short(parsed.text)
+            if q.answer_probability is not None:
+                answer += f" [dim]({100 * q.answer_probability:.0f}%)[/]"
             table.add_row(q.id, answer)
         con.print(table)
     present = [f.label for f in record.findings if f.presence.value == "present"]
@@ -127,10 +131,15 @@ def print_summary(record: object, console: object | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inference.operating_points import check_thresholds, read_thresholds
     from inference.stages import StageConfigError, load_stages
 
     try:
         book = load_stages(args.stages)
+        thresholds = read_thresholds(args.thresholds.read_text(encoding="utf-8")) if args.thresholds else {}
+        problems = check_thresholds(thresholds, {f.key: f.label for f in book.findings})
+        if problems:
+            raise ValueError(f"--thresholds {args.thresholds}: " + "; ".join(problems))
         current = read_datasets(args.files)
         prior = read_datasets(args.prior)
     except (StageConfigError, ValueError, OSError) as exc:
@@ -156,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         record = run_flow(model, current, prior, book, max_new_tokens=args.max_new_tokens, seed=args.seed,
                           max_side=args.max_side, constrain=not args.no_constrain,
-                          parallel_within_stage=args.parallel_within_stage)
+                          parallel_within_stage=args.parallel_within_stage, thresholds=thresholds)
     except ImageError as exc:
         print(f"cxr-node reason: error: {exc}", file=sys.stderr)
         return 2

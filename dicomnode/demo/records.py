@@ -5,10 +5,12 @@
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pydicom.dataset import Dataset
 
+from inference.constraints import NO_HEAD, YES_HEAD
+from inference.operating_points import applied_threshold, decide_presence
 from inference.record import (
     Box,
     Finding,
@@ -103,10 +105,23 @@ def _q(qid: str, stage: int, qtype: QType, question: str, answer: str, parsed: P
     return QuestionResult(id=qid, stage=stage, qtype=qtype, question=question, raw_answer=answer, parsed=parsed, **kw)
 
 
-def _yes_no(qid: str, stage: int, question: str, yes: bool, why: str, finding: str | None = None) -> QuestionResult:
+def _yes_no(qid: str, stage: int, question: str, yes: bool, why: str, finding: str | None = None,
+            probability: float | None = None) -> QuestionResult:
     answer = f"{'Yes' if yes else 'No'}. {why}"
+    scores = {YES_HEAD: probability, NO_HEAD: 1.0 - probability} if probability is not None else {}
     return _q(qid, stage, QType.YES_NO, question, answer,
-              ParsedAnswer(ok=True, text=answer, yes_no=yes, justification=why), finding=finding)
+              ParsedAnswer(ok=True, text=answer, yes_no=yes, justification=why), finding=finding,
+              choice_probabilities=scores,
+              answer_probability=scores[YES_HEAD if yes else NO_HEAD] if scores else None)
+
+
+def demo_probability(index: int, presence: Presence) -> float:
+    """A made-up probability of presence that agrees with ``presence`` (the ``index``-th finding's)."""
+    if presence is Presence.PRESENT:
+        return 0.62 + 0.07 * (index % 5)
+    if presence is Presence.UNCERTAIN:
+        return 0.45
+    return 0.03 + 0.05 * (index % 6)
 
 
 def _open(qid: str, stage: int, question: str, answer: str, ok: bool = True) -> QuestionResult:
@@ -145,11 +160,16 @@ def make_record(
     demo: bool = True,
     long_text: int = 0,
     anatomy_boxes: bool = True,
+    probabilities: bool = True,
+    thresholds: Mapping[str, float] | None = None,
 ) -> ReasoningRecord:
     """A complete 8-stage record. ``positive`` findings get one box each on the first current image.
 
     language: "en", "zh" (Chinese answers) or "el" (Greek answers). ``long_text`` repeats the stage-7 advice
     that many times (to force page overflow). ``unparsed`` makes one stage-1 and one stage-4 answer unparsed.
+    ``probabilities``: every checklist answer has a probability of presence agreeing with it (``demo_probability``;
+    False: none, as from a backend without scores). ``thresholds``: finding key -> operating point; such a
+    finding's presence is what the threshold decides from its probability (``inference.operating_points``).
     """
     refs = image_refs(current, prior)
     frontal = refs[0]
@@ -163,14 +183,17 @@ def make_record(
     findings: list[Finding] = []
     s2: list[QuestionResult] = []
     s3: list[QuestionResult] = []
-    for key, label in FINDING_LABELS.items():
+    for index, (key, label) in enumerate(FINDING_LABELS.items()):
         presence = (Presence.PRESENT if key in positive else Presence.UNCERTAIN if key in uncertain
                     else Presence.ABSENT)
         qid = f"s2.check:{key}"
+        probability = demo_probability(index, presence) if probabilities else None
+        answer = presence is Presence.PRESENT
+        threshold = applied_threshold(probability, (thresholds or {}).get(key))
+        presence = decide_presence(answer, probability, threshold, hedged=presence is Presence.UNCERTAIN)
         s2.append(_yes_no(qid, 2, f"Is there evidence of {label.lower()} in this image?",
-                          presence is Presence.PRESENT,
-                          f"{label} {'is' if presence is Presence.PRESENT else 'is not'} seen.",
-                          finding=key))
+                          answer, f"{label} {'is' if answer else 'is not'} seen.",
+                          finding=key, probability=probability))
         boxes: list[Box] = []
         attributes: list[str] = []
         if presence is Presence.PRESENT:
@@ -183,7 +206,7 @@ def make_record(
             attributes.append(f"{label}: moderate, in the {side} mid zone. {words[0]}")
             s3.append(_open(f"s3.attr:{key}", 3, f"Describe the {label.lower()}.", attributes[-1]))
         findings.append(Finding(key=key, label=label, presence=presence, question_id=qid, attributes=attributes,
-                                boxes=boxes))
+                                boxes=boxes, probability=probability, threshold=threshold))
     if anatomy_boxes:
         for target in ("heart", "right_lung", "left_lung"):
             box = make_box(target, frontal)

@@ -3,7 +3,9 @@
 Predictions file (``--predictions FILE``), JSON, one of:
 
 - answers by study: ``{"<study key>": ["answer text", ...], ...}``, answers in the study's item order (``null`` for
-  an unanswered item, which counts as unparsed; a shorter list leaves the remaining items out of the scores);
+  an unanswered item, which counts as unparsed; a shorter list leaves the remaining items out of the scores); an
+  answer may also be ``{"answer": "text", "probabilities": {"Yes.": 0.8, "No.": 0.2}}``, the choices' probabilities
+  the model gave (``inference.scores``; what the per-finding table ranks);
 - reasoning records by study: ``{"<study key>": <ReasoningRecord JSON object>, ...}``; each item takes the parsed
   answer of the record question asked with the same text (whitespace-normalized); unmatched items are unparsed;
 - a list with one entry (answer list or record) per study, in dataset order.
@@ -36,6 +38,7 @@ from inference.evaluation.dataset import EvalItem, EvalStudy
 from inference.flow import MAX_IN_FLIGHT
 from inference.parsing import ImageGeometry, parse_answer
 from inference.record import ParsedAnswer, QType, QuestionResult, ReasoningRecord
+from inference.scores import presence_probability
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class Prediction:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     generated_tokens: int = 0
+    probabilities: Mapping[str, float] = field(default_factory=dict)  # choice -> probability, where scored
 
 
 @dataclass
@@ -100,12 +104,26 @@ def parse_for_item(
     )
 
 
-def _from_texts(study: EvalStudy, texts: Sequence[str | None], convention: BoxConvention) -> StudyRun:
-    return StudyRun(
-        study.key,
-        [Prediction(raw=t, parsed=parse_for_item(item, t, box_convention=convention))
-         for item, t in zip(study.items, texts, strict=False)],  # a shorter list: the rest is left out
-    )
+def _from_texts(study: EvalStudy, texts: Sequence[Any], convention: BoxConvention) -> StudyRun:
+    """Predictions from answer texts (or ``{"answer", "probabilities"}`` objects, ``_answer_entry``)."""
+    predictions = []
+    for item, entry in zip(study.items, texts, strict=False):  # a shorter list: the rest is left out
+        text, probabilities = (entry.get("answer"), entry.get("probabilities") or {}) if isinstance(entry, dict) \
+            else (entry, {})
+        predictions.append(Prediction(raw=text, parsed=parse_for_item(item, text, box_convention=convention),
+                                      probabilities={str(k): float(v) for k, v in probabilities.items()}))
+    return StudyRun(study.key, predictions)
+
+
+def _answer_entry(entry: Any) -> bool:
+    """A predictions-file answer: text, null, or ``{"answer": text | null, "probabilities": {choice: number}}``."""
+    if entry is None or isinstance(entry, str):
+        return True
+    if not isinstance(entry, dict) or set(entry) - {"answer", "probabilities"}:
+        return False
+    probabilities = entry.get("probabilities") or {}
+    return ((entry.get("answer") is None or isinstance(entry.get("answer"), str)) and isinstance(probabilities, dict)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in probabilities.values()))
 
 
 def oracle(studies: Sequence[EvalStudy]) -> dict[str, StudyRun]:
@@ -139,6 +157,7 @@ def _from_record(study: EvalStudy, record: ReasoningRecord) -> StudyRun:
                     prompt_tokens=q.prompt_tokens,
                     cached_tokens=q.cached_tokens,
                     generated_tokens=q.generated_tokens,
+                    probabilities=dict(q.choice_probabilities),
                 )
             )
     return StudyRun(study.key, predictions)
@@ -150,8 +169,9 @@ def _entry_to_run(study: EvalStudy, entry: Any, convention: BoxConvention, where
             return _from_record(study, ReasoningRecord.model_validate(entry))
         except ValueError as exc:
             raise PredictionsError(f"{where}: not a reasoning record: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(entry, list) or not all(t is None or isinstance(t, str) for t in entry):
-        raise PredictionsError(f"{where}: expected a list of answer strings (or null) or a reasoning record")
+    if not isinstance(entry, list) or not all(_answer_entry(t) for t in entry):
+        raise PredictionsError(f"{where}: expected a list of answer strings (or null, or {{answer, probabilities}}) "
+                               f"or a reasoning record")
     if len(entry) > len(study.items):
         raise PredictionsError(f"{where}: {len(entry)} answers for {len(study.items)} items")
     return _from_texts(study, entry, convention)
@@ -184,8 +204,10 @@ def load_predictions(
 
 
 def save_predictions(path: str | Path, runs: Mapping[str, StudyRun]) -> None:
-    """Write raw answers as ``{study key: [answer, ...]}`` (readable back with :func:`load_predictions`)."""
-    data = {key: [p.raw for p in run.predictions] for key, run in runs.items()}
+    """Write raw answers as ``{study key: [answer, ...]}`` (readable back with :func:`load_predictions`); an answer
+    with choice probabilities as ``{"answer": ..., "probabilities": {...}}``."""
+    data = {key: [{"answer": p.raw, "probabilities": dict(p.probabilities)} if p.probabilities else p.raw
+                  for p in run.predictions] for key, run in runs.items()}
     Path(path).write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
@@ -326,6 +348,7 @@ def run_study(
                     prompt_tokens=gen.prompt_tokens,
                     cached_tokens=gen.cached_tokens,
                     generated_tokens=gen.generated_tokens,
+                    probabilities=dict(gen.choice_probabilities),
                 )
             )
             history += [question, Turn("assistant", gen.text if free else item.answer)]
@@ -383,3 +406,8 @@ def run_model(
 def parsed_answers(runs: Mapping[str, StudyRun]) -> dict[str, list[ParsedAnswer]]:
     """The scorer's input: parsed answers by study key."""
     return {key: [p.parsed for p in run.predictions] for key, run in runs.items()}
+
+
+def presence_probabilities(runs: Mapping[str, StudyRun]) -> dict[str, list[float | None]]:
+    """The per-finding evaluation's input: each answer's probability of "yes" (None where not scored)."""
+    return {key: [presence_probability(p.probabilities) for p in run.predictions] for key, run in runs.items()}

@@ -7,6 +7,12 @@ is reused, the cache is cropped back to it, and only the rest is computed - with
 that rest only. Qwen's 3-D (mrope) positions are computed from the whole prompt with ``get_rope_index``, so
 reused and new tokens get exactly the positions a full recompute gives; ``model.model.rope_deltas`` is saved with
 the cache state and restored. ``cache="none"`` recomputes the full prompt every time (the reference).
+
+A closed answer whose choices can be listed (``AnswerConstraint.scored``: yes/no heads, single choice) is not
+decoded token by token: every choice is scored on the prompt's cache (``inference.scores``), the most probable one
+is the answer (or, for yes/no, its head, followed by free greedy text), and the scores go back in
+``Generation.choice_probabilities``. Other closed answers (multi choice, boxes) are decoded greedily under their
+grammar.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from transformers import DynamicCache
 
 from inference.chat import GRACE_TOKENS, IMAGE_PLACEHOLDER, AnswerConstraint, BoxConvention, Generation, Turn
 from inference.model.profiles import ModelProfile
+from inference.scores import best_choice, normalise
 
 log = logging.getLogger(__name__)
 CACHE_MODES: tuple[str, ...] = ("prefix", "none")
@@ -160,8 +167,23 @@ class LoadedModel:
         cache = out.past_key_values
         self.last_prompt_logits = out.logits[0, -1].float().cpu()  # next-token logits after the prompt (tests)
         self.last_prompt_ids = ids
-        decoder = _Decoder(self, constraint, max_new_tokens)
-        generated = [decoder.pick(out.logits[0, -1])]
+        probabilities: dict[str, float] = {}
+        if constraint is not None and constraint.scored:
+            probabilities, chosen = self._choose(constraint, full_text, ids, out.logits[0, -1], cache, rope_deltas)
+            if constraint.choices or len(chosen) >= max_new_tokens:  # the answer is the choice: nothing to generate
+                self._state = (_PrefixState(ids=ids, cache=cache, spans=spans, rope_deltas=rope_deltas)
+                               if self.cache_mode == "prefix" else None)
+                return self._generation(chosen, ids, reuse, start, inputs, len(images), probabilities)
+            # the head is chosen; the rest of the answer is free text after it
+            out = self.model(input_ids=torch.tensor([chosen], device=self.device),
+                             position_ids=self._span_positions(len(ids), len(chosen), rope_deltas),
+                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+            decoder = _Decoder(self, None, max_new_tokens)
+            generated = [*chosen, decoder.pick(out.logits[0, -1])]
+        else:
+            decoder = _Decoder(self, constraint, max_new_tokens)
+            generated = [decoder.pick(out.logits[0, -1])]
         while decoder.more(generated):
             length = len(ids) + len(generated) - 1
             step_pos = self._step_position(length, rope_deltas)
@@ -173,14 +195,55 @@ class LoadedModel:
             self._state = _PrefixState(ids=ids + generated[:-1], cache=cache, spans=spans, rope_deltas=rope_deltas)
         else:
             self._state = None
+        return self._generation(generated, ids, reuse, start, inputs, len(images), probabilities)
+
+    def _generation(self, generated: list[int], ids: list[int], reuse: int, start: float, inputs: Any,
+                    n_images: int, probabilities: dict[str, float]) -> Generation:
         text_ids = [t for t in generated if t not in self._eos]
         # An answer cut by its budget inside a multi-byte character ends without the partial character (U+FFFD),
         # as a serving engine's incremental detokenizer returns it: both backends keep the same history.
         text = self.tokenizer.decode(text_ids, skip_special_tokens=True).rstrip("\ufffd").strip()
         return Generation(text=text, prompt_tokens=len(ids) - reuse, cached_tokens=reuse,
                           generated_tokens=len(generated), seconds=time.perf_counter() - start,
-                          model_image_sizes=self._model_image_sizes(inputs, len(images)),
-                          token_ids=tuple(text_ids))
+                          model_image_sizes=self._model_image_sizes(inputs, n_images),
+                          token_ids=tuple(text_ids), choice_probabilities=probabilities)
+
+    # -- choices (inference.scores) ------------------------------------------------------------------------
+    def choice_tokens(self, prompt_text: str, choices: tuple[str, ...]) -> dict[str, list[int]]:
+        """Each choice's tokens after ``prompt_text``, as the prompt and the choice tokenize together (the
+        tokenizer alone, image placeholders unexpanded: they come before the choice and do not change it)."""
+        prompt = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        tokens: dict[str, list[int]] = {}
+        for choice in choices:
+            joined = self.tokenizer(prompt_text + choice, add_special_tokens=False)["input_ids"]
+            if joined[:len(prompt)] == prompt and len(joined) > len(prompt):
+                tokens[choice] = joined[len(prompt):]
+            else:  # the choice merges with the prompt's last token: score it as tokenized alone
+                log.debug("choice %r does not tokenize apart from the prompt; scored as tokenized alone", choice)
+                tokens[choice] = self.tokenizer(choice, add_special_tokens=False)["input_ids"]
+        return tokens
+
+    def _choose(self, constraint: AnswerConstraint, prompt_text: str, ids: list[int], logits: torch.Tensor,
+                cache: Any, rope_deltas: torch.Tensor | None) -> tuple[dict[str, float], list[int]]:
+        """Every scored choice's probability (``inference.scores``) and the tokens of the most probable one.
+
+        Each choice's tokens but its last run on the prompt's cache (the logits after the prompt give the first
+        token's probability); the cache is cropped back to the prompt after each."""
+        tokens = self.choice_tokens(prompt_text, constraint.scored)
+        first = torch.log_softmax(logits.float(), dim=-1)
+        logprobs: dict[str, float] = {}
+        for choice, sequence in tokens.items():
+            total = float(first[sequence[0]])
+            if len(sequence) > 1:
+                out = self.model(input_ids=torch.tensor([sequence[:-1]], device=self.device),
+                                 position_ids=self._span_positions(len(ids), len(sequence) - 1, rope_deltas),
+                                 past_key_values=cache, use_cache=True, logits_to_keep=len(sequence) - 1)
+                steps = torch.log_softmax(out.logits[0].float(), dim=-1)
+                total += float(sum(steps[i, token] for i, token in enumerate(sequence[1:])))
+                cache.crop(len(ids) - cache.get_seq_length())  # a negative count: tokens off the end
+            logprobs[choice] = total
+        probabilities = normalise(logprobs)
+        return probabilities, tokens[best_choice(probabilities, constraint.scored)]
 
     def model_image_size(self, image: Image.Image) -> tuple[int, int]:
         """(width, height) of ``image`` as the model will see it (the processor's resize, without the model)."""
@@ -332,11 +395,16 @@ class LoadedModel:
         return pos, deltas
 
     def _step_position(self, position: int, rope_deltas: torch.Tensor | None) -> torch.Tensor:
+        return self._span_positions(position, 1, rope_deltas)
+
+    def _span_positions(self, position: int, count: int, rope_deltas: torch.Tensor | None) -> torch.Tensor:
+        """Positions of ``count`` text tokens from ``position`` on, after the prompt (1-D, or mrope's 3 axes)."""
+        span = torch.arange(position, position + count, device=self.device)[None]
         if self.profile.position_ids != "mrope":
-            return torch.tensor([[position]], device=self.device)
+            return span
         if rope_deltas is None:  # _positions gives mrope prompts their deltas
             raise ValueError("mrope step positions need the prompt's rope deltas")
-        return (torch.tensor([[position]], device=self.device) + rope_deltas).view(1, 1, 1).expand(3, 1, 1)
+        return (span + rope_deltas).view(1, 1, count).expand(3, 1, count)
 
     # -- setup ---------------------------------------------------------------------------------------------
     def _find_image_token_id(self) -> int:

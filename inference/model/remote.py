@@ -6,7 +6,13 @@ HTTP. The engine batches across studies and caches prefixes; the node keeps each
 - Images are resized here to the model's patch grid (Qwen ``smart_resize``: multiples of ``image_factor`` within
   ``min_pixels``..``max_pixels``), so the engine takes them as they are and boxes map back to source pixels exactly
   as with the local backend (``Generation.model_image_sizes``).
-- Closed answers: ``structured_outputs`` ``choice`` / ``regex`` from ``inference.constraints``.
+- Closed answers whose choices can be listed (yes/no heads, single choice): one request per choice with the choice
+  as the start of the assistant's message (``continue_final_message``) and ``prompt_logprobs``: the log-probabilities
+  of the choice's tokens, normalised over the choices (``inference.scores``, as the local backend computes them);
+  the most probable choice is the answer, and a yes/no head is continued by one more request (free text). The
+  engine computes such requests' prompts whole (vLLM does not read its prefix cache for ``prompt_logprobs``). An
+  engine that refuses these fields (HTTP 4xx) gets the old way from then on: ``structured_outputs`` and no scores.
+- Other closed answers: ``structured_outputs`` ``choice`` / ``regex`` from ``inference.constraints``.
 - Provenance: engine URL, the served model id (``/v1/models``) and the engine version (``/version``).
 - Unreachable engine, HTTP 5xx or timeout: ``EngineUnavailable`` (the node re-queues the job).
 Uses only the standard library's HTTP client.
@@ -17,6 +23,7 @@ import base64
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import threading
@@ -31,6 +38,9 @@ from PIL import Image
 
 from inference.chat import IMAGE_PLACEHOLDER, AnswerConstraint, BoxConvention, EngineUnavailable, Generation, Turn
 from inference.model.profiles import ModelProfile, select_profile
+from inference.scores import best_choice, normalise, shared_prefix
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,7 @@ class RemoteChatModel:
         self.image_factor, self.min_pixels, self.max_pixels = image_factor, min_pixels, max_pixels
         self.seed = seed
         self.return_token_ids = return_token_ids
+        self.scores = True  # choices scored from prompt_logprobs; False once the engine has refused them
         self.last_response: dict[str, Any] = {}
         self._count_lock = threading.Lock()
         self.in_flight = 0  # chat requests of this client waiting for the engine now
@@ -128,9 +139,28 @@ class RemoteChatModel:
                                 "temperature": 0.0, "seed": self.seed, "skip_special_tokens": True}
         if self.return_token_ids:
             body["return_token_ids"] = True
+        refused: ChoicesUnscored | None = None
+        if constraint is not None and constraint.scored and self.scores:
+            try:
+                return self._answer_by_choice(body, constraint, max_new_tokens, sizes, start)
+            except ChoicesUnscored as exc:
+                refused = exc
         if constraint is not None:
             body["structured_outputs"] = constraint.structured_outputs()
             body["max_tokens"] = constraint.max_tokens(max_new_tokens)  # the grammar may finish past the budget
+        response = self._chat(body)  # a 4xx here too: the request itself was wrong (e.g. too long), not scoring
+        if refused is not None and self.scores:
+            self.scores = False
+            log.warning("the engine does not score choices (%s); closed answers go as structured_outputs, "
+                        "without probabilities", refused)
+        choice = response["choices"][0]
+        prompt, cached, generated = _usage(response)
+        return Generation(text=str(choice["message"].get("content") or "").strip(), prompt_tokens=prompt - cached,
+                          cached_tokens=cached, generated_tokens=generated,
+                          seconds=time.perf_counter() - start, model_image_sizes=tuple(sizes),
+                          token_ids=_answer_token_ids(choice))
+
+    def _chat(self, body: dict[str, Any]) -> dict[str, Any]:
         with self._count_lock:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -140,14 +170,42 @@ class RemoteChatModel:
             with self._count_lock:
                 self.in_flight -= 1
         self.last_response = response
-        choice = response["choices"][0]
-        usage = response.get("usage") or {}
-        cached = int(((usage.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0)
-        prompt = int(usage.get("prompt_tokens") or 0)
-        return Generation(text=str(choice["message"].get("content") or "").strip(), prompt_tokens=prompt - cached,
-                          cached_tokens=cached, generated_tokens=int(usage.get("completion_tokens") or 0),
+        return response
+
+    def _continued(self, body: dict[str, Any], start_of_answer: str, **fields: Any) -> dict[str, Any]:
+        """``body`` with the assistant's answer begun by ``start_of_answer`` (the engine continues it)."""
+        return {**body, "messages": [*body["messages"], {"role": "assistant", "content": start_of_answer}],
+                "continue_final_message": True, "add_generation_prompt": False, **fields}
+
+    def _answer_by_choice(self, body: dict[str, Any], constraint: AnswerConstraint, max_new_tokens: int,
+                          sizes: list[tuple[int, int]], start: float) -> Generation:
+        """The most probable of the constraint's choices (``inference.scores``) and every choice's probability."""
+        choices = constraint.scored
+        scored = []
+        for choice in choices:
+            try:
+                scored.append(self._chat(self._continued(body, choice, max_tokens=1, prompt_logprobs=0,
+                                                         return_token_ids=True)))
+            except ValueError as exc:  # HTTP 4xx: the engine does not take these fields
+                raise ChoicesUnscored(str(exc)) from exc
+        probabilities, tails = choice_logprobs(choices, scored)
+        chosen = best_choice(probabilities, choices)
+        prompt, cached, _ = _usage(*scored)
+        head_ids = tails[chosen]
+        if constraint.choices or len(head_ids) >= max_new_tokens:  # the answer is the choice
+            return Generation(text=chosen, prompt_tokens=prompt - cached, cached_tokens=cached,
+                              generated_tokens=len(head_ids), seconds=time.perf_counter() - start,
+                              model_image_sizes=tuple(sizes), token_ids=tuple(head_ids),
+                              choice_probabilities=probabilities)
+        rest = self._chat(self._continued(body, chosen, max_tokens=max_new_tokens - len(head_ids)))
+        more_prompt, more_cached, generated = _usage(rest)
+        answer = rest["choices"][0]
+        tail = str(answer["message"].get("content") or "")
+        return Generation(text=(chosen + tail).strip(), prompt_tokens=prompt + more_prompt - cached - more_cached,
+                          cached_tokens=cached + more_cached, generated_tokens=len(head_ids) + generated,
                           seconds=time.perf_counter() - start, model_image_sizes=tuple(sizes),
-                          token_ids=tuple(int(t) for t in choice.get("token_ids") or ()))
+                          token_ids=(*head_ids, *_answer_token_ids(answer)),
+                          choice_probabilities=probabilities)
 
     # -- conversation ----------------------------------------------------------------------------------------
     def model_image_size(self, image: Image.Image) -> tuple[int, int]:
@@ -222,6 +280,63 @@ class RemoteChatModel:
             raise ValueError(f"{method} {url}: HTTP {exc.code}: {detail}") from exc
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             raise EngineUnavailable(f"{method} {url}: {exc}") from exc
+
+
+class ChoicesUnscored(RuntimeError):
+    """The engine refused a choice-scoring request (no ``prompt_logprobs`` / ``continue_final_message``)."""
+
+
+def _answer_token_ids(choice: dict[str, Any]) -> tuple[int, ...]:
+    """A response choice's generated token ids without the end token it stopped at (the text has none either;
+    vLLM lists it when ``finish_reason`` is ``stop`` with no stop string: ``stop_reason`` null)."""
+    ids = tuple(int(t) for t in choice.get("token_ids") or ())
+    if ids and choice.get("finish_reason") == "stop" and choice.get("stop_reason") is None:
+        return ids[:-1]
+    return ids
+
+
+def _usage(*responses: dict[str, Any]) -> tuple[int, int, int]:
+    """(prompt, cached prompt, completion) tokens summed over ``responses``."""
+    prompt = cached = completion = 0
+    for response in responses:
+        usage = response.get("usage") or {}
+        prompt += int(usage.get("prompt_tokens") or 0)
+        cached += int(((usage.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0)
+        completion += int(usage.get("completion_tokens") or 0)
+    return prompt, cached, completion
+
+
+def choice_logprobs(choices: tuple[str, ...], responses: list[dict[str, Any]]
+                    ) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """Probabilities of ``choices`` from one ``prompt_logprobs`` response per choice (same order), and each
+    choice's own token ids.
+
+    Each response's prompt is the conversation followed by its choice. Past the tokens all the prompts share
+    (the conversation, and any start the choices have in common: equal in every choice, so it cancels out), each
+    choice's tokens' log-probabilities are summed. Raises ``ChoicesUnscored`` when a response lacks them."""
+    prompts: list[list[int]] = []
+    for choice, response in zip(choices, responses, strict=True):
+        ids = response.get("prompt_token_ids")
+        logprobs = response.get("prompt_logprobs")
+        if not ids or not logprobs or len(logprobs) != len(ids):
+            raise ChoicesUnscored(f"no prompt_logprobs for the choice {choice!r}")
+        prompts.append([int(t) for t in ids])
+    shared = shared_prefix(prompts) if len(prompts) > 1 else len(prompts[0]) - 1
+    totals: dict[str, float] = {}
+    tails: dict[str, list[int]] = {}
+    for choice, response, ids in zip(choices, responses, prompts, strict=True):
+        if len(ids) <= shared:
+            raise ChoicesUnscored(f"the choice {choice!r} adds no token to the prompt")
+        total = 0.0
+        for position in range(shared, len(ids)):
+            entry = response["prompt_logprobs"][position] or {}
+            value = entry.get(str(ids[position])) or entry.get(ids[position])
+            if not isinstance(value, dict) or "logprob" not in value:
+                raise ChoicesUnscored(f"prompt_logprobs lack token {ids[position]} of the choice {choice!r}")
+            total += float(value["logprob"])
+        totals[choice] = total
+        tails[choice] = ids[shared:]
+    return normalise(totals), tails
 
 
 def _is_demo(root: Any) -> bool:

@@ -9,7 +9,9 @@ JSON-ready dict out.
 - One ``Observation`` per checklist finding: the finding's code as in the SR, value present / absent / uncertain
   (the SR's SNOMED CT presence codes), ``interpretation`` POS / NEG / IND (v3 ObservationInterpretation; plus
   ``AA`` critical abnormal on a finding answered present that raised the triage priority), ``bodySite`` the
-  finding's own site when the SR post-coordinates one, else the chest.
+  finding's own site when the SR post-coordinates one, else the chest; where the record has them, a ``component``
+  with the model's probability of presence (DCM 111012 Certainty of Finding) and one with the site's threshold
+  that decided presence, each a UCUM ``%`` Quantity.
 - A raised triage priority: one ``Flag`` (status active, ``flag-priority`` extension PM / PH, ``code`` the FHIR
   request-priority ``urgent`` / ``stat`` and the SR's SNOMED CT priority value, ``flag-detail`` pointing at the
   report). A routine study gets no Flag, and an amendment that no longer raises one leaves the earlier Flag as it is
@@ -41,6 +43,7 @@ SYSTEMS = {"SCT": "http://snomed.info/sct", "DCM": "http://dicom.nema.org/resour
            "RADLEX": "http://radlex.org", "UMLS": "http://www.nlm.nih.gov/research/umls",
            "LN": "http://loinc.org"}
 DICOM_UID = "urn:dicom:uid"
+UCUM = "http://unitsofmeasure.org"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 PRESENCE_INTERPRETATION = {Presence.PRESENT: ("POS", "Positive"), Presence.ABSENT: ("NEG", "Negative"),
                            Presence.UNCERTAIN: ("IND", "Indeterminate")}
@@ -84,6 +87,11 @@ def _coding(code: CodedConcept) -> dict[str, str]:
     return _coding_of(str(code.value), str(code.meaning), str(code.scheme_designator))
 
 
+def _percent(probability: float) -> dict[str, Any]:
+    """A probability (0-1) as a UCUM percent Quantity."""
+    return {"value": round(100 * probability, 2), "unit": "%", "system": UCUM, "code": "%"}
+
+
 def _uid(value: str) -> dict[str, str]:
     return {"system": DICOM_UID, "value": f"urn:oid:{value}"}
 
@@ -118,6 +126,10 @@ def _observation(finding: Finding, header: StudyHeader, common: dict[str, Any], 
     if triage.raised_by_present(finding.key):
         interpretation.append({"coding": [{"system": INTERPRETATION, "code": "AA", "display": "Critical abnormal"}]})
     site = entry.site if entry.site is not None else table.structure["chest"]
+    scores = [(table.structure["certainty_of_finding"], finding.probability),
+              (table.private["presence_threshold"], finding.threshold)]
+    components = [{"code": {"coding": [_coding(concept)]}, "valueQuantity": _percent(value)}
+                  for concept, value in scores if value is not None]
     return {
         "resourceType": "Observation", "id": resource_id(header.study_instance_uid, f"finding/{finding.key}"),
         "status": common["status"],
@@ -128,6 +140,7 @@ def _observation(finding: Finding, header: StudyHeader, common: dict[str, Any], 
                                  "text": finding.presence.value},
         "interpretation": interpretation,
         "bodySite": {"coding": [_coding(site)]},
+        **({"component": components} if components else {}),
         "derivedFrom": [common["study"]],
         "device": common["device"],
         "note": [{"text": text} for text in common["statements"]],

@@ -12,8 +12,10 @@ sends to whom), message text out. Segments:
 - ``OBX``: the Study Instance UID, the SR's and the pages' series and SOP Instance UIDs (so the RIS can link
   them); the triage reason; the AI-generated / DEMO statements; one ``CWE`` per checklist finding coded as in the SR
   (finding code = present / absent / uncertain; a post-coordinated Finding Site as a second ``CWE`` with the same
-  sub-ID); abnormal flag ``AA`` only on a finding answered *present* that raised the priority; then the stage-8
-  findings and impression, one ``TX`` per line.
+  sub-ID); where the record has them, the model's probability of presence (``NM``, DCM 111012 Certainty of
+  Finding, UCUM ``%``) and the site's threshold that decided presence (``NM``, ``%``), same sub-ID; abnormal flag
+  ``AA`` only on a finding answered *present* that raised the priority; then the stage-8 findings and impression, one
+  ``TX`` per line.
 """
 from __future__ import annotations
 
@@ -59,6 +61,11 @@ def _name(pn: str) -> list[str]:
     return [family, given, middle, suffix, prefix]
 
 
+def _percent(probability: float) -> str:
+    """A probability as an NM percentage with the digits the SR's NUM keeps (0-100)."""
+    return f"{100 * probability:.4g}"
+
+
 def _tq(priority: Priority) -> Field:
     code = PRIORITY_CODES.get(priority, "")
     return ["", "", "", "", "", code] if code else ""
@@ -69,9 +76,11 @@ class _Obx:
         self.rows: list[str] = []
         self.status, self.observed, self.analysed = status, observed, analysed
 
-    def add(self, value_type: str, identifier: Field, value: Field, sub_id: str = "", flag: str = "") -> None:
+    def add(self, value_type: str, identifier: Field, value: Field, sub_id: str = "", flag: str = "",
+            units: Field = "") -> None:
         self.rows.append(numbered("OBX", {1: str(len(self.rows) + 1), 2: value_type, 3: identifier, 4: sub_id,
-                                          5: value, 8: flag, 11: self.status, 14: self.observed, 19: self.analysed}))
+                                          5: value, 6: units, 8: flag, 11: self.status, 14: self.observed,
+                                          19: self.analysed}))
 
     def lines(self, identifier: Field, text: str, sub_id: str = "") -> None:
         for line in text.splitlines() or [""]:
@@ -125,6 +134,12 @@ def build_oru(record: ReasoningRecord, header: StudyHeader, route: Route, triage
         obx.add("CWE", name, _coded(table.presence[finding.presence.value]), sub_id, flag)
         if entry.site is not None:
             obx.add("CWE", _coded(structure["finding_site"]), _coded(entry.site), sub_id)
+        percent = _coded(structure["percent"])
+        if finding.probability is not None:
+            obx.add("NM", _coded(structure["certainty_of_finding"]), _percent(finding.probability), sub_id,
+                    units=percent)
+        if finding.threshold is not None:
+            obx.add("NM", _coded(private["presence_threshold"]), _percent(finding.threshold), sub_id, units=percent)
     obx.lines(_coded(structure["report_findings"]), record.report.findings, "report")
     obx.lines(_coded(structure["report_impression"]), record.report.impression, "report")
     return message([*rows, *obx.rows])

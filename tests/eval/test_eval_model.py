@@ -52,11 +52,15 @@ def test_model_path_end_to_end(
 
     # The raw answers saved from the run score exactly the same through --predictions (same parser, same scorer).
     saved = json.loads(answers.read_text())
-    assert sum(len(v) for v in saved.values()) == asked and all(isinstance(a, str) for v in saved.values() for a in v)
+    assert sum(len(v) for v in saved.values()) == asked
+    assert all(isinstance(a, str) or set(a) == {"answer", "probabilities"} for v in saved.values() for a in v)
+    scored = [a for v in saved.values() for a in v if isinstance(a, dict)]  # the yes/no and single choices
+    assert scored and all(abs(sum(a["probabilities"].values()) - 1) < 1e-4 for a in scored)
+    assert doc["findings"] and doc["findings"][-1]["finding"] == "all"  # the checklist item, per finding
     rescored = tmp_path / "rescored.json"
     assert main(["eval", str(dataset), "--predictions", str(answers), "--json", str(rescored)]) == 0
     again = json.loads(rescored.read_text())
-    for key in ("overall", "by_stage", "by_qtype", "unparsed"):
+    for key in ("overall", "by_stage", "by_qtype", "unparsed", "findings"):
         assert again[key] == doc[key], key
 
 

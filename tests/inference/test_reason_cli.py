@@ -64,3 +64,24 @@ def test_reason_refuses_bad_input_clearly(tmp_path: Path) -> None:
     files = write_study(tmp_path / "study", StudySpec(rows=64, columns=64, views=("PA",)))
     result = _cli("reason", *map(str, files), "--model", str(tmp_path / "no-model"))
     assert result.returncode == 2 and "cannot load model" in result.stderr
+
+
+def test_reason_applies_operating_points(tmp_path: Path, qwen_demo_dir: Path, small_stages: Path) -> None:
+    """A threshold of 0 makes a finding present and 1 absent whatever the answer; the record says which decided."""
+    files = write_study(tmp_path / "study", StudySpec(rows=256, columns=208, views=("PA",)))
+    points = tmp_path / "points.yaml"
+    points.write_text("findings:\n  pneumothorax: {threshold: 0.0}\n  cardiomegaly: {threshold: 1.0}\n")
+    out = tmp_path / "record.json"
+    result = _cli("reason", str(files[0].parent), "--model", str(qwen_demo_dir), "--stages", str(small_stages),
+                  "--max-new-tokens", "3", "--max-side", "160", "--device", "cpu", "--json", str(out),
+                  "--thresholds", str(points))
+    assert result.returncode == 0, result.stderr
+    findings = {f.key: f for f in ReasoningRecord.load(out).findings}
+    assert (findings["pneumothorax"].presence.value, findings["pneumothorax"].threshold) == ("present", 0.0)
+    assert findings["cardiomegaly"].presence.value == "absent" or findings["cardiomegaly"].probability == 1.0
+    assert all(f.probability is not None and 0.0 <= f.probability <= 1.0 for f in findings.values())
+    assert "%)" in result.stdout  # the summary gives each scored answer's probability
+    points.write_text("findings:\n  pnemothorax: {threshold: 0.3}\n")
+    bad = _cli("reason", str(files[0].parent), "--model", str(qwen_demo_dir), "--stages", str(small_stages),
+               "--thresholds", str(points))
+    assert bad.returncode == 2 and "pnemothorax: not a checklist finding" in bad.stderr

@@ -154,3 +154,57 @@ def test_batch_run_through_the_engine(vllm_url: str, tmp_path: Path) -> None:
     record = (sr_path.parent / "record.json").read_text()
     assert vllm_url in record  # provenance names the engine
     assert pydicom.dcmread(sr_path).Modality == "SR"
+
+
+def test_choice_scores_agree_with_the_transformers_backend(remote, engine_model_dir: Path) -> None:
+    """The same model behind both backends: every choice's probability within 1e-4, the same chosen answers and
+    the same tokens (the yes/no justification is decoded freely after the chosen head on both)."""
+    from inference.model import load_chat_model
+
+    local = load_chat_model(engine_model_dir, quantization="none", dtype="float32", cache="prefix")
+    remote.return_token_ids = True
+    image = Image.new("L", (300, 360), 70)
+    first = Turn("user", "Here is the current X-ray image: <image> . Which view is the X-ray image?", (image,))
+    history = [first, Turn("assistant", "PA view.")]
+    asked = [(Turn("user", "Is there any evidence of pneumothorax in the main study X-ray?"), QType.YES_NO, []),
+             (Turn("user", "What is the severity? [ A. Mild; B. Moderate; C. Severe ]."), QType.SINGLE_CHOICE,
+              ["Mild", "Moderate", "Severe"]),
+             (Turn("user", "Is there any evidence of cardiomegaly in the main study X-ray?"), QType.YES_NO, [])]
+    for question, qtype, options in asked:
+        constraint = constraint_for(qtype, options)
+        ours = local.answer(history, question, 10, constraint)
+        theirs = remote.answer(history, question, 10, constraint)
+        assert set(ours.choice_probabilities) == set(theirs.choice_probabilities) == set(constraint.scored)
+        for choice in constraint.scored:
+            assert abs(ours.choice_probabilities[choice] - theirs.choice_probabilities[choice]) < 1e-4
+        assert abs(sum(theirs.choice_probabilities.values()) - 1.0) < 1e-4
+        assert theirs.text == ours.text and theirs.token_ids == ours.token_ids
+        history += [question, Turn("assistant", ours.text)]
+
+
+def test_a_study_has_the_same_probabilities_of_presence_on_both_backends(remote, engine_model_dir: Path) -> None:
+    import yaml
+
+    from dicomnode.demo.synthetic import StudySpec, make_study
+    from inference.flow import run_flow
+    from inference.model import load_chat_model
+    from inference.stages import DEFAULT_STAGES_PATH, parse_stages
+
+    # Stages 1-2 without the multi-choice question: greedy decoding under a grammar may end differently on the two
+    # backends at the budget (the local decoder ends a complete answer there), which would part the histories.
+    data = yaml.safe_load(DEFAULT_STAGES_PATH.read_text(encoding="utf-8"))
+    data["stages"] = [s for s in data["stages"] if s["number"] <= 2]
+    data["stages"][0]["questions"] = [q for q in data["stages"][0]["questions"] if q["qtype"] == "open"]
+    book = parse_stages(yaml.safe_dump(data, sort_keys=False))
+    study = make_study(StudySpec(views=("PA",), rows=256, columns=208, seed=5))
+    theirs = run_flow(remote, study, stages=book, max_new_tokens=6, thresholds={"pneumothorax": 0.5})
+    local = load_chat_model(engine_model_dir, quantization="none", dtype="float32")
+    ours = run_flow(local, study, stages=book, max_new_tokens=6, thresholds={"pneumothorax": 0.5})
+    assert len(ours.findings) == len(theirs.findings) == 18
+    for mine, engine in zip(ours.findings, theirs.findings, strict=True):
+        assert mine.probability is not None and engine.probability is not None
+        assert abs(mine.probability - engine.probability) < 1e-4, mine.key
+        assert (mine.presence, mine.threshold) == (engine.presence, engine.threshold)
+    assert theirs.findings[8].threshold == 0.5  # pneumothorax: decided by its operating point
+    scored = [q for s in theirs.stages for q in s.questions if q.choice_probabilities]
+    assert scored and all(q.answer_probability is not None for q in scored)

@@ -31,19 +31,19 @@ TRIAGE = {"rules": [{"finding": r.finding, "priority": r.priority.value, "when":
 
 class ReasonedProcessor:
     """Each study: the record ``make_record`` writes for its images (``positive`` / ``uncertain`` findings,
-    ``findings_text`` and ``impression_text`` as the stage-8 report), then its SR and pages, yielded as the reasoning
-    processor does."""
+    ``findings_text`` and ``impression_text`` as the stage-8 report, ``thresholds`` as operating points), then its SR
+    and pages, yielded as the reasoning processor does."""
 
     def __init__(self, config: NodeConfig, positive: Sequence[str] = ("pneumothorax",),
                  uncertain: Sequence[str] = (), findings_text: str | None = None,
-                 impression_text: str | None = None) -> None:
+                 impression_text: str | None = None, thresholds: dict[str, float] | None = None) -> None:
         self.options = dataclasses.replace(output_options(config), validate=False)
         self.positive, self.uncertain, self.findings_text = positive, uncertain, findings_text
-        self.impression_text = impression_text
+        self.impression_text, self.thresholds = impression_text, thresholds
 
     def process(self, study: StudyInput) -> Iterator[ProcessorOutput]:
         datasets = [pydicom.dcmread(path) for path in study.instance_paths]
-        record = make_record(datasets, positive=self.positive, uncertain=self.uncertain)
+        record = make_record(datasets, positive=self.positive, uncertain=self.uncertain, thresholds=self.thresholds)
         if self.findings_text is not None:
             record.report.findings = self.findings_text
         if self.impression_text is not None:

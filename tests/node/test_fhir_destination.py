@@ -50,7 +50,7 @@ def test_a_bundle_is_stored_validated_and_marked(tmp_path, data_dir, database_ur
     with FhirServer(tmp_path / "fhir", token=TOKEN) as server:
         config = ris_config(data_dir, database_url, [_bearer(server.url)])
         job_id = process(config, session_factory, study.files, positive=("pneumothorax",), uncertain=("edema",),
-                         findings_text=REPORT, impression_text=REPORT)
+                         findings_text=REPORT, impression_text=REPORT, thresholds={"pneumothorax": 0.3})
         [row] = deliveries(session_factory, job_id)
         assert (row.object_kind, row.media_type) == ("fhir", "application/fhir+json")
         body = json.loads((data_dir / row.path).read_text(encoding="utf-8"))  # stored before it is sent
@@ -77,6 +77,11 @@ def test_a_bundle_is_stored_validated_and_marked(tmp_path, data_dir, database_ur
     assert pneumothorax["valueCodeableConcept"]["coding"][0]["code"] == "52101004"  # type: ignore[index]
     assert [i["coding"][0]["code"] for i in pneumothorax["interpretation"]] == ["POS", "AA"]  # type: ignore[index]
     assert [i["coding"][0]["code"] for i in edema["interpretation"]] == ["IND"]  # uncertain stays uncertain
+    percent = {"unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}
+    assert [(c["code"]["coding"][0]["code"], c["valueQuantity"]) for c in pneumothorax["component"]] == [  # type: ignore[index]
+        ("111012", {"value": 83.0, **percent}), ("THRESHOLD", {"value": 30.0, **percent})]  # probability, threshold
+    assert [c["valueQuantity"]["value"] for c in edema["component"]] == [45.0]  # type: ignore[index]
+    assert all("component" in o for o in observations)  # every finding has its probability
     assert by_code["52988006"]["bodySite"]["coding"][0]["code"] == "39607008"  # type: ignore[index]  # lung
     assert flag["status"] == "active"
     assert flag["code"]["coding"][0] == {"system": "http://hl7.org/fhir/request-priority", "code": "stat",  # type: ignore[index]

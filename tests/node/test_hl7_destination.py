@@ -57,8 +57,10 @@ def _fields(message: str) -> dict[str, list[list[str]]]:
     return out
 
 
-def _check_oru(message: str, stored: list[Delivery], data_dir: Path, result_status: str = "P") -> None:
-    """What every receiver got: valid v2.5.1 (hl7apy, strict), the values as the sources and the model had them."""
+def _check_oru(message: str, stored: list[Delivery], data_dir: Path, result_status: str = "P",
+               pneumothorax_threshold: float | None = None) -> None:
+    """What every receiver got: valid v2.5.1 (hl7apy, strict), the values as the sources and the model had them
+    (``pneumothorax_threshold``: the operating point configured for it, in percent)."""
     parsed = parse_message(message.replace("\n", "\r"), validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
     assert parsed.validate() is True
     assert parsed.msh.msh_9.to_er7() == "ORU^R01^ORU_R01" and parsed.msh.msh_18.to_er7() == "UNICODE UTF-8"
@@ -74,6 +76,12 @@ def _check_oru(message: str, stored: list[Delivery], data_dir: Path, result_stat
     assert (finding[2], finding[5], finding[8], finding[11]) == ("CWE", "52101004^Present^SCT", "AA", result_status)
     edema = next(row for row in obx if row[3].startswith("19242006^"))
     assert edema[5].startswith("64957009^Uncertain") and edema[8] == ""  # uncertain: no flag
+    scores = {(row[4], row[3].split("^")[0]): (float(row[5]), row[6]) for row in obx if row[2] == "NM"}
+    assert scores[(finding[4], "111012")] == (83.0, "%^Percent^UCUM")  # the probability of presence, same sub-ID
+    assert scores.get((finding[4], "THRESHOLD")) == (  # the site's operating point, when one decided
+        None if pneumothorax_threshold is None else (pneumothorax_threshold, "%^Percent^UCUM"))
+    assert scores[(edema[4], "111012")] == (45.0, "%^Percent^UCUM") and (edema[4], "THRESHOLD") not in scores
+    assert sum(1 for key in scores if key[1] == "111012") == 18  # every checklist finding has its score
     findings_text = [unescape(row[5]) for row in obx if row[3].startswith("121070^")]
     assert findings_text == REPORT.replace("\r", "\n").split("\n")
     assert any("AI-generated, not verified by a physician." in unescape(row[5]) for row in obx)
@@ -94,7 +102,7 @@ def test_an_oru_reaches_two_real_receivers_intact(tmp_path, data_dir, database_u
         config = ris_config(data_dir, database_url, [hl7_destination(node_hl7.port, "ris"),
                                                      hl7_destination(python_hl7.port, "ris2")])
         job_id = process(config, session_factory, study.files, positive=("pneumothorax",), uncertain=("edema",),
-                         findings_text=REPORT)
+                         findings_text=REPORT, thresholds={"pneumothorax": 0.3})
         rows = deliveries(session_factory, job_id)
         messages = [r for r in rows if r.object_kind == "hl7"]
         assert len(messages) == 2 and {r.media_type for r in messages} == {"application/hl7-v2"}
@@ -112,8 +120,8 @@ def test_an_oru_reaches_two_real_receivers_intact(tmp_path, data_dir, database_u
         assert got["fields"]["patient_id"] == PATIENT_ID  # node-hl7-client unescapes it
         assert got["ack"] == "AA"
         [python_got] = python_hl7.messages
-    _check_oru(got["raw"], rows, data_dir)
-    _check_oru(python_got, rows, data_dir)
+    _check_oru(got["raw"], rows, data_dir, pneumothorax_threshold=30.0)
+    _check_oru(python_got, rows, data_dir, pneumothorax_threshold=30.0)
     assert got["raw"].replace("\n", "\r").strip("\r") == stored.decode("utf-8").strip("\r")  # byte for byte
 
 

@@ -2,6 +2,7 @@
 classes, and the Comprehensive SR option read the way Orthanc Stone's ``DicomStructuredReport.cpp`` reads it."""
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,7 +29,8 @@ SOP_CLASSES = {"comprehensive3d": "1.2.840.10008.5.1.4.1.1.88.34", "comprehensiv
 def written(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     spec = small_spec()
     current, prior = make_study(spec), make_study(prior_spec(spec))
-    record = make_record(current, prior, positive=POSITIVE, uncertain=("edema",))
+    # probabilities on every finding (make_record's default) and one operating point: their NUM items validated too
+    record = make_record(current, prior, positive=POSITIVE, uncertain=("edema",), thresholds={"pneumothorax": 0.3})
     result = build_result_objects(record, current, prior, OutputOptions(sr_sop_class=request.param))
     path = tmp_path_factory.mktemp(request.param) / "sr.dcm"
     path.write_bytes(result.encoded[str(result.sr.SOPInstanceUID)])  # the bytes the node stores and sends
@@ -57,7 +59,7 @@ def test_pixelmed_catches_a_procedure_code_outside_cid_100(tmp_path: Path) -> No
     """The check above can fail: the code this project wrote before (SCT 413815006) is reported."""
     study = make_study(small_spec())
     result = build_result_objects(make_record(study, positive=("pneumothorax",)), study)
-    sr = result.sr
+    sr = copy.deepcopy(result.sr)  # its code items are the code table's (cached per process): change a copy only
     for item in sr.ContentSequence:
         if item.ConceptNameCodeSequence[0].CodeValue == "121058":  # Procedure reported
             item.ConceptCodeSequence[0].CodeValue = "413815006"

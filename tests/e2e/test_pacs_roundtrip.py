@@ -102,9 +102,14 @@ def test_sr_has_every_stage_and_the_findings(site: Site, studies: dict[str, Stud
         assert _questions(stages[number]), number
     # presence of every checklist finding: study level, in TID 1500's Qualitative Evaluations (UMLS C0034375)
     [container] = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
-    evaluated = {i.ConceptNameCodeSequence[0].CodeValue for i in container.ContentSequence if i.ValueType == "CODE"}
-    coded = {entry.code.value for entry in load_table().findings.values()}
-    assert coded and evaluated == coded  # one per checklist finding, each coded
+    values = {i.ConceptNameCodeSequence[0].CodeValue: i.ConceptCodeSequence[0].CodeValue
+              for i in container.ContentSequence if i.ValueType == "CODE"}
+    table = load_table()
+    coded = {entry.code.value for entry in table.findings.values()}
+    priority = table.triage["concept"].value  # the example config's triage rule: pneumothorax present -> STAT
+    pneumothorax = table.findings["pneumothorax"].code.value
+    assert coded and set(values) - {priority} == coded  # one per checklist finding, each coded
+    assert (priority in values) == (values[pneumothorax] == table.presence["present"].value)
 
 
 def test_prior_fills_stages_5_and_6(site: Site, studies: dict[str, StudySpec]) -> None:

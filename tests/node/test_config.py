@@ -15,7 +15,8 @@ from dicomnode.config import ConfigError, config_from_dict, load_config
 EXAMPLE = REPO / "config" / "node.example.yaml"
 
 
-def test_example_config_is_valid_and_documents_every_key() -> None:
+def test_example_config_is_valid_and_documents_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXR_FHIR_TOKEN", "x")  # the commented FHIR destination's bearer token
     config = load_config(EXAMPLE, environ={})
     assert config.node.ae_title == "CXRNODE"
     assert config.destinations[0].retry.max_attempts == 10
@@ -31,19 +32,24 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
             out.add(field.alias or name)
         return out
     for section in ("node", "storage", "study", "processing", "model", "reasoning", "metrics", "logging", "output",
-                    "feedback"):
+                    "feedback", "triage"):
         for key in keys(getattr(config, section)):
             assert f" {key}:" in text or f"\n{key}:" in text, f"{section}.{key} missing in the example"
-    # destinations: the DIMSE one, and the commented-out DICOMweb one, which is valid once uncommented
+    # destinations: the DIMSE one, and the commented-out DICOMweb, HL7 and FHIR ones, each valid once uncommented
     lines = text.splitlines()
-    start = next(i for i, ln in enumerate(lines) if ln.startswith("  # - name:"))
-    block = [ln.replace("  #", "  ", 1) for ln in itertools.takewhile(lambda ln: ln.startswith("  #"), lines[start:])]
-    web = config_from_dict({"processing": {"processor": "passthrough"},
-                            "destinations": yaml.safe_load("\n".join(block))}, environ={}).destinations[0]
-    assert (config.destinations[0].type, web.type) == ("dimse", "dicomweb")
-    for model, where in ((config.destinations[0], "destinations"), (web, "destinations"), (web.auth, "auth")):
+    commented = []
+    for start in (i for i, ln in enumerate(lines) if ln.startswith("  # - name:")):
+        block = [lines[start], *itertools.takewhile(lambda ln: ln.startswith("  #   "), lines[start + 1:])]
+        commented.append(config_from_dict({"processing": {"processor": "passthrough"},
+                                           "destinations": yaml.safe_load("\n".join(
+                                               ln.replace("  #", "  ", 1) for ln in block))},
+                                          environ={}).destinations[0])
+    assert (config.destinations[0].type, *(d.type for d in commented)) == ("dimse", "dicomweb", "hl7", "fhir")
+    models = [config.destinations[0], *commented, *(d.auth for d in commented if hasattr(d, "auth"))]
+    for model in models:
         for key in keys(model):
-            assert f" {key}:" in text, f"{where}.{key} missing in the example"
+            assert f" {key}:" in text or f"{{{key}:" in text or f", {key}:" in text, \
+                f"destinations ({model.__class__.__name__}).{key} missing in the example"
 
 
 def test_defaults_and_sqlite_url(tmp_path: Path) -> None:

@@ -91,10 +91,13 @@ def test_a_plugin_type_retries_dead_letters_and_is_retried(tmp_path, data_dir, d
     job_id = ingest_files(config, session_factory, study_factory().files)
     _process(config, session_factory)
     deliverer = Deliverer(config, session_factory, rng=lambda: 0.5)
+    before = dt.datetime.now(dt.UTC)
     deliverer.run_once()
     first = deliveries(session_factory, job_id)
     assert {r.state for r in first} == {DeliveryState.PENDING.value} and {r.attempts for r in first} == {1}
-    assert all(r.next_attempt_at > dt.datetime.now(dt.UTC) for r in first)  # backed off
+    # backed off: the next attempt at least half the initial delay after the failed one (not "in the future": on a
+    # loaded machine 0.05 s may be over before the rows are read)
+    assert all(r.next_attempt_at > before + dt.timedelta(seconds=0.02) for r in first)
     assert {r.last_error for r in first} == {f"no folder {inbox}"}
     _deliver_until_settled(deliverer, session_factory, job_id)
     failed = job(session_factory, job_id)

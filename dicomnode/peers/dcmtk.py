@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dicomnode.peers.ports import free_port, port_open
-from dicomnode.peers.process import LoggedProcess
+from dicomnode.peers.process import LoggedProcess, ProcessPeer
 
 
 def _require(tool: str) -> str:
@@ -56,7 +56,7 @@ def echoscu(
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-class StoreSCP:
+class StoreSCP(ProcessPeer):
     """DCMTK ``storescp`` writing into ``directory`` on a free port; a context manager."""
 
     def __init__(
@@ -75,24 +75,10 @@ class StoreSCP:
     def start(self, timeout: float = 60.0) -> StoreSCP:
         self.directory.mkdir(parents=True, exist_ok=True)
         cmd = [_require("storescp"), "-aet", self.aet, "-od", str(self.directory), *self.extra_args, str(self.port)]
-        try:
-            exited = self._process.start(cmd, lambda: port_open(self.port), timeout)
-        except TimeoutError:
-            raise RuntimeError(f"storescp did not listen on {self.port} within {timeout:.0f} s: "
-                               f"{self._process.tail()}") from None
-        if exited is not None:
-            raise RuntimeError(f"storescp exited with {exited}: {self._process.tail()}")
+        self._process.launch(cmd, lambda: port_open(self.port), timeout, name="storescp",
+                             not_ready=f"did not listen on {self.port}")
         return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._process.stop(timeout)
 
     def received(self) -> list[Path]:
         """Files storescp has written so far."""
         return sorted(p for p in self.directory.iterdir() if p.is_file())
-
-    def __enter__(self) -> StoreSCP:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dicomnode.config import FeedbackSection
+from dicomnode.handshake import handshake_failure
 from dicomnode.logs import log_event
 from dicomnode.mllp import FrameDecoder, MllpClosed, MllpFramingError, MllpTimeout, frame, read_frame
 
@@ -145,12 +146,8 @@ class FeedbackListener:
             connection.sock = tls
             tls.do_handshake()
             return tls
-        except TimeoutError:
-            reason = f"no TLS handshake within {self.config.tls_handshake_timeout_seconds:g} s"
-        except ssl.SSLError as exc:
-            reason = f"TLS handshake failed: {exc.reason or type(exc).__name__}"
-        except OSError as exc:
-            reason = f"TLS handshake failed: {type(exc).__name__}: {exc.strerror or exc}"
+        except OSError as exc:  # TimeoutError and ssl.SSLError among them
+            reason = handshake_failure(exc, self.config.tls_handshake_timeout_seconds)
         self._refuse(connection.sock, connection.peer, reason)
         return None
 

@@ -17,18 +17,17 @@ def _require(tool: str) -> str:
     return path
 
 
-def storescu(
-    files: Sequence[Path | str],
-    ae: str,
-    host: str,
-    port: int,
-    calling_aet: str = "STORESCU",
-    extra_args: Sequence[str] = (),
-    timeout: float = 600.0,
-) -> subprocess.CompletedProcess[str]:
-    """Send ``files`` in one association (``storescu -aec ae -aet calling_aet``); never raises on failure."""
-    cmd = [_require("storescu"), "-aet", calling_aet, "-aec", ae, *extra_args, host, str(port), *map(str, files)]
+def _scu(tool: str, ae: str, host: str, port: int, calling_aet: str, extra_args: Sequence[str], timeout: float,
+         operands: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """Run the DCMTK SCU ``tool`` (``-aet calling_aet -aec ae``) against ``host:port``; never raises on failure."""
+    cmd = [_require(tool), "-aet", calling_aet, "-aec", ae, *extra_args, host, str(port), *operands]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def storescu(files: Sequence[Path | str], ae: str, host: str, port: int, calling_aet: str = "STORESCU",
+             extra_args: Sequence[str] = (), timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
+    """Send ``files`` in one association (``storescu -aec ae -aet calling_aet``); never raises on failure."""
+    return _scu("storescu", ae, host, port, calling_aet, extra_args, timeout, [str(f) for f in files])
 
 
 def acknowledged(output: str) -> list[str]:
@@ -43,17 +42,10 @@ def acknowledged(output: str) -> list[str]:
     return acked
 
 
-def echoscu(
-    ae: str,
-    host: str,
-    port: int,
-    calling_aet: str = "ECHOSCU",
-    extra_args: Sequence[str] = (),
-    timeout: float = 60.0,
-) -> subprocess.CompletedProcess[str]:
+def echoscu(ae: str, host: str, port: int, calling_aet: str = "ECHOSCU", extra_args: Sequence[str] = (),
+            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """One C-ECHO; returncode 0 means the peer answered success."""
-    cmd = [_require("echoscu"), "-aet", calling_aet, "-aec", ae, *extra_args, host, str(port)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    return _scu("echoscu", ae, host, port, calling_aet, extra_args, timeout)
 
 
 class StoreSCP(ProcessPeer):

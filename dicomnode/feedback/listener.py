@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dicomnode.accepting import accepted
 from dicomnode.config import FeedbackSection
 from dicomnode.handshake import handshake_failure
 from dicomnode.logs import log_event
@@ -80,17 +81,7 @@ class FeedbackListener:
     # -- accepting -------------------------------------------------------------------------------------------
     def _accept_loop(self) -> None:
         assert self._server is not None
-        while not self._stopping.is_set():
-            try:
-                sock, address = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                LOG.exception("feedback listener: accept failed")
-                time.sleep(0.5)
-                continue
+        for sock, address in accepted(self._server, self._stopping, LOG, "feedback listener"):
             peer = f"{address[0]}:{address[1]}"
             reason = self._refusal(address[0])
             if reason is not None:

@@ -7,6 +7,7 @@ listener, the deliverer); importing a module of this package changes nothing in 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import socket
@@ -157,31 +158,20 @@ class _TlsFailures:
         return self.errors[0]
 
     def socket_class(self, base: type[ssl.SSLSocket]) -> type[ssl.SSLSocket]:
-        failures = self
+        """``base`` whose ``connect``, ``recv`` and ``send`` record the TLS errors they raise."""
 
-        class RecordingSocket(base):  # type: ignore[valid-type, misc]
-            def connect(self, address: Any) -> None:
+        def recording(method: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(method)
+            def call(sock: ssl.SSLSocket, *args: Any, **kwargs: Any) -> Any:
                 try:
-                    super().connect(address)
+                    return method(sock, *args, **kwargs)
                 except ssl.SSLError as exc:
-                    failures.record(exc)
+                    self.record(exc)
                     raise
+            return call
 
-            def recv(self, *args: Any, **kwargs: Any) -> bytes:
-                try:
-                    return super().recv(*args, **kwargs)
-                except ssl.SSLError as exc:
-                    failures.record(exc)
-                    raise
-
-            def send(self, *args: Any, **kwargs: Any) -> int:
-                try:
-                    return super().send(*args, **kwargs)
-                except ssl.SSLError as exc:
-                    failures.record(exc)
-                    raise
-
-        return RecordingSocket
+        return type("RecordingSocket", (base,), {name: recording(getattr(base, name))
+                                                 for name in ("connect", "recv", "send")})
 
 
 def _reported_by_associate(message: str) -> bool:

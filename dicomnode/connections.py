@@ -30,6 +30,7 @@ from pynetdicom import evt
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from dicomnode import metrics
+from dicomnode.handshake import handshake_failure
 from dicomnode.logs import log_event
 
 LOG = logging.getLogger("dicomnode.connections")
@@ -254,13 +255,8 @@ class GuardedHandler(RequestHandler):
                 tls.settimeout(max(0.1, deadline - time.monotonic()))
                 tls.do_handshake()
                 return tls
-        except TimeoutError:
-            reason = f"no TLS handshake within {guard.tls_handshake_seconds:g} s"
-        except ssl.SSLError as exc:
-            reason = f"TLS handshake failed: {exc.reason or type(exc).__name__}"
-        except OSError as exc:
-            reason = (f"TLS handshake aborted ({conn.closed_reason})" if conn.closed_reason
-                      else f"TLS handshake failed: {type(exc).__name__}: {exc.strerror or exc}")
+        except OSError as exc:  # TimeoutError and ssl.SSLError among them
+            reason = handshake_failure(exc, guard.tls_handshake_seconds, conn.closed_reason)
         metrics.tls_failures.inc()
         log_event(LOG, logging.WARNING, "TLS handshake failed", peer=conn.peer, reason=reason)
         if guard.on_tls_failure is not None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -18,6 +17,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from dicomnode import metrics
+from dicomnode.background import ServerHost
 from dicomnode.datadir import disk_free_ok
 
 log = logging.getLogger(__name__)
@@ -158,15 +158,13 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
 
-class StatusServer:
+class StatusServer(ServerHost[_Server]):
     """``/metrics`` and ``/healthz`` on ``host:port`` (port 0 = any free port; see ``.port``); a context manager."""
 
     def __init__(self, checks: HealthChecks, host: str = "127.0.0.1", port: int = 9108) -> None:
         self.checks = checks
         self.host = host
         self.requested_port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -180,26 +178,10 @@ class StatusServer:
 
     def start(self) -> StatusServer:
         if self._server is None:
-            self._server = _Server((self.host, self.requested_port), self.checks)
-            self._thread = threading.Thread(target=self._server.serve_forever, name="status-http", daemon=True)
-            self._thread.start()
+            self._serve(_Server((self.host, self.requested_port), self.checks), "status-http")
             log.info("status http: serving /metrics and /healthz on %s", self.url)
         return self
 
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def __enter__(self) -> StatusServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def server_from_config(

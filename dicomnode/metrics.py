@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -33,58 +33,38 @@ PREFIX = "cxrnode"
 _STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
 _MODEL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
 
-instances_received = Counter(
-    f"{PREFIX}_instances_received", "DICOM instances acknowledged with success after durable storage.",
-    registry=REGISTRY,
-)
-instances_rejected = Counter(
-    f"{PREFIX}_instances_rejected", "C-STORE requests answered with a failure status, by reason.", ["reason"],
-    registry=REGISTRY,
-)
-associations_rejected = Counter(
-    f"{PREFIX}_associations_rejected", "Associations refused, by reason (calling_aet, low_disk, ...).", ["reason"],
-    registry=REGISTRY,
-)
-associations_aborted = Counter(
-    f"{PREFIX}_associations_aborted",
-    "Incoming connections the node ended, by reason (negotiation_timeout, idle_timeout, tls_handshake_timeout, "
-    "too_many_pending, shutdown).", ["reason"], registry=REGISTRY,
-)
-tls_failures = Counter(
-    f"{PREFIX}_tls_failures", "Incoming connections whose TLS handshake failed or never came.", registry=REGISTRY,
-)
-stage_seconds = Histogram(
-    f"{PREFIX}_stage_seconds", "Duration of one reasoning stage of one study.", ["stage"],
-    buckets=_STAGE_BUCKETS, registry=REGISTRY,
-)
-model_seconds = Histogram(
-    f"{PREFIX}_model_seconds", "Time spent inside the model, by kind (load, prefill, generate, ...).", ["kind"],
-    buckets=_MODEL_BUCKETS, registry=REGISTRY,
-)
-study_seconds = Histogram(
-    f"{PREFIX}_study_seconds", "From a study's completion to its last result object acknowledged by PACS.",
-    buckets=_STAGE_BUCKETS, registry=REGISTRY,
-)
-tokens = Counter(
-    f"{PREFIX}_tokens", "Model tokens by kind: prompt (computed), cached (reused prefix), generated.", ["kind"],
-    registry=REGISTRY,
-)
-triage_assessed = Counter(
-    f"{PREFIX}_triage", "Result sets assessed by triage (inference.triage), by the priority they raised: routine, "
-    "urgent, stat.", ["priority"], registry=REGISTRY,
-)
-delivery_attempts = Counter(
-    f"{PREFIX}_delivery_attempts", "C-STORE attempts of result objects, by destination.", ["destination"],
-    registry=REGISTRY,
-)
-delivery_failures = Counter(
-    f"{PREFIX}_delivery_failures", "Failed C-STORE attempts of result objects, by destination.", ["destination"],
-    registry=REGISTRY,
-)
-feedback_messages = Counter(
-    f"{PREFIX}_feedback_messages", "HL7 messages the feedback listener answered, by acknowledgement code (AA, AE, AR).",
-    ["ack"], registry=REGISTRY,
-)
+
+def _counter(name: str, documentation: str, *labels: str) -> Counter:
+    return Counter(f"{PREFIX}_{name}", documentation, labels, registry=REGISTRY)
+
+
+def _histogram(name: str, documentation: str, buckets: tuple[float, ...], *labels: str) -> Histogram:
+    return Histogram(f"{PREFIX}_{name}", documentation, labels, buckets=buckets, registry=REGISTRY)
+
+
+instances_received = _counter("instances_received", "DICOM instances acknowledged with success after durable storage.")
+instances_rejected = _counter("instances_rejected", "C-STORE requests answered with a failure status, by reason.",
+                              "reason")
+associations_rejected = _counter("associations_rejected",
+                                 "Associations refused, by reason (calling_aet, low_disk, ...).", "reason")
+associations_aborted = _counter(
+    "associations_aborted", "Incoming connections the node ended, by reason (negotiation_timeout, idle_timeout, "
+    "tls_handshake_timeout, too_many_pending, shutdown).", "reason")
+tls_failures = _counter("tls_failures", "Incoming connections whose TLS handshake failed or never came.")
+stage_seconds = _histogram("stage_seconds", "Duration of one reasoning stage of one study.", _STAGE_BUCKETS, "stage")
+model_seconds = _histogram("model_seconds", "Time spent inside the model, by kind (load, prefill, generate, ...).",
+                           _MODEL_BUCKETS, "kind")
+study_seconds = _histogram("study_seconds", "From a study's completion to its last result object acknowledged by "
+                           "PACS.", _STAGE_BUCKETS)
+tokens = _counter("tokens", "Model tokens by kind: prompt (computed), cached (reused prefix), generated.", "kind")
+triage_assessed = _counter("triage", "Result sets assessed by triage (inference.triage), by the priority they "
+                           "raised: routine, urgent, stat.", "priority")
+delivery_attempts = _counter("delivery_attempts", "C-STORE attempts of result objects, by destination.",
+                             "destination")
+delivery_failures = _counter("delivery_failures", "Failed C-STORE attempts of result objects, by destination.",
+                             "destination")
+feedback_messages = _counter("feedback_messages", "HL7 messages the feedback listener answered, by acknowledgement "
+                             "code (AA, AE, AR).", "ack")
 model_loaded = Gauge(
     f"{PREFIX}_model_loaded", "1 when this process holds a loaded model, else 0.", registry=REGISTRY,
 )
@@ -208,23 +188,23 @@ def engine_state() -> tuple[bool, str] | None:
 
 
 @contextmanager
-def timed_stage(stage_key: str) -> Iterator[None]:
+def _timed(observe: Callable[[str, float], None], key: str) -> Iterator[None]:
+    """Time a block and ``observe(key, seconds)`` (also when it raises)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        observe(key, time.perf_counter() - start)
+
+
+def timed_stage(stage_key: str) -> AbstractContextManager[None]:
     """Time a block as one stage (recorded also when it raises)."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        observe_stage(stage_key, time.perf_counter() - start)
+    return _timed(observe_stage, stage_key)
 
 
-@contextmanager
-def timed_model(kind: str) -> Iterator[None]:
+def timed_model(kind: str) -> AbstractContextManager[None]:
     """Time a block as model time of ``kind``."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        observe_model(kind, time.perf_counter() - start)
+    return _timed(observe_model, kind)
 
 
 def exposition() -> bytes:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from pydicom.dataset import Dataset
 
@@ -473,20 +473,19 @@ def run_flow_images(
     )
 
 
-def run_flow(
-    model: ChatModel,
-    current: Sequence[Dataset],
-    prior: Sequence[Dataset] = (),
-    stages: StageBook | None = None,
-    provenance: Any = None,
-    *,
-    max_new_tokens: int | Mapping[QType, int] | None = None,
-    seed: int = 0,
-    max_side: int | None = None,
-    constrain: bool = True,
-    parallel_within_stage: bool = False,
-    thresholds: Mapping[str, float] | None = None,
-) -> ReasoningRecord:
+class FlowOptions(TypedDict, total=False):
+    """The keyword options of :func:`run_flow_images` (absent ones keep its defaults)."""
+
+    max_new_tokens: int | Mapping[QType, int] | None
+    seed: int
+    constrain: bool
+    parallel_within_stage: bool
+    thresholds: Mapping[str, float] | None
+
+
+def run_flow(model: ChatModel, current: Sequence[Dataset], prior: Sequence[Dataset] = (),
+             stages: StageBook | None = None, provenance: Any = None, *, max_side: int | None = None,
+             **options: Unpack[FlowOptions]) -> ReasoningRecord:
     """Walk the stages for one study (and optionally its prior) and return the reasoning record.
 
     ``provenance``: a ``Provenance``, an object with ``provenance_fields()`` (the engine's ``ModelInfo``), a mapping,
@@ -502,6 +501,4 @@ def run_flow(
     """
     current_images = prepare_images(current, "current", max_side)
     prior_images = prepare_images(prior, "prior", max_side) if prior else []
-    return run_flow_images(model, current_images, prior_images, stages, provenance,
-                           max_new_tokens=max_new_tokens, seed=seed, constrain=constrain,
-                           parallel_within_stage=parallel_within_stage, thresholds=thresholds)
+    return run_flow_images(model, current_images, prior_images, stages, provenance, **options)

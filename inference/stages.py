@@ -10,10 +10,10 @@ import string
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inference.record import QType
 
@@ -162,28 +162,26 @@ class StageDef(_Strict):
     questions: list[QuestionDef] = Field(min_length=1)
 
 
-class ImagePrompts(_Strict):
-    current: str = "Here is the current X-ray image: {images} ."
-    prior: str = "Reference X-ray: {images} ."
+def _with_slot(slot: str) -> AfterValidator:
+    """A prompt text that must contain ``slot``."""
 
-    @field_validator("current", "prior")
-    @classmethod
-    def _has_slot(cls, text: str) -> str:
-        if IMAGE_SLOT not in text:
-            raise ValueError(f"must contain {IMAGE_SLOT}")
+    def check(text: str) -> str:
+        if slot not in text:
+            raise ValueError(f"must contain {slot}")
         return text
+
+    return AfterValidator(check)
+
+
+class ImagePrompts(_Strict):
+    current: Annotated[str, _with_slot(IMAGE_SLOT)] = "Here is the current X-ray image: {images} ."
+    prior: Annotated[str, _with_slot(IMAGE_SLOT)] = "Reference X-ray: {images} ."
 
 
 class OptionsPrompt(_Strict):
-    single_choice: str = "Select the correct answer from the options below: [ {options} ]."
-    multi_choice: str = "Select all that apply: [ {options} ]."
-
-    @field_validator("single_choice", "multi_choice")
-    @classmethod
-    def _has_slot(cls, text: str) -> str:
-        if "{options}" not in text:
-            raise ValueError("must contain {options}")
-        return text
+    single_choice: Annotated[str, _with_slot("{options}")] = (
+        "Select the correct answer from the options below: [ {options} ].")
+    multi_choice: Annotated[str, _with_slot("{options}")] = "Select all that apply: [ {options} ]."
 
 
 class StageBook(_Strict):

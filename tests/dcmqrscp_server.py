@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dicomnode.peers.ports import free_port, port_open
-from dicomnode.peers.process import LoggedProcess
+from dicomnode.peers.process import LoggedProcess, ProcessPeer
 
 DCMQRSCP = "dcmqrscp"
 
@@ -27,7 +27,7 @@ def _config_text(aet: str, port: int, storage: Path, move_destinations: Mapping[
             f"AETable BEGIN\n{aet}  {storage}  RW  (200, 1024mb)  ANY\nAETable END\n")
 
 
-class DcmQRSCP:
+class DcmQRSCP(ProcessPeer):
     """``dcmqrscp`` with its archive in ``workdir``; a context manager.
 
     ``move_destinations`` maps an AE title to (host, port): where it may send C-MOVE sub-operations."""
@@ -51,28 +51,10 @@ class DcmQRSCP:
         self.storage.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(_config_text(self.aet, self.port, self.storage, self.move_destinations))
         command = [binary, "-c", str(self.config_path), "-v", *self.transfer_options, str(self.port)]
-        try:
-            exited = self._process.start(command, lambda: port_open(self.port), timeout)
-        except TimeoutError:
-            raise RuntimeError(f"dcmqrscp did not listen on {self.port} within {timeout:.0f} s: "
-                               f"{self._process.tail()}") from None
-        if exited is not None:
-            raise RuntimeError(f"dcmqrscp exited with {exited}: {self._process.tail()}")
+        self._process.launch(command, lambda: port_open(self.port), timeout, name="dcmqrscp",
+                             not_ready=f"did not listen on {self.port}")
         return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._process.stop(timeout)
-
-    def log_text(self) -> str:
-        """Its log so far (what it refused and why)."""
-        return self._process.tail(1_000_000)
 
     def archived(self) -> list[Path]:
         """The files in its archive (its index file excluded)."""
         return sorted(p for p in self.storage.iterdir() if p.is_file() and p.name != "index.dat")
-
-    def __enter__(self) -> DcmQRSCP:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

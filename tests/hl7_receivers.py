@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from types import TracebackType
@@ -17,8 +18,11 @@ from typing import Literal
 import hl7
 import hl7.mllp
 
+from dicomnode.accepting import accepted
 from dicomnode.mllp import FrameDecoder, MllpError
 from dicomnode.peers.ports import free_port
+
+LOG = logging.getLogger("tests.hl7_receivers")
 
 
 class PythonHl7Receiver:
@@ -86,13 +90,7 @@ class MisbehavingReceiver:
 
     def _serve(self) -> None:
         self._sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
+        for conn, _ in accepted(self._sock, self._stop, LOG, "misbehaving receiver"):
             self._open.append(conn)
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 

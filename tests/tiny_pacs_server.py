@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.peers.ports import free_port, port_open
-from dicomnode.peers.process import LoggedProcess
+from dicomnode.peers.process import LoggedProcess, ProcessPeer
 
 LOOPBACK = "127.0.0.1"
 
@@ -43,7 +43,7 @@ def tiny_pacs_config(workdir: Path, aet: str, port: int, http_port: int,
     }
 
 
-class TinyPacs:
+class TinyPacs(ProcessPeer):
     """``tiny-pacs`` with DICOMweb in ``workdir`` on free loopback ports; a context manager.
 
     ``move_destinations`` maps an AE title to (host, port): the C-MOVE destinations it knows."""
@@ -68,27 +68,9 @@ class TinyPacs:
         config.write_text(json.dumps(tiny_pacs_config(self.workdir, self.aet, self.dicom_port, self.http_port,
                                                       self.move_destinations), indent=1))
         command = [sys.executable, str(Path(__file__).resolve()), str(config)]
-        try:
-            exited = self._process.start(
-                command, lambda: port_open(self.dicom_port) and port_open(self.http_port), timeout,
-                cwd=self.workdir)
-        except TimeoutError:
-            raise RuntimeError(f"tiny-pacs did not listen within {timeout:.0f} s: {self._process.tail()}") from None
-        if exited is not None:
-            raise RuntimeError(f"tiny-pacs exited with {exited}: {self._process.tail()}")
+        self._process.launch(command, lambda: port_open(self.dicom_port) and port_open(self.http_port), timeout,
+                             name="tiny-pacs", not_ready="did not listen", cwd=self.workdir)
         return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._process.stop(timeout)
-
-    def log_text(self) -> str:
-        return self._process.tail(1_000_000)
-
-    def __enter__(self) -> TinyPacs:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _serve(config_path: str, host: str = LOOPBACK) -> None:

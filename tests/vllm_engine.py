@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.peers.ports import free_port
-from dicomnode.peers.process import LoggedProcess
+from dicomnode.peers.process import LoggedProcess, ProcessPeer
 
 VLLM_VERSION = "0.32.0"  # keep in step with scripts/vllm_venv.sh (VERSION)
 SKIP_ENV = "CXR_SKIP_VLLM"  # "1": bootstrap builds no vLLM venv and the engine tests skip (CI never sets it)
@@ -80,12 +80,13 @@ def engine_disabled() -> bool:
     return os.environ.get(SKIP_ENV, "0") == "1"
 
 
-class VllmServer:
+class VllmServer(ProcessPeer):
     """Runs ``scripts/vllm_server.py`` for ``model_dir`` on 127.0.0.1 with its own log in ``workdir``.
 
     ``python``: the interpreter of a venv with vLLM (default: the CPU venv). ``args``: engine flags (default
     ``CPU_ARGS``). ``env``: extra environment (default ``CPU_ENV``). ``start_seconds`` holds how long the last start
-    took until ``/v1/models`` answered.
+    took until ``/v1/models`` answered. ``stop()`` and ``kill()`` signal its process group (the engine core is a
+    child process); after ``kill()`` (an engine crash) ``start()`` brings it back on the same port.
     """
 
     def __init__(self, model_dir: Path | str, workdir: Path | str, *, python: Path | str | None = None,
@@ -105,14 +106,6 @@ class VllmServer:
     def url(self) -> str:
         """The OpenAI-compatible base URL (``.../v1``)."""
         return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def log_path(self) -> Path:
-        return self._process.log_path
-
-    @property
-    def running(self) -> bool:
-        return self._process.running
 
     def command(self) -> list[str]:
         cmd = [str(self.python), str(SERVER_SCRIPT), "--model", str(self.model_dir), *self.args,
@@ -148,20 +141,6 @@ class VllmServer:
             return bool(self.get("/models", timeout=5.0).get("data"))
         except (OSError, ValueError):
             return False
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the engine (its process group: the engine core is a child process), then SIGKILL."""
-        self._process.stop(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL the engine and its children at once: an engine crash (``start()`` brings it back, same port)."""
-        self._process.kill()
-
-    def __enter__(self) -> VllmServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def log_tail(self, chars: int = 4000) -> str:
         return self._process.tail(chars)

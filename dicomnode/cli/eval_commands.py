@@ -4,9 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicomnode.threads import add_threads_argument
+
+if TYPE_CHECKING:
+    from inference.evaluation.predictions import RunOptions
 
 QUANTIZATIONS = ("nf4", "fp4", "int8", "none")
 
@@ -255,7 +258,7 @@ def _model_meta(model: Any) -> dict[str, Any]:
     return model_info(model)
 
 
-def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+def _run_options(args: argparse.Namespace) -> RunOptions:
     """How the model answers, the same for one model and for a quantization comparison."""
     return {"free": args.free, "max_new_tokens": args.max_new_tokens, "max_questions": args.max_questions,
             "show_progress": not args.no_progress, "constrain": not args.no_constrain}

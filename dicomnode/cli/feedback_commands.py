@@ -8,13 +8,12 @@ import json
 import sys
 from dataclasses import asdict
 
-from dicomnode.cli.node_commands import _database_error, _load, _session_factory
+from dicomnode.cli.node_commands import _database_error, _session_factory, with_config
+from dicomnode.config import NodeConfig
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
-        return 2
+@with_config()
+def cmd_report(args: argparse.Namespace, config: NodeConfig) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from dicomnode.feedback.report import agreement_table, disagreements, format_table, message_counts

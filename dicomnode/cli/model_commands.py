@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -41,40 +42,48 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     info.set_defaults(func=run_info)
 
 
+def _reported(command: str, make: Callable[[], str], errors: tuple[type[Exception], ...]) -> int:
+    """Print what ``make()`` returns (exit 0), or ``cxr-node model <command>: <error>`` on stderr for one of
+    ``errors`` (exit 2)."""
+    try:
+        text = make()
+    except errors as exc:
+        print(f"cxr-node model {command}: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from inference.model.demo import build_demo_model
 
-    try:
+    def make() -> str:
         out = build_demo_model(args.dir, family=args.family, size=args.size, seed=args.seed)
-    except (ValueError, OSError) as exc:
-        print(f"cxr-node model demo: {exc}", file=sys.stderr)
-        return 2
-    print(f"demo model ({args.family}, {args.size}; UNTRAINED, outputs are meaningless) written to {out}")
-    return 0
+        return f"demo model ({args.family}, {args.size}; UNTRAINED, outputs are meaningless) written to {out}"
+
+    return _reported("demo", make, (ValueError, OSError))
 
 
 def run_quantize(args: argparse.Namespace) -> int:
     from inference.model.loading import ModelLoadError, profile_for
     from inference.model.quantize import quantize_checkpoint
 
-    try:
+    def make() -> str:
         skip = ["lm_head"] if args.quantize_vision else None
         if skip is None and args.profile:
             skip = list(profile_for(args.src, args.profile).skip_modules)
         out = quantize_checkpoint(args.src, args.dst, quantization=args.quantization, skip_modules=skip,
                                   device=args.device, profile=args.profile)
-    except (ModelLoadError, ValueError, OSError) as exc:
-        print(f"cxr-node model quantize: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.quantization} checkpoint written to {out}")
-    return 0
+        return f"{args.quantization} checkpoint written to {out}"
+
+    return _reported("quantize", make, (ModelLoadError, ValueError, OSError))
 
 
 def run_info(args: argparse.Namespace) -> int:
     from inference.model.loading import ModelLoadError, profile_for, read_config, read_marker, weights_sha256
     from inference.model.quantization import describe_saved_quantization
 
-    try:
+    def make() -> str:
         config = read_config(args.dir)
         prof = profile_for(args.dir, args.profile)
         marker = read_marker(args.dir)
@@ -84,8 +93,6 @@ def run_info(args: argparse.Namespace) -> int:
                 "demo_model": bool(marker.get("demo", False)), "name": marker.get("name", args.dir.name),
                 "saved_quantization": describe_saved_quantization(config) or "none",
                 "weights_sha256": weights_sha256(args.dir)}
-    except (ModelLoadError, ValueError, OSError) as exc:
-        print(f"cxr-node model info: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(info, indent=2))
-    return 0
+        return json.dumps(info, indent=2)
+
+    return _reported("info", make, (ModelLoadError, ValueError, OSError))

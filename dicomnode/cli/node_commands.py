@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import functools
 import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,26 @@ def _load(path: str) -> NodeConfig | None:
         return None
 
 
+ConfiguredCommand = Callable[[argparse.Namespace, NodeConfig], int]
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def with_config(key: str = "config", invalid: int = 2) -> Callable[[ConfiguredCommand], Command]:
+    """A command given the config loaded from the file ``args.<key>`` names; exit ``invalid`` (the problems on
+    stderr) when it is not valid."""
+
+    def wrap(command: ConfiguredCommand) -> Command:
+        @functools.wraps(command)
+        def run(args: argparse.Namespace) -> int:
+            config = _load(getattr(args, key))
+            return invalid if config is None else command(args, config)
+        return run
+
+    return wrap
+
+
 def _database_error(command: str, config: NodeConfig, exc: Exception) -> int:
     """One clear line (no traceback, no password) for a database that cannot be used; exit code 1."""
     from sqlalchemy.engine import make_url
@@ -37,10 +59,8 @@ def _database_error(command: str, config: NodeConfig, exc: Exception) -> int:
     return 1
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
-        return 2
+@with_config()
+def cmd_serve(args: argparse.Namespace, config: NodeConfig) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from dicomnode.logs import setup_logging
@@ -63,10 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
 
 
-def cmd_config_check(args: argparse.Namespace) -> int:
-    config = _load(args.file)
-    if config is None:
-        return 1
+@with_config("file", invalid=1)
+def cmd_config_check(args: argparse.Namespace, config: NodeConfig) -> int:
     print(f"{args.file}: OK (AE {config.node.ae_title} port {config.node.port}, "
           f"{len(config.destinations)} destination(s), processor {config.processing.processor})")
     print(f"study completion: {config.study.completion}"
@@ -99,10 +117,8 @@ def _session_factory(config: NodeConfig) -> Any:
     return make_session_factory(config.database_url)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
-        return 2
+@with_config()
+def cmd_status(args: argparse.Namespace, config: NodeConfig) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
@@ -127,10 +143,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_retry(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
-        return 2
+@with_config()
+def cmd_retry(args: argparse.Namespace, config: NodeConfig) -> int:
     try:
         from dicomnode.jobs import retry_job
     except ImportError:

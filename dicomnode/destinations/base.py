@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from dicomnode.config_types import ConfigModel, ResultKinds, RetryConfig, registered_kinds
+from dicomnode.config_types import ConfigModel, HttpAuth, ResultKinds, RetryConfig, registered_kinds
 from inference.triage import TriageRule
 
 DICOM_MEDIA_TYPE = "application/dicom"
@@ -68,6 +68,27 @@ class DicomObjectDestination(DestinationConfig):
 
     def takes(self, kind: str) -> bool:
         return kind in self.objects
+
+
+class HttpDestination(DestinationConfig):
+    """A destination sent to over HTTP(S): ``url`` (what it is: ``url_meaning``), basic or bearer ``auth`` from the
+    environment, ``timeout_seconds`` a request. Listed first among the bases, its keys come last."""
+
+    url_meaning: ClassVar[str] = "the URL"
+    url: str
+    auth: HttpAuth = Field(default_factory=HttpAuth)
+    timeout_seconds: float = Field(60, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{cls.url_meaning}, http:// or https://")
+        return value
+
+    @property
+    def address(self) -> str:
+        return self.url
 
 
 @dataclass(frozen=True)

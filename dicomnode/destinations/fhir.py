@@ -22,11 +22,9 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import requests
-from pydantic import Field, field_validator
 
-from dicomnode.config_types import HttpAuth
-from dicomnode.destinations.base import DeliveryItem, DestinationConfig, Outcome, Payload, ResultSet, Sender, SendError
-from dicomnode.destinations.messages import replaced_key, stored_result
+from dicomnode.destinations.base import DeliveryItem, HttpDestination, Outcome, Payload, ResultSet, SendError
+from dicomnode.destinations.messages import MessageSender, StoredResult, replaced_key
 from dicomnode.destinations.registry import handler_for
 from sr_writer.fhir import build_bundle
 from sr_writer.result_header import message_id
@@ -38,23 +36,10 @@ RETRIED_4XX = (408, 429)
 MAX_REASON = 500
 
 
-class FhirDestination(DestinationConfig):
+class FhirDestination(HttpDestination):
     built_from: ClassVar[tuple[str, ...]] = ("sr",)  # result kinds its message is built from (output.objects)
+    url_meaning = "the FHIR base URL"  # the Bundle is POSTed to it
     type: Literal["fhir"] = "fhir"
-    url: str  # the FHIR service base: the Bundle is POSTed to it
-    auth: HttpAuth = Field(default_factory=HttpAuth)
-    timeout_seconds: float = Field(60, gt=0)
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("the FHIR base URL, http:// or https://")
-        return value
-
-    @property
-    def address(self) -> str:
-        return self.url
 
     def describe(self) -> str:
         return f"fhir R4 transaction Bundle to {self.url}, {self.auth.describe()}"
@@ -81,16 +66,13 @@ def _reason(response: requests.Response) -> str:
 
 
 @handler_for(FhirDestination)
-class FhirSender(Sender[FhirDestination]):
-    def result_set_payloads(self, result: ResultSet) -> list[Payload]:
-        stored = stored_result(result, self.destination.name, self.node.triage_rules)
-        if stored is None:
-            return []
+class FhirSender(MessageSender[FhirDestination]):
+    def message_payload(self, result: ResultSet, stored: StoredResult) -> Payload:
         bundle = build_bundle(stored.record, stored.header, stored.triage, dt.datetime.now(dt.UTC),
                               amended=replaced_key(result) is not None)
         key = message_id("FHIR", result.study_instance_uid, result.generation)
         data = json.dumps(bundle, ensure_ascii=False, indent=1).encode("utf-8")
-        return [Payload(KIND, key, MEDIA_TYPE, data=data, suffix=".json")]
+        return Payload(KIND, key, MEDIA_TYPE, data=data, suffix=".json")
 
     def send(self, items: Sequence[DeliveryItem]) -> list[Outcome]:
         from dicomnode.dicomweb import make_session

@@ -27,8 +27,8 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator
 
 from dicomnode.config_types import TLSConfig
-from dicomnode.destinations.base import DeliveryItem, DestinationConfig, Outcome, Payload, ResultSet, Sender, SendError
-from dicomnode.destinations.messages import replaced_key, stored_result
+from dicomnode.destinations.base import DeliveryItem, DestinationConfig, Outcome, Payload, ResultSet, SendError
+from dicomnode.destinations.messages import MessageSender, StoredResult, replaced_key
 from dicomnode.destinations.registry import handler_for
 from dicomnode.mllp import FrameDecoder, MllpClosed, MllpError, MllpTimeout, frame, read_frame, shown
 from sr_writer.hl7 import NotAnAck, Route, build_oru, encode, parse_ack
@@ -80,15 +80,12 @@ class _Unreachable(Exception):
 
 
 @handler_for(Hl7Destination)
-class Hl7Sender(Sender[Hl7Destination]):
-    def result_set_payloads(self, result: ResultSet) -> list[Payload]:
-        stored = stored_result(result, self.destination.name, self.node.triage_rules)
-        if stored is None:
-            return []
+class Hl7Sender(MessageSender[Hl7Destination]):
+    def message_payload(self, result: ResultSet, stored: StoredResult) -> Payload:
         control_id = message_id("CXR", result.study_instance_uid, result.generation)
         text = build_oru(stored.record, stored.header, self.destination.route, stored.triage, control_id,
                          dt.datetime.now(dt.UTC), replaces=replaced_key(result))
-        return [Payload(KIND, control_id, MEDIA_TYPE, data=encode(text), suffix=".hl7")]
+        return Payload(KIND, control_id, MEDIA_TYPE, data=encode(text), suffix=".hl7")
 
     def send(self, items: Sequence[DeliveryItem]) -> list[Outcome]:
         outcomes: list[Outcome] = []

@@ -1,15 +1,17 @@
 """What the message destination types (``hl7``, ``fhir``) share at the I/O edge: reading a stored result set's
-record and SR header, and which message of the study an amendment replaces."""
+record and SR header, which message of the study an amendment replaces, and their sender's one payload a result
+set."""
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 from pydantic import ValidationError
 
-from dicomnode.destinations.base import ResultSet
+from dicomnode.destinations.base import D, Payload, ResultSet, Sender
 from inference.record import ReasoningRecord
 from inference.triage import Triage, TriageRule, assess_record
 from sr_writer.result_header import ObjectRef, StudyHeader, study_header
@@ -49,6 +51,18 @@ def stored_result(result: ResultSet, destination: str, rules: tuple[TriageRule, 
     refs = [ObjectRef(o.kind, o.sop_class_uid, o.sop_instance_uid, o.series_instance_uid or _series_of(o.path))
             for o in result.objects]
     return StoredResult(record, study_header(dataset, refs), assess_record(record, rules))
+
+
+class MessageSender(Sender[D], ABC):
+    """A sender of one message a result set, built from its :class:`StoredResult` (none without one)."""
+
+    def result_set_payloads(self, result: ResultSet) -> list[Payload]:
+        stored = stored_result(result, self.destination.name, self.node.triage_rules)
+        return [] if stored is None else [self.message_payload(result, stored)]
+
+    @abstractmethod
+    def message_payload(self, result: ResultSet, stored: StoredResult) -> Payload:
+        """The message of ``result``, as it is queued."""
 
 
 def _series_of(path: Path) -> str:

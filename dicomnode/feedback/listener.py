@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dicomnode.accepting import accepted
 from dicomnode.config import FeedbackSection
+from dicomnode.handshake import handshake_failure
 from dicomnode.logs import log_event
 from dicomnode.mllp import FrameDecoder, MllpClosed, MllpFramingError, MllpTimeout, frame, read_frame
 
@@ -79,17 +81,7 @@ class FeedbackListener:
     # -- accepting -------------------------------------------------------------------------------------------
     def _accept_loop(self) -> None:
         assert self._server is not None
-        while not self._stopping.is_set():
-            try:
-                sock, address = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                LOG.exception("feedback listener: accept failed")
-                time.sleep(0.5)
-                continue
+        for sock, address in accepted(self._server, self._stopping, LOG, "feedback listener"):
             peer = f"{address[0]}:{address[1]}"
             reason = self._refusal(address[0])
             if reason is not None:
@@ -145,12 +137,8 @@ class FeedbackListener:
             connection.sock = tls
             tls.do_handshake()
             return tls
-        except TimeoutError:
-            reason = f"no TLS handshake within {self.config.tls_handshake_timeout_seconds:g} s"
-        except ssl.SSLError as exc:
-            reason = f"TLS handshake failed: {exc.reason or type(exc).__name__}"
-        except OSError as exc:
-            reason = f"TLS handshake failed: {type(exc).__name__}: {exc.strerror or exc}"
+        except OSError as exc:  # TimeoutError and ssl.SSLError among them
+            reason = handshake_failure(exc, self.config.tls_handshake_timeout_seconds)
         self._refuse(connection.sock, connection.peer, reason)
         return None
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dicomnode.peers.ports import free_port, port_open
-from dicomnode.peers.process import LoggedProcess
+from dicomnode.peers.process import LoggedProcess, ProcessPeer
 
 
 def _require(tool: str) -> str:
@@ -17,18 +17,17 @@ def _require(tool: str) -> str:
     return path
 
 
-def storescu(
-    files: Sequence[Path | str],
-    ae: str,
-    host: str,
-    port: int,
-    calling_aet: str = "STORESCU",
-    extra_args: Sequence[str] = (),
-    timeout: float = 600.0,
-) -> subprocess.CompletedProcess[str]:
-    """Send ``files`` in one association (``storescu -aec ae -aet calling_aet``); never raises on failure."""
-    cmd = [_require("storescu"), "-aet", calling_aet, "-aec", ae, *extra_args, host, str(port), *map(str, files)]
+def _scu(tool: str, ae: str, host: str, port: int, calling_aet: str, extra_args: Sequence[str], timeout: float,
+         operands: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """Run the DCMTK SCU ``tool`` (``-aet calling_aet -aec ae``) against ``host:port``; never raises on failure."""
+    cmd = [_require(tool), "-aet", calling_aet, "-aec", ae, *extra_args, host, str(port), *operands]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def storescu(files: Sequence[Path | str], ae: str, host: str, port: int, calling_aet: str = "STORESCU",
+             extra_args: Sequence[str] = (), timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
+    """Send ``files`` in one association (``storescu -aec ae -aet calling_aet``); never raises on failure."""
+    return _scu("storescu", ae, host, port, calling_aet, extra_args, timeout, [str(f) for f in files])
 
 
 def acknowledged(output: str) -> list[str]:
@@ -43,20 +42,13 @@ def acknowledged(output: str) -> list[str]:
     return acked
 
 
-def echoscu(
-    ae: str,
-    host: str,
-    port: int,
-    calling_aet: str = "ECHOSCU",
-    extra_args: Sequence[str] = (),
-    timeout: float = 60.0,
-) -> subprocess.CompletedProcess[str]:
+def echoscu(ae: str, host: str, port: int, calling_aet: str = "ECHOSCU", extra_args: Sequence[str] = (),
+            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """One C-ECHO; returncode 0 means the peer answered success."""
-    cmd = [_require("echoscu"), "-aet", calling_aet, "-aec", ae, *extra_args, host, str(port)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    return _scu("echoscu", ae, host, port, calling_aet, extra_args, timeout)
 
 
-class StoreSCP:
+class StoreSCP(ProcessPeer):
     """DCMTK ``storescp`` writing into ``directory`` on a free port; a context manager."""
 
     def __init__(
@@ -75,24 +67,10 @@ class StoreSCP:
     def start(self, timeout: float = 60.0) -> StoreSCP:
         self.directory.mkdir(parents=True, exist_ok=True)
         cmd = [_require("storescp"), "-aet", self.aet, "-od", str(self.directory), *self.extra_args, str(self.port)]
-        try:
-            exited = self._process.start(cmd, lambda: port_open(self.port), timeout)
-        except TimeoutError:
-            raise RuntimeError(f"storescp did not listen on {self.port} within {timeout:.0f} s: "
-                               f"{self._process.tail()}") from None
-        if exited is not None:
-            raise RuntimeError(f"storescp exited with {exited}: {self._process.tail()}")
+        self._process.launch(cmd, lambda: port_open(self.port), timeout, name="storescp",
+                             not_ready=f"did not listen on {self.port}")
         return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._process.stop(timeout)
 
     def received(self) -> list[Path]:
         """Files storescp has written so far."""
         return sorted(p for p in self.directory.iterdir() if p.is_file())
-
-    def __enter__(self) -> StoreSCP:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

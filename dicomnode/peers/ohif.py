@@ -12,11 +12,11 @@ import json
 import mimetypes
 import os
 import shutil
-import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from dicomnode.background import ServerHost
 from dicomnode.peers.ports import free_port
 
 OHIF_VERSION = "3.13.2"  # scripts/bootstrap.sh pins the same version
@@ -87,7 +87,7 @@ def app_config(title: str = "Orthanc (loopback)") -> str:
     return f"window.config = {json.dumps(config, indent=2)};\n"
 
 
-class OhifServer:
+class OhifServer(ServerHost[ThreadingHTTPServer]):
     """Serves OHIF's dist and forwards DICOMweb to ``orthanc_url``, on ``http://127.0.0.1:PORT``."""
 
     def __init__(self, orthanc_url: str, dist: Path | str | None = None, port: int | None = None) -> None:
@@ -97,8 +97,6 @@ class OhifServer:
         self.orthanc_port = target.port or 80
         self.port = port or free_port()
         self.config_js = app_config().encode()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -109,32 +107,17 @@ class OhifServer:
         return f"{self.url}/viewer?StudyInstanceUIDs={urllib.parse.quote(study_instance_uid)}"
 
     def start(self) -> OhifServer:
-        if self._httpd is not None:
+        if self._server is not None:
             return self
         handler = type("Handler", (_Handler,), {"server_info": self})
         try:
-            self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+            httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         except OSError as exc:
             raise OhifError(f"cannot listen on 127.0.0.1:{self.port}: {exc}") from exc
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="ohif-proxy", daemon=True)
-        self._thread.start()
+        httpd.daemon_threads = True
+        self._serve(httpd, "ohif-proxy")
         return self
 
-    def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
-
-    def __enter__(self) -> OhifServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.peers.ports import free_port
-from dicomnode.peers.process import LoggedProcess
+from dicomnode.peers.process import LoggedProcess, ProcessPeer
 
 ORTHANC_BINARY = os.environ.get("CXR_ORTHANC_BINARY", "Orthanc")
 DICOMWEB_PACKAGE = "orthanc-dicomweb"
@@ -49,12 +49,13 @@ def dicomweb_config(plugin: Path) -> dict[str, Any]:
     }
 
 
-class OrthancServer:
+class OrthancServer(ProcessPeer):
     """Runs ``Orthanc`` with storage in ``workdir``; ``restart()`` keeps storage and ports.
 
     ``modalities`` maps a name to (AE title, host, port) for Orthanc's DicomModalities. ``dicomweb`` loads the
     DICOMweb plugin (``/dicom-web/`` and WADO-URI ``/wado`` on the HTTP port). ``http_user`` (user, password)
-    turns on HTTP basic authentication.
+    turns on HTTP basic authentication. ``stop()`` keeps storage in ``workdir``; ``kill()`` is a crash, or an
+    archive thrown away with its directory (a clean stop takes Orthanc 2-4 s).
     """
 
     def __init__(
@@ -86,14 +87,6 @@ class OrthancServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self._process.log_path
-
-    @property
-    def running(self) -> bool:
-        return self._process.running
 
     def config(self) -> dict[str, Any]:
         """The JSON configuration Orthanc is started with."""
@@ -133,13 +126,8 @@ class OrthancServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(self.config(), indent=2))
-        try:
-            exited = self._process.start([ORTHANC_BINARY, str(config_path)], self._answers, timeout, interval=0.2,
-                                         cwd=self.workdir)
-        except TimeoutError:
-            raise OrthancError(f"Orthanc REST did not answer within {timeout:.0f} s: {self._process.tail()}") from None
-        if exited is not None:
-            raise OrthancError(f"Orthanc exited with {exited}: {self._process.tail()}")
+        self._process.launch([ORTHANC_BINARY, str(config_path)], self._answers, timeout, name="Orthanc",
+                             not_ready="REST did not answer", error=OrthancError, interval=0.2, cwd=self.workdir)
         return self
 
     def _answers(self) -> bool:
@@ -149,23 +137,9 @@ class OrthancServer:
         except (OSError, OrthancError):
             return False
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop Orthanc (SIGTERM, then SIGKILL); storage stays in ``workdir``."""
-        self._process.stop(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL at once: a crash, or an archive thrown away with its directory (a clean stop takes Orthanc 2-4 s)."""
-        self._process.kill()
-
     def restart(self, timeout: float = 90.0) -> OrthancServer:
         self.stop()
         return self.start(timeout)
-
-    def __enter__(self) -> OrthancServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- REST ----------------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> bytes:

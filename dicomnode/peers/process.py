@@ -7,6 +7,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 
 def wait_until_ready(process: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float,
@@ -54,6 +55,18 @@ class LoggedProcess:
             self.process = None
         return exited
 
+    def launch(self, command: Sequence[str], ready: Callable[[], bool], timeout: float, *, name: str,
+               not_ready: str, error: type[Exception] = RuntimeError, interval: float = 0.1,
+               cwd: Path | None = None, env: Mapping[str, str] | None = None) -> None:
+        """``start`` that raises ``error`` when the process is not ready in time (``"{name} {not_ready} within
+        ... s"``) or exits first (``"{name} exited with ..."``), its log tail in the message."""
+        try:
+            exited = self.start(command, ready, timeout, interval=interval, cwd=cwd, env=env)
+        except TimeoutError:
+            raise error(f"{name} {not_ready} within {timeout:.0f} s: {self.tail()}") from None
+        if exited is not None:
+            raise error(f"{name} exited with {exited}: {self.tail()}")
+
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the process if it still runs (SIGTERM, then SIGKILL after ``timeout``)."""
         process, self.process = self.process, None
@@ -88,3 +101,39 @@ class LoggedProcess:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+
+class ProcessPeer:
+    """A peer run as one ``LoggedProcess`` (``_process``): its log, stop and kill, and a context manager around
+    ``start``."""
+
+    _process: LoggedProcess
+
+    @property
+    def log_path(self) -> Path:
+        return self._process.log_path
+
+    @property
+    def running(self) -> bool:
+        return self._process.running
+
+    def start(self, timeout: float = 60.0) -> Self:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the process (SIGTERM, then SIGKILL after ``timeout``)."""
+        self._process.stop(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL at once: a crash (the log stays)."""
+        self._process.kill()
+
+    def log_text(self) -> str:
+        """Its log so far (what it refused and why)."""
+        return self._process.tail(1_000_000)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

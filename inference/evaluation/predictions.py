@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from PIL import Image
 
@@ -356,6 +356,16 @@ def run_study(
                 on_answer(study, len(run.predictions))
     run.seconds = time.perf_counter() - start
     return run
+
+
+class RunOptions(TypedDict, total=False):
+    """How :func:`run_model` has the model answer (its keyword arguments; absent ones keep its defaults)."""
+
+    free: bool
+    max_new_tokens: int | None
+    max_questions: int | None
+    show_progress: bool
+    constrain: bool
 
 
 def run_model(

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from pathlib import Path
 from statistics import fmean
-from typing import Any
+from typing import Any, Unpack
 
 from rich.console import Console
 from rich.table import Table
 
 from inference.chat import ChatModel
 from inference.evaluation.dataset import EvalItem, EvalStudy
-from inference.evaluation.predictions import StudyRun, parsed_answers, run_model
+from inference.evaluation.predictions import RunOptions, StudyRun, parsed_answers, run_model
 from inference.evaluation.scoring import EvalScores, match_boxes, score_dataset
 from inference.record import ParsedAnswer, QType
 
@@ -192,14 +192,10 @@ def compare_quantization(
     settings: Sequence[str],
     studies: Sequence[EvalStudy],
     images_dir: str | Path,
-    *,
-    free: bool = False,
-    max_new_tokens: int | None = None,
-    max_questions: int | None = None,
-    show_progress: bool = True,
-    constrain: bool = True,
+    **options: Unpack[RunOptions],
 ) -> Comparison:
-    """Load the model under each setting in turn (``load(setting)``), run the same studies, compare the answers.
+    """Load the model under each setting in turn (``load(setting)``), run the same studies (``run_model`` with
+    ``options``), compare the answers.
 
     One model is held at a time: each is released before the next loads.
     """
@@ -211,17 +207,7 @@ def compare_quantization(
         start = time.perf_counter()
         model = load(setting)
         load_seconds = time.perf_counter() - start
-        runs = run_model(
-            model,
-            studies,
-            images_dir,
-            free=free,
-            max_new_tokens=max_new_tokens,
-            max_questions=max_questions,
-            show_progress=show_progress,
-            label=setting,
-            constrain=constrain,
-        )
+        runs = run_model(model, studies, images_dir, label=setting, **options)
         info = model_info(model)
         load_seconds = float(info.get("load_seconds") or load_seconds)  # engine's figure excludes imports
         del model

@@ -27,8 +27,8 @@ import torch
 from PIL import Image
 from transformers import DynamicCache
 
-from inference.chat import GRACE_TOKENS, IMAGE_PLACEHOLDER, AnswerConstraint, BoxConvention, Generation, Turn
-from inference.model.profiles import ModelProfile
+from inference.chat import GRACE_TOKENS, IMAGE_PLACEHOLDER, AnswerConstraint, Generation, Turn
+from inference.model.profiles import ModelProfile, ProfiledModel
 from inference.scores import best_choice, normalise
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-class LoadedModel:
+class LoadedModel(ProfiledModel):
     """A loaded VLM answering conversation turns (implements ``inference.chat.ChatModel``)."""
 
     def __init__(self, model: Any, processor: Any, profile: ModelProfile, info: ModelInfo,
@@ -116,14 +116,6 @@ class LoadedModel:
         self._token_texts: list[str] | None = None
 
     # -- ChatModel -------------------------------------------------------------------------------------------
-    @property
-    def box_convention(self) -> BoxConvention:
-        return self.profile.box_convention
-
-    @property
-    def answer_wrapper(self) -> str | None:
-        return self.profile.answer_wrapper
-
     def reset_cache(self) -> None:
         """Forget the cached prefix (a new study starts; also frees memory)."""
         self._state = None

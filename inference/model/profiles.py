@@ -38,6 +38,20 @@ class ModelProfile:
     vision_modules: tuple[str, ...]
 
 
+class ProfiledModel:
+    """A chat model whose box convention and answer wrapper are those of its ``profile``."""
+
+    profile: ModelProfile
+
+    @property
+    def box_convention(self) -> BoxConvention:
+        return self.profile.box_convention
+
+    @property
+    def answer_wrapper(self) -> str | None:
+        return self.profile.answer_wrapper
+
+
 def _profile(name: str, raw: dict[str, Any], default_prompt: str) -> ModelProfile:
     try:
         match = raw.get("match") or {}

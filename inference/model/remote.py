@@ -36,8 +36,8 @@ from typing import Any
 
 from PIL import Image
 
-from inference.chat import IMAGE_PLACEHOLDER, AnswerConstraint, BoxConvention, EngineUnavailable, Generation, Turn
-from inference.model.profiles import ModelProfile, select_profile
+from inference.chat import IMAGE_PLACEHOLDER, AnswerConstraint, EngineUnavailable, Generation, Turn
+from inference.model.profiles import ModelProfile, ProfiledModel, select_profile
 from inference.scores import best_choice, normalise, shared_prefix
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def image_part(image: Image.Image) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}, "uuid": digest}
 
 
-class RemoteChatModel:
+class RemoteChatModel(ProfiledModel):
     """Implements ``inference.chat.ChatModel`` against an OpenAI-compatible ``/v1`` endpoint."""
 
     concurrent = True  # one instance may serve several studies at once from several threads
@@ -121,14 +121,6 @@ class RemoteChatModel:
         self.info = EngineInfo(self.url, name, self._engine_version(), profile.name, demo_model, seed)
 
     # -- ChatModel -------------------------------------------------------------------------------------------
-    @property
-    def box_convention(self) -> BoxConvention:
-        return self.profile.box_convention
-
-    @property
-    def answer_wrapper(self) -> str | None:
-        return self.profile.answer_wrapper
-
     def answer(self, history: list[Turn], question: Turn, max_new_tokens: int,
                constraint: AnswerConstraint | None = None) -> Generation:
         if question.role != "user":

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from PIL import Image
 from pydicom import Dataset, dcmread
@@ -158,19 +159,16 @@ def run_task(task: MakingTask) -> Made:
     return task.run()
 
 
-class ResultKind(Protocol):
-    """A kind of result object: its config word, title, SOP classes and how its work is split into tasks."""
+@dataclass(frozen=True)
+class ResultKind(ABC):
+    """A kind of result object: its config word, title, SOP classes and how its work is split into tasks (a kind
+    subclasses it, giving the three to this constructor)."""
 
-    @property
-    def name(self) -> str: ...
+    name: str
+    title: str
+    sop_classes: frozenset[str]
 
-    @property
-    def title(self) -> str: ...
-
-    @property
-    def sop_classes(self) -> frozenset[str]: ...
-
+    @abstractmethod
     def tasks(self, sources: Sources, split: bool = True) -> Sequence[MakingTask]:
         """The tasks that make this kind; ``split``: in parts that can run side by side and each yield early
         (page processes), else in as few tasks as suit one process."""
-        ...

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pydicom import Dataset
 from pydicom.uid import UID
 
-from sr_writer.kinds.base import Made, MakingTask, ResultObject, Sources
+from sr_writer.kinds.base import Made, MakingTask, ResultKind, ResultObject, Sources
 from sr_writer.page import PageRenderer
 from sr_writer.sc import build_page_datasets, page_pixels
 from sr_writer.tree_bytes import tree_part10_bytes
@@ -84,11 +84,9 @@ def make_pages(sources: Sources, only: Collection[int] | None = None, keep_image
     return Made(objects, seconds, images if keep_images else [])
 
 
-@dataclass(frozen=True)
-class ReasoningPagesKind:
-    name: str = "sc"
-    title: str = "Secondary Capture reasoning pages"
-    sop_classes: frozenset[str] = SC_SOP_CLASSES
+class ReasoningPagesKind(ResultKind):
+    def __init__(self) -> None:
+        super().__init__("sc", "Secondary Capture reasoning pages", SC_SOP_CLASSES)
 
     def tasks(self, sources: Sources, split: bool = True) -> Sequence[MakingTask]:
         """The page parts of ``PAGE_PARTS`` (``split``; only the first page's task carries the decoded panel), or

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pydicom.uid import UID
 
-from sr_writer.kinds.base import Made, MakingTask, ResultObject, Sources
+from sr_writer.kinds.base import Made, MakingTask, ResultKind, ResultObject, Sources
 from sr_writer.sr import build_sr
 from sr_writer.tree_bytes import tree_part10_bytes
 from sr_writer.validate import ensure_valid_bytes
@@ -29,11 +28,9 @@ def make_sr(sources: Sources) -> Made:
                 {"sr_build": built - started, "sr_check": time.perf_counter() - built})
 
 
-@dataclass(frozen=True)
-class StructuredReportKind:
-    name: str = "sr"
-    title: str = "Structured Report (TID 1500)"
-    sop_classes: frozenset[str] = SR_SOP_CLASSES
+class StructuredReportKind(ResultKind):
+    def __init__(self) -> None:
+        super().__init__("sr", "Structured Report (TID 1500)", SR_SOP_CLASSES)
 
     def tasks(self, sources: Sources, split: bool = True) -> Sequence[MakingTask]:
         return [MakingTask(self.name, "sr", make_sr, sources.without_panel())]

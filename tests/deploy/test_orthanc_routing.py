@@ -9,15 +9,13 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.peers.dcmtk import StoreSCP, storescu
 from dicomnode.peers.orthanc import OrthancServer
+from tests.dicom_objects import blank_pixels, object_in, save_in
 
 RULE = Path(__file__).resolve().parents[2] / "deploy" / "orthanc" / "route-chest-to-cxrnode.lua"
 MODALITY = "AINODE"  # a non-default Orthanc modality name: proves the rule is parameterized
@@ -48,26 +46,15 @@ def _received_uids(scp: StoreSCP) -> list[str]:
 def _result_object(directory: Path, study: StudySpec, modality: str, sop_class: str | None = None,
                    description: str = "AI CXR reasoning") -> Path:
     """A stand-in for the node's SR (modality SR) or Secondary Capture page (modality OT) in ``study``."""
-    ds = Dataset()
     sop_class = sop_class or ("1.2.840.10008.5.1.4.1.1.88.11" if modality == "SR" else "1.2.840.10008.5.1.4.1.1.7")
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study.study_instance_uid, generate_uid()
-    ds.PatientID, ds.PatientName, ds.StudyDate = study.patient_id, study.patient_name, study.study_date
-    ds.Modality, ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = modality, description, 9901, 1
-    ds.BodyPartExamined = "CHEST"
+    ds = object_in(study, sop_class, modality, 9901)
+    ds.SeriesDescription = description
     if sop_class.startswith("1.2.840.10008.5.1.4.1.1.88."):
         ds.ValueType, ds.CompletionFlag, ds.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
     else:
-        ds.ConversionType, ds.SamplesPerPixel, ds.PhotometricInterpretation = "WSD", 1, "MONOCHROME2"
-        ds.Rows = ds.Columns = 16
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        ds.PixelData = np.zeros((16, 16), np.uint8).tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = sop_class, ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    path = directory / f"{modality}-{ds.SOPInstanceUID}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
+        ds.ConversionType = "WSD"
+        blank_pixels(ds, 16)
+    return save_in(directory, ds)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ from typing import Any
 
 import pydicom
 import yaml
+from ingest_support import start_cxr_node
 from sqlalchemy import func, select
 
 from dicomnode.db import Delivery, Instance, Job, Study, make_engine, make_session_factory
@@ -26,10 +26,9 @@ from dicomnode.demo.run import NODE_AET, demo_config
 from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.peers.dcmtk import _require, acknowledged
 from dicomnode.peers.orthanc import OrthancServer
-from dicomnode.peers.ports import free_port, wait_for_port
+from dicomnode.peers.ports import free_port
 from dicomnode.uids import result_uids
 
-CXR_NODE = str(Path(sys.executable).with_name("cxr-node"))
 HERE = Path(__file__).resolve().parent  # on the node's PYTHONPATH: failing_processor
 
 
@@ -97,21 +96,10 @@ class CrashSite:
     def start(self, timeout: float = 120.0) -> None:
         self.starts += 1
         self.started_at = utcnow()
-        log = open(self.workdir / f"node-{self.starts}.log", "ab")
-        try:
-            path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(HERE)) if p)
-            self.process = subprocess.Popen([CXR_NODE, "serve", "--config", str(self.config_path)], stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True,
-                                            env={**os.environ, "PYTHONPATH": path})
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"cxr-node exited {self.process.returncode}")
-            if wait_for_port(self.port, timeout=0.2):
-                return
-        raise RuntimeError("cxr-node did not listen in time")
+        path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(HERE)) if p)
+        self.process = start_cxr_node(["serve", "--config", str(self.config_path)],
+                                      self.workdir / f"node-{self.starts}.log", self.port, timeout,
+                                      {**os.environ, "PYTHONPATH": path})
 
     def kill9(self, child_timeout: float = 5.0) -> list[int]:
         """SIGKILL the node; return its child processes that outlived it by ``child_timeout`` s."""
@@ -138,6 +126,12 @@ class CrashSite:
             self.process.wait(30)
         self.engine.dispose()
         self.orthanc.kill()  # thrown away with the test's directory
+
+    def __enter__(self) -> CrashSite:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- the modality ---------------------------------------------------------------------------------------
     def new_study(self, views: Sequence[str] = ("PA", "LATERAL"), rows: int = 256, columns: int = 224,

@@ -31,22 +31,16 @@ RECEIVE_VIEWS = ("PA", "LATERAL", "PA", "LATERAL", "PA", "LATERAL")
 
 @pytest.fixture
 def crash_site(tmp_path: Path, qwen_demo_dir: Path) -> Iterator[CrashSite]:
-    site = CrashSite(tmp_path, qwen_demo_dir)
-    try:
+    with CrashSite(tmp_path, qwen_demo_dir) as site:
         yield site
-    finally:
-        site.close()
 
 
 @pytest.fixture
 def receive_site(tmp_path: Path, qwen_demo_dir: Path) -> Iterator[CrashSite]:
     """quiet_seconds 6: the modality's resend must start within it after the restart, on a loaded 2-core CI
     machine too (a resend later than quiet_seconds rightly opens a new generation)."""
-    site = CrashSite(tmp_path, qwen_demo_dir, quiet_seconds=6.0)
-    try:
+    with CrashSite(tmp_path, qwen_demo_dir, quiet_seconds=6.0) as site:
         yield site
-    finally:
-        site.close()
 
 
 def _kill_and_restart(site: CrashSite, killed: Callable[[], bool],

@@ -9,24 +9,22 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from ingest_support import CXR_NODE
 
 from dicomnode.db.states import JobState
 from dicomnode.demo.run import NODE_AET
 from dicomnode.uids import result_uids
 
 from .conftest import wait_until
-from .crash_support import CXR_NODE, CrashSite
+from .crash_support import CrashSite
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def failing_site(tmp_path: Path, qwen_demo_dir: Path) -> Iterator[CrashSite]:
-    site = CrashSite(tmp_path, qwen_demo_dir, processor="failing_processor:sr_then_fail_once")
-    try:
+    with CrashSite(tmp_path, qwen_demo_dir, processor="failing_processor:sr_then_fail_once") as site:
         yield site
-    finally:
-        site.close()
 
 
 def _newest_job(site: CrashSite, study_uid: str) -> tuple[int, str]:
@@ -75,11 +73,8 @@ def test_retry_of_a_job_whose_sr_was_delivered_sends_the_rest_and_no_second_sr(f
 
 @pytest.fixture
 def site(tmp_path: Path, qwen_demo_dir: Path) -> Iterator[CrashSite]:
-    site = CrashSite(tmp_path, qwen_demo_dir)
-    try:
+    with CrashSite(tmp_path, qwen_demo_dir) as site:
         yield site
-    finally:
-        site.close()
 
 
 def test_late_instance_gives_an_amended_sr_naming_its_predecessor_and_nothing_else(site: CrashSite) -> None:

@@ -19,6 +19,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 from dicomnode.demo.synthetic import StudySpec, make_study, prior_spec
 from inference.chat import GRACE_TOKENS, Generation, Turn
 from inference.flow import run_flow
+from inference.model.profiles import ProfiledModel
 from inference.record import Presence, QType, ReasoningRecord, StageStatus
 from inference.stages import DEFAULT_STAGES_PATH, StageBook
 
@@ -50,20 +51,13 @@ def loaded(request: pytest.FixtureRequest, demo_model_dirs: dict[str, Path]) -> 
     del model
 
 
-class Steered:
-    """Delegates to the real model, but answers "Yes." to the checklist question of the given findings."""
+class Steered(ProfiledModel):
+    """Delegates to the real model (its profile too), but answers "Yes." to the checklist question of the given
+    findings."""
 
     def __init__(self, model: Any, positive_terms: tuple[str, ...]) -> None:
         self.model, self.terms, self.steered = model, positive_terms, 0
-        self.info = model.info
-
-    @property
-    def box_convention(self) -> Any:
-        return self.model.box_convention
-
-    @property
-    def answer_wrapper(self) -> str | None:
-        return self.model.answer_wrapper
+        self.info, self.profile = model.info, model.profile
 
     def answer(self, history: list[Turn], question: Turn, max_new_tokens: int,
                constraint: object = None) -> Generation:

@@ -118,6 +118,25 @@ class Db:
         return study.state if study else None
 
 
+def start_cxr_node(args: Sequence[str], log_path: Path, port: int, timeout: float,
+                   env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``cxr-node <args>`` in a new session, its output appended to ``log_path``, once it listens on ``port``.
+    RuntimeError (with the log's end) when it exits first; killed, and RuntimeError, when it does not listen within
+    ``timeout`` s."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([CXR_NODE, *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"cxr-node exited {process.returncode}: {log_path.read_text()[-3000:]}")
+        if wait_for_port(port, timeout=0.2):
+            return process
+    process.kill()
+    process.wait(30)
+    raise RuntimeError("cxr-node did not listen in time")
+
+
 class NodeProcess:
     """``cxr-node serve`` as a subprocess (real signals)."""
 
@@ -131,22 +150,9 @@ class NodeProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120.0) -> NodeProcess:
-        log = open(self.log_path, "ab")
-        try:
-            self.process = subprocess.Popen(
-                [CXR_NODE, "serve", "--config", str(self.config_path), "--role", self.role],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
-            )
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"cxr-node exited {self.process.returncode}: {self.log_path.read_text()[-3000:]}")
-            if wait_for_port(self.port, timeout=0.5):
-                return self
-        self.kill()
-        raise RuntimeError("cxr-node did not listen in time")
+        self.process = start_cxr_node(["serve", "--config", str(self.config_path), "--role", self.role],
+                                      self.log_path, self.port, timeout, self.env)
+        return self
 
     def terminate(self, timeout: float = 120.0) -> int:
         assert self.process is not None

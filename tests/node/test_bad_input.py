@@ -6,6 +6,7 @@ import subprocess
 import tracemalloc
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -77,6 +78,14 @@ def test_truncated_file(tmp_path: Path, node_env) -> None:
     assert len(db.instances(spec.study_instance_uid)) == 1
 
 
+def _stored_then_skipped(node: Any, db: Db, path: Path, study_uid: str) -> tuple[Any, str]:
+    """Store the one instance ``path`` (accepted); its instance row, and the study's reason once it is SKIPPED."""
+    assert store([path], node.port).statuses == [0]
+    [row] = db.instances(study_uid)
+    wait_until(lambda: db.study_state(study_uid) == JobState.SKIPPED.value, 60)
+    return row, db.study(study_uid).state_reason
+
+
 def test_dataset_without_pixel_data(tmp_path: Path, node_env) -> None:
     node, db, _config = node_env
     spec = StudySpec(views=("PA",), **SMALL)
@@ -84,21 +93,17 @@ def test_dataset_without_pixel_data(tmp_path: Path, node_env) -> None:
     del ds.PixelData
     path = tmp_path / "nopixels.dcm"
     ds.save_as(path, enforce_file_format=True)
-    assert store([path], node.port).statuses == [0]
-    [row] = db.instances(spec.study_instance_uid)
+    row, reason = _stored_then_skipped(node, db, path, spec.study_instance_uid)
     assert not row.selected and row.skip_reason == "no pixel data"
-    wait_until(lambda: db.study_state(spec.study_instance_uid) == JobState.SKIPPED.value, 60)
-    assert "no pixel data" in db.study(spec.study_instance_uid).state_reason
+    assert "no pixel data" in reason
 
 
 def test_ct_instance(tmp_path: Path, node_env) -> None:
     node, db, _config = node_env
     path, spec = _one(tmp_path, modality="CT")
-    assert store([path], node.port).statuses == [0]
-    [row] = db.instances(spec.study_instance_uid)
+    row, reason = _stored_then_skipped(node, db, path, spec.study_instance_uid)
     assert not row.selected and row.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
-    wait_until(lambda: db.study_state(spec.study_instance_uid) == JobState.SKIPPED.value, 60)
-    assert "modality CT" in db.study(spec.study_instance_uid).state_reason
+    assert "modality CT" in reason
 
 
 def test_missing_study_instance_uid(tmp_path: Path, node_env) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -27,6 +28,14 @@ TOKEN = "fhir-test-token"
 REPORT = "Line one | ^ ~ \\ & end\rsecond: Größe 胸部\x0c\u00a0\u2028\x00 last"  # not all valid in a FHIR string
 
 
+@pytest.fixture
+def server(tmp_path, monkeypatch) -> Iterator[FhirServer]:
+    """The FHIR server, its bearer token in ``CXR_TEST_FHIR_TOKEN``."""
+    monkeypatch.setenv("CXR_TEST_FHIR_TOKEN", TOKEN)
+    with FhirServer(tmp_path / "fhir", token=TOKEN) as fhir:
+        yield fhir
+
+
 def _bearer(url: str, **keys: object) -> dict[str, object]:
     return fhir_destination(url, auth={"type": "bearer", "token_env": "CXR_TEST_FHIR_TOKEN"}, **keys)
 
@@ -44,24 +53,22 @@ def _search(server: FhirServer, kind: str) -> list[dict[str, object]]:
 
 
 def test_a_bundle_is_stored_validated_and_marked(tmp_path, data_dir, database_url, session_factory, study_factory,
-                                                 monkeypatch) -> None:
-    monkeypatch.setenv("CXR_TEST_FHIR_TOKEN", TOKEN)
+                                                 server: FhirServer) -> None:
     study = study_factory()
-    with FhirServer(tmp_path / "fhir", token=TOKEN) as server:
-        config = ris_config(data_dir, database_url, [_bearer(server.url)])
-        job_id = process(config, session_factory, study.files, positive=("pneumothorax",), uncertain=("edema",),
-                         findings_text=REPORT, impression_text=REPORT, thresholds={"pneumothorax": 0.3})
-        [row] = deliveries(session_factory, job_id)
-        assert (row.object_kind, row.media_type) == ("fhir", "application/fhir+json")
-        body = json.loads((data_dir / row.path).read_text(encoding="utf-8"))  # stored before it is sent
-        Bundle.model_validate(body)  # fhir.resources (R4B models: these resources are as in R4)
-        deliver_until_settled(Deliverer(config, session_factory), session_factory, job_id)
-        assert job(session_factory, job_id).state == JobState.DELIVERED.value
-        [stored] = server.received()
-        assert stored["status"] == 200 and len(stored["resources"]) == len(body["entry"])
-        report = _get(server, f"DiagnosticReport/{resource_id(study.study_instance_uid, 'report')}")
-        observations = _search(server, "Observation")
-        [flag] = _search(server, "Flag")
+    config = ris_config(data_dir, database_url, [_bearer(server.url)])
+    job_id = process(config, session_factory, study.files, positive=("pneumothorax",), uncertain=("edema",),
+                     findings_text=REPORT, impression_text=REPORT, thresholds={"pneumothorax": 0.3})
+    [row] = deliveries(session_factory, job_id)
+    assert (row.object_kind, row.media_type) == ("fhir", "application/fhir+json")
+    body = json.loads((data_dir / row.path).read_text(encoding="utf-8"))  # stored before it is sent
+    Bundle.model_validate(body)  # fhir.resources (R4B models: these resources are as in R4)
+    deliver_until_settled(Deliverer(config, session_factory), session_factory, job_id)
+    assert job(session_factory, job_id).state == JobState.DELIVERED.value
+    [stored] = server.received()
+    assert stored["status"] == 200 and len(stored["resources"]) == len(body["entry"])
+    report = _get(server, f"DiagnosticReport/{resource_id(study.study_instance_uid, 'report')}")
+    observations = _search(server, "Observation")
+    [flag] = _search(server, "Flag")
     assert report["status"] == "preliminary"
     assert report["imagingStudy"] == [{"type": "ImagingStudy", "identifier": {
         "system": "urn:dicom:uid", "value": f"urn:oid:{study.study_instance_uid}"}}]
@@ -91,27 +98,25 @@ def test_a_bundle_is_stored_validated_and_marked(tmp_path, data_dir, database_ur
 
 
 def test_an_amendment_updates_the_same_resources(tmp_path, data_dir, database_url, session_factory, study_factory,
-                                                 monkeypatch) -> None:
+                                                 server: FhirServer) -> None:
     import pydicom
 
-    monkeypatch.setenv("CXR_TEST_FHIR_TOKEN", TOKEN)
     study = study_factory()
-    with FhirServer(tmp_path / "fhir", token=TOKEN) as server:
-        config = ris_config(data_dir, database_url, [_bearer(server.url)])
-        first = process(config, session_factory, study.files, positive=("pneumothorax",))
-        deliver_until_settled(Deliverer(config, session_factory), session_factory, first)
-        ds = pydicom.dcmread(study.files[0])
-        ds.SOPInstanceUID = pydicom.uid.generate_uid()
-        ds.save_as(tmp_path / "extra.dcm")
-        second = ingest_files(config, session_factory, [tmp_path / "extra.dcm"])
-        worker = Worker(config, session_factory, ReasonedProcessor(config, positive=()), worker_id="w")
-        while worker.run_once():
-            pass
-        deliver_until_settled(Deliverer(config, session_factory), session_factory, second)
-        assert job(session_factory, second).state == JobState.DELIVERED.value
-        reports = _search(server, "DiagnosticReport")
-        pneumothorax = _get(server, f"Observation/{resource_id(study.study_instance_uid, 'finding/pneumothorax')}")
-        [flag] = _search(server, "Flag")
+    config = ris_config(data_dir, database_url, [_bearer(server.url)])
+    first = process(config, session_factory, study.files, positive=("pneumothorax",))
+    deliver_until_settled(Deliverer(config, session_factory), session_factory, first)
+    ds = pydicom.dcmread(study.files[0])
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "extra.dcm")
+    second = ingest_files(config, session_factory, [tmp_path / "extra.dcm"])
+    worker = Worker(config, session_factory, ReasonedProcessor(config, positive=()), worker_id="w")
+    while worker.run_once():
+        pass
+    deliver_until_settled(Deliverer(config, session_factory), session_factory, second)
+    assert job(session_factory, second).state == JobState.DELIVERED.value
+    reports = _search(server, "DiagnosticReport")
+    pneumothorax = _get(server, f"Observation/{resource_id(study.study_instance_uid, 'finding/pneumothorax')}")
+    [flag] = _search(server, "Flag")
     assert len(reports) == 1 and reports[0]["status"] == "amended"
     assert pneumothorax["status"] == "amended"
     assert pneumothorax["valueCodeableConcept"]["coding"][0]["code"] == "272519000"  # type: ignore[index]  # absent
@@ -119,21 +124,19 @@ def test_an_amendment_updates_the_same_resources(tmp_path, data_dir, database_ur
 
 
 def test_refusals_are_dead_with_the_servers_reason(tmp_path, data_dir, database_url, session_factory,
-                                                  study_factory, monkeypatch) -> None:
-    monkeypatch.setenv("CXR_TEST_FHIR_TOKEN", TOKEN)
+                                                  study_factory, server: FhirServer, monkeypatch) -> None:
     monkeypatch.setenv("CXR_TEST_FHIR_WRONG", "not-the-token")
-    with FhirServer(tmp_path / "fhir", token=TOKEN) as server:
-        wrong = fhir_destination(server.url, name="wrong-token",
-                                 auth={"type": "bearer", "token_env": "CXR_TEST_FHIR_WRONG"})
-        config = ris_config(data_dir, database_url, [wrong, _bearer(server.url, name="tampered")])
-        job_id = process(config, session_factory, study_factory().files)
-        rows = {r.destination: r for r in deliveries(session_factory, job_id)}
-        tampered = data_dir / rows["tampered"].path
-        body = json.loads(tampered.read_text(encoding="utf-8"))
-        body["entry"][0]["resource"]["result"] = "Observation/x"  # not a list of references
-        tampered.write_text(json.dumps(body), encoding="utf-8")
-        deliver_until_settled(Deliverer(config, session_factory), session_factory, job_id)
-        assert server.received() == []
+    wrong = fhir_destination(server.url, name="wrong-token",
+                             auth={"type": "bearer", "token_env": "CXR_TEST_FHIR_WRONG"})
+    config = ris_config(data_dir, database_url, [wrong, _bearer(server.url, name="tampered")])
+    job_id = process(config, session_factory, study_factory().files)
+    rows = {r.destination: r for r in deliveries(session_factory, job_id)}
+    tampered = data_dir / rows["tampered"].path
+    body = json.loads(tampered.read_text(encoding="utf-8"))
+    body["entry"][0]["resource"]["result"] = "Observation/x"  # not a list of references
+    tampered.write_text(json.dumps(body), encoding="utf-8")
+    deliver_until_settled(Deliverer(config, session_factory), session_factory, job_id)
+    assert server.received() == []
     rows = {r.destination: r for r in deliveries(session_factory, job_id)}
     assert (rows["wrong-token"].state, rows["wrong-token"].attempts) == (DeliveryState.DEAD.value, 1)
     assert "refused the Bundle (401): missing or wrong Authorization" in (rows["wrong-token"].last_error or "")

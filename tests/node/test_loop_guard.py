@@ -8,17 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from cxr_test_processors import read_calls
 from delivery_support import PROCESSORS, deliveries, orthanc_destination
 from ingest_support import Db, make_config, running_node, store, wait_until
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.loop_guard import derived_object_kind, loop_skip_reason
+from tests.dicom_objects import blank_pixels, object_in, save_in
 
 SMALL = {"rows": 64, "columns": 52}
 
@@ -43,20 +41,9 @@ def test_derived_object_kinds(sop_class: str, modality: str, kind: str | None) -
 
 def _derived(directory: Path, study: StudySpec, sop_class: str, modality: str) -> Path:
     """A foreign derived object in ``study`` with pixel data and a chest body part (everything else selects it)."""
-    ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study.study_instance_uid, generate_uid()
-    ds.PatientID, ds.PatientName, ds.StudyDate = study.patient_id, study.patient_name, study.study_date
-    ds.Modality, ds.BodyPartExamined, ds.SeriesNumber, ds.InstanceNumber = modality, "CHEST", 77, 1
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.Rows, ds.Columns = 1, "MONOCHROME2", 8, 8
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = np.zeros((8, 8), np.uint8).tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = sop_class, ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    path = directory / f"{modality}-{ds.SOPInstanceUID}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    ds = object_in(study, sop_class, modality, 77)
+    blank_pixels(ds, 8)
+    return save_in(directory, ds)
 
 
 def test_own_results_sent_back_are_never_reasoned_on(tmp_path: Path, orthanc) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -20,6 +21,7 @@ from pynetdicom import AE
 from dicomnode.db.states import JobState
 from dicomnode.demo.synthetic import StudySpec, write_study
 from dicomnode.mpps import MPPS_SOP_CLASS
+from dicomnode.node import Node
 
 SMALL = {"rows": 64, "columns": 52}
 
@@ -71,62 +73,67 @@ def _state(db: Db, uid: str) -> str | None:
     return db.study_state(uid)
 
 
-def test_completed_mpps_queues_before_the_quiet_period(tmp_path: Path) -> None:
-    config = make_config(tmp_path / "data", study={"quiet_seconds": 120, "completion": "mpps_or_quiet"})
-    spec = StudySpec(views=("PA", "LATERAL"), **SMALL)
-    files = write_study(tmp_path / "in", spec)
-    uid, mpps_uid = spec.study_instance_uid, generate_uid()
+@dataclass(frozen=True)
+class Procedure:
+    """A running node, its database and one study's procedure step (``files``: its images, written, not sent)."""
+
+    node: Node
+    db: Db
+    files: list[Path]
+    uid: str
+    mpps_uid: str
+
+
+@contextmanager
+def procedure(tmp_path: Path, study: dict[str, object], images: bool = True) -> Iterator[Procedure]:
+    config = make_config(tmp_path / "data", study=study)
+    files: list[Path] = []
+    uid = generate_uid()
+    if images:
+        spec = StudySpec(views=("PA", "LATERAL"), **SMALL)
+        files, uid = write_study(tmp_path / "in", spec), spec.study_instance_uid
     with running_node(config) as node:
         db = Db(config.database_url)
         try:
-            with modality(node.port) as assoc:
-                assert _create(assoc, mpps_uid, uid) == 0x0000
-                assert store(files, node.port).statuses == [0, 0]
-                started = time.monotonic()
-                assert _set(assoc, mpps_uid, "COMPLETED", files) == 0x0000
-            wait_until(lambda: _state(db, uid) == JobState.QUEUED.value, timeout=30, what="queued by MPPS")
-            assert time.monotonic() - started < 30  # far inside the 120 s quiet period
-            assert [j.generation for j in db.jobs(uid)] == [1]
+            yield Procedure(node, db, files, uid, generate_uid())
         finally:
             db.close()
+
+
+def test_completed_mpps_queues_before_the_quiet_period(tmp_path: Path) -> None:
+    with procedure(tmp_path, {"quiet_seconds": 120, "completion": "mpps_or_quiet"}) as p:
+        with modality(p.node.port) as assoc:
+            assert _create(assoc, p.mpps_uid, p.uid) == 0x0000
+            assert store(p.files, p.node.port).statuses == [0, 0]
+            started = time.monotonic()
+            assert _set(assoc, p.mpps_uid, "COMPLETED", p.files) == 0x0000
+        wait_until(lambda: _state(p.db, p.uid) == JobState.QUEUED.value, timeout=30, what="queued by MPPS")
+        assert time.monotonic() - started < 30  # far inside the 120 s quiet period
+        assert [j.generation for j in p.db.jobs(p.uid)] == [1]
 
 
 def test_instances_arriving_after_the_mpps(tmp_path: Path) -> None:
-    config = make_config(tmp_path / "data", study={"quiet_seconds": 0.5, "completion": "mpps"})
-    spec = StudySpec(views=("PA", "LATERAL"), **SMALL)
-    files = write_study(tmp_path / "in", spec)
-    uid, mpps_uid = spec.study_instance_uid, generate_uid()
-    with running_node(config) as node:
-        db = Db(config.database_url)
-        try:
-            with modality(node.port) as assoc:
-                assert _create(assoc, mpps_uid, uid) == 0x0000
-                assert _set(assoc, mpps_uid, "COMPLETED", files) == 0x0000
-            assert store(files[:1], node.port).statuses == [0]
-            time.sleep(2.0)  # 4 quiet periods: in mpps mode there is no timer, and one listed image is missing
-            assert _state(db, uid) == JobState.RECEIVING.value
-            assert store(files[1:], node.port).statuses == [0]
-            wait_until(lambda: _state(db, uid) == JobState.QUEUED.value, timeout=30, what="queued once complete")
-        finally:
-            db.close()
+    with procedure(tmp_path, {"quiet_seconds": 0.5, "completion": "mpps"}) as p:
+        with modality(p.node.port) as assoc:
+            assert _create(assoc, p.mpps_uid, p.uid) == 0x0000
+            assert _set(assoc, p.mpps_uid, "COMPLETED", p.files) == 0x0000
+        assert store(p.files[:1], p.node.port).statuses == [0]
+        time.sleep(2.0)  # 4 quiet periods: in mpps mode there is no timer, and one listed image is missing
+        assert _state(p.db, p.uid) == JobState.RECEIVING.value
+        assert store(p.files[1:], p.node.port).statuses == [0]
+        wait_until(lambda: _state(p.db, p.uid) == JobState.QUEUED.value, timeout=30, what="queued once complete")
 
 
 def test_discontinued_without_images_skips_with_reason(tmp_path: Path) -> None:
-    config = make_config(tmp_path / "data", study={"completion": "mpps_or_quiet"})
-    uid, mpps_uid = generate_uid(), generate_uid()
-    with running_node(config) as node:
-        db = Db(config.database_url)
-        try:
-            with modality(node.port) as assoc:
-                assert _create(assoc, mpps_uid, uid) == 0x0000
-                assert _set(assoc, mpps_uid, "DISCONTINUED", reason="Patient refused") == 0x0000
-            wait_until(lambda: _state(db, uid) == JobState.SKIPPED.value, timeout=30, what="skipped")
-            study = db.study(uid)
-            assert "discontinued with no images" in study.state_reason and "Patient refused" in study.state_reason
-            [job] = db.jobs(uid)
-            assert job.state == JobState.SKIPPED.value and job.error == study.state_reason
-        finally:
-            db.close()
+    with procedure(tmp_path, {"completion": "mpps_or_quiet"}, images=False) as p:
+        with modality(p.node.port) as assoc:
+            assert _create(assoc, p.mpps_uid, p.uid) == 0x0000
+            assert _set(assoc, p.mpps_uid, "DISCONTINUED", reason="Patient refused") == 0x0000
+        wait_until(lambda: _state(p.db, p.uid) == JobState.SKIPPED.value, timeout=30, what="skipped")
+        study = p.db.study(p.uid)
+        assert "discontinued with no images" in study.state_reason and "Patient refused" in study.state_reason
+        [job] = p.db.jobs(p.uid)
+        assert job.state == JobState.SKIPPED.value and job.error == study.state_reason
 
 
 def test_standard_statuses_for_duplicate_unknown_and_final_steps(tmp_path: Path) -> None:

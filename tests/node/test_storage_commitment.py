@@ -11,6 +11,8 @@ import json
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from delivery_support import PROCESSORS, deliveries, ingest_files, orthanc_destination
@@ -19,7 +21,7 @@ from sqlalchemy import select
 
 from dicomnode import metrics
 from dicomnode.commitment import Committer
-from dicomnode.config import config_from_dict
+from dicomnode.config import NodeConfig, config_from_dict
 from dicomnode.db.models import Delivery, utcnow
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.delivery import Deliverer
@@ -58,6 +60,18 @@ def _deliver(config, db: Db, tmp_path: Path) -> int:  # type: ignore[no-untyped-
     return job_id
 
 
+@contextmanager
+def _delivered(tmp_path: Path, data: dict, orthanc: OrthancServer) -> Iterator[tuple[NodeConfig, Db, int]]:
+    """Orthanc and the node's listener running, and a job of one study delivered (not committed yet)."""
+    config = config_from_dict(data, environ={})
+    with orthanc, running_node(config, role="listener"):
+        db = Db(config.database_url)
+        try:
+            yield config, db, _deliver(config, db, tmp_path)
+        finally:
+            db.close()
+
+
 def _study_of(db: Db, job_id: int) -> str:
     from dicomnode.db.models import Job, Study
 
@@ -71,88 +85,70 @@ def _states(db: Db, job_id: int) -> list[str]:
 
 def test_committed_after_report_and_retention_waits_for_it(tmp_path: Path) -> None:
     data, orthanc = _setup(tmp_path)
-    config = config_from_dict(data, environ={})
     rounds_before = metrics.REGISTRY.get_sample_value("cxrnode_commitment_seconds_count", {"destination": "pacs"}) or 0
-    with orthanc, running_node(config, role="listener"):
-        db = Db(config.database_url)
-        try:
-            job_id = _deliver(config, db, tmp_path)
-            later = utcnow() + dt.timedelta(days=30)
-            assert purge_expired(config, db.session_factory, now=later).studies == 0  # delivered, not committed
-            committer = Committer(config, db.session_factory)
-            assert committer.run_once() == 2
-            assert committer.run_once() == 0  # asked once, not again while the report is due
-            wait_until(lambda: _states(db, job_id) == [DeliveryState.COMMITTED.value] * 2, what="committed")
-            rows = deliveries(db.session_factory, job_id)
-            assert all(r.committed_at and r.committed_at >= r.commit_requested_at for r in rows)
-            assert (metrics.REGISTRY.get_sample_value("cxrnode_commitment_seconds_count", {"destination": "pacs"})
-                    == rounds_before + 2)
-            with db.session_factory() as s:
-                assert s.scalar(select(Delivery).where(Delivery.job_id == job_id)).commit_timeouts == 0
-            status = _status(tmp_path, data)
-            assert status["commitment"] == {"pacs": {"committed": 2, "pending_commitment": 0, "timed_out": 0}}
-            assert status["jobs"] == {JobState.DELIVERED.value: 1}
-            assert purge_expired(config, db.session_factory, now=later).studies == 1
-        finally:
-            db.close()
+    with _delivered(tmp_path, data, orthanc) as (config, db, job_id):
+        later = utcnow() + dt.timedelta(days=30)
+        assert purge_expired(config, db.session_factory, now=later).studies == 0  # delivered, not committed
+        committer = Committer(config, db.session_factory)
+        assert committer.run_once() == 2
+        assert committer.run_once() == 0  # asked once, not again while the report is due
+        wait_until(lambda: _states(db, job_id) == [DeliveryState.COMMITTED.value] * 2, what="committed")
+        rows = deliveries(db.session_factory, job_id)
+        assert all(r.committed_at and r.committed_at >= r.commit_requested_at for r in rows)
+        assert (metrics.REGISTRY.get_sample_value("cxrnode_commitment_seconds_count", {"destination": "pacs"})
+                == rounds_before + 2)
+        with db.session_factory() as s:
+            assert s.scalar(select(Delivery).where(Delivery.job_id == job_id)).commit_timeouts == 0
+        status = _status(tmp_path, data)
+        assert status["commitment"] == {"pacs": {"committed": 2, "pending_commitment": 0, "timed_out": 0}}
+        assert status["jobs"] == {JobState.DELIVERED.value: 1}
+        assert purge_expired(config, db.session_factory, now=later).studies == 1
 
 
 def test_instance_the_pacs_lacks_is_requeued_then_committed(tmp_path: Path) -> None:
     data, orthanc = _setup(tmp_path)
-    config = config_from_dict(data, environ={})
     failures_before = _sample("cxrnode_commitment_failures_total")
-    with orthanc, running_node(config, role="listener"):
-        db = Db(config.database_url)
-        try:
-            job_id = _deliver(config, db, tmp_path)
-            lost = deliveries(db.session_factory, job_id)[0]
-            [found] = orthanc.find("Instance", {"SOPInstanceUID": lost.sop_instance_uid})
-            orthanc.rest_delete(f"/instances/{found['ID']}")  # the PACS lost it after acknowledging it
-            assert Committer(config, db.session_factory).run_once() == 2
-            wait_until(lambda: _states(db, job_id) == [DeliveryState.COMMITTED.value, DeliveryState.PENDING.value],
-                       what="one committed, one re-queued")
-            requeued = next(r for r in deliveries(db.session_factory, job_id) if r.id == lost.id)
-            assert requeued.last_status == 0x0112 and "0x0112 (no such object instance)" in requeued.last_error
-            assert requeued.commit_transaction_uid is None
-            assert _sample("cxrnode_commitment_failures_total") == failures_before + 1
-            assert db.jobs(_study_of(db, job_id))[0].state == JobState.RESULTS_READY.value  # not delivered now
-            assert Deliverer(config, db.session_factory).run_once() == 1  # sent again ...
-            assert db.jobs(_study_of(db, job_id))[0].state == JobState.DELIVERED.value
-            assert Committer(config, db.session_factory).run_once() == 1  # ... and asked again
-            wait_until(lambda: _states(db, job_id) == [DeliveryState.COMMITTED.value] * 2, what="both committed")
-            assert next(r for r in deliveries(db.session_factory, job_id) if r.id == lost.id).attempts == 2
-            assert lost.sop_instance_uid in orthanc.sop_instance_uids()
-        finally:
-            db.close()
+    with _delivered(tmp_path, data, orthanc) as (config, db, job_id):
+        lost = deliveries(db.session_factory, job_id)[0]
+        [found] = orthanc.find("Instance", {"SOPInstanceUID": lost.sop_instance_uid})
+        orthanc.rest_delete(f"/instances/{found['ID']}")  # the PACS lost it after acknowledging it
+        assert Committer(config, db.session_factory).run_once() == 2
+        wait_until(lambda: _states(db, job_id) == [DeliveryState.COMMITTED.value, DeliveryState.PENDING.value],
+                   what="one committed, one re-queued")
+        requeued = next(r for r in deliveries(db.session_factory, job_id) if r.id == lost.id)
+        assert requeued.last_status == 0x0112 and "0x0112 (no such object instance)" in requeued.last_error
+        assert requeued.commit_transaction_uid is None
+        assert _sample("cxrnode_commitment_failures_total") == failures_before + 1
+        assert db.jobs(_study_of(db, job_id))[0].state == JobState.RESULTS_READY.value  # not delivered now
+        assert Deliverer(config, db.session_factory).run_once() == 1  # sent again ...
+        assert db.jobs(_study_of(db, job_id))[0].state == JobState.DELIVERED.value
+        assert Committer(config, db.session_factory).run_once() == 1  # ... and asked again
+        wait_until(lambda: _states(db, job_id) == [DeliveryState.COMMITTED.value] * 2, what="both committed")
+        assert next(r for r in deliveries(db.session_factory, job_id) if r.id == lost.id).attempts == 2
+        assert lost.sop_instance_uid in orthanc.sop_instance_uids()
 
 
 def test_report_that_never_comes_times_out_counts_and_shows(tmp_path: Path) -> None:
     data, orthanc = _setup(tmp_path, node_port_for_orthanc=free_port(), timeout=1.0)  # reports go nowhere
-    config = config_from_dict(data, environ={})
     timeouts_before = _sample("cxrnode_commitment_timeouts_total")
-    with orthanc, running_node(config, role="listener"):
-        db = Db(config.database_url)
-        try:
-            job_id = _deliver(config, db, tmp_path)
-            committer = Committer(config, db.session_factory)
-            assert committer.run_once() == 2
-            first = {r.commit_transaction_uid for r in deliveries(db.session_factory, job_id)}
-            assert committer.run_once() == 0
-            status = _status(tmp_path, data)
-            assert status["commitment"]["pacs"] == {"committed": 0, "pending_commitment": 2, "timed_out": 0}
-            wait_until(lambda: committer.run_once() == 2, timeout=30, what="timed out and asked again")
-            rows = deliveries(db.session_factory, job_id)
-            assert all(r.state == DeliveryState.SENT.value and r.commit_timeouts == 1 for r in rows)
-            assert all("no report within 1 s" in r.last_error for r in rows)
-            assert {r.commit_transaction_uid for r in rows}.isdisjoint(first)  # a new transaction
-            assert _sample("cxrnode_commitment_timeouts_total") == timeouts_before + 2
-            status = _status(tmp_path, data)
-            assert status["commitment"]["pacs"] == {"committed": 0, "pending_commitment": 2, "timed_out": 2}
-            text = _status(tmp_path, data, as_json=False)
-            assert "commitment pacs: committed=0, pending commitment=2, timed out=2" in text
-            assert purge_expired(config, db.session_factory, now=utcnow() + dt.timedelta(days=30)).studies == 0
-        finally:
-            db.close()
+    with _delivered(tmp_path, data, orthanc) as (config, db, job_id):
+        committer = Committer(config, db.session_factory)
+        assert committer.run_once() == 2
+        first = {r.commit_transaction_uid for r in deliveries(db.session_factory, job_id)}
+        assert committer.run_once() == 0
+        status = _status(tmp_path, data)
+        assert status["commitment"]["pacs"] == {"committed": 0, "pending_commitment": 2, "timed_out": 0}
+        wait_until(lambda: committer.run_once() == 2, timeout=30, what="timed out and asked again")
+        rows = deliveries(db.session_factory, job_id)
+        assert all(r.state == DeliveryState.SENT.value and r.commit_timeouts == 1 for r in rows)
+        assert all("no report within 1 s" in r.last_error for r in rows)
+        assert {r.commit_transaction_uid for r in rows}.isdisjoint(first)  # a new transaction
+        assert _sample("cxrnode_commitment_timeouts_total") == timeouts_before + 2
+        status = _status(tmp_path, data)
+        assert status["commitment"]["pacs"] == {"committed": 0, "pending_commitment": 2, "timed_out": 2}
+        text = _status(tmp_path, data, as_json=False)
+        assert "commitment pacs: committed=0, pending commitment=2, timed out=2" in text
+        assert purge_expired(config, db.session_factory, now=utcnow() + dt.timedelta(days=30)).studies == 0
 
 
 def _status(tmp_path: Path, data: dict, as_json: bool = True):  # type: ignore[no-untyped-def]

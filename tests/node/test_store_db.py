@@ -13,6 +13,7 @@ import pytest
 from ingest_support import NODE_AET, Db, make_config, running_node, store, wait_until
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.completion import complete_study
 from dicomnode.db import Delivery, Job, JobState, make_engine, make_session_factory, upgrade_database, utcnow
@@ -41,6 +42,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server.create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
+@pytest.fixture
+def sf(db_url: str) -> Iterator[sessionmaker[Session]]:
+    """A session factory on ``db_url``, migrated."""
+    upgrade_database(db_url)
+    engine = make_engine(db_url)
+    try:
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
+
+
 def _record(study: str, sop: str | None = None, selected: bool = True) -> InstanceRecord:
     sop = sop or f"1.2.3.{uuid.uuid4().int % 10**20}"
     return InstanceRecord(
@@ -62,59 +74,50 @@ def test_migrations_create_schema_idempotently(db_url: str) -> None:
         engine.dispose()
 
 
-def test_ingest_bookkeeping_and_constraints(db_url: str) -> None:
-    upgrade_database(db_url)
-    engine = make_engine(db_url)
-    sf = make_session_factory(engine)
+def test_ingest_bookkeeping_and_constraints(sf: sessionmaker[Session]) -> None:
     study = "1.2.826.0.1.1"
     t0 = utcnow()
-    try:
-        with sf.begin() as s:
-            first = record_instance(s, _record(study), t0)
-        assert first.new_study and first.receiving and first.generation == 1
-        with sf.begin() as s:
-            second = record_instance(s, _record(study), t0 + dt.timedelta(seconds=1))
-        assert not second.new_study and second.job_id == first.job_id
-        assert second.last_received_at == t0 + dt.timedelta(seconds=1)
-        with sf.begin() as s:  # not quiet long enough yet: returns the later deadline
-            assert complete_study(s, first.study_id, 10, t0 + dt.timedelta(seconds=5)) is not None
-        with sf.begin() as s:
-            assert complete_study(s, first.study_id, 10, t0 + dt.timedelta(seconds=12)) is None
-        with sf() as s:
-            job = s.get(Job, first.job_id)
-            assert job.state == JobState.QUEUED.value and job.queued_at is not None
-        with sf.begin() as s:  # late selected instance: new generation with predecessor
-            late = record_instance(s, _record(study), t0 + dt.timedelta(seconds=20))
-        assert late.reopened and late.generation == 2 and late.job_id != first.job_id
-        with sf() as s:
-            assert s.get(Job, late.job_id).predecessor_job_id == first.job_id
-        # the same SOP Instance UID twice is refused by the database
-        dup = _record(study)
-        with sf.begin() as s:
-            record_instance(s, dup, t0)
-        with pytest.raises(IntegrityError), sf.begin() as s:
-            record_instance(s, dup, t0)
-        # one job per (study, generation); one delivery per (destination, SOP Instance UID)
-        with pytest.raises(IntegrityError), sf.begin() as s:
-            s.add(Job(study_id=first.study_id, generation=2, state="QUEUED"))
-        with sf.begin() as s:
-            s.add(Delivery(job_id=first.job_id, destination="pacs", object_kind="sr", sop_instance_uid="9.9",
-                           sop_class_uid="1.2", path="results/x.dcm"))
-        with pytest.raises(IntegrityError), sf.begin() as s:
-            s.add(Delivery(job_id=late.job_id, destination="pacs", object_kind="sr", sop_instance_uid="9.9",
-                           sop_class_uid="1.2", path="results/y.dcm"))
-        # times come back timezone-aware UTC on both back-ends
-        with sf() as s:
-            assert s.get(Job, first.job_id).created_at.tzinfo is not None
-    finally:
-        engine.dispose()
+    with sf.begin() as s:
+        first = record_instance(s, _record(study), t0)
+    assert first.new_study and first.receiving and first.generation == 1
+    with sf.begin() as s:
+        second = record_instance(s, _record(study), t0 + dt.timedelta(seconds=1))
+    assert not second.new_study and second.job_id == first.job_id
+    assert second.last_received_at == t0 + dt.timedelta(seconds=1)
+    with sf.begin() as s:  # not quiet long enough yet: returns the later deadline
+        assert complete_study(s, first.study_id, 10, t0 + dt.timedelta(seconds=5)) is not None
+    with sf.begin() as s:
+        assert complete_study(s, first.study_id, 10, t0 + dt.timedelta(seconds=12)) is None
+    with sf() as s:
+        job = s.get(Job, first.job_id)
+        assert job.state == JobState.QUEUED.value and job.queued_at is not None
+    with sf.begin() as s:  # late selected instance: new generation with predecessor
+        late = record_instance(s, _record(study), t0 + dt.timedelta(seconds=20))
+    assert late.reopened and late.generation == 2 and late.job_id != first.job_id
+    with sf() as s:
+        assert s.get(Job, late.job_id).predecessor_job_id == first.job_id
+    # the same SOP Instance UID twice is refused by the database
+    dup = _record(study)
+    with sf.begin() as s:
+        record_instance(s, dup, t0)
+    with pytest.raises(IntegrityError), sf.begin() as s:
+        record_instance(s, dup, t0)
+    # one job per (study, generation); one delivery per (destination, SOP Instance UID)
+    with pytest.raises(IntegrityError), sf.begin() as s:
+        s.add(Job(study_id=first.study_id, generation=2, state="QUEUED"))
+    with sf.begin() as s:
+        s.add(Delivery(job_id=first.job_id, destination="pacs", object_kind="sr", sop_instance_uid="9.9",
+                       sop_class_uid="1.2", path="results/x.dcm"))
+    with pytest.raises(IntegrityError), sf.begin() as s:
+        s.add(Delivery(job_id=late.job_id, destination="pacs", object_kind="sr", sop_instance_uid="9.9",
+                       sop_class_uid="1.2", path="results/y.dcm"))
+    # times come back timezone-aware UTC on both back-ends
+    with sf() as s:
+        assert s.get(Job, first.job_id).created_at.tzinfo is not None
 
 
-def test_concurrent_first_instances_of_one_study(db_url: str) -> None:
+def test_concurrent_first_instances_of_one_study(sf: sessionmaker[Session]) -> None:
     """Threads racing to create the same study: one study, one job, every instance counted."""
-    upgrade_database(db_url)
-    engine = make_engine(db_url)
-    sf = make_session_factory(engine)
     study = "1.2.826.0.1.2"
     barrier = threading.Barrier(8)
 
@@ -128,44 +131,35 @@ def test_concurrent_first_instances_of_one_study(db_url: str) -> None:
                 continue
         raise AssertionError("never committed")
 
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            ids = set(pool.map(one, range(8)))
-        assert len(ids) == 1
-        with sf() as s:
-            assert s.execute(text("SELECT instance_count, selected_count FROM studies")).one() == (8, 8)
-            assert s.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
-    finally:
-        engine.dispose()
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(one, range(8)))
+    assert len(ids) == 1
+    with sf() as s:
+        assert s.execute(text("SELECT instance_count, selected_count FROM studies")).one() == (8, 8)
+        assert s.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
 
 
-def test_claims_are_atomic(db_url: str) -> None:
+def test_claims_are_atomic(sf: sessionmaker[Session]) -> None:
     """The worker's claim (SKIP LOCKED on PostgreSQL, conditional UPDATE on SQLite) hands each job out once."""
     from dicomnode.jobs import claim_job
 
-    upgrade_database(db_url)
-    engine = make_engine(db_url)
-    sf = make_session_factory(engine)
-    try:
-        for n in range(12):
-            with sf.begin() as s:
-                out = record_instance(s, _record(f"1.2.826.0.2.{n}"), utcnow())
-                s.execute(text("UPDATE jobs SET state='QUEUED', queued_at=:t WHERE id=:i"),
-                          {"t": utcnow().replace(tzinfo=None), "i": out.job_id})
-        barrier = threading.Barrier(6)
+    for n in range(12):
+        with sf.begin() as s:
+            out = record_instance(s, _record(f"1.2.826.0.2.{n}"), utcnow())
+            s.execute(text("UPDATE jobs SET state='QUEUED', queued_at=:t WHERE id=:i"),
+                      {"t": utcnow().replace(tzinfo=None), "i": out.job_id})
+    barrier = threading.Barrier(6)
 
-        def drain(worker: int) -> list[int]:
-            barrier.wait(timeout=60)
-            got = []
-            while (claimed := claim_job(sf, f"w{worker}")) is not None:
-                got.append(claimed.job_id)
-            return got
+    def drain(worker: int) -> list[int]:
+        barrier.wait(timeout=60)
+        got = []
+        while (claimed := claim_job(sf, f"w{worker}")) is not None:
+            got.append(claimed.job_id)
+        return got
 
-        with ThreadPoolExecutor(6) as pool:
-            claimed = [j for part in pool.map(drain, range(6)) for j in part]
-        assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 12
-    finally:
-        engine.dispose()
+    with ThreadPoolExecutor(6) as pool:
+        claimed = [j for part in pool.map(drain, range(6)) for j in part]
+    assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 12
 
 
 def test_node_receives_into_database(tmp_path: Path, db_url: str) -> None:

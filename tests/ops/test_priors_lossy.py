@@ -20,7 +20,7 @@ from dicomnode.config import PriorsConfig
 from dicomnode.demo.synthetic import StudySpec, prior_spec, write_study
 from dicomnode.peers.dcmtk import storescu
 from dicomnode.peers.ports import free_port
-from dicomnode.priors import fetch_prior, retrieve
+from dicomnode.priors import PriorFetch, fetch_prior, retrieve
 from tests.dcmqrscp_server import DcmQRSCP
 from tests.tiny_pacs_server import TinyPacs
 
@@ -103,15 +103,21 @@ def _check_lossy_prior(files: list[Path], studies: SimpleNamespace) -> None:
         assert 0 < error < 0.05  # lossy, but the same image
 
 
-@pytest.mark.parametrize("mode", ["get", "move"])
-def test_dcmqrscp_lossy_prior(dcmqrscp, studies, tmp_path: Path, mode: str) -> None:
+def _fetch_lossy_prior(config: PriorsConfig, studies: SimpleNamespace, tmp_path: Path) -> PriorFetch:
+    """The prior of the current study fetched with ``config``: the lossy study, checked by ``_check_lossy_prior``."""
     cur = studies.current
-    config = _config(dcmqrscp.pacs.aet, dcmqrscp.pacs.port, mode, dcmqrscp.move_port)
     got = fetch_prior(config, PATIENT, cur.study_instance_uid, cur.study_date, tmp_path / "prior",
                       listen_host="127.0.0.1")
-    assert got.prior is not None and got.prior.study_instance_uid == studies.lossy.study_instance_uid
-    assert f"retrieved 2 instance(s) with C-{mode.upper()}" in got.reason
+    assert got.prior is not None and got.prior.study_instance_uid == studies.lossy.study_instance_uid, got.reason
     _check_lossy_prior(got.files, studies)
+    return got
+
+
+@pytest.mark.parametrize("mode", ["get", "move"])
+def test_dcmqrscp_lossy_prior(dcmqrscp, studies, tmp_path: Path, mode: str) -> None:
+    config = _config(dcmqrscp.pacs.aet, dcmqrscp.pacs.port, mode, dcmqrscp.move_port)
+    got = _fetch_lossy_prior(config, studies, tmp_path)
+    assert f"retrieved 2 instance(s) with C-{mode.upper()}" in got.reason
 
 
 @pytest.mark.parametrize("mode", ["get", "move"])
@@ -173,9 +179,5 @@ def tiny_pacs(studies: SimpleNamespace):
 
 @pytest.mark.parametrize("mode", ["get", "move"])
 def test_tiny_pacs_lossy_prior(tiny_pacs, studies, tmp_path: Path, mode: str) -> None:
-    cur = studies.current
     config = _config(tiny_pacs.pacs.aet, tiny_pacs.pacs.dicom_port, mode, tiny_pacs.move_port)
-    got = fetch_prior(config, PATIENT, cur.study_instance_uid, cur.study_date, tmp_path / "prior",
-                      listen_host="127.0.0.1")
-    assert got.prior is not None and got.prior.study_instance_uid == studies.lossy.study_instance_uid, got.reason
-    _check_lossy_prior(got.files, studies)
+    _fetch_lossy_prior(config, studies, tmp_path)

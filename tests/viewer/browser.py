@@ -13,6 +13,8 @@ CHROMIUM_ARGS = [
     "--use-angle=swiftshader", "--enable-unsafe-swiftshader",  # WebGL in software: OHIF renders with it
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
+VIEWPORT = {"width": 1600, "height": 1000}
+LOAD_TIMEOUT_MS = 120_000  # two shared cores: OHIF's first load compiles ~10 MB of JavaScript and WASM
 # Console lines that are not page errors. Each entry: (substring, why it is harmless).
 ALLOWED_CONSOLE_ERRORS: tuple[tuple[str, str], ...] = ()
 
@@ -27,6 +29,13 @@ def chromium_path() -> str:
 def launch(playwright: Any) -> Any:
     """A Chromium browser for ``playwright`` (the sync API's ``Playwright``)."""
     return playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+
+
+def open_page(browser: Any) -> tuple[Any, ConsoleLog]:
+    """A new page of ``browser`` (``VIEWPORT``, ``LOAD_TIMEOUT_MS``) and the log of its console."""
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(LOAD_TIMEOUT_MS)
+    return page, ConsoleLog().attach(page)
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """A study with positive findings, its SR and SC pages in Orthanc (DICOMweb plugin), and OHIF in front of it."""
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from dicomnode.demo.synthetic import StudySpec, make_study
 from dicomnode.peers.ohif import OhifServer
 from dicomnode.peers.orthanc import OrthancServer
 from sr_writer import build_result_objects
+from sr_writer.validate import part10_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,12 +30,6 @@ class ViewerStudy:
     sr_series_number: int  # the study browser's thumbnails carry data-series="<SeriesNumber>"
     sc_series_number: int
     page_images: list[Image.Image]
-
-
-def _part10(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +48,9 @@ def viewer_study(orthanc: OrthancServer) -> ViewerStudy:
     record = make_record(current, positive=POSITIVE, anatomy_boxes=False)
     result = build_result_objects(record, current)
     for ds in current:
-        orthanc.rest_post("/instances", _part10(ds))
+        orthanc.rest_post("/instances", part10_bytes(ds))
     for ds in result.datasets:
-        orthanc.rest_post("/instances", result.encoded.get(str(ds.SOPInstanceUID)) or _part10(ds))
+        orthanc.rest_post("/instances", result.encoded.get(str(ds.SOPInstanceUID)) or part10_bytes(ds))
     boxes = {f.label: f.boxes[0].normalized for f in record.findings if f.boxes}
     assert set(boxes) == {"Pneumothorax", "Pleural effusion"}
     return ViewerStudy(

@@ -20,14 +20,12 @@ import pytest
 from PIL import Image
 
 from dicomnode.peers.ohif import OhifServer
-from tests.viewer.browser import ConsoleLog, colour_mask, launch, rgb
+from tests.viewer.browser import VIEWPORT, colour_mask, launch, open_page, rgb
 from tests.viewer.conftest import ViewerStudy
 
 pytestmark = pytest.mark.slow
 
-VIEWPORT = {"width": 1600, "height": 1000}
 EDGE_TOLERANCE_PX = 5  # how far a drawn edge may lie from where the record puts it (fit rounding, line width)
-LOAD_TIMEOUT_MS = 120_000  # two shared cores: OHIF's first load compiles ~10 MB of JavaScript and WASM
 
 
 # -- page helpers ------------------------------------------------------------------------------------------
@@ -178,9 +176,7 @@ def test_ohif_draws_sr_boxes_labelled_with_findings_and_shows_pages(
     with sync_playwright() as playwright:
         browser = launch(playwright)
         try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.set_default_timeout(LOAD_TIMEOUT_MS)
-            log = ConsoleLog().attach(page)
+            page, log = open_page(browser)
 
             # 1. The study opens on the PA image, without annotations.
             page.goto(ohif.viewer_url(viewer_study.study_instance_uid))

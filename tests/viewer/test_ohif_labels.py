@@ -15,15 +15,12 @@ bundle, ``cornerstone-dicom-sr``'s ``_processTID1410Measurement`` and the adapte
 """
 from __future__ import annotations
 
-import io
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset
 
 from dicomnode.demo.records import make_record
 from dicomnode.demo.synthetic import StudySpec, make_study, prior_spec
@@ -31,12 +28,11 @@ from dicomnode.peers.ohif import OhifServer
 from dicomnode.peers.orthanc import OrthancServer
 from sr_writer import build_result_objects
 from sr_writer.codes import load_table
-from tests.viewer.browser import ConsoleLog, launch
+from sr_writer.validate import part10_bytes
+from tests.viewer.browser import VIEWPORT, launch, open_page
 
 pytestmark = pytest.mark.slow
 
-VIEWPORT = {"width": 1600, "height": 1000}
-LOAD_TIMEOUT_MS = 120_000
 POSITIVE = ("pneumothorax", "lung_lesion")
 FINDING_SITE = "363698007"
 _SVG_TEXTS = """() => [...document.querySelectorAll('[data-cy="viewport-pane"] svg text')]
@@ -53,24 +49,6 @@ class LabelStudy:
     sr_viewport_lines: list[str]  # what OHIF's SR viewport must write (the boxes' first Finding Site)
 
 
-def _part10(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    with OrthancServer(tmp_path_factory.mktemp("orthanc-labels"), dicomweb=True) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def ohif(orthanc: OrthancServer) -> Iterator[OhifServer]:
-    with OhifServer(orthanc.url) as server:
-        yield server
-
-
 @pytest.fixture(scope="module")
 def label_study(orthanc: OrthancServer) -> LabelStudy:
     spec = StudySpec(seed=5, patient_name="Labels^Test", patient_id="LABEL001")
@@ -78,7 +56,7 @@ def label_study(orthanc: OrthancServer) -> LabelStudy:
     record = make_record(current, prior, positive=POSITIVE, anatomy_boxes=True)
     result = build_result_objects(record, current, prior)
     for ds in [*prior, *current]:
-        orthanc.rest_post("/instances", _part10(ds))
+        orthanc.rest_post("/instances", part10_bytes(ds))
     for ds in result.datasets:
         orthanc.rest_post("/instances", result.encoded[str(ds.SOPInstanceUID)])
     table = load_table()
@@ -106,9 +84,7 @@ def test_each_box_is_labelled_by_finding_or_anatomy_and_side(ohif: OhifServer, l
     with sync_playwright() as playwright:
         browser = launch(playwright)
         try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.set_default_timeout(LOAD_TIMEOUT_MS)
-            log = ConsoleLog().attach(page)
+            page, log = open_page(browser)
             page.goto(ohif.viewer_url(label_study.study_instance_uid))
             page.get_by_text("Skip all").click()
             page.locator('[data-cy="viewport-overlay-top-left"]', has_text="CHEST PA").wait_for()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, as_completed
 
-from dicomnode.children import page_process_start
+from dicomnode.children import page_process_start, rehearse_prepare
 from sr_writer import ResultObject, ResultObjects, Sources, assemble, plan
 from sr_writer.api import warm_up
 from sr_writer.kinds import Made, MakingTask, run_task
@@ -43,6 +43,7 @@ class ResultMaker:
         if pool is None:
             return
         started = [pool.submit(warm_up) for _ in range(self.processes)]  # one submit starts one process
+        rehearse_prepare()  # meanwhile, the part of result making that runs here
         if wait:
             try:
                 for future in started:

@@ -146,3 +146,26 @@ def test_only_the_configured_kinds_are_made(study: list[Dataset]) -> None:
     record = make_record(study, positive=("pneumothorax",))
     announced, objects = _made(ResultMaker(0, kinds=["sr"]), record, study, [])
     assert [o.kind for o in announced] == ["sr"] and objects.pages == []
+
+
+def test_start_rehearses_the_workers_share_in_this_process(caplog: pytest.LogCaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting the page processes also checks a small study's sources in this process (``sr_writer.prepare``: the
+    first study's 0.3 s of lazy loads), once, and the rehearsal warns of nothing."""
+    import sr_writer
+
+    calls: list[tuple[str, int]] = []
+    real_prepare = sr_writer.prepare
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        sources, repairs = real_prepare(*args, **kwargs)
+        calls.append((threading.current_thread().name, len(sources.current)))
+        return sources, repairs
+
+    monkeypatch.setattr(sr_writer, "prepare", counted)
+    maker = ResultMaker(1, make_pool=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="page"))
+    with caplog.at_level("WARNING"):
+        maker.start()
+    maker.close()
+    assert calls == [(threading.current_thread().name, 1)]  # here, not on a page process; one PA image
+    assert not [r for r in caplog.records if "rehearsal" in r.getMessage()]

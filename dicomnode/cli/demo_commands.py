@@ -68,8 +68,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if not keep_running:
         result.dashboard_url = ""  # stopped with the node
         print_result(result, print)
-        print("Orthanc, the node" + (" and the RIS peers" if args.ris else "")
-              + " have been stopped; run with --keep-running to browse the URLs.")
+        stopped = "Orthanc, the node and the RIS peers" if args.ris else "Orthanc and the node"
+        print(f"{stopped} have been stopped; run with --keep-running to browse the URLs.")
     return 0
 
 

@@ -13,6 +13,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -287,6 +288,15 @@ def rejection_text(answer: Any, peer: Peer) -> str:
     return f"{text} ({hint})" if hint else text
 
 
+ABORTED_RETRIES = 1
+ABORTED_RETRY_SECONDS = 0.2
+
+
+def _aborted_without_answer(assoc: Association) -> bool:
+    """The association ended before any A-ASSOCIATE-AC or -RJ was read."""
+    return bool(assoc.is_aborted) and assoc.acceptor.primitive is None
+
+
 def associate(ae: AE, peer: Peer, explain_unreachable: bool = False, **kwargs: Any) -> Association:
     """An established association with ``peer`` (TLS when ``peer.tls`` is enabled); ScuError saying why not.
 
@@ -298,11 +308,16 @@ def associate(ae: AE, peer: Peer, explain_unreachable: bool = False, **kwargs: A
         context = tls_context(peer.tls)
         context.sslsocket_class = failures.socket_class(context.sslsocket_class)
         kwargs["tls_args"] = (context, None)
-    try:
-        with failures:
-            assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
-    except (OSError, ssl.SSLError) as exc:
-        raise ScuError(f"{peer}: {exc}") from exc
+    for attempt in range(1 + ABORTED_RETRIES):
+        try:
+            with failures:
+                assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
+        except (OSError, ssl.SSLError) as exc:
+            raise ScuError(f"{peer}: {exc}") from exc
+        if assoc.is_established or not _aborted_without_answer(assoc) or failures.errors:
+            break
+        if attempt < ABORTED_RETRIES:  # a peer that rejects and closes at once can lose its A-ASSOCIATE-RJ in the
+            time.sleep(ABORTED_RETRY_SECONDS)  # race with the close: ask once more to learn its reason
     if assoc.is_established:
         _no_delay(assoc)
         return assoc

@@ -63,3 +63,58 @@ def test_delivery_error_names_the_rejection(strict_orthanc, data_dir, database_u
     assert row.last_error == (f"WRONGAE@127.0.0.1:{strict_orthanc.dicom_port}: association rejected permanently by "
                               f"the service user: called AE title not recognized (the destination does not answer "
                               f"to AE title 'WRONGAE': check the destination's ae_title)")
+
+
+class _ClosingThenRejectingPeer:
+    """A TCP peer that ends its first ``closes`` connections without a word (as a rejection whose A-ASSOCIATE-RJ
+    lost the race with the close looks to pynetdicom) and answers the next with an A-ASSOCIATE-RJ "calling AE title
+    not recognized". A fake: no real PACS loses its RJ on demand."""
+
+    def __init__(self, closes: int) -> None:
+        import socket
+        import threading
+
+        self.closes, self.connections = closes, 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                self.connections += 1
+                conn.settimeout(5)
+                conn.recv(65536)  # the A-ASSOCIATE-RQ
+                if self.connections > self.closes:  # PS3.8 9.3.4: type 3, result 1 (permanent), source 1, reason 3
+                    conn.sendall(bytes([0x03, 0, 0, 0, 0, 4, 0, 1, 1, 3]))
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize(("closes", "expected", "connections"), [
+    (1, "association rejected permanently by the service user: calling AE title not recognized", 2),
+    (5, "association aborted or connection refused", 2),
+])
+def test_an_association_ended_without_an_answer_is_asked_once_more(closes: int, expected: str,
+                                                                  connections: int) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from dicomnode.association import Peer, ScuError, associate
+
+    peer = _ClosingThenRejectingPeer(closes)
+    ae = AE("CXRNODE")
+    ae.add_requested_context(Verification)
+    try:
+        with pytest.raises(ScuError) as raised:
+            associate(ae, Peer("PACS", "127.0.0.1", peer.port, acse_timeout=5))
+    finally:
+        peer.close()
+    assert expected in str(raised.value)
+    assert peer.connections == connections  # once more, and no more

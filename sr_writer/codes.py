@@ -57,6 +57,13 @@ class CodeTable:
             return self.anatomy[key]
         return FindingCode(key, key.replace("_", " ").capitalize(), None, "unknown key; no code")
 
+    def scores(self, probability: float | None, threshold: float | None) -> list[tuple[CodedConcept, float]]:
+        """A finding's probability of presence (DCM 111012 Certainty of Finding) and the threshold that decided it
+        (private Presence threshold), each in percent (UCUM ``%``, 4 decimals), where the record has them: what the
+        SR, the ORU and the FHIR Observation carry, the same numbers in each."""
+        named = ((self.structure["certainty_of_finding"], probability), (self.private["presence_threshold"], threshold))
+        return [(concept, round(100 * value, 4)) for concept, value in named if value is not None]
+
     def stage_code(self, number: int, title: str) -> CodedConcept:
         return CodedConcept(f"STAGE-{number}", self.private_designator, f"Stage {number}: {title}"[:64])
 

@@ -197,16 +197,9 @@ def _qualitative_item(finding: Finding, table: CodeTable) -> CodeContentItem | T
 def _score_items(finding: Finding, table: CodeTable) -> list[NumContentItem]:
     """The finding's probability of presence, (DCM 111012) Certainty of Finding in UCUM %, and the threshold
     that decided its presence (private Presence threshold, %), when the record has them (issue 26)."""
-    items = []
-    if finding.probability is not None:
-        items.append(NumContentItem(name=table.structure["certainty_of_finding"],
-                                    value=round(100 * finding.probability, 4), unit=table.structure["percent"],
-                                    relationship_type=RelationshipTypeValues.HAS_PROPERTIES))
-    if finding.threshold is not None:
-        items.append(NumContentItem(name=table.private["presence_threshold"],
-                                    value=round(100 * finding.threshold, 4), unit=table.structure["percent"],
-                                    relationship_type=RelationshipTypeValues.HAS_PROPERTIES))
-    return items
+    return [NumContentItem(name=concept, value=value, unit=table.structure["percent"],
+                           relationship_type=RelationshipTypeValues.HAS_PROPERTIES)
+            for concept, value in table.scores(finding.probability, finding.threshold)]
 
 
 def _qualitative_evaluations(record: ReasoningRecord, table: CodeTable) -> ContainerContentItem:

@@ -87,11 +87,6 @@ def _coding(code: CodedConcept) -> dict[str, str]:
     return _coding_of(str(code.value), str(code.meaning), str(code.scheme_designator))
 
 
-def _percent(probability: float) -> dict[str, Any]:
-    """A probability (0-1) as a UCUM percent Quantity."""
-    return {"value": round(100 * probability, 2), "unit": "%", "system": UCUM, "code": "%"}
-
-
 def _uid(value: str) -> dict[str, str]:
     return {"system": DICOM_UID, "value": f"urn:oid:{value}"}
 
@@ -126,10 +121,9 @@ def _observation(finding: Finding, header: StudyHeader, common: dict[str, Any], 
     if triage.raised_by_present(finding.key):
         interpretation.append({"coding": [{"system": INTERPRETATION, "code": "AA", "display": "Critical abnormal"}]})
     site = entry.site if entry.site is not None else table.structure["chest"]
-    scores = [(table.structure["certainty_of_finding"], finding.probability),
-              (table.private["presence_threshold"], finding.threshold)]
-    components = [{"code": {"coding": [_coding(concept)]}, "valueQuantity": _percent(value)}
-                  for concept, value in scores if value is not None]
+    components = [{"code": {"coding": [_coding(concept)]},
+                   "valueQuantity": {"value": value, "unit": "%", "system": UCUM, "code": "%"}}
+                  for concept, value in table.scores(finding.probability, finding.threshold)]
     return {
         "resourceType": "Observation", "id": resource_id(header.study_instance_uid, f"finding/{finding.key}"),
         "status": common["status"],

@@ -61,11 +61,6 @@ def _name(pn: str) -> list[str]:
     return [family, given, middle, suffix, prefix]
 
 
-def _percent(probability: float) -> str:
-    """A probability as an NM percentage with the digits the SR's NUM keeps (0-100)."""
-    return f"{100 * probability:.4g}"
-
-
 def _tq(priority: Priority) -> Field:
     code = PRIORITY_CODES.get(priority, "")
     return ["", "", "", "", "", code] if code else ""
@@ -124,6 +119,7 @@ def build_oru(record: ReasoningRecord, header: StudyHeader, route: Route, triage
     if triage.raised:
         obx.add("TX", _coded(private["triage_reason"]), triage_statement(triage))
     obx.add("TX", _coded(structure["comment"]), UNVERIFIED_STATEMENT)
+    percent = _coded(structure["percent"])
     if record.provenance.demo_model:
         obx.add("TX", _coded(structure["comment"]), DEMO_STATEMENT)
     for number, finding in enumerate(record.findings, start=1):
@@ -134,12 +130,8 @@ def build_oru(record: ReasoningRecord, header: StudyHeader, route: Route, triage
         obx.add("CWE", name, _coded(table.presence[finding.presence.value]), sub_id, flag)
         if entry.site is not None:
             obx.add("CWE", _coded(structure["finding_site"]), _coded(entry.site), sub_id)
-        percent = _coded(structure["percent"])
-        if finding.probability is not None:
-            obx.add("NM", _coded(structure["certainty_of_finding"]), _percent(finding.probability), sub_id,
-                    units=percent)
-        if finding.threshold is not None:
-            obx.add("NM", _coded(private["presence_threshold"]), _percent(finding.threshold), sub_id, units=percent)
+        for concept, value in table.scores(finding.probability, finding.threshold):
+            obx.add("NM", _coded(concept), f"{value:g}", sub_id, units=percent)
     obx.lines(_coded(structure["report_findings"]), record.report.findings, "report")
     obx.lines(_coded(structure["report_impression"]), record.report.impression, "report")
     return message([*rows, *obx.rows])

@@ -7,6 +7,7 @@ listener, the deliverer); importing a module of this package changes nothing in 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
@@ -240,13 +241,36 @@ def requestor_ae(peer: Peer) -> AE:
                    network_timeout=peer.dimse_timeout, connect_timeout=peer.connect_timeout)
 
 
-def _no_delay(assoc: Association) -> None:
-    """TCP_NODELAY on the association's socket: a C-STORE ends in a small PDU that Nagle's algorithm would hold
-    back until the peer's delayed ACK (tens of milliseconds per object on loopback)."""
+def _low_latency(assoc: Association) -> None:
+    """No waits on loopback-fast peers: TCP_NODELAY and quick ACKs on the association's socket.
+
+    TCP_NODELAY: a C-STORE ends in a small PDU that Nagle's algorithm would hold back until the peer's delayed ACK.
+    Quick ACKs (Linux ``TCP_QUICKACK``, re-armed after every read, since the kernel drops it again): a peer that
+    keeps Nagle's algorithm on (DCMTK's default, so Orthanc and ``storescp`` as Debian ships them) writes its
+    C-STORE-RSP in two pieces and holds the second until we acknowledge the first, which a delayed ACK does 40 ms
+    later (measured: 7 result objects to Orthanc in 0.42 s before, 0.11 s after)."""
+    transport = assoc.dul.socket
+    raw = getattr(transport, "socket", None)
+    if transport is None or raw is None:
+        return
     try:
-        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
-    except (AttributeError, OSError):  # no plain TCP socket underneath: keep the default
-        pass
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # no plain TCP socket underneath: keep the defaults
+        return
+    quick_ack = getattr(socket, "TCP_QUICKACK", None)
+    if quick_ack is None:  # not Linux
+        return
+    read = transport.recv
+
+    def recv_then_ack_at_once(nr_bytes: int) -> bytearray:
+        data = read(nr_bytes)
+        with contextlib.suppress(OSError):  # closed meanwhile: the read above already says so
+            raw.setsockopt(socket.IPPROTO_TCP, quick_ack, 1)
+        return data
+
+    with contextlib.suppress(OSError):
+        raw.setsockopt(socket.IPPROTO_TCP, quick_ack, 1)
+    transport.recv = recv_then_ack_at_once  # type: ignore[method-assign]
 
 
 def _unreachable(peer: Peer) -> str:
@@ -319,7 +343,7 @@ def associate(ae: AE, peer: Peer, explain_unreachable: bool = False, **kwargs: A
         if attempt < ABORTED_RETRIES:  # a peer that rejects and closes at once can lose its A-ASSOCIATE-RJ in the
             time.sleep(ABORTED_RETRY_SECONDS)  # race with the close: ask once more to learn its reason
     if assoc.is_established:
-        _no_delay(assoc)
+        _low_latency(assoc)
         return assoc
     if failures.errors and peer.tls is not None:
         raise ScuError(f"TLS handshake with {peer} failed: {tls_failure_text(failures.most_telling(), peer.tls)}")

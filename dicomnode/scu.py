@@ -54,7 +54,7 @@ def echo(peer: Peer) -> int:
     return int(status.Status)
 
 
-def _file_header(path: Path) -> tuple[str, str, str]:
+def file_header(path: Path) -> tuple[str, str, str]:
     ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
     meta = ds.file_meta
     sop_class = str(meta.get("MediaStorageSOPClassUID") or ds.SOPClassUID)
@@ -73,7 +73,7 @@ def store_files(peer: Peer, paths: Sequence[Path | str]) -> list[StoreOutcome]:
     outcomes: dict[Path, StoreOutcome] = {}
     for path in files:
         try:
-            headers[path] = _file_header(path)
+            headers[path] = file_header(path)
         except Exception as exc:  # any unreadable file is an outcome, not a crash
             outcomes[path] = StoreOutcome(path, None, None, f"unreadable: {exc}")
     contexts = requested_contexts(headers.values())

@@ -1,13 +1,14 @@
 """The SCU used by delivery and by `cxr-node echo/send`: peer parsing, C-ECHO, per-file C-STORE outcomes."""
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
-from dicomnode.association import Peer, ScuError
+from dicomnode.association import Peer, ScuError, associate, close, requestor_ae
 from dicomnode.peers.ports import free_port
-from dicomnode.scu import echo, store_files
+from dicomnode.scu import echo, file_header, requested_contexts, store_files
 
 
 def test_peer_parse() -> None:
@@ -40,3 +41,24 @@ def test_no_peer_raises(study_factory) -> None:
     # nothing readable: no association is attempted, every file gets its reason
     [outcome] = store_files(Peer("NOBODY", "127.0.0.1", free_port()), [Path(__file__)])
     assert outcome.status is None and "unreadable" in (outcome.error or "")
+
+
+@pytest.mark.parametrize("node", [True, False], ids=["node", "plain pynetdicom"])
+def test_association_sends_without_nagle(orthanc, study_factory, node: bool) -> None:
+    """The node's associations send without Nagle's algorithm and re-arm quick ACKs after every read (Orthanc,
+    like any DCMTK peer, holds the second half of each response until we ACK the first: 40 ms per object with
+    delayed ACKs; ``benchmarks/delivery_latency.py`` measures it). Stores through the re-arming reads arrive
+    whole; a plain pynetdicom association, the control, keeps Nagle on."""
+    peer = Peer("ORTHANC", "127.0.0.1", orthanc.dicom_port)
+    files = study_factory().files
+    ae = requestor_ae(peer)
+    ae.requested_contexts = requested_contexts(file_header(f) for f in files)
+    assoc = associate(ae, peer) if node else ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    try:
+        statuses = [assoc.send_c_store(path).Status for path in [*files, *files]]
+        no_delay = assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        close(assoc)
+    assert statuses == [0] * (2 * len(files))
+    assert bool(no_delay) is node
+    assert sorted(orthanc.sop_instance_uids()) == sorted(p.stem for p in files)

@@ -69,7 +69,7 @@ def run_batch(studies: dict[str, list[Path]], processor: ReasoningProcessor, out
             if not current:
                 raise ValueError("no image instance with pixel data")
             record = processor.reason(current)
-            objects = build_result_objects(record, current, (), processor.options)
+            objects = build_result_objects(record, current, options=processor.options)
             (study_dir / "record.json").write_text(record.to_json(), encoding="utf-8")
             _write(objects.sr, study_dir / "sr.dcm")
             for n, (page, image) in enumerate(zip(objects.pages, objects.page_images, strict=False), start=1):

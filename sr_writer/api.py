@@ -7,6 +7,7 @@ import datetime as dt
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 from PIL import Image
 from pydicom.dataset import Dataset
@@ -97,23 +98,27 @@ def assemble(made: Sequence[Made], repairs: list[str], seconds: dict[str, float]
     return ResultObjects(objects, totals, repairs, [image for part in made for image in part.images], lost)
 
 
-def make_result_objects(
-    record: ReasoningRecord,
-    current: Sequence[Dataset],
-    prior: Sequence[Dataset] = (),
-    options: OutputOptions | None = None,
-    predecessor: Dataset | None = None,
-    uids: ResultUids | None = None,
-    kinds: Sequence[str] | None = None,
-    keep_images: bool = False,
-) -> Generator[ResultObject, None, ResultObjects]:
+class MakingOptions(TypedDict, total=False):
+    """The keyword options of :func:`make_result_objects` and :func:`build_result_objects` (see ``prepare``;
+    absent ones keep its defaults)."""
+
+    options: OutputOptions | None
+    predecessor: Dataset | None  # an earlier SR of the study that this set amends
+    uids: ResultUids | None
+    kinds: Sequence[str] | None  # default: every registered kind
+
+
+def make_result_objects(record: ReasoningRecord, current: Sequence[Dataset], prior: Sequence[Dataset] = (), *,
+                        keep_images: bool = False,
+                        **making: Unpack[MakingOptions]) -> Generator[ResultObject, None, ResultObjects]:
     """The result objects of ``record`` (``kinds``, default all), made here one task after the other; each
     validated (``ExportRefused`` when one fails). A generator: it yields each object once it is final, and returns
     the whole set. With ``keep_images`` the page images stay in the set (``page_images``)."""
     started = time.perf_counter()
-    sources, repairs = prepare(record, current, prior, options, predecessor, uids)
+    sources, repairs = prepare(record, current, prior, making.get("options"), making.get("predecessor"),
+                               making.get("uids"))
     made: list[Made] = []
-    for task in plan(sources, kinds, split=False):
+    for task in plan(sources, making.get("kinds"), split=False):
         if keep_images and task.kind == "sc":
             task = MakingTask(task.kind, task.label, task.function, task.sources, (*task.arguments, True))
         part = task.run()
@@ -122,20 +127,13 @@ def make_result_objects(
     return assemble(made, repairs, {"all": time.perf_counter() - started})
 
 
-def build_result_objects(
-    record: ReasoningRecord,
-    current: Sequence[Dataset],
-    prior: Sequence[Dataset] = (),
-    options: OutputOptions | None = None,
-    predecessor: Dataset | None = None,
-    uids: ResultUids | None = None,
-    kinds: Sequence[str] | None = None,
-) -> ResultObjects:
+def build_result_objects(record: ReasoningRecord, current: Sequence[Dataset], prior: Sequence[Dataset] = (),
+                         **making: Unpack[MakingOptions]) -> ResultObjects:
     """Every result object of ``record``, all made (see ``make_result_objects``); the page images are kept."""
-    making = make_result_objects(record, current, prior, options, predecessor, uids, kinds, keep_images=True)
+    objects = make_result_objects(record, current, prior, keep_images=True, **making)
     while True:
         try:
-            next(making)
+            next(objects)
         except StopIteration as done:
             return done.value
 

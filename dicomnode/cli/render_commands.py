@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sc_series_number is not None:
         options = replace(options, sc_series_number=args.sc_series_number)
     try:
-        result = build_result_objects(record, current, prior, options, predecessor)
+        result = build_result_objects(record, current, prior, options=options, predecessor=predecessor)
     except ExportRefused as exc:
         print(f"cxr-node render: refused: {exc.what} failed validation:", file=sys.stderr)
         for reason in exc.reasons:

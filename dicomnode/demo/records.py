@@ -25,6 +25,7 @@ from inference.record import (
     StageResult,
     StageStatus,
 )
+from inference.stages import CANONICAL_STAGES
 
 FINDING_LABELS: dict[str, str] = {
     "enlarged_cardiomediastinum": "Enlarged cardiomediastinum",
@@ -46,16 +47,6 @@ FINDING_LABELS: dict[str, str] = {
     "nasogastric_tube": "Nasogastric tube",
     "cardiac_pacemaker": "Cardiac pacemaker",
 }
-STAGES: tuple[tuple[int, str, str], ...] = (
-    (1, "quality_view", "Quality assessment and view"),
-    (2, "findings", "Findings identification"),
-    (3, "attributes", "Attribute description and localization"),
-    (4, "relationships", "Relationship analysis"),
-    (5, "comparison", "Comparison with prior study"),
-    (6, "trend", "Future trend"),
-    (7, "advice", "Diagnosis advice"),
-    (8, "report", "Report generation"),
-)
 # Normalized boxes (x1, y1, x2, y2) per target, roughly where a phantom's structures are.
 BOX_AT: dict[str, tuple[float, float, float, float]] = {
     "heart": (0.40, 0.50, 0.72, 0.75),
@@ -236,7 +227,7 @@ def make_record(
         8: [_open("s8.report", 8, "Write the report.", "FINDINGS: see above. IMPRESSION: see above.")],
     }
     stages: list[StageResult] = []
-    for number, key, title in STAGES:
+    for number, (key, title) in CANONICAL_STAGES.items():
         questions = stage_questions[number]
         if number == failed_stage:
             status, reason = StageStatus.FAILED, "model error: out of memory"

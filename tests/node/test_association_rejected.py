@@ -3,13 +3,17 @@
 only the modalities it knows."""
 from __future__ import annotations
 
+import logging
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 from delivery_support import PROCESSORS, deliveries, delivery_config, destination, ingest_files
 from ingest_support import CXR_NODE
 
+from dicomnode.accepting import accepted
 from dicomnode.db.states import DeliveryState
 from dicomnode.delivery import Deliverer
 from dicomnode.demo.synthetic import StudySpec, write_study
@@ -17,6 +21,7 @@ from dicomnode.peers.orthanc import OrthancServer
 from dicomnode.processing import make_processor
 from dicomnode.worker import Worker
 
+LOG = logging.getLogger(__name__)
 KNOWN_AET = "CXRNODE"
 
 
@@ -71,21 +76,16 @@ class _ClosingThenRejectingPeer:
     not recognized". A fake: no real PACS loses its RJ on demand."""
 
     def __init__(self, closes: int) -> None:
-        import socket
-        import threading
-
         self.closes, self.connections = closes, 0
+        self.stopping = threading.Event()
         self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.2)  # how often the accept loop looks at ``stopping``
         self.port = self.server.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
+        for conn, _ in accepted(self.server, self.stopping, LOG, "closing-then-rejecting peer"):
             with conn:
                 self.connections += 1
                 conn.settimeout(5)
@@ -94,6 +94,7 @@ class _ClosingThenRejectingPeer:
                     conn.sendall(bytes([0x03, 0, 0, 0, 0, 4, 0, 1, 1, 3]))
 
     def close(self) -> None:
+        self.stopping.set()
         self.server.close()
 
 

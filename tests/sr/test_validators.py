@@ -31,7 +31,7 @@ def written(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     current, prior = make_study(spec), make_study(prior_spec(spec))
     # probabilities on every finding (make_record's default) and one operating point: their NUM items validated too
     record = make_record(current, prior, positive=POSITIVE, uncertain=("edema",), thresholds={"pneumothorax": 0.3})
-    result = build_result_objects(record, current, prior, OutputOptions(sr_sop_class=request.param))
+    result = build_result_objects(record, current, prior, options=OutputOptions(sr_sop_class=request.param))
     path = tmp_path_factory.mktemp(request.param) / "sr.dcm"
     path.write_bytes(result.encoded[str(result.sr.SOPInstanceUID)])  # the bytes the node stores and sends
     return request.param, record, current, prior, result, path

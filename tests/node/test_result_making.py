@@ -150,7 +150,7 @@ def test_only_the_configured_kinds_are_made(study: list[Dataset]) -> None:
 
 def test_start_rehearses_the_workers_share_in_this_process(caplog: pytest.LogCaptureFixture,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """Starting the page processes also checks a small study's sources in this process (``sr_writer.prepare``: the
+    """Starting the page processes also checks a two-view study's sources in this process (``sr_writer.prepare``: the
     first study's 0.3 s of lazy loads), once, and the rehearsal warns of nothing."""
     import sr_writer
 
@@ -167,5 +167,5 @@ def test_start_rehearses_the_workers_share_in_this_process(caplog: pytest.LogCap
     with caplog.at_level("WARNING"):
         maker.start()
     maker.close()
-    assert calls == [(threading.current_thread().name, 1)]  # here, not on a page process; one PA image
+    assert calls == [(threading.current_thread().name, 2)]  # here, not on a page process; the PA and LATERAL images
     assert not [r for r in caplog.records if "rehearsal" in r.getMessage()]

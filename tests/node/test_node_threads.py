@@ -154,6 +154,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 def probe():
     import sr_writer.api  # what a page task runs on
+    from pydicom import config as pydicom_config
     for _ in range(30):  # a thread the start-up rehearsal joined may take a moment to leave the OS's list
         os_threads = len(os.listdir("/proc/self/task"))
         if os_threads == threading.active_count():
@@ -161,7 +162,10 @@ def probe():
         time.sleep(0.1)
     return {"torch": "torch" in sys.modules, "numpy": "numpy" in sys.modules,
             "os_threads": os_threads, "python_threads": threading.active_count(),
-            "env": [os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")]}
+            "env": [os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")],
+            "pydicom": [getattr(pydicom_config.settings, k) for k in ("reading_validation_mode",
+                                                                      "writing_validation_mode")],
+            "ignore": pydicom_config.IGNORE}
 
 if __name__ == "__main__":
     import torch  # the worker has torch loaded, with threads of its own, when it starts its page processes
@@ -182,6 +186,7 @@ def test_page_processes_run_no_torch_and_no_native_threads(tmp_path: Path) -> No
     seen = json.loads(done.stdout.splitlines()[-1])
     assert not seen["torch"] and seen["numpy"]
     assert seen["env"] == ["1", "1", "1"]
+    assert seen["pydicom"] == [seen["ignore"]] * 2  # values are checked by dciodvfy there, once
     # every OS thread is a Python one (the watchdog): no OpenMP or OpenBLAS pool beside them
     assert seen["os_threads"] == seen["python_threads"], seen
 

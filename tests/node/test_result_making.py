@@ -63,6 +63,43 @@ def test_page_processes_make_the_same_objects(study: list[Dataset], prior_study:
     assert [obj.kind for obj in there.objects].count("sr") == 1
 
 
+def _set_a_long_value_and_check(data: bytes) -> tuple[int, list[str]]:
+    """In a page process: set an 80-character LO (64 at most) on an object, as a kind's code would, then run the
+    kinds' export check; returns (warnings raised while setting, dciodvfy's reasons for refusing)."""
+    import warnings
+
+    from sr_writer import ExportRefused
+    from sr_writer.tree_bytes import tree_part10_bytes
+    from sr_writer.validate import ensure_valid_bytes
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds.InstitutionName = "I" * 80
+    try:
+        ensure_valid_bytes(tree_part10_bytes(ds), "SR")
+    except ExportRefused as refused:
+        return len(caught), refused.reasons
+    return len(caught), []
+
+
+def test_page_processes_leave_value_checks_to_dciodvfy(study: list[Dataset]) -> None:
+    """A page process does not have pydicom check each value as it is set (``children.values_checked_by_dciodvfy``:
+    a tenth of the making); a value pydicom would only have warned about is still refused, by dciodvfy, before the
+    object leaves the process."""
+    from dicomnode.children import values_checked_by_dciodvfy
+
+    sr = build_result_objects(make_record(study, positive=("pneumothorax",)), study, kinds=["sr"])
+    data = sr.encoded[str(sr.sr.SOPInstanceUID)]
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=values_checked_by_dciodvfy) as pool:
+        warned, reasons = pool.submit(_set_a_long_value_and_check, data).result(timeout=120)
+    assert warned == 0  # pydicom was quiet ...
+    assert any("InstitutionName" in r or "Institution Name" in r for r in reasons), reasons  # ... dciodvfy was not
+    here_warned, here_reasons = _set_a_long_value_and_check(data)  # this process (the worker's) keeps pydicom's checks
+    assert here_warned >= 1 and here_reasons
+
+
 class _GatedPool(ThreadPoolExecutor):
     """Runs every task after the first only once an object was announced: a caller that announced nothing before
     all tasks had finished would leave the gate shut (each gated task then reports that it timed out)."""

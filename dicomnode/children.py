@@ -12,6 +12,8 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
+from dicomnode.heap import freeze_start_up_heap
+
 if TYPE_CHECKING:
     from sr_writer import Sources
 
@@ -34,7 +36,8 @@ def watch_parent(interval: float = WATCH_SECONDS) -> None:
 
 def page_process_start() -> None:
     """Initializer of a page process: one thread for any OpenMP/BLAS runtime, the parent watchdog, values checked
-    once (``values_checked_by_dciodvfy``), then sr_writer's warm-up (fonts) and a rehearsal.
+    once (``values_checked_by_dciodvfy``), then sr_writer's warm-up (fonts) and a rehearsal; what that loaded is
+    then kept out of garbage collection (``dicomnode.heap``).
 
     A page process renders, encodes and validates; it never imports torch (sr_writer does not), and a runtime
     that something loads later gets one thread, so page processes never spin beside the model's threads.
@@ -48,6 +51,7 @@ def page_process_start() -> None:
 
     warm_up()
     rehearse()
+    freeze_start_up_heap("page process")
 
 
 def values_checked_by_dciodvfy() -> None:

@@ -65,6 +65,8 @@ class Deliverer:
         self.senders: dict[str, Sender[Any]] = senders(config, association_timeout)
         self._stop = threading.Event()
         self._wakes: dict[tuple[str | None, int], threading.Event] = {}  # per loop thread
+        self._busy: set[tuple[str | None, int]] = set()  # loops in a pass, or woken and not yet waiting again
+        self._busy_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
     # -- one pass ----------------------------------------------------------------------------------------------
@@ -221,23 +223,31 @@ class Deliverer:
             for index in range(destination.parallel_sends)]
         for name, index in [*loops, (None, 0)]:
             wake = self._wakes.setdefault((name, index), threading.Event())
+            with self._busy_lock:
+                self._busy.add((name, index))  # its first pass starts now
             label = f"deliver-{name or 'orphans'}" + (f"-{index + 1}" if index else "")
-            thread = threading.Thread(target=self._loop, args=(name, wake), name=label, daemon=True)
+            thread = threading.Thread(target=self._loop, args=(name, wake, (name, index)), name=label, daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def wake(self) -> None:
-        """Run the next passes of every destination now (results were just queued)."""
-        for (name, _), event in self._wakes.items():
-            if name is not None:
-                event.set()
+        """Results were just queued: per destination, one idle association loop makes a pass now (all of them when
+        none is idle: each then makes another pass after its own). One object ready wakes one loop, not every
+        association's (the others would lease nothing and only query the database)."""
+        with self._busy_lock:
+            for name in self.destinations:
+                loops = [key for key in self._wakes if key[0] == name]
+                idle = [key for key in loops if key not in self._busy]
+                for key in idle[:1] or loops:
+                    self._busy.add(key)
+                    self._wakes[key].set()
 
     def _orphan_pass(self) -> int:
         with self.session_factory() as session:
             names = [n for n in self._pending_destinations(session, utcnow()) if n not in self.destinations]
         return sum(self.run_destination_once(n) for n in names)
 
-    def _loop(self, name: str | None, wake: threading.Event) -> None:
+    def _loop(self, name: str | None, wake: threading.Event, key: tuple[str | None, int]) -> None:
         poll = self.config.processing.poll_seconds
         while not self._stop.is_set():
             try:
@@ -255,7 +265,11 @@ class Deliverer:
                 wait = max(poll * 10, SWEEP_SECONDS)
             else:
                 wait = poll if due is None else min(poll, due)
+            with self._busy_lock:
+                self._busy.discard(key)  # waiting: a wake() may choose this loop
             wake.wait(max(wait, 0.05))
+            with self._busy_lock:
+                self._busy.add(key)  # in a pass (what was queued before this line, it sees)
             wake.clear()
 
     def stop(self, timeout: float | None = None) -> None:

@@ -26,6 +26,7 @@ from dicomnode.db.engine import make_engine, make_session_factory, presize_sqlit
 from dicomnode.db.ingest import IngestOutcome
 from dicomnode.db.migrate import upgrade_database
 from dicomnode.db.models import Study, utcnow
+from dicomnode.heap import freeze_start_up_heap, thaw_start_up_heap
 from dicomnode.jobs import requeue_processing
 from dicomnode.listener import Listener
 from dicomnode.logs import log_event
@@ -95,6 +96,7 @@ class Node:
             if self.role in ("all", "worker"):
                 self._start_worker()
             self._start_status_server()
+            freeze_start_up_heap(f"node ({self.role})")  # the model, libraries, tables: never walked again
         except BaseException:
             self.stop()
             raise
@@ -278,6 +280,7 @@ class Node:
             audit_now(self.session_factory, "node.stopped", called_aet=self.config.node.ae_title, role=self.role)
         if self.engine is not None:
             self.engine.dispose()
+        thaw_start_up_heap()
         log_event(LOG, logging.INFO, "node stopped", role=self.role)
 
     def request_stop(self, *_args: object) -> None:

@@ -88,7 +88,7 @@ def assemble(made: Sequence[Made], repairs: list[str], seconds: dict[str, float]
              lost: bool = False) -> ResultObjects:
     """One ``ResultObjects`` from the tasks' output; checks that the pages are 1..N."""
     objects = [obj for part in made for obj in part.objects]
-    numbers = sorted(int(obj.dataset.InstanceNumber) for obj in objects if obj.kind == "sc")
+    numbers = sorted(obj.identity.instance_number or 0 for obj in objects if obj.kind == "sc")
     if numbers != list(range(1, len(numbers) + 1)):
         raise RuntimeError(f"page tasks returned pages {numbers}")
     totals = dict(seconds)

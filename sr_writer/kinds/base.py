@@ -24,12 +24,29 @@ from sr_writer.page import Panel
 from sr_writer.validate import ValidationReport
 
 
+@dataclass(frozen=True)
+class Identity:
+    """What the node files a result object under, read once from its dataset when it is made."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    instance_number: int | None
+
+    @classmethod
+    def of(cls, ds: Dataset) -> Identity:
+        number = ds.get("InstanceNumber")
+        return cls(str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.get("SeriesInstanceUID", "")),
+                   int(number) if number not in (None, "") else None)
+
+
 class ResultObject:
     """One result dataset; ``kind`` picks the destinations that take it.
 
-    ``data`` is its Part-10 encoding once made (and validated); ``dataset`` is read from it on first use when the
-    object was made in another process (a pickled object travels as bytes: much faster than a pickled dataset of
-    thousands of elements)."""
+    ``data`` is its Part-10 encoding once made (and validated). An object made in another process travels as its
+    bytes and its :class:`Identity` (much faster than a pickled dataset of thousands of elements, and the receiver
+    does not parse the bytes to file and queue it); ``dataset`` and ``header`` are read from the bytes only when
+    something asks for more than the identity."""
 
     def __init__(self, kind: str, dataset: Dataset | None = None, data: bytes | None = None,
                  report: ValidationReport | None = None) -> None:
@@ -40,6 +57,7 @@ class ResultObject:
         self._header: Dataset | None = None
         self.data = data
         self.report = report
+        self._identity: Identity | None = None  # set when pickled (the bytes travel without the dataset)
 
     @property
     def dataset(self) -> Dataset:
@@ -59,20 +77,31 @@ class ResultObject:
         return self._header
 
     @property
+    def identity(self) -> Identity:
+        """UIDs and instance number: of the dataset when it is here, else as it was when pickled (or read from the
+        bytes)."""
+        if self._dataset is not None:
+            return Identity.of(self._dataset)
+        if self._identity is None:
+            self._identity = Identity.of(self.header)
+        return self._identity
+
+    @property
     def sop_instance_uid(self) -> str:
-        return str(self.header.SOPInstanceUID)
+        return self.identity.sop_instance_uid
 
     @property
     def sop_class_uid(self) -> str:
-        return str(self.header.SOPClassUID)
+        return self.identity.sop_class_uid
 
     @property
     def series_instance_uid(self) -> str:
-        return str(self.header.get("SeriesInstanceUID", ""))
+        return self.identity.series_instance_uid
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         if state["data"] is not None:
+            state["_identity"] = self.identity
             state["_dataset"] = state["_header"] = None
         return state
 

@@ -60,15 +60,25 @@ def database_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
     return sqlite_url
 
 
-@pytest.fixture
-def session_factory(database_url: str) -> Iterator[sessionmaker[Session]]:
-    """A migrated database (see ``database_url``) and a session factory on it."""
-    engine = make_engine(database_url)
+def _migrated(url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(url)
     upgrade_database(engine)
     try:
         yield make_session_factory(engine)
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def session_factory(database_url: str) -> Iterator[sessionmaker[Session]]:
+    """A migrated database (see ``database_url``) and a session factory on it."""
+    yield from _migrated(database_url)
+
+
+@pytest.fixture
+def sqlite_session_factory(sqlite_url: str) -> Iterator[sessionmaker[Session]]:
+    """``session_factory`` on SQLite only (``sqlite_url``)."""
+    yield from _migrated(sqlite_url)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from delivery_support import (
 
 from dicomnode import metrics
 from dicomnode.accepting import accepted
-from dicomnode.config import RetryConfig
+from dicomnode.config import NodeConfig, RetryConfig
 from dicomnode.db import make_engine, make_session_factory, upgrade_database
 from dicomnode.db.states import DeliveryState, JobState
 from dicomnode.delivery import Deliverer, backoff_seconds
@@ -285,40 +285,47 @@ class _HoldFirstConnection:
         self.server.close()
 
 
-def test_an_object_goes_out_on_a_second_association_while_the_first_is_busy(data_dir, sqlite_url, study_factory,
-                                                                            orthanc):
-    engine = make_engine(sqlite_url)
-    upgrade_database(engine)
-    factory = make_session_factory(engine)
+@pytest.fixture
+def held_relay(orthanc):  # type: ignore[no-untyped-def]
+    """``_HoldFirstConnection`` in front of the test's Orthanc."""
     relay = _HoldFirstConnection("127.0.0.1", orthanc.dicom_port)
     try:
-        pacs = {**destination("pacs", orthanc.aet, relay.port), "associations": 2}
-        config = delivery_config(data_dir, sqlite_url, [pacs])
-        for _ in range(2):
-            ingest_files(config, factory, study_factory(views=("PA",)).files)
-        _process_all(config, factory)
-        assert len(deliveries(factory)) == 2
-        deliverer = Deliverer(config, factory, association_timeout=30)
-        deliverer.start()
-        try:
-            first = orthanc.wait_for_instances(1, timeout=30)  # while the first association is held
-            assert relay.connections == 2 and not relay.released.is_set()
-            relay.released.set()
-            both = orthanc.wait_for_instances(2, timeout=30)
-            assert set(first) < set(both) == {r.sop_instance_uid for r in deliveries(factory)}
-            wait_until(lambda: {r.state for r in deliveries(factory)} == {DeliveryState.SENT.value}, timeout=30)
-            assert all(r.attempts == 1 for r in deliveries(factory))  # each sent once
-        finally:
-            deliverer.stop(timeout=60)
+        yield relay
     finally:
         relay.close()
-        engine.dispose()
 
 
-def test_a_backlog_is_shared_between_the_associations(data_dir, sqlite_url, study_factory):
-    engine = make_engine(sqlite_url)
-    upgrade_database(engine)
-    factory = make_session_factory(engine)
+def _two_associations_through(relay: _HoldFirstConnection, orthanc: OrthancServer, data_dir: Path,
+                              sqlite_url: str, **sections: dict[str, object]) -> NodeConfig:
+    return delivery_config(data_dir, sqlite_url, [{**destination("pacs", orthanc.aet, relay.port), "associations": 2}],
+                           **sections)
+
+
+def test_an_object_goes_out_on_a_second_association_while_the_first_is_busy(data_dir, sqlite_url,
+                                                                            sqlite_session_factory, study_factory,
+                                                                            orthanc, held_relay):
+    factory, relay = sqlite_session_factory, held_relay
+    config = _two_associations_through(relay, orthanc, data_dir, sqlite_url)
+    for _ in range(2):
+        ingest_files(config, factory, study_factory(views=("PA",)).files)
+    _process_all(config, factory)
+    assert len(deliveries(factory)) == 2
+    deliverer = Deliverer(config, factory, association_timeout=30)
+    deliverer.start()
+    try:
+        first = orthanc.wait_for_instances(1, timeout=30)  # while the first association is held
+        assert relay.connections == 2 and not relay.released.is_set()
+        relay.released.set()
+        both = orthanc.wait_for_instances(2, timeout=30)
+        assert set(first) < set(both) == {r.sop_instance_uid for r in deliveries(factory)}
+        wait_until(lambda: {r.state for r in deliveries(factory)} == {DeliveryState.SENT.value}, timeout=30)
+        assert all(r.attempts == 1 for r in deliveries(factory))  # each sent once
+    finally:
+        deliverer.stop(timeout=60)
+
+
+def test_a_backlog_is_shared_between_the_associations(data_dir, sqlite_url, sqlite_session_factory, study_factory):
+    factory = sqlite_session_factory
     config = delivery_config(data_dir, sqlite_url, [{**destination("pacs", "P", free_port()), "associations": 3}])
     for _ in range(7):
         ingest_files(config, factory, study_factory(views=("PA",)).files)
@@ -327,4 +334,58 @@ def test_a_backlog_is_shared_between_the_associations(data_dir, sqlite_url, stud
     shares = [len(deliverer._lease_due_rows("pacs", share=True)) for _ in range(4)]
     assert shares == [3, 2, 1, 1]  # a third of what is due (rounded up) each, until none is left
     assert deliverer._lease_due_rows("pacs", share=True) == []  # all leased: nothing is handed out twice
-    engine.dispose()
+
+
+def test_an_object_queued_while_one_association_is_busy_goes_out_on_the_idle_one(data_dir, sqlite_url,
+                                                                                 sqlite_session_factory, study_factory,
+                                                                                 orthanc, held_relay):
+    """``wake()`` after a result is queued chooses the association loop that is waiting, not the one in a send."""
+    factory, relay = sqlite_session_factory, held_relay
+    config = _two_associations_through(relay, orthanc, data_dir, sqlite_url, processing={"poll_seconds": 30})
+    ingest_files(config, factory, study_factory(views=("PA",)).files)
+    _process_all(config, factory)
+    deliverer = Deliverer(config, factory, association_timeout=30)
+    deliverer.start()
+    try:
+        wait_until(lambda: relay.connections == 1, timeout=30)  # the first send is held open
+        ingest_files(config, factory, study_factory(views=("PA",)).files)
+        _process_all(config, factory)
+        deliverer.wake()
+        second = orthanc.wait_for_instances(1, timeout=20)  # long before the 30 s poll
+        assert not relay.released.is_set() and relay.connections == 2
+        assert len(second) == 1
+        relay.released.set()
+        wait_until(lambda: {r.state for r in deliveries(factory)} == {DeliveryState.SENT.value}, timeout=30)
+    finally:
+        relay.released.set()
+        deliverer.stop(timeout=60)
+
+
+def test_one_queued_result_wakes_one_association_loop(data_dir, sqlite_url, sqlite_session_factory, study_factory,
+                                                      orthanc):
+    """With every loop waiting, one ``wake()`` makes one pass: the other associations do not lease (and query the
+    database) for nothing."""
+    factory = sqlite_session_factory
+    config = delivery_config(data_dir, sqlite_url, [{**orthanc_destination(orthanc), "associations": 3}],
+                             processing={"poll_seconds": 30})
+    deliverer = Deliverer(config, factory)
+    passes: list[str] = []
+    lease = deliverer._lease_due_rows
+
+    def counted(name: str, share: bool = False):  # type: ignore[no-untyped-def]
+        passes.append(threading.current_thread().name)
+        return lease(name, share)
+
+    deliverer._lease_due_rows = counted  # type: ignore[method-assign]
+    deliverer.start()
+    try:
+        wait_until(lambda: len(passes) == 3 and not deliverer._busy - {(None, 0)}, timeout=30)  # first passes done
+        passes.clear()
+        ingest_files(config, factory, study_factory(views=("PA",)).files)
+        _process_all(config, factory)
+        deliverer.wake()
+        wait_until(lambda: {r.state for r in deliveries(factory)} == {DeliveryState.SENT.value}, timeout=30)
+        time.sleep(0.5)  # a second loop woken by the same wake() would have leased by now
+        assert len(passes) == 1, passes
+    finally:
+        deliverer.stop(timeout=60)

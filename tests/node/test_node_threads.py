@@ -165,7 +165,7 @@ def probe():
             "env": [os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")],
             "pydicom": [getattr(pydicom_config.settings, k) for k in ("reading_validation_mode",
                                                                       "writing_validation_mode")],
-            "ignore": pydicom_config.IGNORE}
+            "ignore": pydicom_config.IGNORE, "frozen": __import__("gc").get_freeze_count()}
 
 if __name__ == "__main__":
     import torch  # the worker has torch loaded, with threads of its own, when it starts its page processes
@@ -187,6 +187,7 @@ def test_page_processes_run_no_torch_and_no_native_threads(tmp_path: Path) -> No
     assert not seen["torch"] and seen["numpy"]
     assert seen["env"] == ["1", "1", "1"]
     assert seen["pydicom"] == [seen["ignore"]] * 2  # values are checked by dciodvfy there, once
+    assert seen["frozen"] > 10_000  # what start-up loaded is out of the collector's walks (dicomnode.heap)
     # every OS thread is a Python one (the watchdog): no OpenMP or OpenBLAS pool beside them
     assert seen["os_threads"] == seen["python_threads"], seen
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 from pathlib import Path
 
 import highdicom as hd
@@ -13,7 +14,7 @@ from pydicom.sr.codedict import codes
 from dicomnode.demo.records import FINDING_LABELS, make_provenance, make_record
 from dicomnode.demo.synthetic import make_study, prior_spec
 from inference.record import DEMO_STATEMENT, UNVERIFIED_STATEMENT, Presence, ReasoningRecord, StageStatus
-from sr_writer import ExportRefused, OutputOptions, build_result_objects, validate
+from sr_writer import ExportRefused, OutputOptions, ResultObject, build_result_objects, validate
 from sr_writer.codes import load_table
 from sr_writer.provenance import device_uid
 from sr_writer.tree_bytes import tree_part10_bytes
@@ -394,3 +395,18 @@ def test_uncompressed_pages_on_request(study: list[Dataset], tmp_path: Path) -> 
     assert (back.pixel_array == __import__("numpy").asarray(result.page_images[0])).all()
     with pytest.raises(ValueError, match="page transfer syntax"):
         OutputOptions(page_transfer_syntax=pydicom.uid.JPEGBaseline8Bit)
+
+
+def test_a_pickled_object_is_filed_without_parsing_its_bytes(case) -> None:
+    """A result object made in a page process travels as its bytes and its identity: the worker files and queues
+    it (UIDs, instance number) without reading the bytes back, and still can read them when asked."""
+    result = case[4]
+    for made in result.objects:
+        received = pickle.loads(pickle.dumps(made))
+        ds = made.dataset
+        number = int(ds.InstanceNumber)
+        assert (received.sop_instance_uid, received.sop_class_uid, received.series_instance_uid,
+                received.identity.instance_number) == (ds.SOPInstanceUID, ds.SOPClassUID, ds.SeriesInstanceUID, number)
+        assert received._header is None and received._dataset is None  # nothing was parsed for that
+        assert received.dataset.SOPInstanceUID == ds.SOPInstanceUID  # the bytes are there when asked for
+        assert isinstance(received, ResultObject)
